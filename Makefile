@@ -1,0 +1,34 @@
+# pgvirt: `make verify` and `make test` do all set-up on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: verify test install bench crosscheck slow notebook guests clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q --upgrade pip >/dev/null
+	$(BIN)/pip install -q -e '.[test,notebook]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: Theorem 1 and 3 verdicts for every profile.  x86 failing the theorem is the
+# expected finding, not an error; unknown verdicts or bad input (exit 2) still fail.
+verify: $(STAMP)
+	$(BIN)/pgvirt verify --all-profiles; rc=$$?; [ $$rc -le 1 ]
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/verify.py
+
+slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Unicorn harness: counterexample replay and model-versus-emulator cross-checks (uses pgvirt.model)."""

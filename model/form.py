@@ -1,0 +1,307 @@
+"""Instruction forms: one definition each, in the spirit of a Sail clause.
+
+A form is a decorated function::
+
+    @form("sgdt_m", enc="0F 01 /0 mem", bytes="0f0100", asm="sgdt [eax]",
+          cite="SDM Vol. 2B SGDT; Vol. 3A 2.8.7")
+    def sgdt(x):
+        x.require(~checks.umip_blocks(x), GP, 0, "CR4.UMIP=1 and CPL > 0")
+        a = x.ea()
+        x.store(a, 2, x.read("gdtr_limit"))
+        x.store(a + 2, 4, x.read("gdtr_base"))
+
+The body speaks a small vocabulary on ``Exec``: ``require``/``fault``, ``read``/``write``,
+``load``/``store``, ``push``/``pop``, ``jump``, ``when`` (a guarded branch) and ``assume``
+(a restriction of the modelled state space, reported with every answer). EIP advances by the
+instruction's length unless the body jumped; nothing the body wrote survives a fault.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import z3
+
+from . import state as st
+from .encoding import Decoded, Encoding, EncodingError, decode
+from .outcome import Check, Outcome
+from .state import State
+
+
+class ModelError(Exception):
+    """A form used the vocabulary wrongly (a bug in the model, not a property of x86)."""
+
+
+def _bv(v, width: int):
+    if isinstance(v, int):
+        return z3.BitVecVal(v, width)
+    if v.size() == width:
+        return v
+    if v.size() < width:
+        return z3.ZeroExt(width - v.size(), v)
+    return z3.Extract(width - 1, 0, v)
+
+
+class Exec:
+    """The state of one symbolic execution of a form."""
+
+    def __init__(self, form: "Form", s: State, d: Decoded, features: frozenset[str] = frozenset()):
+        self.form = form
+        self.features = features
+        self.pre = s
+        self.s = s
+        self.d = d
+        self.path: z3.BoolRef = z3.BoolVal(True)
+        self._checks: list[Check] = []
+        self._assumptions: list[tuple[z3.BoolRef, str]] = []
+        self._loads: list[tuple[str, object]] = []
+        self._stores: list[tuple[str, object]] = []
+        self._jumped: z3.BoolRef = z3.BoolVal(False)
+        self._effects: set[str] = set()
+
+    def has(self, feature: str) -> z3.BoolRef:
+        """Whether the processor has ``feature`` (a profile fact, e.g. "umip")."""
+        return z3.BoolVal(feature in self.features)
+
+    # --- faults and assumptions -------------------------------------------------------------
+    def require(self, ok, vector: int, code, reason: str) -> None:
+        """Fault with ``vector``/``code`` unless ``ok`` holds (on the current path)."""
+        ok = z3.BoolVal(ok) if isinstance(ok, bool) else ok
+        if code is not None:
+            code = _bv(code, 32)
+        fails = z3.simplify(z3.And(self.path, z3.Not(ok)))
+        if not z3.is_false(fails):
+            self._checks.append(Check(fails, vector, code, reason))
+
+    def fault(self, vector: int, code, reason: str) -> None:
+        self.require(False, vector, code, reason)
+
+    def assume(self, cond, reason: str) -> None:
+        """Restrict the modelled states (on the current path); every verdict lists these."""
+        self._assumptions.append((z3.Implies(self.path, cond), reason))
+
+    # --- branches ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def when(self, cond) -> Iterator[None]:
+        saved = self.path
+        self.path = z3.And(saved, cond)
+        try:
+            yield
+        finally:
+            self.path = saved
+
+    def _guard(self, new, old):
+        if z3.is_true(self.path):
+            return new
+        return z3.If(self.path, new, old)
+
+    # --- registers ------------------------------------------------------------------------------
+    def read(self, name: str):
+        return self.s[name]
+
+    def write(self, name: str, value) -> None:
+        f = st.FIELD[name]
+        old = self.s[name]
+        new = value if f.index_width else _bv(value, f.width)
+        self._effects.add(name)
+        self.s = self.s.replace(**{name: self._guard(new, old)})
+
+    def __getattr__(self, name: str):
+        if name in st.FIELD:
+            return self.s[name]
+        raise AttributeError(name)
+
+    def gpr(self, n: int, size: int = 4):
+        v = self.s[st.GPRS[n & 7]] if size != 1 else self.s[st.GPRS[n & 3]]
+        if size == 4:
+            return v
+        if size == 2:
+            return z3.Extract(15, 0, v)
+        return z3.Extract(15, 8, v) if n & 4 else z3.Extract(7, 0, v)
+
+    def set_gpr(self, n: int, size: int, value) -> None:
+        if size == 4:
+            self.write(st.GPRS[n], value)
+            return
+        if size == 2:
+            old = self.s[st.GPRS[n]]
+            self.write(st.GPRS[n], z3.Concat(z3.Extract(31, 16, old), _bv(value, 16)))
+            return
+        r = st.GPRS[n & 3]
+        old = self.s[r]
+        v = _bv(value, 8)
+        if n & 4:
+            self.write(r, z3.Concat(z3.Extract(31, 16, old), v, z3.Extract(7, 0, old)))
+        else:
+            self.write(r, z3.Concat(z3.Extract(31, 8, old), v))
+
+    def eflags(self):
+        return st.eflags(self.s)
+
+    def set_eflags(self, value) -> None:
+        user, system = st.split_eflags(_bv(value, 32))
+        self.write("flags", user)
+        self.write("sysflags", system)
+
+    def flag(self, n: int):
+        return st.bit(self.eflags(), n)
+
+    def set_flag(self, n: int, value) -> None:
+        name = "flags" if (1 << n) & st.USER_FLAGS_MASK else "sysflags"
+        old = self.s[name]
+        b = z3.If(value, z3.BitVecVal(1 << n, 32), z3.BitVecVal(0, 32)) if isinstance(value, z3.BoolRef) \
+            else z3.BitVecVal((1 << n) if value else 0, 32)
+        self.write(name, (old & ~(1 << n)) | b)
+
+    # --- memory ---------------------------------------------------------------------------------
+    def load(self, addr, size: int, array: str = "mem"):
+        """Little-endian load of ``size`` bytes (no limit or paging checks: see README)."""
+        width = st.FIELD[array].index_width
+        addr = _bv(addr, width)
+        arr = self.s[array]
+        parts = []
+        for k in range(size):
+            a = addr + k
+            self._loads.append((array, a))
+            parts.append(z3.Select(arr, a))
+        return parts[0] if size == 1 else z3.Concat(*reversed(parts))
+
+    def store(self, addr, size: int, value, array: str = "mem") -> None:
+        width = st.FIELD[array].index_width
+        addr = _bv(addr, width)
+        value = _bv(value, 8 * size)
+        arr = self.s[array]
+        for k in range(size):
+            a = addr + k
+            self._stores.append((array, a))
+            arr = z3.Store(arr, a, z3.Extract(8 * k + 7, 8 * k, value))
+        self.write(array, arr)
+
+    def seg_base(self, seg: str):
+        return self.s[f"{seg}_base"]
+
+    def offset(self):
+        """Effective offset of the ModRM memory operand (SDM Vol. 2A 2.1.5)."""
+        d = self.d
+        if not d.is_mem:
+            raise ModelError(f"{self.form.name}: no memory operand")
+        off = z3.BitVecVal(d.disp, 32)
+        if d.base is not None:
+            off = off + self.gpr(d.base)
+        if d.index is not None:
+            off = off + self.gpr(d.index) * d.scale
+        return off
+
+    def default_seg(self) -> str:
+        if self.d.seg:
+            return self.d.seg
+        if self.d.base in (4, 5) and not (self.d.base == 5 and self.d.mod == 0):
+            return "ss"
+        return "ds"
+
+    def ea(self, extra: int = 0):
+        """Linear address of the memory operand (segment base + offset)."""
+        return self.seg_base(self.default_seg()) + self.offset() + extra
+
+    def rm(self, size: int):
+        if self.d.is_mem:
+            return self.load(self.ea(), size)
+        return self.gpr(self.d.rm, size)
+
+    def set_rm(self, size: int, value) -> None:
+        if self.d.is_mem:
+            self.store(self.ea(), size, value)
+        else:
+            self.set_gpr(self.d.rm, size, value)
+
+    def reg(self, size: int = 4):
+        return self.gpr(self.d.reg, size)
+
+    def set_reg(self, size: int, value) -> None:
+        self.set_gpr(self.d.reg, size, value)
+
+    # --- stack and control flow -----------------------------------------------------------------
+    def push(self, value, size: int = 4) -> None:
+        esp = self.s.esp - size
+        self.store(self.s.ss_base + esp, size, value)
+        self.write("esp", esp)
+
+    def pop(self, size: int = 4):
+        v = self.load(self.s.ss_base + self.s.esp, size)
+        self.write("esp", self.s.esp + size)
+        return v
+
+    def jump(self, eip) -> None:
+        self.write("eip", eip)
+        self._jumped = z3.Or(self._jumped, self.path)
+
+    @property
+    def next_eip(self):
+        return self.pre.eip + self.d.length
+
+    def finish(self) -> Outcome:
+        jumped = z3.simplify(self._jumped)
+        if z3.is_false(jumped):
+            eip = self.next_eip
+        elif z3.is_true(jumped):
+            eip = self.s.eip
+        else:
+            eip = z3.If(jumped, self.s.eip, self.next_eip)
+        post = self.s.replace(eip=eip)
+        effects = tuple(sorted(self._effects | {"eip"}))
+        return Outcome(self.pre, tuple(self._checks), post, tuple(self._assumptions),
+                       tuple(self._loads), tuple(self._stores), effects)
+
+
+@dataclass(frozen=True)
+class Form:
+    """One instruction form: encoding, canonical bytes, Capstone's asm text, citation, semantics."""
+
+    name: str
+    enc: Encoding
+    enc_text: str
+    bytes: bytes
+    asm: str
+    cite: str
+    theme: str
+    semantics: Callable[[Exec], None]
+
+    @property
+    def mnemonic(self) -> str:
+        return self.asm.split()[0].upper() if self.asm else ""
+
+    def decode(self, code: bytes | None = None) -> Decoded:
+        return decode(self.enc, self.bytes if code is None else code)
+
+    def run(self, s: State, code: bytes | None = None, features: frozenset[str] = frozenset()) -> Outcome:
+        """Execute on ``s`` (symbolic or concrete); ``code`` is a site's bytes (default: canonical)."""
+        x = Exec(self, s, self.decode(code), frozenset(features))
+        self.semantics(x)
+        return x.finish()
+
+
+REGISTRY: dict[str, Form] = {}
+
+
+def form(name: str, *, enc: str, bytes: str, asm: str, cite: str, theme: str = ""):
+    """Register the decorated semantics as the one definition of instruction form ``name``."""
+
+    def deco(fn: Callable[[Exec], None]) -> Callable[[Exec], None]:
+        if name in REGISTRY:
+            raise ModelError(f"form {name!r} defined twice")
+        e = Encoding.parse(enc)
+        raw = builtins.bytes.fromhex(bytes)
+        try:
+            d = decode(e, raw)
+        except EncodingError as err:
+            raise ModelError(f"form {name!r}: canonical bytes do not match {enc!r}: {err}") from None
+        if d.length != len(raw):
+            raise ModelError(f"form {name!r}: canonical bytes have {len(raw)} bytes, decode {d.length}")
+        th = theme or fn.__module__.rsplit(".", 1)[-1]
+        REGISTRY[name] = Form(name, e, enc, raw, asm, cite, th, fn)
+        return fn
+
+    return deco

@@ -1,0 +1,108 @@
+"""Outcomes of one instruction: a fault is a value (vector, error code, reason), not an exception.
+
+``Outcome`` is the symbolic result of running a form on a (possibly symbolic) state; ``Fault``
+and ``Next`` are the concrete results read out of it under a Z3 model (SDM Vol. 3A 6.15).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import z3
+
+from .state import State, evaluate
+
+DE, DB, BP, OF, BR, UD, NM, DF, TS, NP, SS, GP, PF, MF, AC = (
+    0, 1, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17)
+VECTOR_NAMES = {DE: "#DE", DB: "#DB", BP: "#BP", OF: "#OF", BR: "#BR", UD: "#UD", NM: "#NM",
+                DF: "#DF", TS: "#TS", NP: "#NP", SS: "#SS", GP: "#GP", PF: "#PF", MF: "#MF",
+                AC: "#AC"}
+
+
+def vector_name(v: int) -> str:
+    return VECTOR_NAMES.get(v, f"vector {v}")
+
+
+@dataclass(frozen=True)
+class Fault:
+    vector: int
+    code: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        code = "" if self.code is None else f"({self.code:#x})"
+        return f"{vector_name(self.vector)}{code}: {self.reason}"
+
+    def as_json(self) -> dict:
+        return {"fault": True, "vector": self.vector, "error_code": self.code, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Next:
+    state: dict
+
+    def as_json(self) -> dict:
+        return {"fault": False, "state": self.state}
+
+
+@dataclass(frozen=True)
+class Check:
+    fails: z3.BoolRef       # this check fires (and no earlier one did not matter: order decides)
+    vector: int
+    code: Any               # Z3 BV32 or None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Symbolic result: ``faults`` holds iff some check fires; then the first one decides."""
+
+    pre: State
+    checks: tuple[Check, ...]
+    post: State
+    assumptions: tuple[tuple[z3.BoolRef, str], ...]
+    loads: tuple[tuple[str, Any], ...]    # (array field, address term) read
+    stores: tuple[tuple[str, Any], ...]   # (array field, address term) written
+    effects: tuple[str, ...] = field(default=())  # scalar fields the form may change
+
+    @property
+    def faults(self) -> z3.BoolRef:
+        return z3.Or([c.fails for c in self.checks]) if self.checks else z3.BoolVal(False)
+
+    @property
+    def vector(self) -> z3.BitVecRef:
+        v = z3.BitVecVal(0, 8)
+        for c in reversed(self.checks):
+            v = z3.If(c.fails, z3.BitVecVal(c.vector, 8), v)
+        return v
+
+    @property
+    def code(self) -> z3.BitVecRef:
+        """Error code, or 0xFFFFFFFF... never: faults without a code read as -1 (all ones)."""
+        v = z3.BitVecVal(-1, 33)
+        for c in reversed(self.checks):
+            cv = z3.BitVecVal(-1, 33) if c.code is None else z3.ZeroExt(1, c.code)
+            v = z3.If(c.fails, cv, v)
+        return v
+
+    @property
+    def assumed(self) -> z3.BoolRef:
+        return z3.And([a for a, _ in self.assumptions]) if self.assumptions else z3.BoolVal(True)
+
+    def addresses(self, model: z3.ModelRef) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for name, addr in self.loads + self.stores:
+            out.setdefault(name, set()).add(model.eval(addr, model_completion=True).as_long())
+        return out
+
+    def concrete(self, model: z3.ModelRef, extra: dict[str, set[int]] | None = None) -> Fault | Next:
+        """The concrete outcome under ``model``: a Fault with its reason, or Next(state)."""
+        for c in self.checks:
+            if z3.is_true(model.eval(c.fails, model_completion=True)):
+                code = None if c.code is None else model.eval(c.code, model_completion=True).as_long()
+                return Fault(c.vector, code, c.reason)
+        addrs = self.addresses(model)
+        for k, v in (extra or {}).items():
+            addrs.setdefault(k, set()).update(v)
+        return Next(evaluate(self.post, model, addrs))

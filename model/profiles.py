@@ -1,0 +1,167 @@
+"""Profiles: which features a processor has and what a monitor imposes on a deprivileged guest.
+
+A profile is data.  ``features`` are facts of the processor (``umip``: CR4.UMIP exists).
+``host`` is the real setting a trap-and-emulate monitor chooses while a guest runs: CPL 3, IOPL 0,
+CR4 bits, a TSS without an I/O permission bitmap.  The Popek-Goldberg *mode* of a state is its
+CPL together with exactly these host-chosen fields; every other SYSTEM field is *relocation*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import z3
+
+from . import state as st
+from .state import State
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    features: frozenset[str] = frozenset()
+    cr4_set: tuple[int, ...] = ()      # CR4 bits the monitor sets while the guest runs
+    cr4_clear: tuple[int, ...] = ()    # CR4 bits the monitor clears
+    iopl: int = 0
+    io_bitmap: bool = False            # False: the TSS has no I/O permission bitmap
+
+    @property
+    def mode_bits(self) -> dict[str, int]:
+        """Fields (and bit masks) that make up the *mode* besides CPL."""
+        cr4 = sum(1 << b for b in self.cr4_set + self.cr4_clear)
+        return {"sysflags": 3 << st.IOPL_LO, "cr4": cr4}
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "description": self.description,
+                "features": sorted(self.features),
+                "host": {"cpl": 3, "iopl": self.iopl,
+                         "cr4_set": [CR4_NAMES[b] for b in self.cr4_set],
+                         "cr4_clear": [CR4_NAMES[b] for b in self.cr4_clear],
+                         "io_bitmap": self.io_bitmap}}
+
+
+CR4_NAMES = {st.CR4_VME: "VME", st.CR4_PVI: "PVI", st.CR4_TSD: "TSD", st.CR4_DE: "DE",
+             st.CR4_PSE: "PSE", st.CR4_PAE: "PAE", st.CR4_MCE: "MCE", st.CR4_PGE: "PGE",
+             st.CR4_PCE: "PCE", st.CR4_OSFXSR: "OSFXSR", st.CR4_OSXMMEXCPT: "OSXMMEXCPT",
+             st.CR4_UMIP: "UMIP"}
+
+PENTIUM = Profile(
+    "pentium",
+    "Pentium-class IA-32: no UMIP; guest runs at CPL 3, IOPL 0, CR4.TSD=1, CR4.PCE=0, no I/O bitmap",
+    frozenset(), cr4_set=(st.CR4_TSD,), cr4_clear=(st.CR4_PCE, st.CR4_PVI, st.CR4_VME))
+UMIP = Profile(
+    "umip",
+    "as pentium, with CR4.UMIP implemented and set by the monitor",
+    frozenset({"umip"}), cr4_set=(st.CR4_TSD, st.CR4_UMIP), cr4_clear=(st.CR4_PCE, st.CR4_PVI, st.CR4_VME))
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (PENTIUM, UMIP)}
+
+
+class UnknownProfile(KeyError):
+    def __str__(self) -> str:
+        return f"unknown profile {self.args[0]!r} (known: {', '.join(PROFILES)})"
+
+
+def get(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise UnknownProfile(name) from None
+
+
+# --- well-formed states ------------------------------------------------------------------------
+
+ASSUMPTIONS = (
+    "protected mode without paging: CR0.PE = 1, CR0.PG = 0, EFLAGS.VM = 0",
+    "no single-step or resume in flight: EFLAGS.TF = 0, EFLAGS.RF = 0 before the instruction",
+    "no debug breakpoints armed: DR7 enables none of DR0-DR3",
+    "CS.RPL = SS.RPL = SS.DPL = CPL; CS holds code (DPL = CPL unless conforming), SS writable data",
+    "TR holds a busy 32-bit TSS; reserved EFLAGS/CR0/CR4 bits are clear; the CPU is not halted",
+    "memory accesses are inside their segments: limit and paging faults (Popek-Goldberg's memory traps) are out of scope",
+)
+
+
+def seg_attr_type(attr):
+    return z3.Extract(3, 0, attr)
+
+
+def seg_attr_s(attr):
+    return z3.Extract(4, 4, attr) == 1
+
+
+def seg_attr_dpl(attr):
+    return z3.Extract(6, 5, attr)
+
+
+def seg_attr_p(attr):
+    return z3.Extract(7, 7, attr) == 1
+
+
+def wellformed(s: State, profile: Profile) -> z3.BoolRef:
+    """The states the model speaks about (``ASSUMPTIONS`` in words)."""
+    cs_code = z3.And(seg_attr_s(s.cs_attr), z3.Extract(3, 3, s.cs_attr) == 1, seg_attr_p(s.cs_attr))
+    cs_conf = z3.Extract(2, 2, s.cs_attr) == 1
+    ss_data = z3.And(seg_attr_s(s.ss_attr), z3.Extract(3, 3, s.ss_attr) == 0,
+                     z3.Extract(1, 1, s.ss_attr) == 1, seg_attr_p(s.ss_attr))
+    cr4_ok = st.CR4_DEFINED & ~(0 if "umip" in profile.features else (1 << st.CR4_UMIP))
+    attrs_ok = [z3.Extract(11, 8, s[f"{r}_attr"]) == 0 for r in st.SREGS] + [
+        z3.Extract(11, 8, s.tr_attr) == 0]
+    return z3.And(
+        st.bit(s.cr0, st.CR0_PE), z3.Not(st.bit(s.cr0, st.CR0_PG)),
+        s.cr0 & ~st.CR0_DEFINED == 0, s.cr4 & ~cr4_ok == 0,
+        s.flags & ~st.USER_FLAGS_MASK == 0, s.sysflags & ~st.SYS_FLAGS_MASK == 0,
+        z3.Not(st.bit(s.sysflags, st.VM)), z3.Not(st.bit(s.sysflags, st.TF)),
+        z3.Not(st.bit(s.sysflags, st.RF)),
+        s.dr7 & 0xFF == 0,
+        z3.Extract(1, 0, s.cs) == s.cpl, z3.Extract(1, 0, s.ss) == s.cpl,
+        seg_attr_dpl(s.ss_attr) == s.cpl, ss_data, cs_code,
+        z3.If(cs_conf, z3.ULE(seg_attr_dpl(s.cs_attr), s.cpl), seg_attr_dpl(s.cs_attr) == s.cpl),
+        z3.Extract(7, 0, s.tr_attr) & 0x9F == 0x8B,
+        z3.ULE(z3.BitVecVal(0x67, 32), s.tr_limit),
+        s.halted == 0, *attrs_ok,
+    )
+
+
+def io_map_base(s: State):
+    """The TSS's I/O map base field at offset 0x66, and the two addresses it occupies."""
+    a = s.tr_base + 0x66
+    v = z3.Concat(z3.Select(s.mem, a + 1), z3.Select(s.mem, a))
+    return v, [("mem", a), ("mem", a + 1)]
+
+
+def deprivileged(s: State, profile: Profile):
+    """Constraints that ``s`` is a guest state as the monitor really runs it, and the memory read.
+
+    Returns (constraint, addresses) so witnesses carry the TSS bytes the constraint reads.
+    """
+    conds = [s.cpl == 3, st.iopl(s) == profile.iopl]
+    for b in profile.cr4_set:
+        conds.append(st.bit(s.cr4, b))
+    for b in profile.cr4_clear:
+        conds.append(z3.Not(st.bit(s.cr4, b)))
+    addrs = []
+    if not profile.io_bitmap:
+        base, addrs = io_map_base(s)
+        conds.append(z3.UGT(z3.ZeroExt(16, base), s.tr_limit))
+    return z3.And(conds), addrs
+
+
+def with_mode(s: State, cpl, profile: Profile, host: bool) -> State:
+    """``s`` moved to privilege ``cpl``: CPL, CS/SS RPL and DPL follow; with ``host`` the
+    profile's host settings (IOPL, CR4 bits) are imposed, as a monitor does for its guest."""
+    cpl = z3.BitVecVal(cpl, 2) if isinstance(cpl, int) else cpl
+    c16 = z3.ZeroExt(14, cpl)
+    conf = z3.Extract(2, 2, s.cs_attr) == 1
+    cs_attr = z3.If(conf, s.cs_attr, (s.cs_attr & ~0x60) | (z3.ZeroExt(14, cpl) << 5))
+    new = dict(cpl=cpl, cs=(s.cs & ~3) | c16, ss=(s.ss & ~3) | c16,
+               ss_attr=(s.ss_attr & ~0x60) | (c16 << 5), cs_attr=cs_attr)
+    if host:
+        sysflags = (s.sysflags & ~(3 << st.IOPL_LO)) | (profile.iopl << st.IOPL_LO)
+        cr4 = s.cr4
+        for b in profile.cr4_set:
+            cr4 = cr4 | (1 << b)
+        for b in profile.cr4_clear:
+            cr4 = cr4 & ~(1 << b)
+        new.update(sysflags=sysflags, cr4=cr4)
+    return s.replace(**new)

@@ -1,0 +1,211 @@
+"""IA-32 protected-mode machine state as Z3 terms (SDM Vol. 1 ch. 3, Vol. 3A ch. 2-3).
+
+Every field carries a tag that says who owns it under a trap-and-emulate monitor:
+
+* ``USER``  - what a guest reads and writes directly: general registers, EIP, the arithmetic
+  flags, the visible segment selectors and memory.  Popek and Goldberg's *E* and *P*.
+* ``SYSTEM`` - what the monitor must own: CPL, the system EFLAGS bits, the hidden descriptor
+  caches, GDTR/IDTR/LDTR/TR, control and debug registers, MSRs, I/O ports.  Their *M* and *R*.
+
+Which SYSTEM fields form the *mode* and which the *relocation* is decided by a profile (the host
+settings a monitor imposes); see ``pgvirt.model.profiles``.
+
+A state is a frozen record; ``replace`` makes the next one.  Concrete states are plain dicts of
+integers (``mem``/``io`` are ``{address: byte}``), the format witnesses, replays and the emulator share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import z3
+
+USER = "user"
+SYSTEM = "system"
+
+SREGS = ("es", "cs", "ss", "ds", "fs", "gs")  # ModRM.reg encoding order (SDM Vol. 2A 3.1.1.1)
+GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+
+# EFLAGS (SDM Vol. 1 3.4.3): arithmetic flags and DF are the guest's, the rest the monitor's.
+CF, PF, AF, ZF, SF, TF, IF, DF, OF = 0, 2, 4, 6, 7, 8, 9, 10, 11
+IOPL_LO, NT, RF, VM, AC, VIF, VIP, ID = 12, 14, 16, 17, 18, 19, 20, 21
+USER_FLAGS_MASK = (1 << CF) | (1 << PF) | (1 << AF) | (1 << ZF) | (1 << SF) | (1 << DF) | (1 << OF)
+SYS_FLAGS_MASK = ((1 << TF) | (1 << IF) | (3 << IOPL_LO) | (1 << NT) | (1 << RF) | (1 << VM)
+                  | (1 << AC) | (1 << VIF) | (1 << VIP) | (1 << ID))
+EFLAGS_FIXED = 1 << 1  # bit 1 always reads as 1
+
+# CR0 / CR4 bits used by the semantics (SDM Vol. 3A 2.5).
+CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = (
+    0, 1, 2, 3, 4, 5, 16, 18, 29, 30, 31)
+CR0_DEFINED = sum(1 << b for b in (CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE, CR0_WP,
+                                   CR0_AM, CR0_NW, CR0_CD, CR0_PG))
+CR4_VME, CR4_PVI, CR4_TSD, CR4_DE, CR4_PSE, CR4_PAE, CR4_MCE, CR4_PGE, CR4_PCE = range(9)
+CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_UMIP = 9, 10, 11
+CR4_DEFINED = (1 << 12) - 1  # the IA-32 bits up to UMIP; higher ones (VMXE, SMXE, ...) reserved here
+
+MSR_TSC, MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x10, 0x174, 0x175, 0x176
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    width: int          # bits; 0 for byte arrays
+    owner: str          # USER or SYSTEM
+    doc: str
+    index_width: int = 0  # for arrays: address width
+
+
+def _fields() -> tuple[Field, ...]:
+    out: list[Field] = []
+    for r in GPRS:
+        out.append(Field(r, 32, USER, "general register"))
+    out.append(Field("eip", 32, USER, "instruction pointer (offset in CS)"))
+    out.append(Field("flags", 32, USER, "EFLAGS arithmetic bits CF PF AF ZF SF DF OF"))
+    out.append(Field("sysflags", 32, SYSTEM, "EFLAGS system bits TF IF IOPL NT RF VM AC VIF VIP ID"))
+    out.append(Field("cpl", 2, SYSTEM, "current privilege level (SDM 3A 5.5)"))
+    for s in SREGS:
+        out.append(Field(s, 16, USER, f"{s.upper()} selector"))
+        out.append(Field(f"{s}_base", 32, SYSTEM, f"{s.upper()} hidden base"))
+        out.append(Field(f"{s}_limit", 32, SYSTEM, f"{s.upper()} hidden byte-granular limit"))
+        out.append(Field(f"{s}_attr", 16, SYSTEM,
+                         f"{s.upper()} hidden attributes: descriptor bits 40-55 (type S DPL P . AVL L DB G)"))
+    out += [
+        Field("gdtr_base", 32, SYSTEM, "GDTR base"), Field("gdtr_limit", 16, SYSTEM, "GDTR limit"),
+        Field("idtr_base", 32, SYSTEM, "IDTR base"), Field("idtr_limit", 16, SYSTEM, "IDTR limit"),
+        Field("ldtr", 16, SYSTEM, "LDTR selector"), Field("ldtr_base", 32, SYSTEM, "LDTR base"),
+        Field("ldtr_limit", 32, SYSTEM, "LDTR byte limit"),
+        Field("tr", 16, SYSTEM, "TR selector"), Field("tr_base", 32, SYSTEM, "TR base"),
+        Field("tr_limit", 32, SYSTEM, "TR byte limit"), Field("tr_attr", 16, SYSTEM, "TR attributes"),
+    ]
+    for c in ("cr0", "cr2", "cr3", "cr4"):
+        out.append(Field(c, 32, SYSTEM, f"control register {c.upper()}"))
+    for d in ("dr0", "dr1", "dr2", "dr3", "dr6", "dr7"):
+        out.append(Field(d, 32, SYSTEM, f"debug register {d.upper()}"))
+    out += [
+        Field("tsc", 64, SYSTEM, "time-stamp counter, MSR 0x10"),
+        Field("tsc_aux", 32, SYSTEM, "IA32_TSC_AUX, read by RDTSCP"),
+        Field("pmc0", 64, SYSTEM, "performance counter 0"),
+        Field("pmc1", 64, SYSTEM, "performance counter 1"),
+        Field("sysenter_cs", 32, SYSTEM, "IA32_SYSENTER_CS, MSR 0x174"),
+        Field("sysenter_esp", 32, SYSTEM, "IA32_SYSENTER_ESP, MSR 0x175"),
+        Field("sysenter_eip", 32, SYSTEM, "IA32_SYSENTER_EIP, MSR 0x176"),
+        Field("halted", 1, SYSTEM, "processor halted by HLT"),
+        Field("caches", 1, SYSTEM, "1 while cache lines may hold data not yet in memory (INVD drops them)"),
+        Field("tlb", 1, SYSTEM, "1 while the TLB may hold translations (INVLPG drops them)"),
+        Field("io", 8, SYSTEM, "I/O port space, byte per port", index_width=16),
+        Field("mem", 8, USER, "memory, byte addressed (linear = physical: no paging)", index_width=32),
+    ]
+    return tuple(out)
+
+
+FIELDS: tuple[Field, ...] = _fields()
+FIELD = {f.name: f for f in FIELDS}
+ARRAYS = tuple(f.name for f in FIELDS if f.index_width)
+SCALARS = tuple(f.name for f in FIELDS if not f.index_width)
+
+
+def sort_of(f: Field) -> z3.SortRef:
+    if f.index_width:
+        return z3.ArraySort(z3.BitVecSort(f.index_width), z3.BitVecSort(f.width))
+    return z3.BitVecSort(f.width)
+
+
+@dataclass(frozen=True)
+class State:
+    """One IA-32 state: ``values`` maps every field name to a Z3 term of the field's sort."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def replace(self, **changes: Any) -> "State":
+        unknown = set(changes) - set(FIELD)
+        if unknown:
+            raise KeyError(f"no such state field: {', '.join(sorted(unknown))}")
+        new = dict(self.values)
+        new.update(changes)
+        return State(new)
+
+    def __reduce__(self):  # dataclass with __getattr__ needs explicit pickling
+        return (State, (dict(self.values),))
+
+
+def fresh(prefix: str = "s") -> State:
+    """A fully symbolic state whose fields are Z3 constants named ``prefix.field``."""
+    return State({f.name: z3.Const(f"{prefix}.{f.name}", sort_of(f)) for f in FIELDS})
+
+
+def concrete(values: Mapping[str, Any]) -> State:
+    """A state of Z3 literals from plain integers; missing scalars are 0, arrays default to 0."""
+    unknown = set(values) - set(FIELD)
+    if unknown:
+        raise KeyError(f"no such state field: {', '.join(sorted(unknown))}")
+    out = {}
+    for f in FIELDS:
+        v = values.get(f.name, {} if f.index_width else 0)
+        if f.index_width:
+            arr = z3.K(z3.BitVecSort(f.index_width), z3.BitVecVal(0, f.width))
+            for a, b in sorted(dict(v).items()):
+                arr = z3.Store(arr, z3.BitVecVal(int(a), f.index_width), z3.BitVecVal(int(b), f.width))
+            out[f.name] = arr
+        else:
+            out[f.name] = z3.BitVecVal(int(v) & ((1 << f.width) - 1), f.width)
+    return State(out)
+
+
+def eflags(s: State) -> z3.BitVecRef:
+    """The architectural EFLAGS image (bit 1 set)."""
+    return (s.flags & USER_FLAGS_MASK) | (s.sysflags & SYS_FLAGS_MASK) | EFLAGS_FIXED
+
+
+def split_eflags(value: z3.BitVecRef) -> tuple[z3.BitVecRef, z3.BitVecRef]:
+    return value & USER_FLAGS_MASK, value & SYS_FLAGS_MASK
+
+
+def bit(term: z3.BitVecRef, n: int) -> z3.BoolRef:
+    return z3.Extract(n, n, term) == 1
+
+
+def iopl(s: State) -> z3.BitVecRef:
+    return z3.Extract(IOPL_LO + 1, IOPL_LO, s.sysflags)
+
+
+def users() -> tuple[str, ...]:
+    return tuple(f.name for f in FIELDS if f.owner == USER)
+
+
+def systems() -> tuple[str, ...]:
+    return tuple(f.name for f in FIELDS if f.owner == SYSTEM)
+
+
+def evaluate(s: State, model: z3.ModelRef, addresses: Mapping[str, set] | None = None) -> dict:
+    """Read a state out of a Z3 model as plain integers.
+
+    Arrays are read at the given ``addresses`` (per array field); a witness lists exactly the
+    bytes the instruction reads or writes, so it is complete for replay.
+    """
+    out: dict[str, Any] = {}
+    addresses = addresses or {}
+    for f in FIELDS:
+        term = s.values[f.name]
+        if f.index_width:
+            cells = {}
+            for a in sorted(addresses.get(f.name, ())):
+                cells[a] = model.eval(z3.Select(term, z3.BitVecVal(a, f.index_width)),
+                                      model_completion=True).as_long()
+            out[f.name] = cells
+        else:
+            out[f.name] = model.eval(term, model_completion=True).as_long()
+    return out
+
+
+def fields_equal(a: State, b: State, names) -> z3.BoolRef:
+    return z3.And([a[n] == b[n] for n in names])

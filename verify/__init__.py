@@ -1,0 +1,1 @@
+"""Popek-Goldberg classification, theorems, reports and the command line (uses pgvirt.model, never unicorn)."""
