@@ -283,6 +283,15 @@ class Form:
         return x.finish()
 
 
+    def execute(self, values: dict, code: bytes | None = None,
+                features: frozenset[str] = frozenset()):
+        """Run on a concrete state (plain integers, see ``state.concrete``): Fault or Next."""
+        out = self.run(st.concrete(values), code, features)
+        solver = z3.Solver()
+        solver.check()
+        return out.concrete(solver.model())
+
+
 REGISTRY: dict[str, Form] = {}
 
 

@@ -6,6 +6,11 @@ Each module defines forms with ``pgvirt.model.form.form``; ``FORMS`` lists them 
 
 from ..form import REGISTRY, Form
 from . import tables  # noqa: F401
+from . import segments  # noqa: F401
+from . import transfers  # noqa: F401
+from . import flags  # noqa: F401
+from . import system  # noqa: F401
+from . import ordinary  # noqa: F401
 
 FORMS: tuple[Form, ...] = tuple(REGISTRY.values())
 

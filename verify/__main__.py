@@ -1,0 +1,5 @@
+"""``python -m pgvirt.verify`` is the ``pgvirt`` command."""
+
+from .cli import entry
+
+entry()

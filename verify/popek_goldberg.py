@@ -1,0 +1,468 @@
+"""The Popek-Goldberg definitions as named solver queries over the IA-32 model.
+
+Reading of the 1974 definitions for x86 (README, "Mode and relocation on x86"):
+
+* *mode* M = CPL together with the fields the profile's monitor imposes on a deprivileged guest
+  (IOPL, CR4.TSD/PCE/UMIP...).  Supervisor = CPL 0 with the guest's own settings; user = the
+  same state moved to CPL 3 with the host settings (``profiles.with_mode``).
+* *relocation* R = every other SYSTEM field: descriptor-table registers, LDTR/TR, hidden segment
+  attributes, CR0/CR2/CR3, the non-mode CR4 and EFLAGS system bits, DRs, MSRs, I/O ports.
+  Segment bases and limits are the guest's address space: equal in a location pair.
+* *visible result* = trap or not (with vector and error code), and, without a trap, the USER
+  fields afterwards (CS/SS compared without their RPL, which is the CPL) and every memory byte
+  either run writes.
+
+Queries (each over well-formed states satisfying the form's stated assumptions):
+
+privileged        no user-mode state runs without a fault (UNSAT) and some CPL-0 state does (SAT)
+control_sensitive some state runs without a fault and changes a SYSTEM field
+mode_sensitive    some CPL-0 state and its user-mode twin give different visible results
+location_sensitive some two states equal but for relocation give different visible results
+user_sensitive    control sensitive from a user-mode state, or location sensitive with both in user mode
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import z3
+
+from pgvirt.model import isa, profiles, state as st
+from pgvirt.model.form import Form
+from pgvirt.model.outcome import Fault, Next, Outcome
+from pgvirt.model.profiles import Profile
+
+from .solver import DEFAULT_TIMEOUT_MS, Result, Verdict, check
+
+CLASSES = ("privileged", "control_sensitive", "mode_sensitive", "location_sensitive",
+           "behavior_sensitive", "sensitive", "user_sensitive", "innocuous")
+SEG_SPACE = tuple(f"{r}_{k}" for r in st.SREGS for k in ("base", "limit"))
+RPL_COUPLED = ("cs", "ss")
+
+
+# --- three-valued logic ----------------------------------------------------------------------
+
+def t_or(*vals: bool | None) -> bool | None:
+    if any(v is True for v in vals):
+        return True
+    if all(v is False for v in vals):
+        return False
+    return None
+
+
+def t_not(v: bool | None) -> bool | None:
+    return None if v is None else not v
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+@dataclass
+class Answer:
+    """One class of one form: value True/False/None, how it was decided, and the witness."""
+
+    cls: str
+    value: bool | None
+    verdict: str            # "proved" (by UNSAT), "refuted" (by a SAT witness), "unknown", "derived"
+    witness: dict | None = None
+    seconds: float = 0.0
+    note: str = ""
+
+    def as_json(self) -> dict:
+        return {"class": self.cls, "value": self.value, "verdict": self.verdict,
+                "witness": self.witness, "seconds": round(self.seconds, 4), "note": self.note}
+
+
+@dataclass
+class Classification:
+    form: Form
+    profile: Profile
+    answers: dict[str, Answer] = field(default_factory=dict)
+    assumptions: tuple[str, ...] = ()
+
+    def __getitem__(self, cls: str) -> bool | None:
+        return self.answers[cls].value
+
+    @property
+    def seconds(self) -> float:
+        return sum(a.seconds for a in self.answers.values())
+
+    def row(self) -> dict:
+        f = self.form
+        out = {"name": f.name, "mnemonic": f.mnemonic, "asm": f.asm, "bytes": f.bytes.hex()}
+        out.update({c: self[c] for c in CLASSES})
+        return out
+
+
+# --- building blocks ---------------------------------------------------------------------------
+
+def _mask_rpl(v):
+    return v & 0xFFFC
+
+
+def visible_differs(a: Outcome, b: Outcome) -> z3.BoolRef:
+    """The two runs' visible results differ (see the module docstring)."""
+    fa, fb = a.faults, b.faults
+    both_fault_differ = z3.And(fa, fb, z3.Or(a.vector != b.vector, a.code != b.code))
+    diffs = []
+    for name in st.users():
+        f = st.FIELD[name]
+        if f.index_width:
+            continue
+        x, y = a.post[name], b.post[name]
+        if name in RPL_COUPLED:
+            x, y = _mask_rpl(x), _mask_rpl(y)
+        if x.eq(y):
+            continue
+        diffs.append(x != y)
+    addrs = [ad for arr, ad in a.stores + b.stores if arr == "mem"]
+    for ad in addrs:
+        diffs.append(z3.Select(a.post.mem, ad) != z3.Select(b.post.mem, ad))
+    neither = z3.And(z3.Not(fa), z3.Not(fb), z3.Or(diffs) if diffs else z3.BoolVal(False))
+    return z3.Or(fa != fb, both_fault_differ, neither)
+
+
+def system_changes(o: Outcome) -> z3.BoolRef:
+    """Some SYSTEM field after the run differs from before."""
+    diffs = []
+    for name in o.effects:
+        f = st.FIELD[name]
+        if f.owner != st.SYSTEM:
+            continue
+        if f.index_width:
+            for arr, ad in o.stores:
+                if arr == name:
+                    diffs.append(z3.Select(o.post[name], ad) != z3.Select(o.pre[name], ad))
+        else:
+            diffs.append(o.post[name] != o.pre[name])
+    return z3.Or(diffs) if diffs else z3.BoolVal(False)
+
+
+def relocated(s, profile: Profile, tag: str):
+    """A twin of ``s`` equal in USER fields, mode and address space, free in relocation."""
+    changes = {}
+    mode = profile.mode_bits
+    for f in st.FIELDS:
+        if f.owner != st.SYSTEM or f.name == "cpl" or f.name in SEG_SPACE:
+            continue
+        fresh = z3.Const(f"{tag}.{f.name}", st.sort_of(f))
+        m = mode.get(f.name, 0)
+        changes[f.name] = (s[f.name] & m) | (fresh & ~m) if m else fresh
+    return s.replace(**changes)
+
+
+def tidy(s, o: Outcome) -> list:
+    """Constraints that make a witness easy to read and replay; never used in a proof."""
+    c = []
+    for r in st.SREGS:
+        c += [s[f"{r}_base"] == 0, s[f"{r}_limit"] == 0xFFFFFFFF]
+    c += [z3.ULE(0x1000, s.eip), z3.ULT(s.eip, 0x1F00)]
+    for reg in ("gdtr_base", "idtr_base", "ldtr_base", "tr_base"):
+        c += [z3.ULE(0x10000, s[reg]), z3.ULT(s[reg], 0x70000)]
+    c += [z3.ULE(0x20000, s.esp), z3.ULT(s.esp, 0x70000)]
+    for arr, ad in o.loads + o.stores:
+        if arr == "mem":
+            c += [z3.ULE(0x8000, ad), z3.ULT(ad, 0x80000)]
+    return c
+
+
+@dataclass
+class Query:
+    name: str
+    constraints: list
+    states: dict[str, Any]                # label -> symbolic state
+    outcomes: dict[str, Outcome]
+    extra_addrs: dict[str, list]          # label -> [(array, addr term)]
+    tidy: list
+
+
+def _witness(q: Query, model: z3.ModelRef) -> dict:
+    out: dict[str, Any] = {}
+    for label, s in q.states.items():
+        o = q.outcomes[label]
+        addrs = o.addresses(model)
+        for arr, ad in q.extra_addrs.get(label, []):
+            addrs.setdefault(arr, set()).add(model.eval(ad, model_completion=True).as_long())
+        # A pair shares memory: give both states the union of addresses so each is complete.
+        for other in q.outcomes.values():
+            for arr, v in other.addresses(model).items():
+                addrs.setdefault(arr, set()).update(v)
+        pre = st.evaluate(s, model, addrs)
+        res = o.concrete(model, addrs)
+        out[label] = pre
+        out[f"{label}_outcome"] = _outcome_json(pre, res)
+    return out
+
+
+def _outcome_json(pre: dict, res: Fault | Next) -> dict:
+    if isinstance(res, Fault):
+        return res.as_json()
+    changed = {}
+    for k, v in res.state.items():
+        if k in ("mem", "io"):
+            d = {a: b for a, b in v.items() if pre[k].get(a) != b}
+            if d:
+                changed[k] = d
+        elif pre[k] != v:
+            changed[k] = v
+    return {"fault": False, "changed": changed}
+
+
+class Engine:
+    """Builds and runs the queries of one form under one profile.
+
+    The form runs three times symbolically: on a state ``s``, on its user-mode twin ``u`` and on
+    its relocated twin ``r``; every query is a different set of constraints over these.
+    """
+
+    def __init__(self, form: Form, profile: Profile, timeout_ms: int = DEFAULT_TIMEOUT_MS):
+        self.form, self.profile, self.timeout = form, profile, timeout_ms
+        self.s = st.fresh("s")
+        self.o = self.run(self.s)
+        self.u = profiles.with_mode(self.s, 3, profile, host=True)
+        self.ou = self.run(self.u)
+        self.r = relocated(self.s, profile, "r")
+        self.orr = self.run(self.r)
+        self.wf = [profiles.wellformed(self.s, profile), self.o.assumed]
+        self.dep_s, self.extra_s = profiles.deprivileged(self.s, profile)
+        self.dep_u, self.extra_u = profiles.deprivileged(self.u, profile)
+        self.dep_r, self.extra_r = profiles.deprivileged(self.r, profile)
+        self.tidy_s = tidy(self.s, self.o)
+
+    def run(self, s) -> Outcome:
+        return self.form.run(s, features=self.profile.features)
+
+    def _one(self, name: str, constraints: list, extra=()) -> Query:
+        return Query(name, self.wf + constraints, {"state": self.s}, {"state": self.o},
+                     {"state": list(extra)}, self.tidy_s)
+
+    def queries(self) -> dict[str, Query]:
+        s, o = self.s, self.o
+        not_fault = z3.Not(o.faults)
+        changes = system_changes(o)
+        mode = Query("mode_sensitive",
+                     self.wf + [s.cpl == 0, profiles.wellformed(self.u, self.profile), self.ou.assumed,
+                                self.dep_u, visible_differs(o, self.ou)],
+                     {"native": s, "deprivileged": self.u}, {"native": o, "deprivileged": self.ou},
+                     {"deprivileged": self.extra_u}, self.tidy_s + tidy(self.u, self.ou))
+        loc_base = self.wf + [profiles.wellformed(self.r, self.profile), self.orr.assumed,
+                              visible_differs(o, self.orr)]
+        pair = ({"a": s, "b": self.r}, {"a": o, "b": self.orr})
+        loc_tidy = self.tidy_s + tidy(self.r, self.orr)
+        return {
+            "user_runs": self._one("privileged.user_runs", [self.dep_s, not_fault], self.extra_s),
+            "supervisor_runs": self._one("privileged.supervisor_runs", [s.cpl == 0, not_fault]),
+            "control": self._one("control_sensitive", [not_fault, changes]),
+            "control_user": self._one("control_sensitive.user", [self.dep_s, not_fault, changes],
+                                      self.extra_s),
+            "mode": mode,
+            "location": Query("location_sensitive", loc_base, *pair, {}, loc_tidy),
+            "location_user": Query("location_sensitive.user", loc_base + [self.dep_s, self.dep_r], *pair,
+                                   {"a": self.extra_s, "b": self.extra_r}, loc_tidy),
+        }
+
+    def solve(self, q: Query) -> tuple[Result, dict | None, float]:
+        r = check(q.constraints, self.timeout)
+        spent = r.seconds
+        if r.verdict is not Verdict.REFUTED:
+            return r, None, spent
+        nice = check(q.constraints + q.tidy, self.timeout)
+        spent += nice.seconds
+        model = nice.model if nice.verdict is Verdict.REFUTED else r.model
+        return r, _witness(q, model), spent
+
+
+def _sat_answer(cls: str, r: Result, w: dict | None, dt: float) -> Answer:
+    """Existential class: SAT (witness) means True, UNSAT means False."""
+    if r.verdict is Verdict.REFUTED:
+        return Answer(cls, True, "refuted", w, dt, "witness found")
+    if r.verdict is Verdict.PROVED:
+        return Answer(cls, False, "proved", None, dt, "no state exists (UNSAT)")
+    return Answer(cls, None, "unknown", None, dt, r.reason or "solver gave no answer")
+
+
+def classify(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Classification:
+    """Every Popek-Goldberg class of ``form`` under ``profile``, each derived by Z3."""
+    form = isa.get(form) if isinstance(form, str) else form
+    profile = profiles.get(profile) if isinstance(profile, str) else profile
+    eng = Engine(form, profile, timeout_ms)
+    qs = eng.queries()
+    res = {k: eng.solve(q) for k, q in qs.items()}
+    out = Classification(form, profile)
+    out.assumptions = profiles.ASSUMPTIONS + tuple(sorted({why for _, why in eng.o.assumptions}))
+
+    # privileged: no user-mode state runs without a fault, and a CPL-0 state does.
+    (ru, wu, tu), (rs, ws, ts) = res["user_runs"], res["supervisor_runs"]
+    if ru.verdict is Verdict.REFUTED:
+        priv = Answer("privileged", False, "refuted", wu, tu, "runs without a trap in user mode")
+    elif ru.verdict is Verdict.UNKNOWN or rs.verdict is Verdict.UNKNOWN:
+        priv = Answer("privileged", None, "unknown", None, tu + ts, ru.reason or rs.reason)
+    elif rs.verdict is Verdict.PROVED:
+        priv = Answer("privileged", False, "proved", None, tu + ts, "traps in every mode")
+    else:
+        priv = Answer("privileged", True, "proved", ws, tu + ts,
+                      "every user-mode run traps (UNSAT); witness: a CPL-0 run without a trap")
+    a = out.answers
+    a["privileged"] = priv
+    a["control_sensitive"] = _sat_answer("control_sensitive", *res["control"])
+    a["mode_sensitive"] = _sat_answer("mode_sensitive", *res["mode"])
+    a["location_sensitive"] = _sat_answer("location_sensitive", *res["location"])
+    ctl_u = _sat_answer("control_sensitive.user", *res["control_user"])
+    loc_u = _sat_answer("location_sensitive.user", *res["location_user"])
+    a["behavior_sensitive"] = _derived("behavior_sensitive", a["mode_sensitive"], a["location_sensitive"])
+    a["sensitive"] = _derived("sensitive", a["control_sensitive"], a["behavior_sensitive"])
+    a["user_sensitive"] = _derived("user_sensitive", ctl_u, loc_u)
+    a["innocuous"] = Answer("innocuous", t_not(a["sensitive"].value), "derived", None, 0.0,
+                            "not sensitive")
+    return out
+
+
+def _derived(cls: str, *parts: Answer) -> Answer:
+    value = t_or(*(p.value for p in parts))
+    witness = next((p for p in parts if p.value is True), None)
+    secs = sum(p.seconds for p in parts)
+    if witness is not None:
+        return Answer(cls, True, "derived", witness.witness, secs, f"because {witness.cls}")
+    note = " and ".join(f"not {p.cls}" for p in parts) if value is False else "a part is unknown"
+    return Answer(cls, value, "derived", None, secs, note)
+
+
+# --- theorems -----------------------------------------------------------------------------------
+
+@dataclass
+class Theorem:
+    number: str
+    statement: str
+    verdict: str                 # "holds" | "fails" | "unknown"
+    violations: list[Classification]
+    undecided: list[Classification]
+    cls: str
+
+    def as_json(self) -> dict:
+        return {"verdict": self.verdict, "statement": self.statement,
+                "violations": [violation_json(c, self.cls) for c in self.violations],
+                "undecided": [c.form.name for c in self.undecided]}
+
+
+def violation_json(c: Classification, cls: str) -> dict:
+    f = c.form
+    return {"name": f.name, "mnemonic": f.mnemonic, "asm": f.asm, "bytes": f.bytes.hex(),
+            "class": c.answers[cls].note, "witness": {
+                "sensitive": c.answers[cls].witness,
+                "runs_unprivileged": c.answers["privileged"].witness}}
+
+
+def theorem(number: str, results: list[Classification]) -> Theorem:
+    """Theorem 1: sensitive ⊆ privileged.  Theorem 3: user sensitive ⊆ privileged."""
+    cls = {"1": "sensitive", "3": "user_sensitive"}[number]
+    statement = {"1": "every sensitive instruction is privileged (a VMM can be built)",
+                 "3": "every user-sensitive instruction is privileged (a hybrid VMM can be built)"}[number]
+    violations, undecided = [], []
+    for c in results:
+        s, p = c[cls], c["privileged"]
+        if s is True and p is False:
+            violations.append(c)
+        elif s is not False and p is not True:
+            undecided.append(c)
+    verdict = "fails" if violations else ("unknown" if undecided else "holds")
+    return Theorem(number, statement, verdict, violations, undecided, cls)
+
+
+# --- whole-ISA runs -----------------------------------------------------------------------------
+
+def _job(args) -> tuple[str, dict[str, Answer], tuple[str, ...], int, float]:
+    from .solver import STATS
+    name, pname, timeout = args
+    q0, s0 = STATS.queries, STATS.seconds
+    c = classify(name, pname, timeout)
+    return name, c.answers, c.assumptions, STATS.queries - q0, STATS.seconds - s0
+
+
+def classify_all(profile: Profile | str, forms=None, jobs: int | None = None,
+                 timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None) -> list[Classification]:
+    """Classify every form (or ``forms``) under ``profile``, in ``jobs`` worker processes.
+
+    ``progress`` is called with each finished form's name.  Results keep the registry's order.
+    """
+    import multiprocessing as mp
+    import os
+
+    from .solver import STATS
+
+    profile = profiles.get(profile) if isinstance(profile, str) else profile
+    names = [f if isinstance(f, str) else f.name for f in (forms or isa.FORMS)]
+    for n in names:
+        isa.get(n)  # unknown names fail before any work starts
+    jobs = jobs or min(len(names), os.cpu_count() or 1)
+    work = [(n, profile.name, timeout_ms) for n in names]
+    done: dict[str, Classification] = {}
+
+    def collect(item):
+        name, answers, assumptions, nq, secs = item
+        c = Classification(isa.get(name), profile, answers, assumptions)
+        done[name] = c
+        if jobs > 1:  # worker processes kept their own counters
+            STATS.queries += nq
+            STATS.seconds += secs
+        if progress:
+            progress(name)
+
+    if jobs <= 1:
+        for w in work:
+            collect(_job(w))
+    else:
+        with mp.get_context("fork").Pool(jobs) as pool:
+            for item in pool.imap_unordered(_job, work):
+                collect(item)
+    return [done[n] for n in names]
+
+
+# --- concrete re-checks of witnesses ------------------------------------------------------------
+
+def _visible(pre: dict, res) -> tuple:
+    if isinstance(res, Fault):
+        return ("fault", res.vector, res.code)
+    post = res.state
+    regs = []
+    for name in st.users():
+        if st.FIELD[name].index_width:
+            continue
+        v = post[name]
+        regs.append(v & 0xFFFC if name in RPL_COUPLED else v)
+    return ("next", tuple(regs))
+
+
+def visible_differs_concrete(pa: dict, ra, pb: dict, rb) -> bool:
+    va, vb = _visible(pa, ra), _visible(pb, rb)
+    if va != vb:
+        return True
+    if va[0] == "fault":
+        return False
+    ma, mb = ra.state["mem"], rb.state["mem"]
+    return any(ma.get(k, pa["mem"].get(k, 0)) != mb.get(k, pb["mem"].get(k, 0)) for k in set(ma) | set(mb))
+
+
+def recheck(c: Classification, cls: str) -> bool:
+    """Evaluate the semantics on ``c``'s witness for ``cls`` and confirm the claim concretely."""
+    f, p = c.form, c.profile
+    a = c.answers[cls]
+    w = a.witness
+    run = lambda s: f.execute(s, features=p.features)  # noqa: E731
+    if cls == "privileged":
+        if a.value:  # witness: a CPL-0 run without a trap
+            return w["state"]["cpl"] == 0 and isinstance(run(w["state"]), Next)
+        s = w["state"]
+        return s["cpl"] == 3 and ((s["sysflags"] >> st.IOPL_LO) & 3) == p.iopl and isinstance(run(s), Next)
+    if "native" in w:
+        n, d = w["native"], w["deprivileged"]
+        return n["cpl"] == 0 and d["cpl"] == 3 and visible_differs_concrete(n, run(n), d, run(d))
+    if "a" in w:
+        x, y = w["a"], w["b"]
+        same_user = all(x[k] == y[k] for k in st.users() if not st.FIELD[k].index_width)
+        return same_user and visible_differs_concrete(x, run(x), y, run(y))
+    s = w["state"]
+    res = run(s)
+    if not isinstance(res, Next):
+        return False
+    return any(res.state[k] != s[k] for k in st.systems() if not st.FIELD[k].index_width) or \
+        any(res.state["io"].get(k) != s["io"].get(k, 0) for k in res.state["io"])

@@ -1,0 +1,147 @@
+"""Reports of classifications and theorem verdicts: JSON documents and rich text tables."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .literature import robin_irvine_entry
+from .popek_goldberg import CLASSES, Classification, Theorem, theorem
+
+SHORT = {"privileged": "priv", "control_sensitive": "ctrl", "mode_sensitive": "mode",
+         "location_sensitive": "loc", "behavior_sensitive": "behav", "sensitive": "sens",
+         "user_sensitive": "user", "innocuous": "innoc"}
+
+
+# --- JSON ---------------------------------------------------------------------------------------
+
+def classify_json(profile: str, results: list[Classification]) -> dict:
+    return {"profile": profile, "instructions": [c.row() for c in results]}
+
+
+def departures(results: list[Classification], t1: Theorem) -> dict:
+    """Where the derived Theorem-1 violations depart from Robin & Irvine's list."""
+    violating = {c.form.name for c in t1.violations}
+    beyond, not_derived = [], []
+    for c in results:
+        entry = robin_irvine_entry(c.form.mnemonic, c.form.asm)
+        if c.form.name in violating and entry is None:
+            a = c.answers["sensitive"]
+            beyond.append({"name": c.form.name, "asm": c.form.asm, "why": a.note,
+                           "witness": a.witness})
+        elif c.form.name not in violating and entry is not None:
+            why = ("privileged under this profile" if c["privileged"] else
+                   "not sensitive under the definitions" if c["sensitive"] is False else "undecided")
+            not_derived.append({"name": c.form.name, "asm": c.form.asm, "paper": entry, "why": why})
+    return {"beyond_the_paper": beyond, "listed_but_not_violations": not_derived}
+
+
+def verify_json(per_profile: list[tuple[str, list[Classification]]]) -> dict:
+    out = []
+    for pname, results in per_profile:
+        t1, t3 = theorem("1", results), theorem("3", results)
+        out.append({"profile": pname, "theorems": {"1": t1.as_json(), "3": t3.as_json()},
+                    "robin_irvine": departures(results, t1),
+                    "assumptions": sorted({a for c in results for a in c.assumptions})})
+    return {"profiles": out}
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+def _cell(c: Classification, cls: str) -> Text:
+    v = c[cls]
+    a = c.answers[cls]
+    if v is None:
+        return Text("?", style="bold yellow")
+    mark = "yes" if v else "no"
+    style = {"privileged": "green" if v else "red"}.get(cls, ("red" if v else "dim"))
+    if cls == "innocuous":
+        style = "green" if v else "dim"
+    if a.verdict == "unknown":
+        style = "yellow"
+    return Text(mark, style=style)
+
+
+def classify_table(profile: str, results: list[Classification]) -> Table:
+    t = Table(title=f"Popek-Goldberg classification, profile {profile}", header_style="bold")
+    t.add_column("form")
+    t.add_column("asm")
+    for cls in CLASSES:
+        t.add_column(SHORT[cls], justify="center")
+    for c in results:
+        t.add_row(c.form.name, Text(c.form.asm), *(_cell(c, cls) for cls in CLASSES))
+    return t
+
+
+def verify_text(console: Console, per_profile: list[tuple[str, list[Classification]]]) -> None:
+    for pname, results in per_profile:
+        for num in ("1", "3"):
+            th = theorem(num, results)
+            style = {"holds": "bold green", "fails": "bold red", "unknown": "bold yellow"}[th.verdict]
+            console.print(Text.assemble(f"[{pname}] Theorem {num}: {th.statement}: ",
+                                        (th.verdict.upper(), style)))
+            if th.violations:
+                t = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+                t.add_column("form")
+                t.add_column("asm")
+                t.add_column("sensitive because")
+                t.add_column("witness")
+                for c in th.violations:
+                    why, evidence = explain(c, th.cls)
+                    t.add_row(c.form.name, Text(c.form.asm), why, Text(evidence))
+                console.print(t)
+            if th.undecided:
+                console.print(Text(f"  undecided (solver gave no answer): "
+                                   f"{', '.join(c.form.name for c in th.undecided)}", style="yellow"))
+        dep = departures(results, theorem("1", results))
+        for d in dep["beyond_the_paper"]:
+            console.print(Text(f"  beyond Robin & Irvine: {d['name']} ({d['asm']}): {d['why']}",
+                               style="magenta"))
+        for d in dep["listed_but_not_violations"]:
+            console.print(Text(f"  Robin & Irvine list {d['paper']}; {d['name']} ({d['asm']}) is {d['why']}",
+                               style="cyan"))
+
+
+COMPONENTS = {"sensitive": ("control_sensitive", "mode_sensitive", "location_sensitive"),
+              "user_sensitive": ("control_sensitive", "location_sensitive")}
+
+
+def explain(c: Classification, cls: str) -> tuple[str, str]:
+    """Which definitions make ``c`` sensitive, and the witness in one line."""
+    parts = [p for p in COMPONENTS[cls] if c[p]]
+    why = " + ".join(p.replace("_sensitive", "") for p in parts)
+    w = c.answers[cls].witness or {}
+    return why, witness_line(w)
+
+
+def _res_line(o: dict) -> str:
+    if o.get("fault"):
+        return f"fault {o['vector']}"
+    ch = o.get("changed", {})
+    regs = [f"{k}={v:#x}" for k, v in ch.items() if k not in ("mem", "io", "eip")][:2]
+    if "mem" in ch:
+        regs.append("mem " + " ".join(f"{b:02x}" for _, b in sorted(ch["mem"].items())[:6]))
+    return ", ".join(regs) or "no change"
+
+
+def witness_line(w: dict) -> str:
+    if "native" in w:
+        return (f"CPL 0: {_res_line(w['native_outcome'])} | CPL 3: "
+                f"{_res_line(w['deprivileged_outcome'])}")
+    if "a" in w:
+        return f"{_res_line(w['a_outcome'])} | relocated: {_res_line(w['b_outcome'])}"
+    if "state" in w:
+        return f"CPL {w['state']['cpl']}: {_res_line(w['state_outcome'])}"
+    return ""
+
+
+def summary(per_profile: Iterable[tuple[str, list[Classification]]], seconds: float) -> str:
+    parts = []
+    for pname, results in per_profile:
+        t1, t3 = theorem("1", results), theorem("3", results)
+        parts.append(f"{pname}: Theorem 1 {t1.verdict} ({len(t1.violations)} violations), "
+                     f"Theorem 3 {t3.verdict} ({len(t3.violations)})")
+    return "; ".join(parts) + f"  [{seconds:.1f} s]"

@@ -1,0 +1,77 @@
+"""One solver factory and the tri-state verdict.
+
+Every query goes through ``check``: a fresh solver with a fixed seed and a timeout.  UNSAT is a
+proof (PROVED), SAT comes with a model (REFUTED, the model is the witness), anything else is
+UNKNOWN and is never read as a proof.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+
+import z3
+
+DEFAULT_TIMEOUT_MS = 20_000
+SEED = 0
+
+
+class Verdict(enum.Enum):
+    PROVED = "proved"      # the query is UNSAT
+    REFUTED = "refuted"    # the query is SAT; a witness exists
+    UNKNOWN = "unknown"    # timeout or incomplete answer
+
+
+@dataclass
+class Result:
+    verdict: Verdict
+    model: z3.ModelRef | None
+    seconds: float
+    reason: str = ""
+
+
+class Stats:
+    """Counts queries and summed solver time (for the benchmark's overhead ratio)."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self.seconds = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.queries += 1
+        self.seconds += seconds
+
+
+STATS = Stats()
+
+
+def make_solver(timeout_ms: int) -> z3.Solver:
+    s = z3.SolverFor("QF_ABV")
+    s.set("timeout", int(timeout_ms))
+    s.set("random_seed", SEED)
+    return s
+
+
+def check(constraints, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Result:
+    """Is the conjunction of ``constraints`` satisfiable?"""
+    s = make_solver(timeout_ms)
+    s.add(*constraints)
+    t0 = time.perf_counter()
+    r = s.check()
+    dt = time.perf_counter() - t0
+    STATS.add(dt)
+    if r == z3.unsat:
+        return Result(Verdict.PROVED, None, dt)
+    if r == z3.sat:
+        return Result(Verdict.REFUTED, s.model(), dt)
+    return Result(Verdict.UNKNOWN, None, dt, s.reason_unknown())
+
+
+def smtlib(constraints, status: str, name: str) -> str:
+    """The query as an SMT-LIB 2 script carrying Z3's answer, for re-checking by another solver."""
+    s = z3.Solver()
+    s.add(*constraints)
+    body = s.to_smt2()
+    head = f"; pgvirt proof obligation {name}\n(set-info :status {status})\n"
+    return head + body
