@@ -212,8 +212,9 @@ def iopl_ok(x) -> z3.BoolRef:
 def io_permitted(x, port, width: int) -> z3.BoolRef:
     """CPL <= IOPL, or every bit for the ports in the TSS I/O bitmap is clear (SDM Vol. 1 19.5)."""
     port32 = z3.ZeroExt(16, port)
-    tss32 = z3.And(z3.Extract(12, 12, x.tr_attr) == 0,
-                   z3.Or(z3.Extract(11, 8, x.tr_attr) == 9, z3.Extract(11, 8, x.tr_attr) == 0xB))
+    # tr_attr keeps descriptor bits 40-55: type in bits 3:0, S in bit 4.
+    tss32 = z3.And(z3.Extract(4, 4, x.tr_attr) == 0,
+                   z3.Or(z3.Extract(3, 0, x.tr_attr) == 9, z3.Extract(3, 0, x.tr_attr) == 0xB))
     has_base = z3.ULE(z3.BitVecVal(0x67, 32), x.tr_limit)
     io_base = z3.ZeroExt(16, x.load(x.tr_base + 0x66, 2))
     byte = io_base + z3.LShR(port32, 3)

@@ -1,7 +1,8 @@
 """Instruction encodings in the SDM's opcode notation (SDM Vol. 2A 3.1.1.1) and a 32-bit decoder.
 
 An encoding is written as in the opcode column: ``"0F 01 /0"``, ``"8E /r"``, ``"50+r"``,
-``"CD ib"``, ``"9A cp"``; a trailing ``mem`` or ``reg`` restricts ModRM.mod. ``decode`` reads one
+``"CD ib"``, ``"9A cp"``; a trailing ``mem`` or ``reg`` restricts ModRM.mod.  As in the SDM,
+opcode bytes are upper-case hex and immediates lower case (``"CB"`` is RETF, ``"cb"`` a rel8). ``decode`` reads one
 instance (prefixes, ModRM, SIB, displacement, immediates) so a form's semantics take their
 operands from the actual bytes of a site, not from a canonical example.
 """
@@ -42,8 +43,8 @@ class Encoding:
                 modrm = t[1:]
                 if modrm not in ("r", "0", "1", "2", "3", "4", "5", "6", "7"):
                     raise EncodingError(f"bad ModRM token {tok!r} in {text!r}")
-            elif t in IMM_SIZE:
-                imms.append(t)
+            elif tok in IMM_SIZE:  # lower case, as the SDM writes them: "CB" is an opcode, "cb" a rel8
+                imms.append(tok)
             elif t in ("mem", "reg"):
                 mod = t
             elif t.endswith("+r"):

@@ -174,11 +174,17 @@ class Exec:
         addr = _bv(addr, width)
         value = _bv(value, 8 * size)
         arr = self.s[array]
+        guarded = not z3.is_true(self.path)
         for k in range(size):
             a = addr + k
             self._stores.append((array, a))
-            arr = z3.Store(arr, a, z3.Extract(8 * k + 7, 8 * k, value))
-        self.write(array, arr)
+            byte = z3.Extract(8 * k + 7, 8 * k, value)
+            if guarded:
+                # Guard each byte, not the array: an if-then-else over arrays is slow to solve.
+                byte = z3.If(self.path, byte, z3.Select(arr, a))
+            arr = z3.Store(arr, a, byte)
+        self._effects.add(array)
+        self.s = self.s.replace(**{array: arr})
 
     def seg_base(self, seg: str):
         return self.s[f"{seg}_base"]

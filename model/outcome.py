@@ -11,7 +11,7 @@ from typing import Any
 
 import z3
 
-from .state import State, evaluate
+from .state import State, eval_many, evaluate
 
 DE, DB, BP, OF, BR, UD, NM, DF, TS, NP, SS, GP, PF, MF, AC = (
     0, 1, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17)
@@ -92,14 +92,17 @@ class Outcome:
 
     def addresses(self, model: z3.ModelRef) -> dict[str, set[int]]:
         out: dict[str, set[int]] = {}
-        for name, addr in self.loads + self.stores:
-            out.setdefault(name, set()).add(model.eval(addr, model_completion=True).as_long())
+        refs = self.loads + self.stores
+        for (name, _), a in zip(refs, eval_many(model, [ad for _, ad in refs])):
+            out.setdefault(name, set()).add(a)
         return out
 
     def concrete(self, model: z3.ModelRef, extra: dict[str, set[int]] | None = None) -> Fault | Next:
         """The concrete outcome under ``model``: a Fault with its reason, or Next(state)."""
-        for c in self.checks:
-            if z3.is_true(model.eval(c.fails, model_completion=True)):
+        one, zero = z3.BitVecVal(1, 1), z3.BitVecVal(0, 1)
+        fired = eval_many(model, [z3.If(c.fails, one, zero) for c in self.checks])
+        for c, bit in zip(self.checks, fired):
+            if bit:
                 code = None if c.code is None else model.eval(c.code, model_completion=True).as_long()
                 return Fault(c.vector, code, c.reason)
         addrs = self.addresses(model)

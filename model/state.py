@@ -186,25 +186,45 @@ def systems() -> tuple[str, ...]:
     return tuple(f.name for f in FIELDS if f.owner == SYSTEM)
 
 
+def eval_many(model: z3.ModelRef, terms: list) -> list[int]:
+    """Evaluate bit-vector terms under ``model`` with one solver call (Concat, then slice)."""
+    if not terms:
+        return []
+    big = terms[0] if len(terms) == 1 else z3.Concat(*terms)
+    v = model.eval(big, model_completion=True).as_long()
+    out = []
+    for t in reversed(terms):
+        w = t.size()
+        out.append(v & ((1 << w) - 1))
+        v >>= w
+    out.reverse()
+    return out
+
+
 def evaluate(s: State, model: z3.ModelRef, addresses: Mapping[str, set] | None = None) -> dict:
     """Read a state out of a Z3 model as plain integers.
 
     Arrays are read at the given ``addresses`` (per array field); a witness lists exactly the
     bytes the instruction reads or writes, so it is complete for replay.
     """
-    out: dict[str, Any] = {}
     addresses = addresses or {}
+    terms, slots = [], []
     for f in FIELDS:
         term = s.values[f.name]
         if f.index_width:
-            cells = {}
             for a in sorted(addresses.get(f.name, ())):
-                cells[a] = model.eval(z3.Select(term, z3.BitVecVal(a, f.index_width)),
-                                      model_completion=True).as_long()
-            out[f.name] = cells
+                terms.append(z3.Select(term, z3.BitVecVal(a, f.index_width)))
+                slots.append((f.name, a))
         else:
-            out[f.name] = model.eval(term, model_completion=True).as_long()
-    return out
+            terms.append(term)
+            slots.append((f.name, None))
+    out: dict[str, Any] = {f.name: {} for f in FIELDS if f.index_width}
+    for (name, a), v in zip(slots, eval_many(model, terms)):
+        if a is None:
+            out[name] = v
+        else:
+            out[name][a] = v
+    return {f.name: out[f.name] for f in FIELDS}
 
 
 def fields_equal(a: State, b: State, names) -> z3.BoolRef:

@@ -110,6 +110,12 @@ def cmd_verify(args, out: Console, err: Console) -> int:
     else:
         report.verify_text(out, per)
         out.print(report.summary(per, time.perf_counter() - t0))
+    if args.junit or args.sarif:
+        from .ci_reports import write_verify_reports
+        try:
+            write_verify_reports(per, args.junit, args.sarif)
+        except OSError as e:
+            raise UsageError(f"cannot write report {e.filename}: {e.strerror}") from None
     verdicts = [theorem(n, r).verdict for _, r in per for n in ("1", "3")]
     if "unknown" in verdicts:
         return EXIT_BAD
@@ -142,6 +148,8 @@ def build_parser() -> Parser:
     g.add_argument("--profile")
     g.add_argument("--all-profiles", action="store_true")
     _add_solver_opts(v)
+    v.add_argument("--junit", metavar="FILE", help="also write JUnit XML: one test case per profile x theorem x form")
+    v.add_argument("--sarif", metavar="FILE", help="also write SARIF 2.1.0: one rule per violating form")
     COMMANDS["verify"] = cmd_verify
 
     for register in _extensions():

@@ -38,3 +38,21 @@ def robin_irvine_entry(mnemonic: str, asm: str) -> str | None:
         if mn == mnemonic and (pattern is None or re.search(pattern, ops)):
             return words
     return None
+
+
+# SDM Vol. 3A 5.9 "Privileged Instructions" (plus RDTSCP, gated like RDTSC): Capstone mnemonic and
+# an operand pattern.  The oracle: each is privileged under every profile and never a violation.
+SDM_CPL0: tuple[tuple[str, str | None], ...] = (
+    ("LGDT", None), ("LLDT", None), ("LTR", None), ("LIDT", None),
+    ("MOV", r"\bcr[0-8]\b"), ("LMSW", None), ("CLTS", None), ("MOV", r"\bdr[0-7]\b"),
+    ("INVD", None), ("WBINVD", None), ("INVLPG", None), ("HLT", None), ("RDMSR", None),
+    ("WRMSR", None), ("RDPMC", None), ("RDTSC", None), ("RDTSCP", None),
+)
+
+
+def sdm_cpl0_entry(mnemonic: str, asm: str) -> str | None:
+    ops = asm.split(" ", 1)[1] if " " in asm else ""
+    for mn, pattern in SDM_CPL0:
+        if mn == mnemonic and (pattern is None or re.search(pattern, ops)):
+            return mn if pattern is None else f"{mn} {pattern}"
+    return None

@@ -37,6 +37,8 @@ from .solver import DEFAULT_TIMEOUT_MS, Result, Verdict, check
 
 CLASSES = ("privileged", "control_sensitive", "mode_sensitive", "location_sensitive",
            "behavior_sensitive", "sensitive", "user_sensitive", "innocuous")
+QUICK_MS = 300  # budget for one disjunct of a goal before the undecided ones are asked together
+TIDY_MS = 2000  # budget for re-solving a SAT query into a readable witness
 SEG_SPACE = tuple(f"{r}_{k}" for r in st.SREGS for k in ("base", "limit"))
 RPL_COUPLED = ("cs", "ss")
 
@@ -100,42 +102,41 @@ def _mask_rpl(v):
     return v & 0xFFFC
 
 
-def visible_differs(a: Outcome, b: Outcome) -> z3.BoolRef:
-    """The two runs' visible results differ (see the module docstring)."""
+def visible_parts(a: Outcome, b: Outcome) -> list:
+    """Ways the two runs' visible results can differ (see the module docstring), cheapest first."""
     fa, fb = a.faults, b.faults
-    both_fault_differ = z3.And(fa, fb, z3.Or(a.vector != b.vector, a.code != b.code))
-    diffs = []
+    parts = [fa != fb, z3.And(fa, fb, z3.Or(a.vector != b.vector, a.code != b.code))]
+    neither = z3.And(z3.Not(fa), z3.Not(fb))
     for name in st.users():
-        f = st.FIELD[name]
-        if f.index_width:
+        if st.FIELD[name].index_width:
             continue
         x, y = a.post[name], b.post[name]
         if name in RPL_COUPLED:
             x, y = _mask_rpl(x), _mask_rpl(y)
-        if x.eq(y):
-            continue
-        diffs.append(x != y)
+        if not x.eq(y):
+            parts.append(z3.And(neither, x != y))
     addrs = [ad for arr, ad in a.stores + b.stores if arr == "mem"]
-    for ad in addrs:
-        diffs.append(z3.Select(a.post.mem, ad) != z3.Select(b.post.mem, ad))
-    neither = z3.And(z3.Not(fa), z3.Not(fb), z3.Or(diffs) if diffs else z3.BoolVal(False))
-    return z3.Or(fa != fb, both_fault_differ, neither)
+    if addrs:
+        parts.append(z3.And(neither, z3.Or([z3.Select(a.post.mem, ad) != z3.Select(b.post.mem, ad)
+                                            for ad in addrs])))
+    return parts
 
 
-def system_changes(o: Outcome) -> z3.BoolRef:
-    """Some SYSTEM field after the run differs from before."""
-    diffs = []
+def system_change_parts(o: Outcome) -> list:
+    """Ways a run can change a SYSTEM field."""
+    parts = []
     for name in o.effects:
         f = st.FIELD[name]
         if f.owner != st.SYSTEM:
             continue
         if f.index_width:
-            for arr, ad in o.stores:
-                if arr == name:
-                    diffs.append(z3.Select(o.post[name], ad) != z3.Select(o.pre[name], ad))
+            cells = [z3.Select(o.post[name], ad) != z3.Select(o.pre[name], ad)
+                     for arr, ad in o.stores if arr == name]
+            if cells:
+                parts.append(z3.Or(cells))
         else:
-            diffs.append(o.post[name] != o.pre[name])
-    return z3.Or(diffs) if diffs else z3.BoolVal(False)
+            parts.append(o.post[name] != o.pre[name])
+    return parts
 
 
 def relocated(s, profile: Profile, tag: str):
@@ -151,7 +152,7 @@ def relocated(s, profile: Profile, tag: str):
     return s.replace(**changes)
 
 
-def tidy(s, o: Outcome) -> list:
+def tidy_state(s) -> list:
     """Constraints that make a witness easy to read and replay; never used in a proof."""
     c = []
     for r in st.SREGS:
@@ -160,20 +161,66 @@ def tidy(s, o: Outcome) -> list:
     for reg in ("gdtr_base", "idtr_base", "ldtr_base", "tr_base"):
         c += [z3.ULE(0x10000, s[reg]), z3.ULT(s[reg], 0x70000)]
     c += [z3.ULE(0x20000, s.esp), z3.ULT(s.esp, 0x70000)]
-    for arr, ad in o.loads + o.stores:
-        if arr == "mem":
-            c += [z3.ULE(0x8000, ad), z3.ULT(ad, 0x80000)]
     return c
+
+
+def tidy_memory(o: Outcome) -> list:
+    return [c for arr, ad in o.loads + o.stores if arr == "mem"
+            for c in (z3.ULE(0x8000, ad), z3.ULT(ad, 0x80000))]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The symbolic states every query of a profile speaks about, built once per process."""
+
+    s: Any
+    u: Any
+    r: Any
+    wf_s: z3.BoolRef
+    wf_u: z3.BoolRef
+    wf_r: z3.BoolRef
+    dep_s: z3.BoolRef
+    dep_u: z3.BoolRef
+    dep_r: z3.BoolRef
+    extra_s: list
+    extra_u: list
+    extra_r: list
+    tidy_s: list
+    tidy_u: list
+    tidy_r: list
+
+
+_FRAMES: dict[str, Frame] = {}
+
+
+def frame(profile: Profile) -> Frame:
+    f = _FRAMES.get(profile.name)
+    if f is None:
+        s = st.fresh("s")
+        u = profiles.with_mode(s, 3, profile, host=True)
+        r = relocated(s, profile, "r")
+        (ds, es), (du, eu), (dr, er) = (profiles.deprivileged(x, profile) for x in (s, u, r))
+        f = Frame(s, u, r, *(profiles.wellformed(x, profile) for x in (s, u, r)), ds, du, dr,
+                  es, eu, er, *(tidy_state(x) for x in (s, u, r)))
+        _FRAMES[profile.name] = f
+    return f
 
 
 @dataclass
 class Query:
+    """Is there a model of ``constraints`` and one of the ``goal`` disjuncts?"""
+
     name: str
     constraints: list
+    goal: list
     states: dict[str, Any]                # label -> symbolic state
     outcomes: dict[str, Outcome]
     extra_addrs: dict[str, list]          # label -> [(array, addr term)]
     tidy: list
+
+    @property
+    def formula(self) -> list:
+        return self.constraints + [z3.Or(self.goal) if self.goal else z3.BoolVal(False)]
 
 
 def _witness(q: Query, model: z3.ModelRef) -> dict:
@@ -217,56 +264,74 @@ class Engine:
 
     def __init__(self, form: Form, profile: Profile, timeout_ms: int = DEFAULT_TIMEOUT_MS):
         self.form, self.profile, self.timeout = form, profile, timeout_ms
-        self.s = st.fresh("s")
-        self.o = self.run(self.s)
-        self.u = profiles.with_mode(self.s, 3, profile, host=True)
-        self.ou = self.run(self.u)
-        self.r = relocated(self.s, profile, "r")
-        self.orr = self.run(self.r)
-        self.wf = [profiles.wellformed(self.s, profile), self.o.assumed]
-        self.dep_s, self.extra_s = profiles.deprivileged(self.s, profile)
-        self.dep_u, self.extra_u = profiles.deprivileged(self.u, profile)
-        self.dep_r, self.extra_r = profiles.deprivileged(self.r, profile)
-        self.tidy_s = tidy(self.s, self.o)
+        fr = self.frame = frame(profile)
+        self.s, self.u, self.r = fr.s, fr.u, fr.r
+        self.o, self.ou, self.orr = self.run(fr.s), self.run(fr.u), self.run(fr.r)
+        self.wf = [fr.wf_s, self.o.assumed]
+        self.dep_s, self.extra_s = fr.dep_s, fr.extra_s
+        self.dep_u, self.extra_u = fr.dep_u, fr.extra_u
+        self.dep_r, self.extra_r = fr.dep_r, fr.extra_r
+        self.tidy_s = fr.tidy_s + tidy_memory(self.o)
 
     def run(self, s) -> Outcome:
         return self.form.run(s, features=self.profile.features)
 
-    def _one(self, name: str, constraints: list, extra=()) -> Query:
-        return Query(name, self.wf + constraints, {"state": self.s}, {"state": self.o},
+    def _one(self, name: str, constraints: list, goal: list, extra=()) -> Query:
+        return Query(name, self.wf + constraints, goal, {"state": self.s}, {"state": self.o},
                      {"state": list(extra)}, self.tidy_s)
 
     def queries(self) -> dict[str, Query]:
         s, o = self.s, self.o
-        not_fault = z3.Not(o.faults)
-        changes = system_changes(o)
+        runs = [z3.Not(o.faults)]
+        changes = system_change_parts(o)
         mode = Query("mode_sensitive",
-                     self.wf + [s.cpl == 0, profiles.wellformed(self.u, self.profile), self.ou.assumed,
-                                self.dep_u, visible_differs(o, self.ou)],
+                     self.wf + [s.cpl == 0, self.frame.wf_u, self.ou.assumed, self.dep_u],
+                     visible_parts(o, self.ou),
                      {"native": s, "deprivileged": self.u}, {"native": o, "deprivileged": self.ou},
-                     {"deprivileged": self.extra_u}, self.tidy_s + tidy(self.u, self.ou))
-        loc_base = self.wf + [profiles.wellformed(self.r, self.profile), self.orr.assumed,
-                              visible_differs(o, self.orr)]
+                     {"deprivileged": self.extra_u}, self.tidy_s + self.frame.tidy_u + tidy_memory(self.ou))
+        loc_base = self.wf + [self.frame.wf_r, self.orr.assumed]
+        loc_goal = visible_parts(o, self.orr)
         pair = ({"a": s, "b": self.r}, {"a": o, "b": self.orr})
-        loc_tidy = self.tidy_s + tidy(self.r, self.orr)
+        loc_tidy = self.tidy_s + self.frame.tidy_r + tidy_memory(self.orr)
         return {
-            "user_runs": self._one("privileged.user_runs", [self.dep_s, not_fault], self.extra_s),
-            "supervisor_runs": self._one("privileged.supervisor_runs", [s.cpl == 0, not_fault]),
-            "control": self._one("control_sensitive", [not_fault, changes]),
-            "control_user": self._one("control_sensitive.user", [self.dep_s, not_fault, changes],
+            "user_runs": self._one("privileged.user_runs", [self.dep_s], runs, self.extra_s),
+            "supervisor_runs": self._one("privileged.supervisor_runs", [s.cpl == 0], runs),
+            "control": self._one("control_sensitive", runs, changes),
+            "control_user": self._one("control_sensitive.user", [self.dep_s] + runs, changes,
                                       self.extra_s),
             "mode": mode,
-            "location": Query("location_sensitive", loc_base, *pair, {}, loc_tidy),
-            "location_user": Query("location_sensitive.user", loc_base + [self.dep_s, self.dep_r], *pair,
-                                   {"a": self.extra_s, "b": self.extra_r}, loc_tidy),
+            "location": Query("location_sensitive", loc_base, loc_goal, *pair, {}, loc_tidy),
+            "location_user": Query("location_sensitive.user", loc_base + [self.dep_s, self.dep_r],
+                                   loc_goal, *pair, {"a": self.extra_s, "b": self.extra_r}, loc_tidy),
         }
 
     def solve(self, q: Query) -> tuple[Result, dict | None, float]:
-        r = check(q.constraints, self.timeout)
-        spent = r.seconds
+        """Decide ``q``; on SAT re-solve with ``tidy`` for a readable witness when it allows one.
+
+        The goal's disjuncts are tried one at a time first, each with a short budget: one
+        disjunct has a much smaller cone of influence than the whole goal.  SAT for one is SAT;
+        the disjuncts left undecided are then asked together with the full budget.
+        """
+        spent = 0.0
+        pending, r, chosen = [], None, None
+        parts = q.goal if len(q.goal) > 1 else []
+        for part in parts:
+            rp = check(q.constraints + [part], min(self.timeout, QUICK_MS))
+            spent += rp.seconds
+            if rp.verdict is Verdict.REFUTED:
+                r, chosen = rp, q.constraints + [part]
+                break
+            if rp.verdict is Verdict.UNKNOWN:
+                pending.append(part)
+        if r is None:
+            if parts and not pending:
+                return Result(Verdict.PROVED, None, spent, "every disjunct UNSAT"), None, spent
+            chosen = q.constraints + [z3.Or(pending)] if parts else q.formula
+            r = check(chosen, self.timeout)
+            spent += r.seconds
         if r.verdict is not Verdict.REFUTED:
             return r, None, spent
-        nice = check(q.constraints + q.tidy, self.timeout)
+        nice = check(chosen + q.tidy, min(self.timeout, TIDY_MS))
         spent += nice.seconds
         model = nice.model if nice.verdict is Verdict.REFUTED else r.model
         return r, _witness(q, model), spent
@@ -287,21 +352,36 @@ def classify(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT
     profile = profiles.get(profile) if isinstance(profile, str) else profile
     eng = Engine(form, profile, timeout_ms)
     qs = eng.queries()
-    res = {k: eng.solve(q) for k, q in qs.items()}
+    res: dict[str, tuple[Result, dict | None, float]] = {}
+
+    def solve(key: str, implied_by: str | None = None) -> None:
+        # A user-mode query is a restriction of its general one: UNSAT there is UNSAT here.
+        if implied_by and res[implied_by][0].verdict is Verdict.PROVED:
+            res[key] = (Result(Verdict.PROVED, None, 0.0, f"implied by {implied_by}"), None, 0.0)
+        else:
+            res[key] = eng.solve(qs[key])
+
+    for key, implied in (("user_runs", None), ("control", None), ("control_user", "control"),
+                         ("mode", None), ("location", None), ("location_user", "location")):
+        solve(key, implied)
+    if res["user_runs"][0].verdict is not Verdict.REFUTED:
+        solve("supervisor_runs")
     out = Classification(form, profile)
     out.assumptions = profiles.ASSUMPTIONS + tuple(sorted({why for _, why in eng.o.assumptions}))
 
     # privileged: no user-mode state runs without a fault, and a CPL-0 state does.
-    (ru, wu, tu), (rs, ws, ts) = res["user_runs"], res["supervisor_runs"]
+    (ru, wu, tu) = res["user_runs"]
     if ru.verdict is Verdict.REFUTED:
         priv = Answer("privileged", False, "refuted", wu, tu, "runs without a trap in user mode")
-    elif ru.verdict is Verdict.UNKNOWN or rs.verdict is Verdict.UNKNOWN:
-        priv = Answer("privileged", None, "unknown", None, tu + ts, ru.reason or rs.reason)
-    elif rs.verdict is Verdict.PROVED:
-        priv = Answer("privileged", False, "proved", None, tu + ts, "traps in every mode")
     else:
-        priv = Answer("privileged", True, "proved", ws, tu + ts,
-                      "every user-mode run traps (UNSAT); witness: a CPL-0 run without a trap")
+        rs, ws, ts = res["supervisor_runs"]
+        if ru.verdict is Verdict.UNKNOWN or rs.verdict is Verdict.UNKNOWN:
+            priv = Answer("privileged", None, "unknown", None, tu + ts, ru.reason or rs.reason)
+        elif rs.verdict is Verdict.PROVED:
+            priv = Answer("privileged", False, "proved", None, tu + ts, "traps in every mode")
+        else:
+            priv = Answer("privileged", True, "proved", ws, tu + ts,
+                          "every user-mode run traps (UNSAT); witness: a CPL-0 run without a trap")
     a = out.answers
     a["privileged"] = priv
     a["control_sensitive"] = _sat_answer("control_sensitive", *res["control"])

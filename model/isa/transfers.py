@@ -1,0 +1,464 @@
+"""Far transfers, software interrupts and fast system calls (SDM Vol. 2A/2B; Vol. 3A 5.8, 6.12).
+
+Far CALL/JMP, RETF, INT n/INT3/INTO, IRETD, SYSENTER and SYSEXIT with 32-bit operand size in
+protected mode.  They are the protection-system references of Robin and Irvine: gate and segment
+DPLs are checked against CPL and RPL, a call gate or an interrupt moves to an inner ring on the
+stack the TSS names, and a return to an outer ring reloads SS:ESP and drops data segments the outer
+ring may not use.  IRETD restores IF only when CPL <= IOPL and IOPL only at CPL 0, dropping any
+other change without a fault.  Software interrupt delivery is an ordinary transfer into the
+handler; only the failed checks are faults (with EXT = 0: the event is the instruction itself).
+
+What is assumed away (each listed with the verdicts):
+
+* task switches: a far CALL/JMP to a task gate or TSS that passes its own DPL and present checks,
+  INT n through a task gate, IRETD with EFLAGS.NT = 1 (SDM Vol. 3A 7.3);
+* 16-bit call, interrupt and trap gates for far CALL and INT n (a 16-bit frame); far JMP through a
+  16-bit call gate is modelled (it only truncates the offset);
+* call gates with a non-zero parameter count on an inter-privilege far CALL (the parameter copy);
+* IRETD to virtual-8086 mode (popped VM = 1 at CPL 0).
+
+The stack-room checks (#SS(0) / #SS(selector) for a stack that cannot hold the frame) are the
+profile's "memory accesses are inside their segments" assumption; the target EIP is still checked
+against the new code segment's limit (#GP(0)), which is a check of the transfer, not of an access.
+The TSS is 32-bit and EFLAGS.VM = 0 (the profile's well-formed states: a busy 32-bit TSS in TR, no
+virtual-8086 mode).  A selector
+pushed as a doubleword is zero-extended: the SDM leaves the pad bits of CALL and interrupt frames
+unspecified, and QEMU and Bochs write zero.
+"""
+
+import z3
+
+from .. import state as st
+from ..checks import (Descriptor, descriptor, gate_descriptor, is_null, load_cache, load_null, rpl,
+                      sel_code, set_accessed)
+from ..form import form
+from ..outcome import BP, GP, NP, OF, SS, TS
+
+CALL_GATE16, TASK_GATE, INT_GATE16, TRAP_GATE16 = 0x4, 0x5, 0x6, 0x7
+CALL_GATE32, INT_GATE32, TRAP_GATE32 = 0xC, 0xE, 0xF
+TSS_TYPES = (0x1, 0x3, 0x9, 0xB)          # 16/32-bit TSS, available or busy
+TSS_BUSY = (0x3, 0xB)
+
+# The flags an interrupt or trap gate clears on entry (SDM Vol. 3A 6.12.1, flag usage by the
+# handler procedure); an interrupt gate clears IF as well.
+_ENTRY_CLEARS = (1 << st.TF) | (1 << st.NT) | (1 << st.RF) | (1 << st.VM)
+
+
+def _either(cond, a: Descriptor, b: Descriptor) -> Descriptor:
+    """``a`` where ``cond`` holds, else ``b``: one target descriptor for direct and gate paths, so
+    the CS load is written once instead of once per path."""
+    return Descriptor(z3.If(cond, a.lo, b.lo), z3.If(cond, a.hi, b.hi),
+                      z3.If(cond, a.in_limit, b.in_limit), z3.If(cond, a.addr, b.addr))
+
+
+def _cpl_sel(sel, cpl):
+    """``sel`` with its RPL replaced by ``cpl``: CS(RPL) <- CPL after every far transfer."""
+    return (sel & 0xFFFC) | z3.ZeroExt(14, cpl)
+
+
+def _dword(sel):
+    return z3.ZeroExt(16, sel)
+
+
+# --- shared protection steps ---------------------------------------------------------------------
+
+def _far_target(x, sel, what: str) -> Descriptor:
+    """The descriptor a far CALL/JMP names, with the checks every kind of target shares, and the
+    task-gate/TSS branch up to the task switch (SDM Vol. 2A CALL and JMP, Operation)."""
+    x.require(z3.Not(is_null(sel)), GP, 0, f"{what}: null selector")
+    d = descriptor(x, sel)
+    code = sel_code(sel)
+    x.require(d.in_limit, GP, code, f"{what}: selector index outside the descriptor table")
+    task = d.system_type(TASK_GATE, *TSS_TYPES)
+    x.require(z3.Or(d.is_code, d.system_type(CALL_GATE16, CALL_GATE32), task), GP, code,
+              f"{what}: not a code segment, call gate, task gate or TSS")
+    with x.when(task):
+        dpl_ok = z3.And(z3.UGE(d.dpl, x.cpl), z3.UGE(d.dpl, rpl(sel)))
+        x.require(dpl_ok, GP, code, f"{what}: task gate or TSS DPL below CPL or RPL")
+        idle = z3.Not(d.system_type(*TSS_BUSY))
+        x.require(idle, GP, code, f"{what}: TSS is busy")
+        x.require(d.present, NP, code, f"{what}: task gate or TSS not present")
+        # Only the switch itself is out of the model; the checks before it stay in.
+        x.assume(z3.Not(z3.And(dpl_ok, idle, d.present)),
+                 "far CALL/JMP to a task gate or TSS switches tasks: task switches are not modelled")
+    return d
+
+
+def _direct_code_checks(x, sel, d: Descriptor, what: str) -> None:
+    """CALL/JMP straight to a code segment: conforming needs DPL <= CPL, nonconforming RPL <= CPL
+    and DPL = CPL; the CPL never changes (SDM Vol. 3A 5.8.1, 5.8.1.1)."""
+    code = sel_code(sel)
+    cpl = x.cpl
+    ok = z3.If(d.conforming, z3.ULE(d.dpl, cpl), z3.And(z3.ULE(rpl(sel), cpl), d.dpl == cpl))
+    x.require(ok, GP, code, f"{what}: code segment DPL/RPL do not permit a direct transfer")
+    x.require(d.present, NP, code, f"{what}: code segment not present")
+
+
+def _gate_code(x, sel, gate: Descriptor, what: str):
+    """A call gate's own checks (DPL >= CPL and >= RPL, present) and the code segment it names,
+    before the CALL- or JMP-specific DPL rule (SDM Vol. 3A 5.8.4)."""
+    code = sel_code(sel)
+    x.require(z3.And(z3.UGE(gate.dpl, x.cpl), z3.UGE(gate.dpl, rpl(sel))), GP, code,
+              f"{what}: call gate DPL below CPL or RPL")
+    x.require(gate.present, NP, code, f"{what}: call gate not present")
+    csel = gate.gate_selector
+    x.require(z3.Not(is_null(csel)), GP, 0, f"{what}: call gate names a null code selector")
+    cd = descriptor(x, csel)
+    x.require(cd.in_limit, GP, sel_code(csel), f"{what}: gate code selector outside its table")
+    return csel, cd
+
+
+def _tss_stack(x, dpl):
+    """SS:ESP for privilege ``dpl`` from the 32-bit TSS (ESPn at 4+8n, SSn at 8+8n) and the checks
+    of the stack switch: #TS for a bad selector or descriptor, #SS when it is not present
+    (SDM Vol. 3A 5.8.5, 6.12.1; Vol. 2A CALL and INT n, Operation)."""
+    at = z3.ZeroExt(30, dpl) * 8 + 4
+    x.require(z3.ULE(at + 5, x.tr_limit), TS, sel_code(x.tr),
+              "TSS limit does not cover the stack pointer for the new privilege level")
+    esp = x.load(x.tr_base + at, 4)
+    ss = x.load(x.tr_base + at + 4, 2)
+    x.require(z3.Not(is_null(ss)), TS, 0, "TSS names a null stack selector")
+    sd = descriptor(x, ss)
+    code = sel_code(ss)
+    x.require(sd.in_limit, TS, code, "TSS stack selector outside its descriptor table")
+    x.require(z3.And(rpl(ss) == dpl, sd.dpl == dpl, sd.writable), TS, code,
+              "TSS stack segment is not writable data with RPL = DPL = new CPL")
+    x.require(sd.present, SS, code, "TSS stack segment not present")
+    return ss, esp, sd
+
+
+def _switch_stack(x, ss, esp, sd: Descriptor) -> None:
+    """Load SS (accessed bit set) and ESP of the stack a transfer moves to."""
+    set_accessed(x, sd)
+    load_cache(x, "ss", ss, sd)
+    x.write("esp", esp)
+
+
+def _enter(x, sel, d: Descriptor, eip, cpl) -> None:
+    """Load CS (accessed bit set, RPL = the new CPL), the CPL and EIP (SDM Vol. 3A 3.4.5.1)."""
+    set_accessed(x, d)
+    load_cache(x, "cs", _cpl_sel(sel, cpl), d)
+    x.write("cpl", cpl)
+    x.jump(eip)
+
+
+def _return_code(x, sel, what: str) -> Descriptor:
+    """The code segment a RETF/IRETD returns to: RPL >= CPL, conforming DPL <= RPL, nonconforming
+    DPL = RPL, present (SDM Vol. 2A RET and Vol. 2A IRET, Operation)."""
+    x.require(z3.Not(is_null(sel)), GP, 0, f"{what}: null return code selector")
+    d = descriptor(x, sel)
+    code = sel_code(sel)
+    r = rpl(sel)
+    x.require(d.in_limit, GP, code, f"{what}: return code selector outside its table")
+    x.require(d.is_code, GP, code, f"{what}: return selector does not name a code segment")
+    x.require(z3.UGE(r, x.cpl), GP, code, f"{what}: return to an inner ring (RPL < CPL)")
+    x.require(z3.If(d.conforming, z3.ULE(d.dpl, r), d.dpl == r), GP, code,
+              f"{what}: return code segment DPL does not match the RPL")
+    x.require(d.present, NP, code, f"{what}: return code segment not present")
+    return d
+
+
+def _return_stack(x, ss, r, what: str) -> Descriptor:
+    """The stack of an outer-ring return: RPL = DPL = the new CPL, writable data, present."""
+    x.require(z3.Not(is_null(ss)), GP, 0, f"{what}: null return stack selector")
+    sd = descriptor(x, ss)
+    code = sel_code(ss)
+    x.require(sd.in_limit, GP, code, f"{what}: return stack selector outside its table")
+    x.require(z3.And(rpl(ss) == r, sd.dpl == r, sd.writable), GP, code,
+              f"{what}: return stack is not writable data with RPL = DPL = the new CPL")
+    x.require(sd.present, SS, code, f"{what}: return stack segment not present")
+    return sd
+
+
+def _drop_inner_segments(x, cpl) -> None:
+    """After a return to an outer ring, ES/DS/FS/GS holding a null selector, or data or
+    nonconforming code of DPL < the new CPL, become null: the outer ring must not keep access
+    through them (SDM Vol. 2A RET and IRET, Operation; Vol. 3A 5.8.6)."""
+    for r in ("es", "ds", "fs", "gs"):
+        attr = x.read(f"{r}_attr")
+        conforming_code = z3.And(z3.Extract(4, 4, attr) == 1, z3.Extract(3, 2, attr) == 3)
+        stale = z3.Or(is_null(x.read(r)),
+                      z3.And(z3.ULT(z3.Extract(6, 5, attr), cpl), z3.Not(conforming_code)))
+        with x.when(stale):
+            load_null(x, r, 0)
+
+
+# --- far CALL ------------------------------------------------------------------------------------
+
+def _far_call(x, sel, off) -> None:
+    """CALL ptr16:32 / m16:32 in protected mode (SDM Vol. 2A CALL, Operation; Vol. 3A 5.8.4-5.8.5)."""
+    what = "far CALL"
+    cpl = x.cpl
+    ret_cs, ret_eip, old_ss, old_esp = x.cs, x.next_eip, x.ss, x.esp
+    d = _far_target(x, sel, what)
+    with x.when(z3.And(z3.Not(is_null(sel)), d.in_limit)):
+        x.assume(z3.Not(d.system_type(CALL_GATE16)),
+                 "far CALL through a 16-bit call gate (16-bit return frame) is not modelled")
+    gate = d.system_type(CALL_GATE32)
+    with x.when(d.is_code):
+        _direct_code_checks(x, sel, d, what)
+    with x.when(gate):
+        csel, cd = _gate_code(x, sel, d, what)
+        ccode = sel_code(csel)
+        x.require(z3.And(cd.is_code, z3.ULE(cd.dpl, cpl)), GP, ccode,
+                  f"{what}: call gate target is not code of DPL <= CPL")
+        x.require(cd.present, NP, ccode, f"{what}: call gate target not present")
+    inner = z3.And(gate, z3.Not(cd.conforming), z3.ULT(cd.dpl, cpl))
+    with x.when(inner):
+        x.assume(d.gate_params == 0,
+                 "inter-privilege far CALL through a call gate with a parameter count: "
+                 "copying parameters between stacks is not modelled")
+        new_ss, new_esp, sd = _tss_stack(x, cd.dpl)
+    target = _either(gate, cd, d)
+    eip = z3.If(gate, d.gate_offset, off)
+    x.require(z3.ULE(eip, target.limit), GP, 0, f"{what}: target offset beyond the code segment limit")
+    with x.when(inner):
+        _switch_stack(x, new_ss, new_esp, sd)
+        x.push(_dword(old_ss))
+        x.push(old_esp)
+    x.push(_dword(ret_cs))
+    x.push(ret_eip)
+    _enter(x, z3.If(gate, csel, sel), target, eip, z3.If(inner, cd.dpl, cpl))
+
+
+@form("call_far_ptr", enc="9A cp", bytes="9a785634123412", asm="lcall 0x1234, 0x12345678",
+      cite="SDM Vol. 2A CALL; Vol. 3A 5.8.4-5.8.5")
+def call_far_ptr(x):
+    _far_call(x, z3.BitVecVal(x.d.imm2, 16), z3.BitVecVal(x.d.imm, 32))
+
+
+@form("call_far_m", enc="FF /3 mem", bytes="ff18", asm="call ptr [eax]",
+      cite="SDM Vol. 2A CALL; Vol. 3A 5.8.4-5.8.5")
+def call_far_m(x):
+    a = x.ea()
+    _far_call(x, x.load(a + 4, 2), x.load(a, 4))
+
+
+# --- far JMP -------------------------------------------------------------------------------------
+
+def _far_jmp(x, sel, off) -> None:
+    """JMP ptr16:32 / m16:32 in protected mode: through a call gate the CPL never changes, so the
+    target code must be conforming with DPL <= CPL or nonconforming with DPL = CPL
+    (SDM Vol. 2A JMP, Operation; Vol. 3A 5.8.4)."""
+    what = "far JMP"
+    cpl = x.cpl
+    d = _far_target(x, sel, what)
+    gate = d.system_type(CALL_GATE16, CALL_GATE32)
+    with x.when(d.is_code):
+        _direct_code_checks(x, sel, d, what)
+    with x.when(gate):
+        csel, cd = _gate_code(x, sel, d, what)
+        ccode = sel_code(csel)
+        same_ring = z3.If(cd.conforming, z3.ULE(cd.dpl, cpl), cd.dpl == cpl)
+        x.require(z3.And(cd.is_code, same_ring), GP, ccode,
+                  f"{what}: call gate target is not code a jump may reach without a ring change")
+        x.require(cd.present, NP, ccode, f"{what}: call gate target not present")
+    target = _either(gate, cd, d)
+    gate_eip = z3.If(d.type == CALL_GATE16, d.gate_offset & 0xFFFF, d.gate_offset)
+    eip = z3.If(gate, gate_eip, off)
+    x.require(z3.ULE(eip, target.limit), GP, 0, f"{what}: target offset beyond the code segment limit")
+    _enter(x, z3.If(gate, csel, sel), target, eip, cpl)
+
+
+@form("jmp_far_ptr", enc="EA cp", bytes="ea785634123412", asm="ljmp 0x1234:0x12345678",
+      cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
+def jmp_far_ptr(x):
+    _far_jmp(x, z3.BitVecVal(x.d.imm2, 16), z3.BitVecVal(x.d.imm, 32))
+
+
+@form("jmp_far_m", enc="FF /5 mem", bytes="ff28", asm="jmp ptr [eax]",
+      cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
+def jmp_far_m(x):
+    a = x.ea()
+    _far_jmp(x, x.load(a + 4, 2), x.load(a, 4))
+
+
+# --- RETF ----------------------------------------------------------------------------------------
+
+def _far_return(x, imm: int) -> None:
+    """RETF [imm16] in protected mode: EIP and CS from the stack; to an outer ring also ESP and SS
+    (read above the ``imm`` parameter bytes), ``imm`` released on both stacks, and segment
+    registers the outer ring may not use nulled (SDM Vol. 2A RET, Operation; Vol. 3A 5.8.6)."""
+    what = "RETF"
+    cpl, esp, base = x.cpl, x.esp, x.ss_base
+    eip = x.load(base + esp, 4)
+    sel = x.load(base + esp + 4, 2)
+    d = _return_code(x, sel, what)
+    r = rpl(sel)
+    outer = z3.UGT(r, cpl)
+    with x.when(outer):
+        new_esp = x.load(base + esp + 8 + imm, 4)
+        new_ss = x.load(base + esp + 12 + imm, 2)
+        sd = _return_stack(x, new_ss, r, what)
+    x.require(z3.ULE(eip, d.limit), GP, 0, f"{what}: return offset beyond the code segment limit")
+    _enter(x, sel, d, eip, r)
+    x.write("esp", esp + 8 + imm)
+    with x.when(outer):
+        _switch_stack(x, new_ss, new_esp + imm, sd)
+        _drop_inner_segments(x, r)
+
+
+@form("retf", enc="CB", bytes="cb", asm="retf", cite="SDM Vol. 2A RET; Vol. 3A 5.8.6")
+def retf(x):
+    _far_return(x, 0)
+
+
+@form("retf_imm", enc="CA iw", bytes="ca0800", asm="retf 8", cite="SDM Vol. 2A RET; Vol. 3A 5.8.6")
+def retf_imm(x):
+    _far_return(x, x.d.imm)
+
+
+# --- INT n, INT3, INTO ---------------------------------------------------------------------------
+
+def _software_interrupt(x, vector: int) -> None:
+    """Deliver ``vector`` as a software interrupt through a 32-bit interrupt or trap gate (SDM
+    Vol. 2A INT n/INTO/INT3, Operation; Vol. 3A 6.12.1).  Gate faults carry the IDT error code
+    vector*8+2 (IDT = 1, EXT = 0); the gate's DPL is checked because the event is an instruction."""
+    cpl = x.cpl
+    ret_cs, ret_eip, old_ss, old_esp, flags = x.cs, x.next_eip, x.ss, x.esp, x.eflags()
+    vcode = vector * 8 + 2
+    g = gate_descriptor(x, vector)
+    x.require(g.in_limit, GP, vcode, "vector beyond the IDT limit")
+    kinds = g.system_type(TASK_GATE, INT_GATE16, TRAP_GATE16, INT_GATE32, TRAP_GATE32)
+    x.require(kinds, GP, vcode, "IDT entry is not an interrupt, trap or task gate")
+    x.require(z3.UGE(g.dpl, cpl), GP, vcode, "software interrupt through a gate of DPL < CPL")
+    x.require(g.present, NP, vcode, "IDT gate not present")
+    x.assume(z3.Implies(z3.And(g.in_limit, kinds, z3.UGE(g.dpl, cpl), g.present),
+                        g.system_type(INT_GATE32, TRAP_GATE32)),
+             "INT n through a task gate (task switch) or a 16-bit interrupt/trap gate is not modelled")
+    csel = g.gate_selector
+    x.require(z3.Not(is_null(csel)), GP, 0, "gate names a null code selector")
+    cd = descriptor(x, csel)
+    ccode = sel_code(csel)
+    x.require(cd.in_limit, GP, ccode, "gate code selector outside its table")
+    x.require(z3.And(cd.is_code, z3.ULE(cd.dpl, cpl)), GP, ccode,
+              "gate target is not code of DPL <= CPL")
+    x.require(cd.present, NP, ccode, "gate target code segment not present")
+    # A nonconforming handler of DPL < CPL runs on its own ring's stack; conforming code, or
+    # DPL = CPL, stays on the current stack and ring (DPL > CPL faulted above).
+    inner = z3.And(z3.Not(cd.conforming), z3.ULT(cd.dpl, cpl))
+    with x.when(inner):
+        new_ss, new_esp, sd = _tss_stack(x, cd.dpl)
+    eip = g.gate_offset
+    x.require(z3.ULE(eip, cd.limit), GP, 0, "handler offset beyond the code segment limit")
+    with x.when(inner):
+        _switch_stack(x, new_ss, new_esp, sd)
+        x.push(_dword(old_ss))
+        x.push(old_esp)
+    x.push(flags)
+    x.push(_dword(ret_cs))
+    x.push(ret_eip)
+    clears = z3.If(g.type == INT_GATE32, z3.BitVecVal(_ENTRY_CLEARS | (1 << st.IF), 32),
+                   z3.BitVecVal(_ENTRY_CLEARS, 32))
+    x.write("sysflags", x.sysflags & ~clears)
+    _enter(x, csel, cd, eip, z3.If(inner, cd.dpl, cpl))
+
+
+@form("int_imm", enc="CD ib", bytes="cd80", asm="int 0x80",
+      cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
+def int_imm(x):
+    _software_interrupt(x, x.d.imm)
+
+
+@form("int3", enc="CC", bytes="cc", asm="int3", cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
+def int3(x):
+    _software_interrupt(x, BP)
+
+
+@form("into", enc="CE", bytes="ce", asm="into", cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
+def into(x):
+    """INTO raises #OF (vector 4) as a software interrupt only when OF = 1; otherwise it does nothing."""
+    with x.when(x.flag(st.OF)):
+        _software_interrupt(x, OF)
+
+
+# --- IRETD ---------------------------------------------------------------------------------------
+
+def _iret_flags(x, popped, cpl) -> None:
+    """EFLAGS from an IRETD frame, judged by the CPL and IOPL before the return: the arithmetic
+    flags, TF, NT, RF, AC and ID always; IF only when CPL <= IOPL; IOPL, VIF and VIP only at CPL 0.
+    VM never changes here (a return to virtual-8086 mode is assumed away).  Denied changes are
+    dropped without a fault (SDM Vol. 2A IRET, Operation)."""
+    always = (1 << st.TF) | (1 << st.NT) | (1 << st.RF) | (1 << st.AC) | (1 << st.ID)
+    at0 = (3 << st.IOPL_LO) | (1 << st.VIF) | (1 << st.VIP)
+    zero = z3.BitVecVal(0, 32)
+    mask = (z3.BitVecVal(always, 32)
+            | z3.If(z3.ULE(cpl, st.iopl(x.s)), z3.BitVecVal(1 << st.IF, 32), zero)
+            | z3.If(cpl == 0, z3.BitVecVal(at0, 32), zero))
+    x.write("flags", popped & st.USER_FLAGS_MASK)
+    x.write("sysflags", (x.sysflags & ~mask) | (popped & mask))
+
+
+@form("iretd", enc="CF", bytes="cf", asm="iretd", cite="SDM Vol. 2A IRET/IRETD; Vol. 3A 6.12.1")
+def iretd(x):
+    """IRETD in protected mode: same-ring return (EIP, CS, EFLAGS) or return to an outer ring (also
+    ESP, SS; segment registers the outer ring may not use are nulled) (SDM Vol. 2A IRET)."""
+    what = "IRETD"
+    x.assume(z3.Not(st.bit(x.sysflags, st.NT)),
+             "IRETD with EFLAGS.NT = 1 returns from a nested task: task switches are not modelled")
+    cpl, esp, base = x.cpl, x.esp, x.ss_base
+    eip = x.load(base + esp, 4)
+    sel = x.load(base + esp + 4, 2)
+    popped = x.load(base + esp + 8, 4)
+    x.assume(z3.Or(cpl != 0, z3.Not(st.bit(popped, st.VM))),
+             "IRETD at CPL 0 with VM = 1 in the popped EFLAGS returns to virtual-8086 mode: not modelled")
+    d = _return_code(x, sel, what)
+    r = rpl(sel)
+    outer = z3.UGT(r, cpl)
+    with x.when(outer):
+        new_esp = x.load(base + esp + 12, 4)
+        new_ss = x.load(base + esp + 16, 2)
+        sd = _return_stack(x, new_ss, r, what)
+    x.require(z3.ULE(eip, d.limit), GP, 0, f"{what}: return offset beyond the code segment limit")
+    _iret_flags(x, popped, cpl)
+    _enter(x, sel, d, eip, r)
+    x.write("esp", esp + 12)
+    with x.when(outer):
+        _switch_stack(x, new_ss, new_esp, sd)
+        _drop_inner_segments(x, r)
+
+
+# --- SYSENTER, SYSEXIT ---------------------------------------------------------------------------
+
+# Flat 4-GByte segments as SYSENTER/SYSEXIT set the caches, whatever the GDT holds (SDM Vol. 2B):
+# code type 1011b (execute/read, accessed), data type 0011b (read/write, accessed); S = P = D/B
+# = G = 1; the DPL as given.  Attribute layout: descriptor bits 40-55 (see state.py).
+def _flat_attr(type_: int, dpl: int) -> int:
+    return type_ | (1 << 4) | (dpl << 5) | (1 << 7) | (1 << 14) | (1 << 15)
+
+
+def _load_flat(x, sreg: str, sel, type_: int, dpl: int) -> None:
+    x.write(sreg, sel)
+    x.write(f"{sreg}_base", 0)
+    x.write(f"{sreg}_limit", 0xFFFFFFFF)
+    x.write(f"{sreg}_attr", _flat_attr(type_, dpl))
+
+
+@form("sysenter", enc="0F 34", bytes="0f34", asm="sysenter", cite="SDM Vol. 2B SYSENTER")
+def sysenter(x):
+    """SYSENTER: ring 0 at IA32_SYSENTER_CS:EIP on IA32_SYSENTER_ESP, SS = CS + 8; VM, IF and RF
+    cleared; nothing of the caller is saved (SDM Vol. 2B SYSENTER, Operation)."""
+    x.require(st.bit(x.cr0, st.CR0_PE), GP, 0, "SYSENTER outside protected mode")
+    cs = z3.Extract(15, 0, x.sysenter_cs)
+    x.require(z3.Not(is_null(cs)), GP, 0, "IA32_SYSENTER_CS[15:2] = 0")
+    x.write("sysflags", x.sysflags & ~((1 << st.VM) | (1 << st.IF) | (1 << st.RF)))
+    x.write("esp", x.sysenter_esp)
+    _load_flat(x, "cs", cs & 0xFFFC, 0xB, 0)
+    _load_flat(x, "ss", (cs & 0xFFFC) + 8, 0x3, 0)
+    x.write("cpl", 0)
+    x.jump(x.sysenter_eip)
+
+
+@form("sysexit", enc="0F 35", bytes="0f35", asm="sysexit", cite="SDM Vol. 2B SYSEXIT")
+def sysexit(x):
+    """SYSEXIT (32-bit): ring 3 at IA32_SYSENTER_CS+16 : EDX on ECX, SS = CS + 8, RPL 3; EFLAGS
+    unchanged (SDM Vol. 2B SYSEXIT, Operation)."""
+    cs = z3.Extract(15, 0, x.sysenter_cs)
+    x.require(z3.And(st.bit(x.cr0, st.CR0_PE), x.cpl == 0, z3.Not(is_null(cs))), GP, 0,
+              "SYSEXIT needs protected mode, CPL 0 and a non-null IA32_SYSENTER_CS")
+    new_cs = (cs + 16) | 3
+    x.write("esp", x.ecx)
+    _load_flat(x, "cs", new_cs, 0xB, 3)
+    _load_flat(x, "ss", new_cs + 8, 0x3, 3)
+    x.write("cpl", 3)
+    x.jump(x.edx)

@@ -1,0 +1,39 @@
+"""Every form's own claims: asm text is Capstone's, bytes decode, semantics build."""
+
+import capstone
+import pytest
+
+from pgvirt.model import isa, state as st
+from pgvirt.model.encoding import matches
+
+MD = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+
+
+def capstone_text(code: bytes) -> str:
+    insn = next(MD.disasm(code, 0))
+    assert insn.size == len(code)
+    return f"{insn.mnemonic} {insn.op_str}".strip()
+
+
+@pytest.mark.parametrize("form", isa.FORMS, ids=lambda f: f.name)
+def test_asm_is_capstones(form):
+    assert form.asm == capstone_text(form.bytes)
+
+
+@pytest.mark.parametrize("form", isa.FORMS, ids=lambda f: f.name)
+def test_form_has_citation_and_runs_symbolically(form):
+    assert form.cite.startswith("SDM Vol.")
+    out = form.run(st.fresh())
+    assert "eip" in out.effects
+
+
+def test_form_names_and_canonical_bytes_are_unique():
+    names = [f.name for f in isa.FORMS]
+    assert len(names) == len(set(names))
+
+
+def test_each_canonical_instance_matches_only_its_own_form():
+    for f in isa.FORMS:
+        others = [g.name for g in isa.FORMS if g is not f and matches(g.enc, f.bytes)
+                  and matches(g.enc, f.bytes).length == len(f.bytes)]
+        assert not others, f"{f.name} bytes also match {others}"

@@ -1,0 +1,187 @@
+"""The verifier against the literature (oracles only here, never in a verdict) and its own rules."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import z3
+
+from pgvirt.model import isa, state as st
+from pgvirt.model.outcome import GP
+from pgvirt.verify import literature
+from pgvirt.verify.popek_goldberg import CLASSES, classify, recheck, theorem
+from pgvirt.verify.report import departures
+
+UMIP_FIVE = {"SGDT", "SIDT", "SLDT", "SMSW", "STR"}
+
+
+def violations(results, number="1"):
+    return theorem(number, results).violations
+
+
+def test_pentium_violations_cover_every_robin_irvine_mnemonic(classified):
+    found = {literature.robin_irvine_entry(c.form.mnemonic, c.form.asm)
+             for c in violations(classified("pentium"))}
+    wanted = {e[2] for e in literature.ROBIN_IRVINE}
+    assert wanted <= found, f"not derived: {sorted(wanted - found)}"
+
+
+def test_pentium_theorem1_fails_and_theorem3_fails(classified):
+    r = classified("pentium")
+    assert theorem("1", r).verdict == "fails"
+    assert theorem("3", r).verdict == "fails"
+
+
+@pytest.mark.parametrize("profile", ["pentium", "umip"])
+def test_every_sdm_cpl0_instruction_is_privileged_and_no_violation(classified, profile):
+    r = classified(profile)
+    bad = {c.form.name for c in violations(r)}
+    seen = set()
+    for c in r:
+        entry = literature.sdm_cpl0_entry(c.form.mnemonic, c.form.asm)
+        if entry is None:
+            continue
+        seen.add(entry)
+        assert c["privileged"] is True, f"{c.form.name} not privileged under {profile}"
+        assert c.form.name not in bad
+    assert seen == {mn if p is None else f"{mn} {p}" for mn, p in literature.SDM_CPL0}
+
+
+def test_umip_privileges_exactly_the_five_store_instructions(classified):
+    pent = {c.form.name for c in violations(classified("pentium"))}
+    umip = {c.form.name for c in violations(classified("umip"))}
+    gone = pent - umip
+    assert {isa.get(n).mnemonic for n in gone} == UMIP_FIVE
+    assert umip <= pent
+    for c in classified("umip"):
+        if c.form.mnemonic in UMIP_FIVE:
+            assert c["privileged"] is True
+
+
+def test_rdtsc_and_rdpmc_privileged_because_of_the_profile(classified):
+    by = {c.form.name: c for c in classified("pentium")}
+    for name in ("rdtsc", "rdpmc"):
+        assert by[name]["privileged"] is True
+    # The same instruction without the monitor's CR4.TSD runs at CPL 3: the witness says so.
+    assert isa.get("rdtsc").execute({"cpl": 3, "cr4": 0})
+
+
+def test_iretd_is_found_beyond_the_paper(classified):
+    r = classified("pentium")
+    dep = departures(r, theorem("1", r))
+    beyond = {d["name"] for d in dep["beyond_the_paper"]}
+    assert "iretd" in beyond
+
+
+def test_ordinary_instructions_are_innocuous(classified):
+    ordinary = [c for c in classified("pentium") if c.form.theme == "ordinary"]
+    assert len(ordinary) >= 25
+    for c in ordinary:
+        assert c["innocuous"] is True, (c.form.name, {k: c[k] for k in CLASSES})
+
+
+@pytest.mark.parametrize("profile", ["pentium", "umip"])
+def test_every_witness_replays_on_the_semantics(classified, profile):
+    checked = 0
+    for c in classified(profile):
+        for cls in ("privileged", "control_sensitive", "mode_sensitive", "location_sensitive"):
+            a = c.answers[cls]
+            if a.witness is not None:
+                assert recheck(c, cls), f"{c.form.name} {cls} witness does not hold concretely"
+                checked += 1
+    assert checked > 50
+
+
+def test_no_class_is_unknown(classified):
+    for p in ("pentium", "umip"):
+        for c in classified(p):
+            assert all(c[k] is not None for k in CLASSES), c.form.name
+
+
+def test_an_altered_definition_changes_the_derived_classification():
+    """SGDT made to fault at CPL > 0 must become privileged: nothing is looked up."""
+    real = isa.get("sgdt_m")
+
+    def sgdt_faulting(x):
+        x.require(x.cpl == 0, GP, 0, "altered: SGDT needs CPL 0")
+        real.semantics(x)
+
+    altered = dataclasses.replace(real, semantics=sgdt_faulting)
+    before, after = classify(real, "pentium"), classify(altered, "pentium")
+    assert before["privileged"] is False and before["sensitive"] is True
+    assert after["privileged"] is True
+    assert theorem("1", [after]).verdict == "holds"
+    assert theorem("1", [before]).verdict == "fails"
+
+
+def test_an_altered_innocuous_instruction_becomes_sensitive():
+    """NOP that leaks CPL into EAX must be found mode sensitive."""
+    nop = isa.get("nop")
+
+    def leaky(x):
+        x.write("eax", z3.ZeroExt(30, x.cpl))
+
+    c = classify(dataclasses.replace(nop, semantics=leaky), "pentium")
+    assert c["mode_sensitive"] is True and c["privileged"] is False
+
+
+def test_witnesses_are_complete_states():
+    c = classify("sgdt_m", "pentium")
+    w = c.answers["location_sensitive"].witness
+    for label in ("a", "b"):
+        s = w[label]
+        assert set(s) == {f.name for f in st.FIELDS}
+        assert s["mem"], "the bytes the form touches are listed"
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "pgvirt.verify", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_classify_json_shape():
+    p = run_cli("classify", "--profile", "pentium", "--format", "json", "sgdt_m", "lgdt_m")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["profile"] == "pentium"
+    rows = {r["name"]: r for r in doc["instructions"]}
+    assert rows["sgdt_m"]["mnemonic"] == "SGDT" and rows["sgdt_m"]["bytes"] == "0f0100"
+    assert rows["sgdt_m"]["privileged"] is False and rows["lgdt_m"]["privileged"] is True
+    assert set(rows["sgdt_m"]) == {"name", "mnemonic", "asm", "bytes", *CLASSES}
+
+
+def test_cli_verify_json_and_exit_code():
+    p = run_cli("verify", "--profile", "umip", "--format", "json")
+    assert p.returncode == 1, p.stderr
+    doc = json.loads(p.stdout)
+    t1 = doc["profiles"][0]["theorems"]["1"]
+    assert t1["verdict"] == "fails"
+    v = t1["violations"][0]
+    assert {"name", "mnemonic", "asm", "bytes", "witness"} <= set(v)
+
+
+@pytest.mark.parametrize("args", [
+    ["verify", "--profile", "nosuch"],
+    ["verify", "--profile", "pentium", "--timeout-ms", "0"],
+    ["verify", "--bogus"],
+    ["classify", "--profile", "pentium", "nosuchform"],
+    ["frobnicate"],
+    [],
+])
+def test_cli_bad_input_is_one_line_exit_2(args):
+    p = run_cli(*args)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("pgvirt: error:"), p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_tiny_timeout_is_unknown_never_proved():
+    c = classify("iretd", "pentium", timeout_ms=1)
+    for k in CLASSES:
+        assert c.answers[k].verdict != "proved" or c[k] is not None
+    # with a 1 ms budget some query must come back unknown, and it is never counted as proved
+    unknown = [k for k in CLASSES if c[k] is None]
+    if unknown:
+        assert theorem("1", [c]).verdict in ("unknown", "fails")
