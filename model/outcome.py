@@ -97,15 +97,20 @@ class Outcome:
             out.setdefault(name, set()).add(a)
         return out
 
-    def concrete(self, model: z3.ModelRef, extra: dict[str, set[int]] | None = None) -> Fault | Next:
-        """The concrete outcome under ``model``: a Fault with its reason, or Next(state)."""
+    def concrete(self, model: z3.ModelRef, extra: dict[str, set[int]] | None = None,
+                 pre: dict | None = None) -> Fault | Next:
+        """The concrete outcome under ``model``: a Fault with its reason, or Next(state).
+
+        ``pre`` is ``self.pre`` already read under ``model``; unchanged fields are copied from it.
+        """
         one, zero = z3.BitVecVal(1, 1), z3.BitVecVal(0, 1)
         fired = eval_many(model, [z3.If(c.fails, one, zero) for c in self.checks])
         for c, bit in zip(self.checks, fired):
             if bit:
                 code = None if c.code is None else model.eval(c.code, model_completion=True).as_long()
                 return Fault(c.vector, code, c.reason)
-        addrs = self.addresses(model)
+        addrs = {} if extra is not None else self.addresses(model)
         for k, v in (extra or {}).items():
             addrs.setdefault(k, set()).update(v)
-        return Next(evaluate(self.post, model, addrs))
+        known = (self.pre, pre) if pre is not None else None
+        return Next(evaluate(self.post, model, addrs, known))

@@ -201,24 +201,33 @@ def eval_many(model: z3.ModelRef, terms: list) -> list[int]:
     return out
 
 
-def evaluate(s: State, model: z3.ModelRef, addresses: Mapping[str, set] | None = None) -> dict:
+def evaluate(s: State, model: z3.ModelRef, addresses: Mapping[str, set] | None = None,
+             known: tuple["State", dict] | None = None) -> dict:
     """Read a state out of a Z3 model as plain integers.
 
     Arrays are read at the given ``addresses`` (per array field); a witness lists exactly the
-    bytes the instruction reads or writes, so it is complete for replay.
+    bytes the instruction reads or writes, so it is complete for replay.  ``known`` is a state
+    already read (the one before an instruction, say) with its values: a field holding the very
+    same term is copied instead of evaluated again.
     """
     addresses = addresses or {}
     terms, slots = [], []
+    out: dict[str, Any] = {f.name: {} for f in FIELDS if f.index_width}
     for f in FIELDS:
         term = s.values[f.name]
         if f.index_width:
+            same = known is not None and term is known[0].values[f.name]
             for a in sorted(addresses.get(f.name, ())):
+                if same and a in known[1][f.name]:
+                    out[f.name][a] = known[1][f.name][a]
+                    continue
                 terms.append(z3.Select(term, z3.BitVecVal(a, f.index_width)))
                 slots.append((f.name, a))
+        elif known is not None and term is known[0].values[f.name]:
+            out[f.name] = known[1][f.name]
         else:
             terms.append(term)
             slots.append((f.name, None))
-    out: dict[str, Any] = {f.name: {} for f in FIELDS if f.index_width}
     for (name, a), v in zip(slots, eval_many(model, terms)):
         if a is None:
             out[name] = v

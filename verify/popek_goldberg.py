@@ -33,7 +33,7 @@ from pgvirt.model.form import Form
 from pgvirt.model.outcome import Fault, Next, Outcome
 from pgvirt.model.profiles import Profile
 
-from .solver import DEFAULT_TIMEOUT_MS, Result, Verdict, check
+from .solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict
 
 CLASSES = ("privileged", "control_sensitive", "mode_sensitive", "location_sensitive",
            "behavior_sensitive", "sensitive", "user_sensitive", "innocuous")
@@ -211,31 +211,40 @@ class Query:
     """Is there a model of ``constraints`` and one of the ``goal`` disjuncts?"""
 
     name: str
-    constraints: list
+    constraints: list                     # besides ``base``
     goal: list
     states: dict[str, Any]                # label -> symbolic state
     outcomes: dict[str, Outcome]
     extra_addrs: dict[str, list]          # label -> [(array, addr term)]
     tidy: list
+    base: list = field(default_factory=list)  # shared by every query of the form
+
+    def __post_init__(self) -> None:
+        simplified = (z3.simplify(g) for g in self.goal)
+        self.goal = [g for g in simplified if not z3.is_false(g)]
 
     @property
     def formula(self) -> list:
-        return self.constraints + [z3.Or(self.goal) if self.goal else z3.BoolVal(False)]
+        """The whole query as one conjunction (for export and for other solvers)."""
+        return self.base + self.constraints + [z3.Or(self.goal) if self.goal else z3.BoolVal(False)]
 
 
 def _witness(q: Query, model: z3.ModelRef) -> dict:
     out: dict[str, Any] = {}
+    # A pair shares memory: every state gets the union of the addresses either run touches, so
+    # each state is complete on its own.
+    shared: dict[str, set[int]] = {}
+    for o in q.outcomes.values():
+        for arr, v in o.addresses(model).items():
+            shared.setdefault(arr, set()).update(v)
     for label, s in q.states.items():
         o = q.outcomes[label]
-        addrs = o.addresses(model)
-        for arr, ad in q.extra_addrs.get(label, []):
-            addrs.setdefault(arr, set()).add(model.eval(ad, model_completion=True).as_long())
-        # A pair shares memory: give both states the union of addresses so each is complete.
-        for other in q.outcomes.values():
-            for arr, v in other.addresses(model).items():
-                addrs.setdefault(arr, set()).update(v)
+        addrs = {k: set(v) for k, v in shared.items()}
+        extra = q.extra_addrs.get(label, [])
+        for (arr, _), a in zip(extra, st.eval_many(model, [ad for _, ad in extra])):
+            addrs.setdefault(arr, set()).add(a)
         pre = st.evaluate(s, model, addrs)
-        res = o.concrete(model, addrs)
+        res = o.concrete(model, addrs, pre)
         out[label] = pre
         out[f"{label}_outcome"] = _outcome_json(pre, res)
     return out
@@ -272,24 +281,30 @@ class Engine:
         self.dep_u, self.extra_u = fr.dep_u, fr.extra_u
         self.dep_r, self.extra_r = fr.dep_r, fr.extra_r
         self.tidy_s = fr.tidy_s + tidy_memory(self.o)
+        self.session = Session(self.wf, timeout_ms)
+
+    def check(self, constraints: list, timeout_ms: int) -> Result:
+        """Constraints are checked together with the form's shared ones (``self.wf``)."""
+        return self.session.check(constraints, timeout_ms)
 
     def run(self, s) -> Outcome:
         return self.form.run(s, features=self.profile.features)
 
     def _one(self, name: str, constraints: list, goal: list, extra=()) -> Query:
-        return Query(name, self.wf + constraints, goal, {"state": self.s}, {"state": self.o},
-                     {"state": list(extra)}, self.tidy_s)
+        return Query(name, constraints, goal, {"state": self.s}, {"state": self.o},
+                     {"state": list(extra)}, self.tidy_s, self.wf)
 
     def queries(self) -> dict[str, Query]:
         s, o = self.s, self.o
         runs = [z3.Not(o.faults)]
         changes = system_change_parts(o)
         mode = Query("mode_sensitive",
-                     self.wf + [s.cpl == 0, self.frame.wf_u, self.ou.assumed, self.dep_u],
+                     [s.cpl == 0, self.frame.wf_u, self.ou.assumed, self.dep_u],
                      visible_parts(o, self.ou),
                      {"native": s, "deprivileged": self.u}, {"native": o, "deprivileged": self.ou},
-                     {"deprivileged": self.extra_u}, self.tidy_s + self.frame.tidy_u + tidy_memory(self.ou))
-        loc_base = self.wf + [self.frame.wf_r, self.orr.assumed]
+                     {"deprivileged": self.extra_u}, self.tidy_s + self.frame.tidy_u + tidy_memory(self.ou),
+                     self.wf)
+        loc_base = [self.frame.wf_r, self.orr.assumed]
         loc_goal = visible_parts(o, self.orr)
         pair = ({"a": s, "b": self.r}, {"a": o, "b": self.orr})
         loc_tidy = self.tidy_s + self.frame.tidy_r + tidy_memory(self.orr)
@@ -300,41 +315,49 @@ class Engine:
             "control_user": self._one("control_sensitive.user", [self.dep_s] + runs, changes,
                                       self.extra_s),
             "mode": mode,
-            "location": Query("location_sensitive", loc_base, loc_goal, *pair, {}, loc_tidy),
+            "location": Query("location_sensitive", loc_base, loc_goal, *pair, {}, loc_tidy, self.wf),
             "location_user": Query("location_sensitive.user", loc_base + [self.dep_s, self.dep_r],
-                                   loc_goal, *pair, {"a": self.extra_s, "b": self.extra_r}, loc_tidy),
+                                   loc_goal, *pair, {"a": self.extra_s, "b": self.extra_r}, loc_tidy,
+                                   self.wf),
         }
 
-    def solve(self, q: Query) -> tuple[Result, dict | None, float]:
-        """Decide ``q``; on SAT re-solve with ``tidy`` for a readable witness when it allows one.
+    def solve(self, q: Query) -> tuple[Result, list | None]:
+        """Decide ``q``: the result, and for SAT the constraints that were satisfied.
 
         The goal's disjuncts are tried one at a time first, each with a short budget: one
         disjunct has a much smaller cone of influence than the whole goal.  SAT for one is SAT;
-        the disjuncts left undecided are then asked together with the full budget.
+        the disjuncts left undecided are then asked together with the full budget.  A goal with
+        no disjunct left (every way to differ is syntactically impossible) is UNSAT as it stands.
         """
+        if not q.goal:
+            return Result(Verdict.PROVED, None, 0.0, "the goal is false: no field can differ"), None
         spent = 0.0
-        pending, r, chosen = [], None, None
+        pending = []
         parts = q.goal if len(q.goal) > 1 else []
         for part in parts:
-            rp = check(q.constraints + [part], min(self.timeout, QUICK_MS))
+            rp = self.check(q.constraints + [part], min(self.timeout, QUICK_MS))
             spent += rp.seconds
             if rp.verdict is Verdict.REFUTED:
-                r, chosen = rp, q.constraints + [part]
-                break
+                rp.seconds = spent
+                return rp, q.constraints + [part]
             if rp.verdict is Verdict.UNKNOWN:
                 pending.append(part)
-        if r is None:
-            if parts and not pending:
-                return Result(Verdict.PROVED, None, spent, "every disjunct UNSAT"), None, spent
-            chosen = q.constraints + [z3.Or(pending)] if parts else q.formula
-            r = check(chosen, self.timeout)
-            spent += r.seconds
-        if r.verdict is not Verdict.REFUTED:
-            return r, None, spent
-        nice = check(chosen + q.tidy, min(self.timeout, TIDY_MS))
-        spent += nice.seconds
-        model = nice.model if nice.verdict is Verdict.REFUTED else r.model
-        return r, _witness(q, model), spent
+        if parts and not pending:
+            return Result(Verdict.PROVED, None, spent, "every disjunct UNSAT"), None
+        chosen = q.constraints + [z3.Or(pending) if parts else z3.Or(q.goal)]
+        r = self.check(chosen, self.timeout)
+        r.seconds += spent
+        return r, (chosen if r.verdict is Verdict.REFUTED else None)
+
+    def witness(self, q: Query, r: Result, chosen: list, readable: bool) -> tuple[dict, float]:
+        """The witness of a SAT answer; ``readable`` re-solves within ``tidy`` first."""
+        model, spent = r.model, 0.0
+        if readable:
+            nice = self.check(chosen + q.tidy, min(self.timeout, TIDY_MS))
+            spent = nice.seconds
+            if nice.verdict is Verdict.REFUTED:
+                model = nice.model
+        return _witness(q, model), spent
 
 
 def _sat_answer(cls: str, r: Result, w: dict | None, dt: float) -> Answer:
@@ -352,20 +375,32 @@ def classify(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT
     profile = profiles.get(profile) if isinstance(profile, str) else profile
     eng = Engine(form, profile, timeout_ms)
     qs = eng.queries()
-    res: dict[str, tuple[Result, dict | None, float]] = {}
+    raw: dict[str, tuple[Result, list | None]] = {}
 
     def solve(key: str, implied_by: str | None = None) -> None:
         # A user-mode query is a restriction of its general one: UNSAT there is UNSAT here.
-        if implied_by and res[implied_by][0].verdict is Verdict.PROVED:
-            res[key] = (Result(Verdict.PROVED, None, 0.0, f"implied by {implied_by}"), None, 0.0)
+        if implied_by and raw[implied_by][0].verdict is Verdict.PROVED:
+            raw[key] = (Result(Verdict.PROVED, None, 0.0, f"implied by {implied_by}"), None)
         else:
-            res[key] = eng.solve(qs[key])
+            raw[key] = eng.solve(qs[key])
 
     for key, implied in (("user_runs", None), ("control", None), ("control_user", "control"),
                          ("mode", None), ("location", None), ("location_user", "location")):
         solve(key, implied)
-    if res["user_runs"][0].verdict is not Verdict.REFUTED:
+    if raw["user_runs"][0].verdict is not Verdict.REFUTED:
         solve("supervisor_runs")
+
+    # Witnesses are read for every SAT answer; a violation's are re-solved to be readable
+    # (flat segments, tables and stack in low memory) because reports and replays show them.
+    sat = {k: r.verdict is Verdict.REFUTED for k, (r, _) in raw.items()}
+    violation = sat["user_runs"] and any(sat[k] for k in ("control", "mode", "location"))
+    res: dict[str, tuple[Result, dict | None, float]] = {}
+    for key, (r, chosen) in raw.items():
+        if sat[key]:
+            w, extra = eng.witness(qs[key], r, chosen, readable=violation)
+            res[key] = (r, w, r.seconds + extra)
+        else:
+            res[key] = (r, None, r.seconds)
     out = Classification(form, profile)
     out.assumptions = profiles.ASSUMPTIONS + tuple(sorted({why for _, why in eng.o.assumptions}))
 
