@@ -21,7 +21,12 @@ install: $(STAMP)
 verify: $(STAMP)
 	$(BIN)/pgvirt verify --all-profiles; rc=$$?; [ $$rc -le 1 ]
 
-test: $(STAMP)
+# Real guest binaries and the browser come from Debian packages, installed by the project's
+# own scripts (idempotent; quiet when already there).
+guests:
+	bash tests/setup-guests.sh
+
+test: $(STAMP) guests
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
