@@ -186,6 +186,14 @@ def systems() -> tuple[str, ...]:
     return tuple(f.name for f in FIELDS if f.owner == SYSTEM)
 
 
+def _select(arr: z3.ArrayRef, address: int) -> z3.BitVecRef:
+    """``Select(arr, address)`` built with the C API: witnesses read hundreds of cells."""
+    ctx = arr.ctx
+    dom = arr.domain()
+    idx = z3.Z3_mk_unsigned_int64(ctx.ref(), address, dom.ast)
+    return z3.BitVecRef(z3.Z3_mk_select(ctx.ref(), arr.as_ast(), idx), ctx)
+
+
 def eval_many(model: z3.ModelRef, terms: list) -> list[int]:
     """Evaluate bit-vector terms under ``model`` with one solver call (Concat, then slice)."""
     if not terms:
@@ -221,7 +229,7 @@ def evaluate(s: State, model: z3.ModelRef, addresses: Mapping[str, set] | None =
                 if same and a in known[1][f.name]:
                     out[f.name][a] = known[1][f.name][a]
                     continue
-                terms.append(z3.Select(term, z3.BitVecVal(a, f.index_width)))
+                terms.append(_select(term, a))
                 slots.append((f.name, a))
         elif known is not None and term is known[0].values[f.name]:
             out[f.name] = known[1][f.name]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Callable
@@ -36,6 +37,14 @@ def positive_int(text: str) -> int:
     return v
 
 
+def output_file(text: str) -> str:
+    """A report file to write: its directory must exist (checked before any solving)."""
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"no such directory: {parent}")
+    return text
+
+
 def _profiles(args) -> list[str]:
     from pgvirt.model import profiles
 
@@ -62,7 +71,7 @@ def _progress(console: Console, total: int, label: str, enabled: bool):
 
 def _classify_profiles(names: list[str], args, err: Console):
     from pgvirt.model import isa
-    from pgvirt.verify.popek_goldberg import classify_all
+    from pgvirt.verify.popek_goldberg import classify_many
 
     forms = getattr(args, "forms", None) or None
     if forms:
@@ -74,8 +83,8 @@ def _classify_profiles(names: list[str], args, err: Console):
     total = len(forms or isa.FORMS) * len(names)
     advance, close = _progress(err, total, "solving", args.format == "text" and err.is_terminal)
     try:
-        return [(p, classify_all(p, forms, jobs=args.jobs, timeout_ms=args.timeout_ms, progress=advance))
-                for p in names]
+        res = classify_many(names, forms, jobs=args.jobs, timeout_ms=args.timeout_ms, progress=advance)
+        return [(p, res[p]) for p in names]
     finally:
         close()
 
@@ -148,8 +157,10 @@ def build_parser() -> Parser:
     g.add_argument("--profile")
     g.add_argument("--all-profiles", action="store_true")
     _add_solver_opts(v)
-    v.add_argument("--junit", metavar="FILE", help="also write JUnit XML: one test case per profile x theorem x form")
-    v.add_argument("--sarif", metavar="FILE", help="also write SARIF 2.1.0: one rule per violating form")
+    v.add_argument("--junit", metavar="FILE", type=output_file,
+                   help="also write JUnit XML: one test case per profile x theorem x form")
+    v.add_argument("--sarif", metavar="FILE", type=output_file,
+                   help="also write SARIF 2.1.0: one rule per violating form")
     COMMANDS["verify"] = cmd_verify
 
     for register in _extensions():

@@ -485,17 +485,17 @@ def theorem(number: str, results: list[Classification]) -> Theorem:
 
 # --- whole-ISA runs -----------------------------------------------------------------------------
 
-def _job(args) -> tuple[str, dict[str, Answer], tuple[str, ...], int, float]:
+def _job(args) -> tuple[str, str, dict[str, Answer], tuple[str, ...], int, float]:
     from .solver import STATS
     name, pname, timeout = args
     q0, s0 = STATS.queries, STATS.seconds
     c = classify(name, pname, timeout)
-    return name, c.answers, c.assumptions, STATS.queries - q0, STATS.seconds - s0
+    return name, pname, c.answers, c.assumptions, STATS.queries - q0, STATS.seconds - s0
 
 
-def classify_all(profile: Profile | str, forms=None, jobs: int | None = None,
-                 timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None) -> list[Classification]:
-    """Classify every form (or ``forms``) under ``profile``, in ``jobs`` worker processes.
+def classify_many(profile_names, forms=None, jobs: int | None = None,
+                  timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None) -> dict[str, list[Classification]]:
+    """Classify every form (or ``forms``) under each profile, all in one pool of ``jobs`` workers.
 
     ``progress`` is called with each finished form's name.  Results keep the registry's order.
     """
@@ -504,18 +504,17 @@ def classify_all(profile: Profile | str, forms=None, jobs: int | None = None,
 
     from .solver import STATS
 
-    profile = profiles.get(profile) if isinstance(profile, str) else profile
+    profs = [profiles.get(p) if isinstance(p, str) else p for p in profile_names]
     names = [f if isinstance(f, str) else f.name for f in (forms or isa.FORMS)]
     for n in names:
         isa.get(n)  # unknown names fail before any work starts
-    jobs = jobs or min(len(names), os.cpu_count() or 1)
-    work = [(n, profile.name, timeout_ms) for n in names]
-    done: dict[str, Classification] = {}
+    work = [(n, p.name, timeout_ms) for p in profs for n in names]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
+    done: dict[tuple[str, str], Classification] = {}
 
     def collect(item):
-        name, answers, assumptions, nq, secs = item
-        c = Classification(isa.get(name), profile, answers, assumptions)
-        done[name] = c
+        name, pname, answers, assumptions, nq, secs = item
+        done[(pname, name)] = Classification(isa.get(name), profiles.get(pname), answers, assumptions)
         if jobs > 1:  # worker processes kept their own counters
             STATS.queries += nq
             STATS.seconds += secs
@@ -529,7 +528,14 @@ def classify_all(profile: Profile | str, forms=None, jobs: int | None = None,
         with mp.get_context("fork").Pool(jobs) as pool:
             for item in pool.imap_unordered(_job, work):
                 collect(item)
-    return [done[n] for n in names]
+    return {p.name: [done[(p.name, n)] for n in names] for p in profs}
+
+
+def classify_all(profile: Profile | str, forms=None, jobs: int | None = None,
+                 timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None) -> list[Classification]:
+    """Classify every form (or ``forms``) under one profile."""
+    name = profile if isinstance(profile, str) else profile.name
+    return classify_many([profile], forms, jobs, timeout_ms, progress)[name]
 
 
 # --- concrete re-checks of witnesses ------------------------------------------------------------
