@@ -8,7 +8,7 @@ CPL together with exactly these host-chosen fields; every other SYSTEM field is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import z3
 
@@ -77,6 +77,7 @@ ASSUMPTIONS = (
     "no single-step or resume in flight: EFLAGS.TF = 0, EFLAGS.RF = 0 before the instruction",
     "no debug breakpoints armed: DR7 enables none of DR0-DR3",
     "CS.RPL = SS.RPL = SS.DPL = CPL; CS holds code (DPL = CPL unless conforming), SS writable data",
+    "loaded segment caches have the accessed bit set; a null LDTR has an empty cache",
     "TR holds a busy 32-bit TSS; reserved EFLAGS/CR0/CR4 bits are clear; the CPU is not halted",
     "memory accesses are inside their segments: limit and paging faults (Popek-Goldberg's memory traps) are out of scope",
 )
@@ -107,6 +108,10 @@ def wellformed(s: State, profile: Profile) -> z3.BoolRef:
     cr4_ok = st.CR4_DEFINED & ~(0 if "umip" in profile.features else (1 << st.CR4_UMIP))
     attrs_ok = [z3.Extract(11, 8, s[f"{r}_attr"]) == 0 for r in st.SREGS] + [
         z3.Extract(11, 8, s.tr_attr) == 0]
+    # A loaded segment's cache has its accessed bit: the load itself set it (SDM 3A 3.4.5.1).
+    accessed = [z3.Implies(seg_attr_p(s[f"{r}_attr"]), z3.Extract(0, 0, s[f"{r}_attr"]) == 1)
+                for r in st.SREGS]
+    null_ldt = z3.Implies(z3.Extract(15, 2, s.ldtr) == 0, z3.And(s.ldtr_base == 0, s.ldtr_limit == 0))
     return z3.And(
         st.bit(s.cr0, st.CR0_PE), z3.Not(st.bit(s.cr0, st.CR0_PG)),
         s.cr0 & ~st.CR0_DEFINED == 0, s.cr4 & ~cr4_ok == 0,
@@ -119,7 +124,7 @@ def wellformed(s: State, profile: Profile) -> z3.BoolRef:
         z3.If(cs_conf, z3.ULE(seg_attr_dpl(s.cs_attr), s.cpl), seg_attr_dpl(s.cs_attr) == s.cpl),
         z3.Extract(7, 0, s.tr_attr) & 0x9F == 0x8B,
         z3.ULE(z3.BitVecVal(0x67, 32), s.tr_limit),
-        s.halted == 0, *attrs_ok,
+        s.halted == 0, *attrs_ok, *accessed, null_ldt,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import gzip
-import os
+
 import random
 import re
 import shutil
@@ -504,31 +504,6 @@ def test_scan_real_guests():
                 isa.get(s.form).mnemonic for s in r.sites}
 
 
-@pytest.mark.guests
-def test_scan_is_fast():
-    """A guard against losing the per-byte-string caching (which would make the scan tens of
-    times slower than objdump -d); the bound is loose because test machines are shared."""
-    need(TBOOT)
-    exe = need_objdump()
-    g = load_guest(TBOOT)
-    elf = gzip.decompress(TBOOT.read_bytes())
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"pgvirt-tboot-{os.getpid()}.elf"
-    path.write_bytes(elf)
-    try:
-        scan(g, toy_classify)                   # the matcher's caches are per process
-        best_scan = best_objdump = float("inf")
-        for _ in range(3):
-            t = time.perf_counter()
-            subprocess.run([exe, "-d", str(path)], stdout=subprocess.DEVNULL, check=True)
-            best_objdump = min(best_objdump, time.perf_counter() - t)
-            t = time.perf_counter()
-            scan(g, toy_classify)
-            best_scan = min(best_scan, time.perf_counter() - t)
-    finally:
-        path.unlink()
-    assert best_scan < 3 * best_objdump + 0.1, (best_scan, best_objdump)
-
-
 # --- fuzzing the loader ---------------------------------------------------------------------------
 
 class Timeout(Exception):
@@ -595,25 +570,20 @@ def fuzz(good: bytes, tmp_path: Path, rounds: int, seed: int) -> collections.Cou
     rnd = random.Random(seed)
     outcomes: collections.Counter = collections.Counter()
     p = tmp_path / "m.elf"
-    worst = 0.0
     for _ in range(rounds):
         p.write_bytes(mutate(rnd, good))
-        outcome, _, dt = load_within(p, 5.0)
+        outcome, _, dt = load_within(p, 5.0)  # a hang guard, not a timing
         outcomes[outcome] += 1
-        worst = max(worst, dt)
-    assert worst < 2.0, worst
     return outcomes
 
 
 @pytest.mark.guests
 def test_fuzz_real_elfs(tmp_path):
     need(CPUID, INVADERS)
-    t = time.perf_counter()
     a = fuzz(CPUID.read_bytes(), tmp_path, 2000, seed=1)
     b = fuzz(INVADERS.read_bytes(), tmp_path, 1000, seed=2)
     assert a["loaded"] > 100 and a["rejected"] > 100, a
     assert b["loaded"] > 50 and b["rejected"] > 50, b
-    assert time.perf_counter() - t < 30
 
 
 def test_fuzz_synthetic_elf(tmp_path):

@@ -1,6 +1,5 @@
 """Concrete runs of the EFLAGS and port-I/O forms (model/isa/flags.py)."""
 
-import time
 
 import capstone
 import pytest
@@ -89,10 +88,8 @@ def test_asm_is_capstone_text(f):
 
 
 @pytest.mark.parametrize("f", FLAG_FORMS, ids=lambda f: f.name)
-def test_symbolic_run_builds_quickly(f):
-    t = time.perf_counter()
-    f.run(st.fresh())
-    assert time.perf_counter() - t < 1.0
+def test_symbolic_run_builds(f):
+    assert "eip" in f.run(st.fresh()).effects
 
 
 # --- PUSHFD / POPFD ----------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """Concrete runs of the segment forms (model/isa/segments.py) against a real GDT in memory."""
 
-import time
 
 import capstone
 import pytest
@@ -124,10 +123,8 @@ def test_asm_is_capstone_text(f):
 
 
 @pytest.mark.parametrize("f", SEGMENT_FORMS, ids=lambda f: f.name)
-def test_symbolic_run_builds_quickly(f):
-    t = time.perf_counter()
+def test_symbolic_run_builds(f):
     out = f.run(st.fresh())
-    assert time.perf_counter() - t < 1.0
     assert "eip" in out.effects
 
 

@@ -161,6 +161,12 @@ def tidy_state(s) -> list:
     for reg in ("gdtr_base", "idtr_base", "ldtr_base", "tr_base"):
         c += [z3.ULE(0x10000, s[reg]), z3.ULT(s[reg], 0x70000)]
     c += [z3.ULE(0x20000, s.esp), z3.ULT(s.esp, 0x70000)]
+    # Data segments the CPU could not have loaded at this CPL (only SYSEXIT leaves them) are
+    # legal but cannot be set up in the emulator, and SYSENTER_CS keeps 16 bits there.
+    for r in ("ds", "es", "fs", "gs"):
+        attr = s[f"{r}_attr"]
+        c.append(z3.Or(z3.Extract(7, 7, attr) == 0, z3.UGE(z3.Extract(6, 5, attr), s.cpl)))
+    c.append(z3.ULT(s.sysenter_cs, 0x10000))
     return c
 
 
