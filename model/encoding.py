@@ -1,7 +1,9 @@
 """Instruction encodings in the SDM's opcode notation (SDM Vol. 2A 3.1.1.1) and a 32-bit decoder.
 
 An encoding is written as in the opcode column: ``"0F 01 /0"``, ``"8E /r"``, ``"50+r"``,
-``"CD ib"``, ``"9A cp"``; a trailing ``mem`` or ``reg`` restricts ModRM.mod.  As in the SDM,
+``"CD ib"``, ``"9A cp"``; a trailing ``mem`` or ``reg`` restricts ModRM.mod, and ``rep`` admits
+an F2/F3 prefix (a form without it does not describe REP-prefixed instances: they are other
+instructions or loops the form does not model).  As in the SDM,
 opcode bytes are upper-case hex and immediates lower case (``"CB"`` is RETF, ``"cb"`` a rel8). ``decode`` reads one
 instance (prefixes, ModRM, SIB, displacement, immediates) so a form's semantics take their
 operands from the actual bytes of a site, not from a canonical example.
@@ -28,6 +30,7 @@ class Encoding:
     immediates: tuple[str, ...]
     mod: str | None          # None, "mem" or "reg"
     fixed_reg: int | None = None  # for +r forms restricted to one register
+    rep_ok: bool = False     # an F2/F3 prefix is part of what the form describes
 
     @classmethod
     def parse(cls, text: str) -> "Encoding":
@@ -37,6 +40,7 @@ class Encoding:
         imms: list[str] = []
         mod = None
         fixed = None
+        rep_ok = False
         for tok in text.split():
             t = tok.lower()
             if t.startswith("/"):
@@ -47,6 +51,8 @@ class Encoding:
                 imms.append(tok)
             elif t in ("mem", "reg"):
                 mod = t
+            elif t == "rep":
+                rep_ok = True
             elif t.endswith("+r"):
                 op.append(int(t[:-2], 16))
                 plus_r = True
@@ -61,7 +67,7 @@ class Encoding:
                     raise EncodingError(f"bad token {tok!r} in {text!r}") from None
         if not op:
             raise EncodingError(f"no opcode bytes in {text!r}")
-        return cls(bytes(op), modrm, plus_r, tuple(imms), mod, fixed)
+        return cls(bytes(op), modrm, plus_r, tuple(imms), mod, fixed, rep_ok)
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,8 @@ def decode(enc: Encoding, code: bytes) -> Decoded:
         else:
             rep = REP_PREFIX[code[i]]
         i += 1
+    if rep is not None and not enc.rep_ok:
+        raise EncodingError(f"{rep.upper()} prefix: not an instance of this form")
     n = len(enc.opcode)
     body = code[i:i + n]
     if len(body) < n:

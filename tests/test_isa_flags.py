@@ -334,3 +334,8 @@ def test_regression_tss_type_read_from_cache_layout():
     """Regression: io_permitted once read the TSS type from bits 11:8 of tr_attr, so no bitmap
     could ever allow a port.  tr_attr keeps descriptor bits 40-55 (type in 3:0)."""
     assert_effect("in_al_dx", ok(port_run("in_al_dx", bitmap=CLEAR, cpl=3)))
+
+
+def test_rep_ins_is_an_instance_and_runs_one_iteration():
+    from pgvirt.model.encoding import matches
+    assert matches(REGISTRY["insb"].enc, bytes.fromhex("f36c")) is not None

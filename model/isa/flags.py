@@ -170,25 +170,25 @@ def _outs(x, size: int) -> None:
     x.write("esi", esi + _step(x, size))
 
 
-@form("insb", enc="6C", bytes="6c", asm="insb byte ptr es:[edi], dx",
+@form("insb", enc="6C rep", bytes="6c", asm="insb byte ptr es:[edi], dx",
       cite="SDM Vol. 2A INS/INSB/INSW/INSD; Vol. 1 19.5")
 def insb(x):
     _ins(x, 1)
 
 
-@form("insd", enc="6D", bytes="6d", asm="insd dword ptr es:[edi], dx",
+@form("insd", enc="6D rep", bytes="6d", asm="insd dword ptr es:[edi], dx",
       cite="SDM Vol. 2A INS/INSB/INSW/INSD; Vol. 1 19.5")
 def insd(x):
     _ins(x, 4)
 
 
-@form("outsb", enc="6E", bytes="6e", asm="outsb dx, byte ptr [esi]",
+@form("outsb", enc="6E rep", bytes="6e", asm="outsb dx, byte ptr [esi]",
       cite="SDM Vol. 2B OUTS/OUTSB/OUTSW/OUTSD; Vol. 1 19.5")
 def outsb(x):
     _outs(x, 1)
 
 
-@form("outsd", enc="6F", bytes="6f", asm="outsd dx, dword ptr [esi]",
+@form("outsd", enc="6F rep", bytes="6f", asm="outsd dx, dword ptr [esi]",
       cite="SDM Vol. 2B OUTS/OUTSB/OUTSW/OUTSD; Vol. 1 19.5")
 def outsd(x):
     _outs(x, 4)

@@ -761,11 +761,9 @@ def jg_rel8(x):
 def _string_step(x, size: int):
     """The index increment: -size when DF = 1, +size when DF = 0.
 
-    A REP prefix makes the instruction a loop over ECX; these forms model a single iteration, so
-    a REP-prefixed instance is refused instead of being run as one step.
+    A REP prefix makes the instruction a loop over ECX; these forms model a single iteration and
+    their encodings do not admit F2/F3, so a REP-prefixed instance matches no form (unmodelled).
     """
-    if x.d.rep:
-        raise ModelError(f"{x.form.name}: {x.d.rep.upper()}-prefixed string loops are not modelled")
     return z3.If(x.flag(DF), z3.BitVecVal(-size & _MASK32, 32), z3.BitVecVal(size, 32))
 
 
