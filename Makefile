@@ -25,6 +25,7 @@ verify: $(STAMP)
 # own scripts (idempotent; quiet when already there).
 guests:
 	bash tests/setup-guests.sh
+	sh tests/setup-browser.sh
 
 test: $(STAMP) guests
 	$(BIN)/python -m pytest -q
@@ -37,3 +38,7 @@ slow: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# JupyterLab on notebooks/ (outputs are stripped in git: run the cells to see the answers).
+notebook: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
