@@ -25,7 +25,6 @@ from .solver import DEFAULT_TIMEOUT_MS, Verdict, smtlib
 
 THEOREMS = ("1", "3")
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-LOGIC = "QF_ABV"
 _ROOT = Path(__file__).resolve().parent.parent   # the repository: model/ and verify/ live here
 
 
@@ -210,19 +209,6 @@ def write_verify_reports(per_profile, junit_path: str | None, sarif_path: str | 
 STATUS = {Verdict.PROVED: "unsat", Verdict.REFUTED: "sat", Verdict.UNKNOWN: "unknown"}
 
 
-def script(constraints, status: str, name: str) -> str:
-    """``solver.smtlib`` made portable: a logic is set, and Z3's own placeholder
-    ``(set-info :status unknown)`` after our header goes, so the one status left is Z3's answer."""
-    lines = smtlib(constraints, status, name).splitlines()
-    at = next(i for i, ln in enumerate(lines) if ln.startswith("(set-info :status")) + 1
-    head, body = lines[:at], lines[at:]   # our header ends with the real status; then Z3's text
-    if "(set-info :status unknown)" in body:
-        body.remove("(set-info :status unknown)")
-    if "(check-sat)" not in body:
-        body.append("(check-sat)")
-    return "\n".join(head + [f"(set-logic {LOGIC})"] + body + ["(exit)", ""])
-
-
 def _export_one(job) -> list[tuple[str, str, float]]:
     form_name, pname, timeout_ms, outdir = job
     eng = Engine(isa.get(form_name), profiles.get(pname), timeout_ms)
@@ -230,7 +216,7 @@ def _export_one(job) -> list[tuple[str, str, float]]:
     for key, q in eng.queries().items():
         r = eng.solve(q)[0]   # the answer classify uses, so the file and the verdicts agree
         rel = f"{pname}/{form_name}.{key}.smt2"
-        text = script(q.formula, STATUS[r.verdict], f"{pname}/{form_name}/{q.name}")
+        text = smtlib(q.formula, STATUS[r.verdict], f"{pname}/{form_name}/{q.name}")
         Path(outdir, rel).write_text(text, encoding="utf-8")
         out.append((rel, STATUS[r.verdict], r.seconds))
     return out

@@ -68,13 +68,21 @@ def check(constraints, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Result:
     return Result(Verdict.UNKNOWN, None, dt, s.reason_unknown())
 
 
+LOGIC = "QF_ABV"
+
+
 def smtlib(constraints, status: str, name: str) -> str:
-    """The query as an SMT-LIB 2 script carrying Z3's answer, for re-checking by another solver."""
+    """The query as a portable SMT-LIB 2 script carrying Z3's answer, for another solver to re-check.
+
+    Z3's own text gets a logic, loses its placeholder ``(set-info :status unknown)`` so the one
+    status left is the answer, and ends with ``(check-sat)``.
+    """
     s = z3.Solver()
     s.add(*constraints)
-    body = s.to_smt2()
-    head = f"; pgvirt proof obligation {name}\n(set-info :status {status})\n"
-    return head + body
+    body = [ln for ln in s.to_smt2().splitlines()
+            if ln != "(set-info :status unknown)" and ln != "(check-sat)"]
+    head = [f"; pgvirt proof obligation {name}", f"(set-info :status {status})", f"(set-logic {LOGIC})"]
+    return "\n".join(head + body + ["(check-sat)", "(exit)", ""])
 
 
 class Session:
