@@ -1,7 +1,6 @@
 """Concrete runs of the EFLAGS and port-I/O forms (model/isa/flags.py)."""
 
 
-import capstone
 import pytest
 import z3
 
@@ -74,22 +73,6 @@ def test_flag_forms_registered():
         "pushfd", "popfd", "cli", "sti", "in_al_imm8", "in_eax_imm8", "out_imm8_al",
         "out_imm8_eax", "in_al_dx", "in_eax_dx", "out_dx_al", "out_dx_eax",
         "insb", "insd", "outsb", "outsd"}
-
-
-@pytest.mark.parametrize("f", FLAG_FORMS, ids=lambda f: f.name)
-def test_asm_is_capstone_text(f):
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-    insns = list(md.disasm(f.bytes, 0))
-    assert len(insns) == 1 and insns[0].size == len(f.bytes)
-    i = insns[0]
-    assert f.asm == (f"{i.mnemonic} {i.op_str}" if i.op_str else i.mnemonic)
-    assert f.decode().length == len(f.bytes)
-    assert f.cite.startswith("SDM Vol.")
-
-
-@pytest.mark.parametrize("f", FLAG_FORMS, ids=lambda f: f.name)
-def test_symbolic_run_builds(f):
-    assert "eip" in f.run(st.fresh()).effects
 
 
 # --- PUSHFD / POPFD ----------------------------------------------------------------------------

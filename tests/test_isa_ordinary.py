@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-import capstone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
@@ -44,17 +43,6 @@ def put(addr: int, value: int, size: int) -> dict:
 
 def test_at_least_thirty_forms():
     assert len(MINE) >= 30
-
-
-@pytest.mark.parametrize("f", MINE, ids=lambda f: f.name)
-def test_asm_is_capstone_text(f):
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-    insns = list(md.disasm(f.bytes, 0))
-    assert len(insns) == 1 and insns[0].size == len(f.bytes)
-    i = insns[0]
-    text = f"{i.mnemonic} {i.op_str}" if i.op_str else i.mnemonic
-    assert f.asm == text
-    assert f.cite.startswith("SDM Vol. 2")
 
 
 @pytest.mark.parametrize("f", MINE, ids=lambda f: f.name)

@@ -1,7 +1,6 @@
 """Concrete runs of the segment forms (model/isa/segments.py) against a real GDT in memory."""
 
 
-import capstone
 import pytest
 import z3
 
@@ -110,22 +109,6 @@ def test_all_forms_present():
                 | {f"{i}_{k}" for i in ("lar", "lsl", "verr", "verw", "arpl") for k in "rm"}
                 | {f"l{s}_m" for s in ("ds", "es", "fs", "gs", "ss")})
     assert names == expected
-
-
-@pytest.mark.parametrize("f", SEGMENT_FORMS, ids=lambda f: f.name)
-def test_asm_is_capstone_text(f):
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-    insns = list(md.disasm(f.bytes, 0))
-    assert len(insns) == 1 and insns[0].size == len(f.bytes)
-    i = insns[0]
-    assert f.asm == (f"{i.mnemonic} {i.op_str}" if i.op_str else i.mnemonic)
-    assert f.cite.startswith("SDM Vol.")
-
-
-@pytest.mark.parametrize("f", SEGMENT_FORMS, ids=lambda f: f.name)
-def test_symbolic_run_builds(f):
-    out = f.run(st.fresh())
-    assert "eip" in out.effects
 
 
 # --- PUSH / MOV from segment registers ----------------------------------------------------------

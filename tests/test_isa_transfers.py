@@ -1,9 +1,7 @@
 """Concrete runs of the far-transfer forms (model/isa/transfers.py) against real GDT, IDT and TSS
 bytes in memory, plus a few symbolic properties the verifier relies on."""
 
-import time
 
-import capstone
 import pytest
 import z3
 
@@ -163,9 +161,6 @@ def ptr_mem(addr, sel, offset):
 
 # --- the forms' own claims --------------------------------------------------------------------------
 
-MD = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-
-
 def test_every_transfer_form_is_registered():
     assert {f.name for f in TRANSFER_FORMS} == {
         "call_far_ptr", "call_far_m", "jmp_far_ptr", "jmp_far_m", "retf", "retf_imm",
@@ -173,18 +168,8 @@ def test_every_transfer_form_is_registered():
 
 
 @pytest.mark.parametrize("form", TRANSFER_FORMS, ids=lambda f: f.name)
-def test_asm_is_capstones_text(form):
-    insn = next(MD.disasm(form.bytes, 0))
-    assert insn.size == len(form.bytes)
-    text = f"{insn.mnemonic} {insn.op_str}" if insn.op_str else insn.mnemonic
-    assert form.asm == text
-
-
-@pytest.mark.parametrize("form", TRANSFER_FORMS, ids=lambda f: f.name)
-def test_symbolic_run_builds_fast(form):
-    t0 = time.perf_counter()
+def test_every_transfer_can_fault(form):
     out = form.run(st.fresh())
-    assert time.perf_counter() - t0 < 1.0
     assert "eip" in out.effects and out.checks
 
 

@@ -57,6 +57,11 @@ def check(constraints, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Result:
     """Is the conjunction of ``constraints`` satisfiable?"""
     s = make_solver(timeout_ms)
     s.add(*constraints)
+    return _run(s)
+
+
+def _run(s: z3.Solver) -> Result:
+    """Check ``s`` once, timed and counted."""
     t0 = time.perf_counter()
     r = s.check()
     dt = time.perf_counter() - t0
@@ -102,14 +107,6 @@ class Session:
         try:
             s.set("timeout", int(timeout_ms))
             s.add(*constraints)
-            t0 = time.perf_counter()
-            r = s.check()
-            dt = time.perf_counter() - t0
-            STATS.add(dt)
-            if r == z3.unsat:
-                return Result(Verdict.PROVED, None, dt)
-            if r == z3.sat:
-                return Result(Verdict.REFUTED, s.model(), dt)
-            return Result(Verdict.UNKNOWN, None, dt, s.reason_unknown())
+            return _run(s)
         finally:
             s.pop()
