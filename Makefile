@@ -30,8 +30,9 @@ guests:
 test: $(STAMP) guests
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) guests
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/scan.py
 
 slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

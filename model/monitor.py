@@ -1,0 +1,202 @@
+"""The paravirtual monitor's hypercall handlers: the emulating half of a patched guest.
+
+``pgvirt patch`` replaces every sensitive-but-unprivileged instruction of a guest with a
+hypercall: HLT (F4) padded with NOPs (90) to the original length (``replacement``).  HLT is a
+CPL-0 instruction (SDM Vol. 2A HLT: #GP(0) at CPL > 0), so the deprivileged guest's HLT faults
+into the monitor, and a fault reports the faulting instruction's EIP (SDM Vol. 3A 6.5): the
+site.  The monitor looks that EIP up in its site table (``Monitor``); the hypercall number is
+the site's index there.  An EIP that names no site is the guest's own HLT, not a hypercall.
+
+The virtual machine is two records, both ``State`` values:
+
+* ``real`` (R): the processor's state at the trap: the guest's USER fields, with the CS/SS RPL
+  equal to the real CPL (3), and the monitor's SYSTEM fields under the profile's host settings.
+* ``vcpu`` (C): the monitor's record of the SYSTEM fields the guest believes it has (virtual
+  CPL, IF, IOPL, GDTR, CR0, the virtual I/O ports...).  Its USER fields mean nothing.
+
+``handle`` emulates the site's ORIGINAL instruction (its bytes decoded by its form) on the
+guest's view of the two (``view``), and writes the result back (``write_back``): guest-visible
+results into R, the virtual system state into C.  It is a function of (R, C) built with
+``State.replace`` and the forms' own semantics, so it runs on symbolic states (the equivalence
+proofs of ``pgvirt check-patch``) and on concrete ones (``run``, ``Monitor.on_trap``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import z3
+
+from . import state as st
+from .form import Form
+from .outcome import Fault, Outcome
+from .state import State
+
+HYPERCALL = 0xF4    # HLT: privileged under every profile (SDM Vol. 2A HLT)
+PAD = 0x90          # NOP: fills the rest of the site, never executed (the handler resumes past it)
+
+# The guest's address space: segment bases and limits are SYSTEM fields, but the guest's code
+# runs through them directly, so the real ones must equal the virtual ones (README, "Mode and
+# relocation": Popek and Goldberg's E|r is the same storage under both relocations).
+ADDRESS_SPACE = tuple(f"{r}_{k}" for r in st.SREGS for k in ("base", "limit"))
+RPL_COUPLED = ("cs", "ss")   # their RPL is the CPL (SDM Vol. 3A 5.5), so it is mode, not storage
+SCALAR_USER = tuple(n for n in st.users() if not st.FIELD[n].index_width)
+SCALAR_SYSTEM = tuple(n for n in st.systems() if not st.FIELD[n].index_width)
+
+
+def replacement(length: int) -> bytes:
+    """The hypercall that stands in for a ``length``-byte instruction: HLT, then NOPs."""
+    if not 1 <= length <= 15:
+        raise ValueError(f"an x86 instruction is 1 to 15 bytes long, not {length}")
+    return bytes([HYPERCALL]) + bytes([PAD]) * (length - 1)
+
+
+@dataclass(frozen=True)
+class Site:
+    """One hypercall site: its number (index in the site table), address and original instruction."""
+
+    number: int
+    address: int
+    code: bytes          # the original instruction's bytes
+    form: Form           # the form those bytes are an instance of
+
+    @property
+    def length(self) -> int:
+        return len(self.code)
+
+    @property
+    def replacement(self) -> bytes:
+        return replacement(len(self.code))
+
+
+def _with_rpl(sel, cpl):
+    return (sel & ~3) | z3.ZeroExt(14, cpl)
+
+
+def view(real: State, vcpu: State) -> State:
+    """The state the guest believes it runs in: USER fields of R (EIP = the trapping site), every
+    SYSTEM field of C, and CS/SS showing the virtual CPL as their RPL."""
+    user = {n: real[n] for n in st.users()}
+    for n in RPL_COUPLED:
+        user[n] = _with_rpl(real[n], vcpu.cpl)
+    return vcpu.replace(**user)
+
+
+def write_back(real: State, vcpu: State, after: State) -> tuple[State, State]:
+    """R' and C' from the guest's view ``after`` the emulated instruction.
+
+    R' gets every USER field (CS/SS keep the real CPL as RPL: the guest stays deprivileged) and
+    the address space, so the guest's next instructions run where the original would; every
+    other real SYSTEM field stays the monitor's.  C' gets every SYSTEM field.
+    """
+    user = {n: after[n] for n in st.users()}
+    for n in RPL_COUPLED:
+        user[n] = _with_rpl(after[n], real.cpl)
+    user.update({n: after[n] for n in ADDRESS_SPACE})
+    return real.replace(**user), vcpu.replace(**{n: after[n] for n in st.systems()})
+
+
+@dataclass(frozen=True)
+class HandlerOutcome:
+    """A handler's symbolic result.  When ``faults`` holds, the fault (``vector``, ``code``) is
+    injected into the guest and R, C stay as they were (faults are values, as in ``Outcome``);
+    otherwise the machine continues from ``real`` with ``vcpu`` as its virtual CPU."""
+
+    emulated: Outcome    # the original instruction's run on the guest's view
+    real: State
+    vcpu: State
+
+    @property
+    def faults(self) -> z3.BoolRef:
+        return self.emulated.faults
+
+    @property
+    def vector(self) -> z3.BitVecRef:
+        return self.emulated.vector
+
+    @property
+    def code(self) -> z3.BitVecRef:
+        return self.emulated.code
+
+
+Handler = Callable[[Site, State, State, frozenset], HandlerOutcome]
+
+
+def handle(site: Site, real: State, vcpu: State, features: frozenset[str] = frozenset()) -> HandlerOutcome:
+    """Emulate ``site``'s original instruction for the guest and resume after it.
+
+    The form's semantics run on ``view(real, vcpu)`` with the site's own bytes, so operands,
+    prefixes and displacements are the instance's; EIP advances by the original length (or the
+    instruction jumps), not by HLT's one byte.
+    """
+    o = site.form.run(view(real, vcpu), code=site.code, features=features)
+    r2, c2 = write_back(real, vcpu, o.post)
+    return HandlerOutcome(o, r2, c2)
+
+
+# --- concrete runs -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Injected:
+    """The hypercall raises ``fault`` in the guest (delivered through the guest's virtual IDT)."""
+
+    fault: Fault
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """The guest resumes from ``real`` with ``vcpu`` as its virtual CPU (plain-integer dicts)."""
+
+    real: dict
+    vcpu: dict
+
+
+def run(site: Site, real: Mapping, vcpu: Mapping, features: Iterable[str] = frozenset(),
+        handler: Handler = handle) -> Injected | Resumed:
+    """``handler`` on concrete states (the dict format of ``state.concrete``).
+
+    Memory and ports are read back at the addresses the inputs list and the instruction touches.
+    """
+    h = handler(site, st.concrete(real), st.concrete(vcpu), frozenset(features))
+    solver = z3.Solver()
+    solver.check()
+    model = solver.model()
+    res = h.emulated.concrete(model)
+    if isinstance(res, Fault):
+        return Injected(res)
+    touched = h.emulated.addresses(model)
+    addrs = {a: set(real.get(a, {})) | set(vcpu.get(a, {})) | touched.get(a, set())
+             for a in st.ARRAYS}
+    return Resumed(st.evaluate(h.real, model, addrs), st.evaluate(h.vcpu, model, addrs))
+
+
+class Monitor:
+    """The site table: hypercall number = index; the trapping EIP selects the site."""
+
+    def __init__(self, sites: Iterable[Site], features: Iterable[str] = frozenset(),
+                 handler: Handler = handle):
+        self.sites = tuple(sites)
+        for i, s in enumerate(self.sites):
+            if s.number != i:
+                raise ValueError(f"site at {s.address:#x} has number {s.number}, expected {i}")
+        self.by_eip = {s.address: s for s in self.sites}
+        if len(self.by_eip) != len(self.sites):
+            raise ValueError("two hypercall sites share an address")
+        self.features = frozenset(features)
+        self.handler = handler
+
+    def site_at(self, eip: int) -> Site | None:
+        return self.by_eip.get(eip)
+
+    def on_trap(self, real: Mapping, vcpu: Mapping) -> Injected | Resumed | None:
+        """The #GP(0) of a hypercall, concretely.  None: R's EIP names no site, so the trap is
+        the guest's own privileged instruction, which ordinary trap-and-emulate handles."""
+        site = self.site_at(int(real.get("eip", 0)))
+        if site is None:
+            return None
+        return run(site, real, vcpu, self.features, self.handler)
+
+
+__all__ = ["HYPERCALL", "PAD", "ADDRESS_SPACE", "Site", "replacement", "view", "write_back",
+           "HandlerOutcome", "Handler", "handle", "Injected", "Resumed", "run", "Monitor"]
