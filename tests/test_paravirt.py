@@ -27,6 +27,7 @@ import z3
 
 from pgvirt.model import isa, monitor, profiles, state as st
 from pgvirt.verify import paravirt as P
+from pgvirt.verify import cache as C
 from pgvirt.verify.cli import main
 from pgvirt.verify.guest import load_guest
 
@@ -391,7 +392,7 @@ def test_cache_is_derived_then_read(tmp_path, guest):
     again = P.scan_guest(g, "pentium", cache)
     assert again.derived == [] and again.sites == first.sites
     path = cache.path("pentium")
-    assert path.parent.name == P.model_key() and path.is_file()
+    assert path.parent.name == C.model_key() and path.is_file()
     assert cache.path("pentium", ".witnesses").is_file()
     # The cached answers are the solver's: the same values and verdicts as a fresh derivation.
     from pgvirt.verify.popek_goldberg import classify
@@ -416,12 +417,12 @@ def test_damaged_or_stale_cache_is_derived_again(tmp_path, guest, monkeypatch):
     cache.path("pentium").write_text(json.dumps(doc))
     assert P.scan_guest(g, "pentium", cache).derived == ["popfd"]
     # Another Z3 (or model source) gives another key, so another, empty cache.
-    old = P.model_key()
-    monkeypatch.setattr(P, "_KEY", None)
+    old = C.model_key()
+    monkeypatch.setattr(C, "_KEY", None)
     monkeypatch.setattr(z3, "get_version_string", lambda: "0.0.0-test")
-    assert P.model_key() != old
+    assert C.model_key() != old
     assert len(P.scan_guest(g, "pentium", cache).derived) == 11
-    monkeypatch.setattr(P, "_KEY", old)
+    monkeypatch.setattr(C, "_KEY", old)
 
 
 def test_no_cache_writes_nothing(tmp_path, guest):

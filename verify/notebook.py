@@ -1,7 +1,8 @@
 """Display helpers for the notebooks: HTML views of answers and witnesses, the heat map, the explorer.
 
 They live here, not in the notebooks, so each notebook cell is one call and the helpers are tested.
-Every value shown comes from ``popek_goldberg.classify``/``classify_all``; nothing is declared.
+Every value shown comes from ``popek_goldberg.classify``/``classify_all`` (or the on-disk cache of
+their answers); nothing is declared.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pgvirt.model import state as st
 from pgvirt.model.outcome import vector_name
 
 from . import report
+from .cache import ClassificationCache
 from .popek_goldberg import CLASSES, Classification, classify, classify_all, recheck, theorem
 
 # --- classifications, computed once per process -------------------------------------------------
@@ -23,10 +25,18 @@ _ONE: dict[tuple[str, str], Classification] = {}
 
 
 def classified(profile: str) -> list[Classification]:
-    """Every form under ``profile`` (cached: the notebooks and the explorer ask repeatedly)."""
+    """Every form under ``profile``: derived by the solver once, then kept in this process and in
+    the on-disk cache of derived answers (``verify.cache``), so the notebooks share one run."""
     profiles.get(profile)
     if profile not in _ALL:
-        _ALL[profile] = classify_all(profile)
+        disk = ClassificationCache()
+        known = disk.load(profile, witnesses=True)
+        missing = [f.name for f in isa.FORMS if f.name not in known]
+        if missing:
+            new = classify_all(profile, missing)
+            disk.store(profile, new)
+            known.update({c.form.name: c for c in new})
+        _ALL[profile] = [known[f.name] for f in isa.FORMS]
     return _ALL[profile]
 
 

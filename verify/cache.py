@@ -1,0 +1,174 @@
+"""Solver-derived classifications cached on disk, keyed by a hash of everything they derive from.
+
+A cache of answers the solver gave, never a table of expected ones: the key changes with any edit
+to the model or the queries, or another Z3, and only decided answers are stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import z3
+
+from pgvirt.model import isa, profiles, state as st
+from pgvirt.model.profiles import Profile
+
+from .popek_goldberg import Answer, Classification, classify_all
+from .solver import DEFAULT_TIMEOUT_MS
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never half a file."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".pgvirt-", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+
+_KEY: str | None = None
+CACHE_FORMAT = 1
+
+
+def model_key() -> str:
+    """Hash of everything a classification is derived from: the model package's sources, the
+    queries (popek_goldberg.py, solver.py) and the Z3 version.  Any edit gives a new cache."""
+    global _KEY
+    if _KEY is None:
+        h = hashlib.sha256(f"pgvirt-classification/{CACHE_FORMAT}/z3 {z3.get_version_string()}\n".encode())
+        model_dir = Path(isa.__file__).resolve().parent.parent
+        here = Path(__file__).resolve().parent
+        files = sorted(model_dir.rglob("*.py")) + [here / "popek_goldberg.py", here / "solver.py"]
+        for p in files:
+            rel = p.relative_to(model_dir) if p.is_relative_to(model_dir) else Path("verify", p.name)
+            h.update(f"{rel.as_posix()}\0".encode())
+            h.update(p.read_bytes())
+            h.update(b"\0")
+        _KEY = h.hexdigest()[:24]
+    return _KEY
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pgvirt"
+
+
+def _int_keys(obj: Any, key: str = "") -> Any:
+    """JSON turned the integer addresses of witness ``mem``/``io`` maps into strings; undo it."""
+    if isinstance(obj, dict):
+        if key in st.ARRAYS and all(isinstance(k, str) and k.isdigit() for k in obj):
+            return {int(k): v for k, v in obj.items()}
+        return {k: _int_keys(v, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_int_keys(v) for v in obj]
+    return obj
+
+
+def _decided(c: Classification) -> bool:
+    return all(a.value is not None for a in c.answers.values())
+
+
+class ClassificationCache:
+    """Solver-derived classifications on disk, per profile, under ``<root>/<model_key()>/``:
+    ``<profile>.json`` holds every answer (value, verdict, note) and the assumptions,
+    ``<profile>.witnesses.json`` the witness states, read only when asked for (scanning needs
+    the values alone, and reading the states would cost more than the scan's own work).
+
+    Only classifications the solver decided are stored (an unknown may be decided with more
+    time).  A file that cannot be read as this format counts as absent and is rewritten.
+    ``enabled=False`` reads and writes nothing.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, enabled: bool = True):
+        self.root = Path(root) if root is not None else default_cache_root()
+        self.enabled = enabled
+        self.note = ""          # why the last store did not happen, if it did not
+
+    def path(self, profile: str, what: str = "") -> Path:
+        return self.root / model_key() / f"{profile}{what}.json"
+
+    def _read(self, profile: str, what: str = "") -> dict:
+        try:
+            doc = json.loads(self.path(profile, what).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return {}
+        if not (isinstance(doc, dict) and doc.get("format") == CACHE_FORMAT
+                and doc.get("key") == model_key() and doc.get("profile") == profile
+                and isinstance(doc.get("forms"), dict)):
+            return {}
+        return doc["forms"]
+
+    def load(self, profile: Profile | str, witnesses: bool = False) -> dict[str, Classification]:
+        """The cached classifications of ``profile``; with ``witnesses=False`` their answers
+        carry no witness states."""
+        prof = profiles.get(profile) if isinstance(profile, str) else profile
+        if not self.enabled:
+            return {}
+        wits = self._read(prof.name, ".witnesses") if witnesses else {}
+        out = {}
+        for name, entry in self._read(prof.name).items():
+            try:
+                form = isa.get(name)
+                w = _int_keys(wits[name]) if witnesses else {}
+                answers = {cls: Answer(a["class"], a["value"], a["verdict"], w.get(cls),
+                                       float(a["seconds"]), a["note"])
+                           for cls, a in entry["answers"].items()}
+                c = Classification(form, prof, answers, tuple(entry["assumptions"]))
+                c["privileged"], c["sensitive"], c["user_sensitive"]  # all present
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue  # a damaged or incomplete entry is derived again
+            if _decided(c):
+                out[name] = c
+        return out
+
+    def store(self, profile: Profile | str, results: Iterable[Classification]) -> None:
+        name = profile if isinstance(profile, str) else profile.name
+        done = [c for c in results if _decided(c)]
+        if not self.enabled or not done:
+            return
+        answers = {c.form.name: {"answers": {k: dict(a.as_json(), witness=None) for k, a in c.answers.items()},
+                                 "assumptions": list(c.assumptions)} for c in done}
+        wits = {c.form.name: {k: a.witness for k, a in c.answers.items() if a.witness is not None}
+                for c in done}
+        try:
+            self.path(name).parent.mkdir(parents=True, exist_ok=True)
+            # Witnesses first: an answer file never names a form whose witnesses are missing.
+            for what, new in ((".witnesses", wits), ("", answers)):
+                forms = self._read(name, what)      # merge with what another process added
+                forms.update(new)
+                doc = {"format": CACHE_FORMAT, "key": model_key(), "z3": z3.get_version_string(),
+                       "profile": name, "forms": forms}
+                atomic_write(self.path(name, what), json.dumps(doc, sort_keys=True).encode())
+        except OSError as e:
+            self.note = f"classification cache not written ({self.path(name)}: {e.strerror or e})"
+
+
+def classifications(profile: Profile | str, forms: Iterable[str], cache: ClassificationCache | None = None,
+                    jobs: int | None = None, timeout_ms: int = DEFAULT_TIMEOUT_MS,
+                    progress=None) -> tuple[dict[str, Classification], list[str]]:
+    """The classification of each of ``forms``: from the cache, else derived by ``classify_all``
+    (and stored).  Returns (name -> Classification, names derived now)."""
+    prof = profiles.get(profile) if isinstance(profile, str) else profile
+    cache = cache if cache is not None else ClassificationCache()
+    want = sorted(set(forms))
+    known = cache.load(prof)
+    missing = [n for n in want if n not in known]
+    if missing:
+        new = classify_all(prof, missing, jobs=jobs, timeout_ms=timeout_ms, progress=progress)
+        cache.store(prof, new)
+        known.update({c.form.name: c for c in new})
+    return {n: known[n] for n in want}, missing
