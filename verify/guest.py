@@ -775,6 +775,7 @@ def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
                 if len(bad_first) < 5:
                     bad_first.append(base + offs[k])
             interesting = set()
+            unmodelled = []
             for code, c in counts.items():
                 e = seen.get(code)
                 if e is None:
@@ -782,8 +783,27 @@ def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
                         continue
                     e = seen[code] = _entry(matcher, code, classify, verdict)
                 e[3] += c
-                if e[1] is None or e[1]:
+                if e[1] is None:
+                    unmodelled.append(code)
+                elif e[1]:
                     interesting.add(code)
+            if unmodelled:
+                # Each distinct unmodelled encoding is reported at its first address; a map from
+                # bytes to first index, built in C, spares a Python step per unmodelled instance.
+                first_at = dict(zip(reversed(codes), reversed(range(lo, hi))))
+                for code in unmodelled:
+                    k = first_at[code]
+                    if not ids[k]:
+                        continue
+                    e = seen[code]
+                    if e[2] is None:  # Capstone's mnemonic names the group
+                        e[2] = st.mnemonic(k)
+                    g = groups.get(e[2])
+                    if g is None:
+                        mnem, op = st.text(k)
+                        groups[e[2]] = [[base + offs[k]], f"{code.hex()}  {mnem} {op}".rstrip()]
+                    else:
+                        g[0].append(base + offs[k])
             if not interesting:
                 continue
             for k in compress(range(lo, hi), map(interesting.__contains__, codes)):
@@ -791,20 +811,10 @@ def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
                     continue
                 code = codes[k - lo]
                 e = seen[code]
-                if e[1] is None:
-                    if e[2] is None:  # Capstone's mnemonic names the group
-                        e[2] = st.mnemonic(k)
-                    g = groups.get(e[2])
-                    if g is None:
-                        mnem, op = st.text(k)
-                        groups[e[2]] = [[base + offs[k]], f"{code.hex()}  {mnem} {op}".rstrip()]
-                    elif len(g[0]) < 5:
-                        g[0].append(base + offs[k])
-                else:
-                    addr = base + offs[k]
-                    mnem, op = st.text(k)
-                    sites.append(Site(addr, name, guest.symbolize(addr, name), code.hex(),
-                                      f"{mnem} {op}".rstrip(), mnem, e[0], e[1]))
+                addr = base + offs[k]
+                mnem, op = st.text(k)
+                sites.append(Site(addr, name, guest.symbolize(addr, name), code.hex(),
+                                  f"{mnem} {op}".rstrip(), mnem, e[0], e[1]))
     forms: dict[str, int] = defaultdict(int)
     unmod: dict[str, int] = defaultdict(int)
     for fname, cls, mnem, count in seen.values():
@@ -812,7 +822,7 @@ def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
             unmod[mnem] += count
         else:
             forms[fname] += count
-    out = sorted((Unmodelled(m, c, tuple(groups[m][0]), groups[m][1]) for m, c in unmod.items()),
+    out = sorted((Unmodelled(m, c, tuple(sorted(groups[m][0])[:5]), groups[m][1]) for m, c in unmod.items()),
                  key=lambda u: (-u.count, u.mnemonic))
     total = sum(e[3] for e in seen.values())
     return ScanResult(guest.path, total, bad, tuple(bad_first), tuple(sites), tuple(out),
