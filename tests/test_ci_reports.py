@@ -201,3 +201,27 @@ def test_export_bad_input(tmp_path, capsys):
     assert main(["export-smt", str(tmp_path / "o")]) == 2
     assert "--profile" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.guests
+def test_check_patch_writes_junit_and_sarif(tmp_path):
+    """check-patch's CI reports: one test case per claim; the unpatched guest's become failures."""
+    from pathlib import Path
+
+    from pgvirt.verify.cli import main
+
+    invaders = Path("/boot/invaders.exec")
+    if not invaders.exists():
+        pytest.skip("grub-invaders not installed (tests/setup-guests.sh)")
+    out, man = tmp_path / "inv.patched", tmp_path / "inv.json"
+    assert main(["patch", str(invaders), "-o", str(out), "--manifest", str(man)]) == 1 or out.exists()
+    j, s = tmp_path / "ok.xml", tmp_path / "ok.sarif"
+    assert main(["check-patch", str(out), "--manifest", str(man), "--junit", str(j), "--sarif", str(s)]) == 0
+    root = ET.parse(j).getroot()
+    names = {tc.get("name") for tc in root.iter("testcase")}
+    assert int(root.get("tests")) == len(names) >= 4 and root.get("failures") == "0"
+    assert any(n.startswith("equivalence.site0") for n in names)
+    assert json.loads(s.read_text())["version"] == "2.1.0"
+    bad = tmp_path / "bad.xml"
+    assert main(["check-patch", str(invaders), "--manifest", str(man), "--junit", str(bad)]) == 1
+    assert int(ET.parse(bad).getroot().get("failures")) >= 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from collections import Counter
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -121,6 +122,52 @@ def junit(per_profile: list[tuple[str, list[Classification]]]) -> ET.ElementTree
     root.set("time", f"{totals['time']:.3f}")
     ET.indent(root)
     return ET.ElementTree(root)
+
+
+def check_patch_junit(rep) -> ET.ElementTree:
+    """JUnit for ``pgvirt check-patch``: one test case per claim (manifest, bytes, remaining
+    instructions, and per site the trap and the equivalence proof); fails are failures, unknowns
+    errors, so a dashboard never shows an undecided claim as passed."""
+    root = ET.Element("testsuites", name="pgvirt check-patch")
+    suite = ET.SubElement(root, "testsuite", name=f"check-patch.{rep.profile}", skipped="0",
+                          time=f"{rep.seconds:.3f}")
+    props = ET.SubElement(suite, "properties")
+    for k, v in (("patched", rep.patched), ("manifest", rep.manifest), ("original", rep.original),
+                 ("profile", rep.profile), ("verdict", rep.verdict)):
+        ET.SubElement(props, "property", name=k, value=str(v))
+    counts = {"tests": 0, "failures": 0, "errors": 0}
+    used: Counter = Counter()
+    for o in rep.obligations:
+        where = "" if o.site is None else f".site{o.site}"
+        name = f"{o.claim}{where}" + ("" if o.address is None else f"@{o.address:#x}")
+        used[name] += 1
+        if used[name] > 1:  # several proofs of one claim (the trap: privileged, and #GP(0))
+            name += f"#{used[name]}"
+        tc = ET.SubElement(suite, "testcase", classname=f"pgvirt.check_patch.{o.claim}", name=name,
+                           time=f"{o.seconds:.3f}")
+        counts["tests"] += 1
+        if o.status == "fails":
+            counts["failures"] += 1
+            el = ET.SubElement(tc, "failure", message=o.message, type="CheckPatchFailure")
+            el.text = json.dumps(o.detail, default=str) if o.detail else o.message
+        elif o.status == "unknown":
+            counts["errors"] += 1
+            ET.SubElement(tc, "error", message=o.message, type="SolverUnknown").text = o.message
+    for el in (suite, root):
+        for k, v in counts.items():
+            el.set(k, str(v))
+    root.set("time", f"{rep.seconds:.3f}")
+    ET.indent(root)
+    return ET.ElementTree(root)
+
+
+def write_check_patch_reports(rep, sarif_doc: dict, junit_path: str | None, sarif_path: str | None) -> None:
+    if junit_path:
+        check_patch_junit(rep).write(junit_path, encoding="utf-8", xml_declaration=True)
+    if sarif_path:
+        with open(sarif_path, "w", encoding="utf-8") as fh:
+            json.dump(sarif_doc, fh, indent=2, default=str)
+            fh.write("\n")
 
 
 # --- SARIF ---------------------------------------------------------------------------------------

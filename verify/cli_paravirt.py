@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .cli import EXIT_BAD, EXIT_FAIL, EXIT_OK, UsageError, _progress, positive_int
+from .cli import EXIT_BAD, EXIT_FAIL, EXIT_OK, UsageError, _progress, output_file, positive_int
 
 SHORT = {"control_sensitive": "control", "mode_sensitive": "mode", "location_sensitive": "location",
          "user_sensitive": "user", "undecided": "undecided"}
@@ -251,6 +251,13 @@ def cmd_check_patch(args, out: Console, err: Console) -> int:
         out.print(Text(check_summary(rep)))
     if rep.cache_note:
         err.print(Text(f"pgvirt: warning: {rep.cache_note}", style="yellow"))
+    if args.junit or args.sarif:
+        from .ci_reports import write_check_patch_reports
+
+        try:
+            write_check_patch_reports(rep, check_sarif(rep) if args.sarif else {}, args.junit, args.sarif)
+        except OSError as e:
+            raise UsageError(f"cannot write report: {e.strerror or e}") from None
     return {"holds": EXIT_OK, "fails": EXIT_FAIL, "unknown": EXIT_BAD}[rep.verdict]
 
 
@@ -300,5 +307,8 @@ def register(sub, commands) -> None:
                    help="forms allowed to remain (not taken from the manifest)")
     c.add_argument("--strict", action="store_true",
                    help="instructions no form models make the verdict unknown")
+    c.add_argument("--junit", metavar="FILE", type=output_file,
+                   help="also write JUnit XML: one test case per claim and site")
+    c.add_argument("--sarif", metavar="FILE", type=output_file, help="also write SARIF 2.1.0")
     _common(c, profile_default=None)
     commands["check-patch"] = cmd_check_patch
