@@ -73,7 +73,7 @@ def get(name: str) -> Profile:
 # --- well-formed states ------------------------------------------------------------------------
 
 ASSUMPTIONS = (
-    "protected mode without paging: CR0.PE = 1, CR0.PG = 0, EFLAGS.VM = 0",
+    "32-bit protected mode without paging: CR0.PE = 1, CR0.ET = 1, CR0.PG = 0, EFLAGS.VM = 0, CS.D = SS.B = 1",
     "no single-step or resume in flight: EFLAGS.TF = 0, EFLAGS.RF = 0 before the instruction",
     "no debug breakpoints armed: DR7 enables none of DR0-DR3",
     "CS.RPL = SS.RPL = SS.DPL = CPL; CS holds code (DPL = CPL unless conforming), SS writable data",
@@ -101,10 +101,13 @@ def seg_attr_p(attr):
 
 def wellformed(s: State, profile: Profile) -> z3.BoolRef:
     """The states the model speaks about (``ASSUMPTIONS`` in words)."""
-    cs_code = z3.And(seg_attr_s(s.cs_attr), z3.Extract(3, 3, s.cs_attr) == 1, seg_attr_p(s.cs_attr))
+    # CS.D = 1 and SS.B = 1: the forms are 32-bit code pushing through ESP (SDM 3A 3.4.5).
+    cs_code = z3.And(seg_attr_s(s.cs_attr), z3.Extract(3, 3, s.cs_attr) == 1, seg_attr_p(s.cs_attr),
+                     z3.Extract(14, 14, s.cs_attr) == 1)
     cs_conf = z3.Extract(2, 2, s.cs_attr) == 1
     ss_data = z3.And(seg_attr_s(s.ss_attr), z3.Extract(3, 3, s.ss_attr) == 0,
-                     z3.Extract(1, 1, s.ss_attr) == 1, seg_attr_p(s.ss_attr))
+                     z3.Extract(1, 1, s.ss_attr) == 1, seg_attr_p(s.ss_attr),
+                     z3.Extract(14, 14, s.ss_attr) == 1)
     cr4_ok = st.CR4_DEFINED & ~(0 if "umip" in profile.features else (1 << st.CR4_UMIP))
     attrs_ok = [z3.Extract(11, 8, s[f"{r}_attr"]) == 0 for r in st.SREGS] + [
         z3.Extract(11, 8, s.tr_attr) == 0]
@@ -113,7 +116,8 @@ def wellformed(s: State, profile: Profile) -> z3.BoolRef:
                 for r in st.SREGS]
     null_ldt = z3.Implies(z3.Extract(15, 2, s.ldtr) == 0, z3.And(s.ldtr_base == 0, s.ldtr_limit == 0))
     return z3.And(
-        st.bit(s.cr0, st.CR0_PE), z3.Not(st.bit(s.cr0, st.CR0_PG)),
+        # ET is hard-wired to 1 from the P6 on (SDM 3A 2.5); MOV CR0 keeps it set.
+        st.bit(s.cr0, st.CR0_PE), st.bit(s.cr0, st.CR0_ET), z3.Not(st.bit(s.cr0, st.CR0_PG)),
         s.cr0 & ~st.CR0_DEFINED == 0, s.cr4 & ~cr4_ok == 0,
         s.flags & ~st.USER_FLAGS_MASK == 0, s.sysflags & ~st.SYS_FLAGS_MASK == 0,
         z3.Not(st.bit(s.sysflags, st.VM)), z3.Not(st.bit(s.sysflags, st.TF)),
