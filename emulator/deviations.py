@@ -6,20 +6,95 @@ still behaves so.  ``tests/test_emulator_machine.py`` asserts every one is still
 table goes stale loudly when Unicorn changes.  ``kind`` is "semantics" (an instruction computes
 something else) or "api" (the harness cannot observe or set something through Unicorn's API).
 
-A cross-check that meets a difference listed here should report the entry's id, not a model bug.
+The table is machine-usable: an entry's ``explains(observation, diff)`` says whether it accounts
+for one observed difference between the model and Unicorn (``Diff``) when a given form runs on a
+given state (``Observation``: the form, the state before, the model's result and Unicorn's).  A
+cross-check or replay calls ``explain(observation)``: a disagreement is *explained* only when
+every one of its differences is accounted for by some entry; the entries used are reported.  The
+predicates never change what the model says: they only name where Unicorn is known to differ.
 ``fields`` names state fields whose Unicorn value is not the architectural one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 from pgvirt.model import state as st
-from pgvirt.model.outcome import BP, DF, GP, UD, Fault, Next
+from pgvirt.model.form import Form
+from pgvirt.model.outcome import BP, DB, DF, GP, NP, OF, SS, UD, Fault, Next
 
 from . import states as S
-from .machine import Machine, error_codes_observable
+from .machine import NOT_HELD, Machine, error_codes_observable
+
+
+@dataclass(frozen=True)
+class Diff:
+    """One difference between the model's result and Unicorn's.
+
+    ``kind``: "outcome" (fault versus completion, or different vectors), "reg" (a scalar field;
+    ``key`` is its name), "mem" or "io" (``key`` is the address or port).
+    """
+
+    kind: str
+    key: Any
+    model: Any
+    emu: Any
+
+    def __str__(self) -> str:
+        if self.kind == "outcome":
+            return f"model {self.model}, Unicorn {self.emu}"
+        where = f"{self.kind}[{self.key:#x}]" if self.kind in ("mem", "io") else str(self.key)
+        def h(v):
+            return f"{v:#x}" if isinstance(v, int) else str(v)
+        return f"{where}: model {h(self.model)}, Unicorn {h(self.emu)}"
+
+    def as_json(self) -> dict:
+        return {"kind": self.kind, "key": self.key, "model": self.model, "emu": self.emu}
+
+
+@dataclass
+class Observation:
+    """A form run on ``state`` by the model (``model``: its Fault, or None with ``model_post``
+    holding every scalar field afterwards) and by Unicorn (``emu``: Fault or Next)."""
+
+    form: Form
+    state: Mapping
+    model: Fault | None
+    model_post: Mapping | None
+    emu: Fault | Next
+    diffs: list = field(default_factory=list)
+    model_stores: set = field(default_factory=set)   # memory addresses the model wrote
+
+    # --- helpers the predicates share -----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.form.name
+
+    @property
+    def cpl(self) -> int:
+        return self.state["cpl"]
+
+    @property
+    def iopl(self) -> int:
+        return (self.state["sysflags"] >> st.IOPL_LO) & 3
+
+    def cr4(self, bit: int) -> bool:
+        return bool(self.state["cr4"] >> bit & 1)
+
+    @property
+    def emu_post(self) -> Mapping | None:
+        return self.emu.state if isinstance(self.emu, Next) else None
+
+    def model_faults(self, *vectors: int) -> bool:
+        return self.model is not None and (not vectors or self.model.vector in vectors)
+
+    def emu_faults(self, *vectors: int) -> bool:
+        return isinstance(self.emu, Fault) and (not vectors or self.emu.vector in vectors)
+
+    def dword(self, address: int) -> int:
+        mem = self.state["mem"]
+        return int.from_bytes(bytes(mem.get((address + k) & 0xFFFFFFFF, 0) for k in range(4)), "little")
 
 
 @dataclass(frozen=True)
@@ -31,9 +106,14 @@ class Deviation:
     reproduce: Callable[[Machine], bool]
     kind: str = "semantics"
     fields: tuple[str, ...] = ()
+    explains: Callable[[Observation, Diff], bool] | None = None
 
     def present(self, machine: Machine | None = None) -> bool:
         return self.reproduce(machine or Machine())
+
+    def applies(self, obs: Observation, diff: Diff) -> bool:
+        """Whether this entry accounts for ``diff`` observed in ``obs``."""
+        return self.explains is not None and bool(self.explains(obs, diff))
 
 
 def _vector(outcome, vector: int) -> bool:
@@ -190,76 +270,472 @@ def _ltr_null(m: Machine) -> bool:
 
 
 def _ltr_cache(m: Machine) -> bool:
+    # QEMU's own TR register (read raw, without the Machine's translation) after LTR.
+    from unicorn import x86_const as X
     s = S.flat_state(0, eax=S.TSS_SEL)
     S.put(s["mem"], S.GDT_BASE + S.TSS_SEL, S.descriptor(S.TSS_BASE, S.TSS_LIMIT, S.TSS_AVAIL_ATTR))
     out = m.run(s, bytes.fromhex("0f00d8"))                              # ltr ax
-    return (_completes(out) and out.state["tr_attr"] & 0xF == 0x9
+    raw = (m.uc.reg_read(X.UC_X86_REG_TR)[3] >> 8) & 0xF
+    return (_completes(out) and raw == 0x9 and out.state["tr_attr"] & 0xF == 0xB
             and out.state["mem"][S.GDT_BASE + S.TSS_SEL + 5] & 0xF == 0xB)
+
+
+
+# --- new reproductions (found by ``pgvirt crosscheck``) -----------------------------------------
+def _gdt_entry(s: dict, selector: int, data: bytes) -> dict:
+    """Put ``data`` at GDT entry ``selector`` of a flat_state, growing the GDT limit to hold it."""
+    S.put(s["mem"], S.GDT_BASE + (selector & ~7), data)
+    s["gdtr_limit"] = max(s["gdtr_limit"], (selector | 7))
+    return s
+
+
+def _push_sreg(m: Machine) -> bool:
+    s = S.flat_state(3)
+    S.put(s["mem"], s["esp"] - 4, b"\xaa\xbb\xcc\xdd")
+    out = m.run(s, bytes.fromhex("1e"))                                    # push ds
+    return (_completes(out) and out.state["esp"] == s["esp"] - 4
+            and [out.state["mem"][s["esp"] - 4 + k] for k in range(4)] == [S.data_selector(3), 0, 0, 0])
+
+
+def _pvi(m: Machine) -> bool:
+    s = S.flat_state(3, iopl=0, cr4=1 << st.CR4_PVI)
+    return _vector(m.run(s, bytes.fromhex("fa")), GP) and _vector(m.run(s, bytes.fromhex("fb")), GP)
+
+
+def _mov_dr_cpl_first(m: Machine) -> bool:
+    de = S.flat_state(3, cr4=1 << st.CR4_DE)
+    gd = S.flat_state(3, dr7=0x400 | 1 << 13)
+    return (_vector(m.run(de, bytes.fromhex("0f21e0")), GP)                # mov eax, dr4
+            and _vector(m.run(gd, bytes.fromhex("0f21c0")), GP))           # mov eax, dr0
+
+
+def _gd_ignored(m: Machine) -> bool:
+    s = S.flat_state(0, dr7=0x400 | 1 << 13, dr0=0x1234)
+    out = m.run(s, bytes.fromhex("0f21c0"))                                # mov eax, dr0
+    return _completes(out) and out.state["eax"] == 0x1234
+
+
+def _transfer_accessed(m: Machine) -> bool:
+    s = S.flat_state(3)
+    sel = 0x60
+    _gdt_entry(s, sel, S.descriptor(0, 0xFFFFFFFF, S.code_attr(3, accessed=False)))
+    out = m.run(s, bytes.fromhex("ea") + S.CODE.to_bytes(4, "little") + (sel | 3).to_bytes(2, "little"))
+    return (_completes(out) and out.state["cs"] == sel | 3 and not out.state["cs_attr"] & 1
+            and not out.state["mem"][S.GDT_BASE + sel + 5] & 1)
+
+
+def _gate_offset(m: Machine) -> bool:
+    s = S.flat_state(3)
+    small = 0x60                                   # ring-0 code with a 4 KiB limit
+    _gdt_entry(s, small, S.descriptor(0, 0xFFF, S.code_attr(0) & ~S.G_BIT))
+    _gdt_entry(s, 0x68, S.gate(small, 0x5000, 0xC, 3))                    # offset beyond it
+    out = m.run(s, bytes.fromhex("9a00000000") + (0x68 | 3).to_bytes(2, "little"))
+    return _completes(out) and out.state["eip"] == 0x5000 and out.state["cpl"] == 0
+
+
+def _iret_vm86(m: Machine) -> bool:
+    s = S.flat_state(3, iopl=3)
+    frame = (0x100, 0x1234, (1 << st.VM) | 0x202, 0x200, 0x4321, 0, 0, 0, 0)
+    S.put(s["mem"], s["esp"], b"".join(v.to_bytes(4, "little") for v in frame))
+    out = m.run(s, bytes.fromhex("cf"))
+    return _completes(out) and out.state["sysflags"] >> st.VM & 1 == 1
+
+
+def _sysexit_cs(m: Machine) -> bool:
+    s = S.flat_state(0, sysenter_cs=3, ecx=0x7000, edx=0x4100)
+    out = m.run(s, bytes.fromhex("0f35"))
+    return _completes(out) and out.state["cpl"] == 3
+
+
+def _tsc_aux(m: Machine) -> bool:
+    s = S.flat_state(0, ecx=0xC0000103, edx=1, eax=5)
+    return _completes(m.run(s, bytes.fromhex("0f30")))
+
+
+def _pg_without_pe(m: Machine) -> bool:
+    # MOV CR0, EAX with PG = 1, PE = 0: Unicorn loads it; the next fetch then faults (#PF).
+    out = m.run(S.flat_state(0, eax=1 << st.CR0_PG), bytes.fromhex("0f22c0"))
+    return _vector(out, 14)
+
+
+def _paging_fetch(m: Machine) -> bool:
+    # MOV CR0 turning paging on with empty page tables: the run ends in the next fetch's #PF.
+    cr0 = S.flat_state(0)["cr0"] | 1 << st.CR0_PG
+    out = m.run(S.flat_state(0, eax=cr0), bytes.fromhex("0f22c0"))
+    return _vector(out, 14) and m.uc.reg_read(_X.UC_X86_REG_EIP) == S.CODE + 3
+
+
+def _iret_vip(m: Machine) -> bool:
+    s = S.flat_state(0)
+    vif_vip = (1 << st.VIF) | (1 << st.VIP)
+    frame = (S.CODE + 0x10, S.code_selector(0), vif_vip | 0x202)
+    S.put(s["mem"], s["esp"], b"".join(v.to_bytes(4, "little") for v in frame))
+    out = m.run(s, bytes.fromhex("cf"))
+    return _completes(out) and out.state["eip"] == S.CODE + 0x10 and not out.state["sysflags"] & vif_vip
+
+
+def _gate_conforming(m: Machine) -> bool:
+    s = S.flat_state(1)
+    _gdt_entry(s, 0x60, S.descriptor(0, 0xFFFFFFFF, S.code_attr(0, conforming=True)))
+    _gdt_entry(s, 0x68, S.gate(0x60, 0x4100, 0xC, 3))
+    out = m.run(s, bytes.fromhex("9a00000000") + (0x6B).to_bytes(2, "little"))
+    return _completes(out) and out.state["cpl"] == 1 and out.state["cs"] == 0x60
+
+
+def _return_ss_np(m: Machine) -> bool:
+    s = S.flat_state(0)
+    _gdt_entry(s, 0x60, S.descriptor(0, 0xFFFFFFFF, S.data_attr(3) & ~0x80))   # not present
+    frame = (S.CODE, S.code_selector(3), 0x7000, 0x63)
+    S.put(s["mem"], s["esp"], b"".join(v.to_bytes(4, "little") for v in frame))
+    return _vector(m.run(s, bytes.fromhex("cb")), NP)                          # retf
+
+
+def _nw_without_cd(m: Machine) -> bool:
+    s = S.flat_state(0)
+    out = m.run(dict(s, eax=s["cr0"] | 1 << st.CR0_NW), bytes.fromhex("0f22c0"))
+    return _completes(out) and out.state["cr0"] >> st.CR0_NW & 1 == 1
+
+
+def _jmp_gate_np(m: Machine) -> bool:
+    s = S.flat_state(0)
+    _gdt_entry(s, 0x60, S.descriptor(0, 0xFFFFFFFF, S.code_attr(0) & ~0x80))  # not present
+    _gdt_entry(s, 0x68, S.gate(0x60, 0x4100, 0xC, 0))
+    return _vector(m.run(s, bytes.fromhex("ea00000000") + (0x68).to_bytes(2, "little")), GP)
+
+
+def _pdpte(m: Machine) -> bool:
+    # PAE paging turned on with CR3 -> a PDPTE that is present with reserved bits 2:1 set.
+    s = S.flat_state(0, cr4=1 << st.CR4_PAE, cr3=0x20000)
+    S.put(s["mem"], 0x20000, (0x7).to_bytes(8, "little"))
+    s["eax"] = s["cr0"] | 1 << st.CR0_PG
+    out = m.run(s, bytes.fromhex("0f22c0"))                                   # mov cr0, eax
+    return not _vector(out, GP)
+
+
+def _own_bytes(m: Machine) -> bool:
+    # mov [eax], eax where EAX is the instruction's own address: the store rewrites it.
+    s = S.flat_state(0, eax=S.CODE)
+    out = m.run(s, bytes.fromhex("8900"))
+    return _completes(out) and out.state["eip"] == S.CODE
+
+
+def _fs_gs_null(m: Machine) -> bool:
+    s = S.flat_state(0, gs=2, gs_base=0, gs_limit=0, gs_attr=0)          # null selector, RPL 2
+    frame = (S.CODE, S.code_selector(3), 0x7000, S.data_selector(3))
+    S.put(s["mem"], s["esp"], b"".join(v.to_bytes(4, "little") for v in frame))
+    out = m.run(s, bytes.fromhex("cb"))                                    # retf to ring 3
+    return _completes(out) and out.state["cpl"] == 3 and out.state["gs"] == 2
+
+
+def _esp_high(m: Machine) -> bool:
+    # A call gate to ring 0 whose stack (from the TSS) is a 16-bit segment (B = 0).
+    s = S.flat_state(3)
+    s["esp"] = 0x48000
+    _gdt_entry(s, 0x60, S.descriptor(0, 0xFFFFFFFF, S.data_attr(0) & ~S.DB_BIT))
+    _gdt_entry(s, 0x68, S.gate(S.code_selector(0), 0x4100, 0xC, 3))
+    S.put(s["mem"], S.TSS_BASE + 4, (0x9000).to_bytes(4, "little") + (0x60).to_bytes(2, "little"))
+    out = m.run(s, bytes.fromhex("9a00000000") + (0x6B).to_bytes(2, "little"))
+    return _completes(out) and out.state["esp"] == 0x40000 | (0x9000 - 16)
+
+
+from unicorn import x86_const as _X  # noqa: E402  (for the raw EIP read above)
+
+
+# --- predicates: does an entry account for one observed difference? ------------------------------
+_UMIP_MN = ("SGDT", "SIDT", "SLDT", "SMSW", "STR")
+_IO_MN = ("IN", "OUT", "INSB", "INSD", "OUTSB", "OUTSD")
+_INT_FORMS = ("int_imm", "int3", "into")
+_FAR_FORMS = ("call_far_ptr", "call_far_m", "jmp_far_ptr", "jmp_far_m", "retf", "retf_imm", "iretd")
+_PUSH_SREG = ("push_cs", "push_ss", "push_ds", "push_es", "push_fs", "push_gs")
+_DR_WRITE = tuple(f"mov_dr{n}_r" for n in range(8))
+_DR_ALL = _DR_WRITE + tuple(f"mov_r_dr{n}" for n in range(8))
+
+
+def _outcome(o: Observation, d: Diff) -> bool:
+    return d.kind == "outcome"
+
+
+def _model_reason(o: Observation, *words: str) -> bool:
+    return o.model is not None and all(w in o.model.reason for w in words)
+
+
+def _int_vector(o: Observation) -> int:
+    return {"int3": BP, "into": OF}.get(o.name, o.form.decode().imm)
+
+
+def _x_umip(o, d):
+    return (o.form.mnemonic in _UMIP_MN and _outcome(o, d) and o.model_faults(GP)
+            and isinstance(o.emu, Next) and o.cpl > 0 and o.cr4(st.CR4_UMIP))
+
+
+def _x_io(o, d):
+    return (o.form.mnemonic in _IO_MN and _outcome(o, d) and o.model_faults(GP)
+            and isinstance(o.emu, Next) and o.cpl > o.iopl)
+
+
+def _x_idt(o, d):
+    return (o.name in _INT_FORMS and _outcome(o, d) and o.model is not None
+            and o.emu_faults(_int_vector(o)))
+
+
+def _x_int_transfer(o, d):
+    return (o.name in _INT_FORMS and _outcome(o, d) and o.model is None
+            and o.emu_faults(_int_vector(o)))
+
+
+def _x_rdpmc(o, d):
+    return o.name == "rdpmc" and _outcome(o, d) and o.emu_faults(GP, UD)
+
+
+def _x_sysenter(o, d):
+    post = o.emu_post
+    if o.name != "sysenter" or post is None:
+        return False
+    same = all(post[n] == o.state[n] for n in st.SCALARS if n != "eip" and n not in NOT_HELD)
+    return same and post["eip"] == (o.state["eip"] + 2) & 0xFFFFFFFF
+
+
+def _x_rdmsr_unknown(o, d):
+    post = o.emu_post
+    return (o.name == "rdmsr" and _outcome(o, d) and _model_reason(o, "no implemented MSR")
+            and post is not None and post["eax"] == post["edx"] == 0)
+
+
+def _x_wrmsr_unknown(o, d):
+    return (o.name == "wrmsr" and _outcome(o, d) and _model_reason(o, "no implemented MSR")
+            and isinstance(o.emu, Next))
+
+
+def _x_smsw(o, d):
+    return (o.name == "smsw_r" and d.kind == "reg" and d.key == "eax"
+            and d.emu == (o.state["eax"] & 0xFFFF0000) | (o.state["cr0"] & 0xFFFF))
+
+
+def _x_rdtsc(o, d):
+    return o.name in ("rdtsc", "rdtscp") and d.kind == "reg" and d.key in ("eax", "edx")
+
+
+def _x_tsc_msr(o, d):
+    return (o.name == "rdmsr" and o.state["ecx"] == st.MSR_TSC and d.kind == "reg"
+            and d.key in ("eax", "edx") and d.emu == 0)
+
+
+def _x_sysenter_cs(o, d):
+    return (o.name == "wrmsr" and o.state["ecx"] == st.MSR_SYSENTER_CS and d.kind == "reg"
+            and d.key == "sysenter_cs" and d.emu == d.model & 0xFFFF)
+
+
+def _x_cr0_reserved(o, d):
+    return (o.name == "mov_cr0_r" and d.kind == "reg" and d.key == "cr0"
+            and (d.model ^ d.emu) & st.CR0_DEFINED == 0)
+
+
+def _x_cr4_reserved(o, d):
+    return (o.name == "mov_cr4_r" and _outcome(o, d) and _model_reason(o, "reserved CR4 bit")
+            and isinstance(o.emu, Next))
+
+
+_DR_RESERVED = {"dr6": 1 << 12, "dr7": 0xD800}
+
+
+def _x_dr_reserved(o, d):
+    return (o.name in _DR_WRITE and d.kind == "reg" and d.key in _DR_RESERVED
+            and (d.model ^ d.emu) & ~_DR_RESERVED[d.key] == 0)
+
+
+def _x_ltr_null(o, d):
+    return (o.name == "ltr_r" and _outcome(o, d) and _model_reason(o, "null selector")
+            and isinstance(o.emu, Next))
+
+
+def _x_push_sreg(o, d):
+    if o.name not in _PUSH_SREG or d.kind != "mem" or d.emu != 0:
+        return False
+    top = (o.state["ss_base"] + o.state["esp"]) & 0xFFFFFFFF
+    return d.key in ((top - 2) & 0xFFFFFFFF, (top - 1) & 0xFFFFFFFF)
+
+
+def _x_pvi(o, d):
+    return (o.name in ("cli", "sti") and _outcome(o, d) and o.emu_faults(GP) and o.cpl == 3
+            and o.cr4(st.CR4_PVI) and o.cpl > o.iopl)
+
+
+def _x_mov_dr_cpl_first(o, d):
+    return (o.name in _DR_ALL and _outcome(o, d) and o.cpl > 0 and o.model_faults(UD, DB)
+            and o.emu_faults(GP))
+
+
+def _x_gd_ignored(o, d):
+    return (o.name in _DR_ALL and _outcome(o, d) and o.cpl == 0 and o.model_faults(DB)
+            and o.state["dr7"] >> 13 & 1 and isinstance(o.emu, Next))
+
+
+def _descriptor_byte5(o: Observation, address: int) -> bool:
+    for base, limit in ((o.state["gdtr_base"], o.state["gdtr_limit"]),
+                        (o.state["ldtr_base"], o.state["ldtr_limit"])):
+        off = (address - base) & 0xFFFFFFFF
+        if off <= limit and off % 8 == 5:
+            return True
+    return False
+
+
+def _x_transfer_accessed(o, d):
+    if o.name not in _FAR_FORMS or o.model is not None or d.model != d.emu | 1 or d.emu & 1:
+        return False
+    if d.kind == "reg":
+        return d.key in ("cs_attr", "ss_attr")
+    return d.kind == "mem" and _descriptor_byte5(o, d.key)
+
+
+def _x_transfer_offset(o, d):
+    return (o.name in _FAR_FORMS and _outcome(o, d) and o.model_faults(GP)
+            and _model_reason(o, "offset beyond the code segment limit") and isinstance(o.emu, Next))
+
+
+def _x_iret_vm86(o, d):
+    post = o.emu_post
+    if o.name != "iretd" or o.cpl == 0 or post is None or not post["sysflags"] >> st.VM & 1:
+        return False
+    popped = o.dword((o.state["ss_base"] + o.state["esp"] + 8) & 0xFFFFFFFF)
+    return bool(popped >> st.VM & 1)
+
+
+def _x_iret_vip(o, d):
+    if o.name != "iretd" or o.cpl != 0 or d.kind != "reg" or d.key != "sysflags":
+        return False
+    vif_vip = (1 << st.VIF) | (1 << st.VIP)
+    return (d.model ^ d.emu) & ~vif_vip == 0 and d.emu & vif_vip == o.state["sysflags"] & vif_vip
+
+
+def _x_gate_conforming(o, d):
+    return (o.name in ("call_far_ptr", "call_far_m") and o.model is None and d.kind == "reg"
+            and d.key == "cs" and (d.model ^ d.emu) & ~3 == 0 and d.model & 3 == o.cpl
+            and d.emu & 3 < o.cpl)
+
+
+def _x_return_ss_np(o, d):
+    return (o.name in ("retf", "retf_imm", "iretd") and _outcome(o, d) and o.model_faults(SS)
+            and _model_reason(o, "return stack segment not present") and o.emu_faults(NP))
+
+
+def _x_nw_without_cd(o, d):
+    return (o.name == "mov_cr0_r" and _outcome(o, d) and _model_reason(o, "NW = 1 with CR0.CD = 0")
+            and (isinstance(o.emu, Next) or o.emu_faults(14)))
+
+
+def _x_jmp_gate_np(o, d):
+    return (o.name in ("jmp_far_ptr", "jmp_far_m") and _outcome(o, d) and o.model_faults(NP)
+            and _model_reason(o, "call gate target not present") and o.emu_faults(GP))
+
+
+def _x_pdpte(o, d):
+    return (o.name in ("mov_cr0_r", "mov_cr3_r", "mov_cr4_r") and _outcome(o, d)
+            and _model_reason(o, "PDPTE has a reserved bit") and (isinstance(o.emu, Next) or o.emu_faults(14)))
+
+
+def _x_own_bytes(o, d):
+    """The model stored into the instruction's own bytes and Unicorn's run ended at its start."""
+    post = o.emu_post
+    if o.model is not None or post is None or post["eip"] != o.state["eip"]:
+        return False
+    at = (o.state["cs_base"] + o.state["eip"]) & 0xFFFFFFFF
+    own = {(at + k) & 0xFFFFFFFF for k in range(len(o.form.bytes))}
+    return bool(own & o.model_stores)
+
+
+def _x_fs_gs_null(o, d):
+    return (o.name in ("retf", "retf_imm", "iretd") and o.model is None and d.kind == "reg"
+            and d.key in ("fs", "gs") and d.model == 0 and d.emu == o.state[d.key]
+            and d.emu & 0xFFFC == 0)
+
+
+def _x_sysexit_cs(o, d):
+    cs = o.state["sysenter_cs"]
+    return (o.name == "sysexit" and _outcome(o, d) and o.model_faults(GP) and o.cpl == 0
+            and cs & 0xFFFC == 0 and cs != 0 and isinstance(o.emu, Next))
+
+
+def _x_tsc_aux(o, d):
+    return (o.name == "wrmsr" and _outcome(o, d) and _model_reason(o, "IA32_TSC_AUX")
+            and isinstance(o.emu, Next))
+
+
+def _x_pg_without_pe(o, d):
+    return (o.name == "mov_cr0_r" and _outcome(o, d) and _model_reason(o, "PG = 1 with CR0.PE = 0")
+            and (isinstance(o.emu, Next) or o.emu_faults(14)))
+
+
+def _x_paging_fetch(o, d):
+    return (o.name == "mov_cr0_r" and _outcome(o, d) and o.model is None and o.emu_faults(14)
+            and o.model_post is not None and o.model_post["cr0"] >> st.CR0_PG & 1)
 
 
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "umip-not-implemented", "SGDT, SIDT, SLDT, SMSW, STR at CPL > 0 with CR4.UMIP = 1",
         "#GP(0) (SDM Vol. 3A 2.5, Vol. 2B SGDT)",
-        "CR4.UMIP is stored but ignored: the instructions complete", _umip),
+        "CR4.UMIP is stored but ignored: the instructions complete", _umip, explains=_x_umip),
     Deviation(
         "io-permission-unchecked", "IN, OUT, INS, OUTS with CPL > IOPL",
         "consult the TSS I/O permission bitmap; #GP(0) if a port bit is 1 or the bitmap lies "
         "beyond the TSS limit (SDM Vol. 1 19.5)",
-        "no IOPL or bitmap test: the port is always accessed", _io_bitmap),
+        "no IOPL or bitmap test: the port is always accessed", _io_bitmap, explains=_x_io),
     Deviation(
         "idt-not-consulted", "INT n (and every exception) in protected mode",
         "INT n checks the gate: #GP(n*8+2) if gate DPL < CPL; otherwise transfers through the "
         "gate (SDM Vol. 2A INT n, Vol. 3A 6.12)",
         "the IDT is never read: INT n is reported as vector n (EIP after the instruction), "
-        "whatever the gate", _idt),
+        "whatever the gate", _idt, explains=_x_idt),
     Deviation(
         "int-no-transfer", "INT n, INT3, INTO through a permitted gate",
         "a Next state in the handler: CS:EIP from the gate, stack switched from the TSS, "
         "EFLAGS/CS/EIP (and SS/ESP) pushed (SDM Vol. 3A 6.12.1)",
         "reported as a fault with the vector; no handler is entered, nothing is pushed",
-        _int_no_transfer),
+        _int_no_transfer, explains=_x_int_transfer),
     Deviation(
         "rdpmc-inverted", "RDPMC",
         "reads counter ECX at CPL 0 or with CR4.PCE = 1; #GP(0) at CPL > 0 with PCE = 0 "
         "(SDM Vol. 2B RDPMC)",
         "#GP at CPL > 0 with PCE = 1 (the test inverted), #UD in every other case",
-        _rdpmc, fields=("pmc0", "pmc1")),
+        _rdpmc, fields=("pmc0", "pmc1"), explains=_x_rdpmc),
     Deviation(
         "sysenter-only-advances-eip", "SYSENTER",
         "loads CS/SS from IA32_SYSENTER_CS, ESP/EIP from IA32_SYSENTER_ESP/EIP, CPL 0, clears "
         "IF/VM/RF (SDM Vol. 2B SYSENTER)",
-        "only EIP advances by 2 (Unicorn hands SYSENTER to its UC_HOOK_INSN hook)", _sysenter),
+        "only EIP advances by 2 (Unicorn hands SYSENTER to its UC_HOOK_INSN hook)", _sysenter,
+        explains=_x_sysenter),
     Deviation(
         "syscall-only-advances-eip", "SYSCALL in 32-bit protected mode",
         "#UD with IA32_EFER.SCE = 0 (and on Intel outside 64-bit mode) (SDM Vol. 2B SYSCALL)",
         "only EIP advances by 2 (handed to Unicorn's UC_HOOK_INSN hook)", _syscall),
     Deviation(
         "rdmsr-unknown-reads-zero", "RDMSR at CPL 0 of an unimplemented MSR",
-        "#GP(0) (SDM Vol. 2B RDMSR)", "EDX:EAX = 0", _rdmsr_unknown),
+        "#GP(0) (SDM Vol. 2B RDMSR)", "EDX:EAX = 0", _rdmsr_unknown, explains=_x_rdmsr_unknown),
     Deviation(
         "wrmsr-unknown-ignored", "WRMSR at CPL 0 of an unimplemented MSR",
-        "#GP(0) (SDM Vol. 2B WRMSR)", "the write is dropped silently", _wrmsr_unknown),
+        "#GP(0) (SDM Vol. 2B WRMSR)", "the write is dropped silently", _wrmsr_unknown,
+        explains=_x_wrmsr_unknown),
     Deviation(
         "smsw-r32-keeps-high-half", "SMSW r32",
         "EAX[15:0] = CR0[15:0], EAX[31:16] undefined; P6 and later store CR0[31:16] (the "
         "model's choice) (SDM Vol. 2B SMSW)",
-        "EAX[31:16] keeps its old value", _smsw_r32),
+        "EAX[31:16] keeps its old value", _smsw_r32, explains=_x_smsw),
     Deviation(
         "rdtsc-host-time", "RDTSC, RDTSCP",
         "EDX:EAX = IA32_TSC, which WRMSR sets (SDM Vol. 3B 17.17)",
         "EDX:EAX is host time (it changes between two runs of one state)", _rdtsc,
-        fields=("tsc",)),
+        fields=("tsc",), explains=_x_rdtsc),
     Deviation(
         "tsc-msr-unimplemented", "RDMSR/WRMSR of IA32_TSC (MSR 0x10)",
         "RDMSR reads the TSC, WRMSR sets it (SDM Vol. 3B 17.17, Vol. 4 Table 2-2)",
         "no such MSR: RDMSR reads 0 and WRMSR is dropped; the Machine carries the state's tsc",
-        _tsc_msr, fields=("tsc",)),
+        _tsc_msr, fields=("tsc",), explains=_x_tsc_msr),
     Deviation(
         "sysenter-cs-16-bit", "WRMSR/RDMSR of IA32_SYSENTER_CS (MSR 0x174)",
         "a 64-bit MSR whose bits 15:0 name the ring-0 CS; the model keeps bits 31:0 as written "
         "(SDM Vol. 4 Table 2-2, Vol. 2B SYSENTER)",
-        "bits 31:16 are dropped (QEMU stores val & 0xffff)", _sysenter_cs, fields=("sysenter_cs",)),
+        "bits 31:16 are dropped (QEMU stores val & 0xffff)", _sysenter_cs, fields=("sysenter_cs",),
+        explains=_x_sysenter_cs),
     Deviation(
         "sticky-exception-state", "any fault after a fault in the same Uc",
         "each instruction's fault is independent once delivered (SDM Vol. 3A 6.15 #DF "
@@ -290,26 +766,137 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "cr0-reserved-bits-kept", "MOV CR0 with reserved bits set",
         "reserved bits of CR0[31:0] are ignored and read back as 0 (the model; SDM Vol. 3A 2.5)",
-        "stored and read back (MOV from CR0, SMSW)", _cr0_reserved, fields=("cr0",)),
+        "stored and read back (MOV from CR0, SMSW)", _cr0_reserved, fields=("cr0",),
+        explains=_x_cr0_reserved),
     Deviation(
-        "cr4-reserved-no-gp", "MOV CR4 with a reserved bit set",
+        "cr4-reserved-no-gp", "MOV CR4 with a reserved bit set (UMIP too, on a processor without it)",
         "#GP(0) (SDM Vol. 2B MOV (control registers))",
-        "the value is stored", _cr4_reserved, fields=("cr4",)),
+        "the value is stored", _cr4_reserved, fields=("cr4",), explains=_x_cr4_reserved),
     Deviation(
         "dr-reserved-bits-kept", "MOV DR6, MOV DR7 (and DR4/DR5 aliases) with reserved bits",
         "DR6 bit 12 and DR7 bits 11, 12, 14, 15 read as 0 (SDM Vol. 3B 17.2.3-17.2.4)",
-        "written bits are kept", _dr_reserved, fields=("dr6", "dr7")),
+        "written bits are kept", _dr_reserved, fields=("dr6", "dr7"), explains=_x_dr_reserved),
     Deviation(
         "ltr-null-accepted", "LTR with a null selector at CPL 0",
         "#GP(0) (SDM Vol. 2A LTR)",
         "TR is loaded with the null selector and an empty cache (base 0, limit 0, attr 0)",
-        _ltr_null, fields=("tr", "tr_base", "tr_limit", "tr_attr")),
+        _ltr_null, fields=("tr", "tr_base", "tr_limit", "tr_attr"), explains=_x_ltr_null),
     Deviation(
-        "ltr-cache-not-busy", "LTR of an available TSS",
+        "ltr-cache-not-busy", "TR's hidden cache (LTR; every inner-ring transfer reads it)",
         "the descriptor is marked busy and TR holds a busy TSS (type 0xB; SDM Vol. 2A LTR, "
         "Vol. 3C 26.3.1.2 requires it of a VM-entry guest TR)",
-        "memory is marked busy but the TR cache keeps the available type (0x9)", _ltr_cache,
-        fields=("tr_attr",)),
+        "QEMU marks memory busy but keeps the available type (0x9) in TR's cache, and reads TR "
+        "with that convention: with the busy type in TR, a call gate to an inner ring calls "
+        "cpu_abort() and kills the process.  The Machine writes TR with the busy bit clear and "
+        "reads it back with the bit set, so its states show the SDM's TR", _ltr_cache,
+        kind="api"),
+    # --- found by ``pgvirt crosscheck`` -----------------------------------------------------------
+    Deviation(
+        "push-sreg-dword", "PUSH CS/SS/DS/ES/FS/GS with 32-bit operand size",
+        "ESP drops by 4; recent Core and Atom processors write the selector with a 16-bit move, "
+        "leaving the upper two bytes of the slot unmodified - the model's choice (SDM Vol. 2B "
+        "PUSH; older processors may zero-extend)",
+        "the zero-extended selector is written as a doubleword: the upper two bytes become 0",
+        _push_sreg, explains=_x_push_sreg),
+    Deviation(
+        "pvi-not-implemented", "CLI/STI at CPL 3 with CR4.PVI = 1 and IOPL < 3",
+        "CLI clears and STI sets EFLAGS.VIF instead of faulting (STI: #GP if VIP = 1) "
+        "(SDM Vol. 2A CLI, Vol. 2B STI; Vol. 3B 20.4)",
+        "#GP(0): protected-mode virtual interrupts are not implemented", _pvi, explains=_x_pvi),
+    Deviation(
+        "mov-dr-cpl-first", "MOV to/from DRn at CPL > 0 with CR4.DE = 1 and DR4/DR5, or DR7.GD = 1",
+        "#UD for DR4/DR5 under CR4.DE and the general-detect #DB come before the CPL test "
+        "(SDM Vol. 2B MOV (debug registers), Vol. 3B 17.2.4 'prior to any MOV'; the order "
+        "Bochs uses)",
+        "#GP(0) from the CPL test comes first", _mov_dr_cpl_first, explains=_x_mov_dr_cpl_first),
+    Deviation(
+        "dr7-gd-ignored", "MOV to/from DRn at CPL 0 with DR7.GD = 1",
+        "#DB (general detect) before the access (SDM Vol. 3B 17.2.4)",
+        "DR7.GD is not implemented: the MOV completes", _gd_ignored, explains=_x_gd_ignored),
+    Deviation(
+        "transfer-accessed-bit", "far CALL/JMP, RETF, IRETD: the CS (and SS) they load",
+        "loading a segment register sets the descriptor's accessed bit in memory, and the hidden "
+        "cache holds it (SDM Vol. 3A 3.4.5.1)",
+        "far transfers load CS and SS without setting the accessed bit, in memory or cache",
+        _transfer_accessed, fields=("cs_attr", "ss_attr"), explains=_x_transfer_accessed),
+    Deviation(
+        "transfer-offset-unchecked", "far CALL/JMP through a call gate, RETF, IRETD",
+        "#GP(0) when the new EIP lies beyond the new CS limit (SDM Vol. 2A CALL, JMP, RET, IRET)",
+        "the transfer completes; the limit is only (not) checked at the next fetch",
+        _gate_offset, explains=_x_transfer_offset),
+    Deviation(
+        "iret-vm86-any-cpl", "IRETD at CPL > 0 with VM = 1 in the popped EFLAGS",
+        "a return to virtual-8086 mode happens only at CPL 0; otherwise VM is ignored and the "
+        "return is a protected-mode one (SDM Vol. 2A IRET, Operation)",
+        "returns to virtual-8086 mode at any CPL", _iret_vm86, explains=_x_iret_vm86),
+    Deviation(
+        "iret-vif-vip-dropped", "IRETD at CPL 0 (protected-mode return)",
+        "EFLAGS.VIF and VIP are loaded from the popped image at CPL 0 with a 32-bit operand "
+        "size (SDM Vol. 2A IRET, Operation)",
+        "VIF and VIP keep their values", _iret_vip, explains=_x_iret_vip),
+    Deviation(
+        "sysexit-null-cs-rpl", "SYSEXIT with IA32_SYSENTER_CS = 1, 2 or 3",
+        "#GP(0) when IA32_SYSENTER_CS[15:2] = 0 (SDM Vol. 2B SYSEXIT)",
+        "only IA32_SYSENTER_CS = 0 faults; the others return to ring 3", _sysexit_cs,
+        explains=_x_sysexit_cs),
+    Deviation(
+        "tsc-aux-reserved-no-gp", "WRMSR to IA32_TSC_AUX with EDX != 0",
+        "#GP(0): bits 63:32 are reserved (SDM Vol. 4 Table 2-2, Vol. 2B WRMSR)",
+        "the write completes", _tsc_aux, explains=_x_tsc_aux),
+    Deviation(
+        "mov-cr0-pg-without-pe", "MOV CR0 with PG = 1 and PE = 0",
+        "#GP(0) (SDM Vol. 2B MOV (control registers))",
+        "CR0 is loaded (the following fetch then page-faults)", _pg_without_pe,
+        explains=_x_pg_without_pe),
+    Deviation(
+        "mov-cr0-nw-without-cd", "MOV CR0 with NW = 1 and CD = 0",
+        "#GP(0) (SDM Vol. 2B MOV (control registers))",
+        "CR0 is loaded", _nw_without_cd, explains=_x_nw_without_cd),
+    Deviation(
+        "call-gate-conforming-rpl", "far CALL through a call gate to conforming code of DPL < CPL",
+        "the CPL does not change and CS.RPL is set to the CPL (SDM Vol. 2A CALL, Operation: "
+        "CS(RPL) := CPL)",
+        "CS.RPL is set to the code segment's DPL (the CPL itself stays)", _gate_conforming,
+        explains=_x_gate_conforming),
+    Deviation(
+        "return-ss-not-present-np", "RETF, IRETD to an outer ring whose SS is not present",
+        "#SS(SS selector) (SDM Vol. 2A RET and IRET, Operation)",
+        "#NP(SS selector)", _return_ss_np, explains=_x_return_ss_np),
+    Deviation(
+        "jmp-gate-target-np-as-gp", "far JMP through a call gate whose code segment is not present",
+        "#NP(code segment selector) (SDM Vol. 2A JMP, Operation)",
+        "#GP(code segment selector)", _jmp_gate_np, explains=_x_jmp_gate_np),
+    Deviation(
+        "pdpte-unchecked", "MOV CR0/CR3/CR4 that loads PAE PDPTEs with reserved bits set",
+        "#GP(0) (SDM Vol. 3A 4.4.1)",
+        "the PDPTEs are not checked: the load completes (and later translations use them)",
+        _pdpte, explains=_x_pdpte),
+    Deviation(
+        "own-bytes-store-restarts", "an instruction that stores into its own bytes",
+        "the instruction completes as fetched; the new bytes are seen by later fetches "
+        "(SDM Vol. 3A 11.6)",
+        "QEMU abandons the instruction and restarts it from the new bytes; the Machine, which runs "
+        "exactly one instruction, stops at that restart, so the run shows the instruction not "
+        "executed", _own_bytes, explains=_x_own_bytes),
+    Deviation(
+        "fs-gs-null-kept-on-return", "RETF, IRETD to an outer ring with a null selector in FS or GS",
+        "every one of ES, FS, GS, DS holding a null selector (or data/non-conforming code of DPL "
+        "< the new CPL) becomes selector 0 (SDM Vol. 2A IRET and RET, Operation)",
+        "FS and GS holding a null selector keep it, RPL included (QEMU's validate_seg skips them "
+        "for the sake of x86-64 bases); ES and DS become 0", _fs_gs_null, explains=_x_fs_gs_null),
+    Deviation(
+        "stack-switch-keeps-esp-high", "a stack switch (call gate, interrupt, outer return) to a "
+        "16-bit stack segment (B = 0)",
+        "ESP := the new 32-bit stack pointer, then pushes decrement SP (SDM Vol. 2A CALL, "
+        "Operation); the model assumes such stacks away",
+        "ESP[31:16] keeps the old stack's upper half (QEMU's SET_ESP masks into the old ESP)",
+        _esp_high),
+    Deviation(
+        "paging-enable-fetch-fault", "MOV CR0 that turns paging on (run on the Machine)",
+        "the instruction completes; a #PF of the next fetch belongs to the next instruction",
+        "Unicorn translates the next instruction through the new page tables before the Machine "
+        "can stop it, and reports that fetch's #PF (EIP at the next instruction) in this run",
+        _paging_fetch, kind="api", explains=_x_paging_fetch),
 )
 
 BY_ID: dict[str, Deviation] = {d.id: d for d in DEVIATIONS}
@@ -320,3 +907,17 @@ def present(machine: Machine | None = None) -> dict[str, bool]:
     """Run every reproduction (on one Machine): id -> still present."""
     m = machine or Machine()
     return {d.id: d.reproduce(m) for d in DEVIATIONS}
+
+
+def explain(obs: Observation) -> tuple[list[str], list[Diff]]:
+    """(ids of the entries that account for ``obs.diffs``, the differences none accounts for)."""
+    used: list[str] = []
+    left: list[Diff] = []
+    for diff in obs.diffs:
+        hit = [d.id for d in DEVIATIONS if d.applies(obs, diff)]
+        for i in hit:
+            if i not in used:
+                used.append(i)
+        if not hit:
+            left.append(diff)
+    return used, left

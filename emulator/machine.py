@@ -41,8 +41,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR,
-                     UC_HOOK_MEM_READ, UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_WRITE, UC_MODE_32,
+from unicorn import (UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_INSN_INVALID,
+                     UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_WRITE, UC_MODE_32,
                      UC_PROT_ALL, Uc, UcError)
 from unicorn import unicorn_py3
 from unicorn import x86_const as X
@@ -620,7 +620,7 @@ class Machine:
             # LDTR/TR caches are written directly (Unicorn allows it); flags as LLDT/LTR leave them.
             (X.UC_X86_REG_LDTR, (s["ldtr"], s["ldtr_base"], s["ldtr_limit"],
                                  0 if s["ldtr"] & 0xFFFC == 0 else layout.LDT_ATTR << 8)),
-            (X.UC_X86_REG_TR, (s["tr"], s["tr_base"], s["tr_limit"], s["tr_attr"] << 8)),
+            (X.UC_X86_REG_TR, (s["tr"], s["tr_base"], s["tr_limit"], _tr_to_qemu(s["tr_attr"]) << 8)),
         ])
         for name, msr in MSRS.items():
             uc.msr_write(msr, s[name])
@@ -669,7 +669,7 @@ class Machine:
                    idtr_base=idtr[1] & MASK32, idtr_limit=idtr[2] & 0xFFFF,
                    ldtr=ldtr[0] & 0xFFFF, ldtr_base=ldtr[1] & MASK32, ldtr_limit=ldtr[2] & MASK32,
                    tr=tr[0] & 0xFFFF, tr_base=tr[1] & MASK32, tr_limit=tr[2] & MASK32,
-                   tr_attr=(tr[3] >> 8) & 0xF0FF)
+                   tr_attr=_tr_from_qemu((tr[3] >> 8) & 0xF0FF))
         uc.context_update(self._probe)
         out.update(self._caches(self._probe))
         for name, msr in MSRS.items():
@@ -717,6 +717,14 @@ class Machine:
             raise MachineError(f"Unicorn stopped the instruction with {e}") from None
         finally:
             self._mode = None
+            if uc.reg_read(X.UC_X86_REG_CR0) & _PG:
+                # The run turned paging on (states never start with it).  QEMU's TLB and its
+                # translated blocks now hold what was translated through the state's page
+                # tables, and context_restore drops neither: later runs, the set-up stub's
+                # included, would execute them (found by ``pgvirt crosscheck``: the stub failed
+                # after a MOV CR0 that set PG).  Drop both.
+                uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+                uc.ctl_flush_tb()
         if self._vector is not None:
             at = uc.reg_read(X.UC_X86_REG_EIP)
             where = "at the instruction" if at == eip else f"with EIP={at:#x}"
@@ -729,7 +737,41 @@ class Machine:
         # so HLT (F4, the only halting IA-32 instruction here) is recognised by its opcode.
         if halts and out["eip"] == (eip + len(code)) & MASK32:
             out["halted"] = 1
+        if out["dr7"] & 0xFF:
+            self._disarm(out)
         return Next(out)
+
+    def _disarm(self, out: Mapping) -> None:
+        """Remove the breakpoints a MOV DR7 just armed (found by ``pgvirt crosscheck``).
+
+        QEMU keeps armed DR0-DR3 breakpoints in CPUState lists that ``context_restore`` does not
+        touch, so they would fire (#DB) in later runs of unrelated states.  Only a CPL-0 MOV DR7
+        arms them (states with enabled breakpoints are refused), so the CPU is at CPL 0 here: run
+        MOV DR7, EAX with the enable bits clear at the current CS:EIP, then put back the bytes
+        it borrowed (memory is as ``read`` saw it).
+        """
+        uc = self.uc
+        mov_dr7_eax = b"\x0f\x23\xf8"
+        pc = out["cs_base"] + out["eip"]
+        at = pc & MASK32
+        if at + len(mov_dr7_eax) > 1 << 32 or out["cpl"] != 0:
+            raise MachineError("armed debug registers at a place they cannot be disarmed from")
+        self._map(at >> 12)
+        self._map((at + len(mov_dr7_eax) - 1) >> 12)
+        saved = bytes(uc.mem_read(at, len(mov_dr7_eax)))
+        regs = uc.reg_read_batch([X.UC_X86_REG_EAX, X.UC_X86_REG_EIP])
+        uc.mem_write(at, mov_dr7_eax)
+        uc.ctl_remove_cache(at, at + len(mov_dr7_eax))
+        uc.reg_write(X.UC_X86_REG_EAX, out["dr7"] & ~0xFF & MASK32)
+        self._mode, self._steps, self._vector = "run", 0, None
+        try:
+            uc.emu_start(regs[1], pc + len(mov_dr7_eax))
+        finally:
+            self._mode = None
+            uc.mem_write(at, saved)
+            uc.ctl_remove_cache(at, at + len(mov_dr7_eax))
+        if self._vector is not None or uc.reg_read(X.UC_X86_REG_DR7) & 0xFF:
+            raise MachineError("MOV DR7 did not disarm the breakpoints the last run armed")
 
     # --- probes of Unicorn's API itself (for ``deviations``) ------------------------------------
     def msr_roundtrip(self, msr: int, value: int) -> int:
@@ -772,6 +814,24 @@ def check(state: Mapping) -> dict:
     return s
 
 
+# TR's cache: the SDM's processor keeps the busy type a TSS gets when it is loaded (LTR, task
+# switch); QEMU keeps the *available* type there (its LTR marks only the GDT entry busy) and reads
+# TR with that convention: get_ss_esp_from_tss calls cpu_abort() - killing the process - on a
+# busy type, so any call gate to an inner ring aborted (found by ``pgvirt crosscheck``).  The
+# Machine therefore hands QEMU TR in QEMU's convention and reads it back in the SDM's: busy bit
+# (type bit 1) cleared on the way in, set on the way out, for the TSS types 1/3 and 9/B.
+def _is_tss(attr: int) -> bool:
+    return not attr & 0x10 and attr & 0x5 == 0x1
+
+
+def _tr_to_qemu(attr: int) -> int:
+    return attr & ~0x2 if _is_tss(attr) else attr
+
+
+def _tr_from_qemu(attr: int) -> int:
+    return attr | 0x2 if _is_tss(attr) else attr
+
+
 def _fail(cls, msg: str):
     raise cls(msg)
 
@@ -800,6 +860,9 @@ def _check_architecture(s: dict) -> None:
         _fail(UnsupportedState, "halted = 1: a halted processor runs no instruction")
     if s["tr_attr"] & 0x0F00:
         _fail(ImpossibleState, f"tr_attr {s['tr_attr']:#x} has bits in the limit[19:16] position")
+    if _is_tss(s["tr_attr"]) and not s["tr_attr"] & 0x2:
+        _fail(ImpossibleState, f"tr_attr {s['tr_attr']:#x} is an available TSS: LTR and task switches "
+                               "leave TR holding a busy one (SDM Vol. 3A 7.2.2)")
     if s["ldtr"] & 0xFFFC == 0 and (s["ldtr_base"] or s["ldtr_limit"]):
         _fail(UnsupportedState, "null LDTR with a non-empty cache: Unicorn would still use it")
     if s["cs"] & 3 != cpl:
