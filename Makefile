@@ -33,6 +33,8 @@ test: $(STAMP) guests
 bench: $(STAMP) guests
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/scan.py
+	$(BIN)/python bench/replay.py
+	$(BIN)/python bench/crosscheck.py
 
 slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
@@ -43,3 +45,8 @@ clean:
 # JupyterLab on notebooks/ (outputs are stripped in git: run the cells to see the answers).
 notebook: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+# The model cross-checked against Unicorn: >= 100,000 random valid states over every form, plus
+# the compiled model against Form.execute (tests marked slow in tests/test_crosscheck.py).
+crosscheck: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/test_crosscheck.py

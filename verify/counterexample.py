@@ -1,0 +1,310 @@
+"""The counterexample of a Theorem-1 violation: a guest run natively and the same guest as a
+trap-and-emulate monitor really runs it.
+
+For a form that is sensitive but not privileged, the solver is asked for a pair of states:
+
+* ``native``: a CPL-0 guest state with its own tables and flags (the guest as it believes it
+  runs);
+* ``deprivileged``: the same guest as the monitor runs it - ``profiles.with_mode(..., host=True)``
+  applied to ``popek_goldberg.relocated(native)``: the same USER fields and address space, CPL 3,
+  the profile's host settings (IOPL, CR4 bits, no I/O bitmap: ``profiles.deprivileged``), and
+  the monitor's own descriptor tables, TR, CRs, hidden attributes and the other relocation fields;
+
+such that **the deprivileged run does not trap** (so the monitor never gets control) and either
+
+* its *visible result* differs from the native run's (``popek_goldberg.visible_parts``: traps,
+  vectors and error codes, USER fields with CS/SS compared without their RPL, stored bytes), or
+* the native run changes a SYSTEM field and the deprivileged run does not end with the same
+  value in the bits that changed (``(pre XOR post) AND (post XOR post') != 0``), for some SYSTEM
+  field the form may write (its ``effects``) or some I/O port it writes - the intended
+  system-state change is silently lost or altered (POPFD's IF, a segment load that reads the
+  monitor's GDT instead of the guest's, ...).  Bits the guest did not change are not compared:
+  the two runs start from different SYSTEM values (the monitor's), so their deltas may differ
+  while the guest's intent is carried out.
+
+The query is built from the Engine's pieces (the form's one definition, ``frame``, ``relocated``,
+``visible_parts``); nothing about instructions is described here.  Both states are constrained to
+be replayable on the emulator (``replayable``: what ``emulator.machine`` can load, and CS.D = SS.B =
+CR0.ET = 1, which the 32-bit, P6-or-later forms presuppose), and re-solved within ``tidy`` (flat
+segments, tables and stack in low memory) for a readable pair; the model's predictions for both
+runs go into the witness.  ``criterion_concrete`` evaluates the same criterion on concrete results
+(the replay applies it to the emulator's).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import z3
+
+from pgvirt.model import isa, profiles
+from pgvirt.model import state as st
+from pgvirt.model.form import Form
+from pgvirt.model.outcome import Fault, Next, Outcome
+from pgvirt.model.profiles import Profile
+
+from .popek_goldberg import (Engine, Query, _outcome_json, relocated, tidy_memory, tidy_state,
+                             visible_differs_concrete, visible_parts)
+from .solver import DEFAULT_TIMEOUT_MS, Verdict
+
+LOW, HIGH = 0x8000, 0x80000       # every memory access of a replayable pair lies in [LOW, HIGH)
+CODE_LO, CODE_HI = 0x1000, 0x1F00  # EIP (CS.base = 0): below every access
+
+
+# --- the two states ------------------------------------------------------------------------------
+
+_PAIRS: dict[str, tuple] = {}
+
+
+def deprivileged_twin(s, profile: Profile, tag: str = "d"):
+    """``s`` as a trap-and-emulate monitor runs it: relocated, CPL 3, host settings."""
+    return profiles.with_mode(relocated(s, profile, tag), 3, profile, host=True)
+
+
+def _pair(profile: Profile):
+    """(native, deprivileged, wf(d), deprivileged(d) constraint, its extra addresses), per profile."""
+    p = _PAIRS.get(profile.name)
+    if p is None:
+        from .popek_goldberg import frame
+        s = frame(profile).s
+        d = deprivileged_twin(s, profile)
+        dep, extra = profiles.deprivileged(d, profile)
+        p = _PAIRS[profile.name] = (s, d, profiles.wellformed(d, profile), dep, extra)
+    return p
+
+
+def replayable(x) -> list:
+    """Constraints that the emulator can load ``x`` (``emulator.machine``'s checks) and that the
+    forms' 32-bit P6 reading applies: CS.D = SS.B = 1, CR0.ET = 1."""
+    c = [z3.Implies(st.bit(x.cr0, st.CR0_NW), st.bit(x.cr0, st.CR0_CD)), st.bit(x.cr0, st.CR0_ET),
+         z3.ULT(x.sysenter_cs, 0x10000),
+         z3.Extract(15, 2, x.cs) != 0, z3.Extract(15, 2, x.ss) != 0,
+         z3.Extract(14, 14, x.cs_attr) == 1, z3.Extract(14, 14, x.ss_attr) == 1,
+         z3.Implies(x.cpl != 0, z3.Extract(15, 2, x.cs) != z3.Extract(15, 2, x.ss)),
+         z3.ULE(x.eip, x.cs_limit)]
+    for r in st.SREGS:
+        sel, base, limit, attr = x[r], x[f"{r}_base"], x[f"{r}_limit"], x[f"{r}_attr"]
+        g = z3.Extract(15, 15, attr) == 1
+        encodable = z3.If(g, limit & 0xFFF == 0xFFF, z3.ULE(limit, 0xFFFFF))
+        present = z3.And(z3.Extract(4, 4, attr) == 1, z3.Extract(7, 7, attr) == 1,
+                         z3.Extract(0, 0, attr) == 1, encodable)
+        if r in ("cs", "ss"):
+            c.append(present)
+            continue
+        code = z3.Extract(3, 3, attr) == 1
+        conforming_code = z3.And(code, z3.Extract(2, 2, attr) == 1)
+        dpl = z3.Extract(6, 5, attr)
+        loadable = z3.And(present, z3.Implies(code, z3.Extract(1, 1, attr) == 1),
+                          z3.Or(conforming_code, z3.And(z3.ULE(z3.Extract(1, 0, sel), dpl),
+                                                       z3.UGE(dpl, x.cpl))))
+        null = z3.Extract(15, 2, sel) == 0
+        c.append(z3.If(null, z3.And(base == 0, limit == 0, attr == 0), loadable))
+    return c
+
+
+def _placed(x) -> list:
+    """Hard placement for replay: flat CS at a low EIP, every access above it."""
+    return [x.cs_base == 0, z3.ULE(CODE_LO, x.eip), z3.ULT(x.eip, CODE_HI)]
+
+
+def _inside(addresses) -> list:
+    return [c for ad in addresses for c in (z3.ULE(LOW, ad), z3.ULT(ad, HIGH))]
+
+
+def lost_change_parts(n: Outcome, d: Outcome) -> list:
+    """Ways the native run changes bits of a SYSTEM field (or port) that the deprivileged run
+    leaves with other values; both runs without a fault."""
+    ok = z3.And(z3.Not(n.faults), z3.Not(d.faults))
+    parts = []
+    for name in n.effects:
+        f = st.FIELD[name]
+        if f.owner != st.SYSTEM:
+            continue
+        if f.index_width:
+            cells = []
+            for arr, ad in n.stores:
+                if arr != name:
+                    continue
+                a0, a1 = z3.Select(n.pre[name], ad), z3.Select(n.post[name], ad)
+                b1 = z3.Select(d.post[name], ad)
+                cells.append(z3.And(a0 != a1, _lost(a0, a1, b1)))
+            if cells:
+                parts.append(z3.And(ok, z3.Or(cells)))
+            continue
+        a0, a1, b1 = n.pre[name], n.post[name], d.post[name]
+        if a1.eq(a0):
+            continue
+        parts.append(z3.And(ok, a0 != a1, _lost(a0, a1, b1)))
+    return parts
+
+
+def _lost(a0, a1, b1):
+    """A bit the native run changed (``a0`` to ``a1``) ends otherwise (``b1``) deprivileged;
+    the same expression on Z3 terms and on ints."""
+    return (a0 ^ a1) & (a1 ^ b1) != 0
+
+
+# --- the query -----------------------------------------------------------------------------------
+
+@dataclass
+class Counterexample:
+    form: Form
+    profile: Profile
+    verdict: str                 # "found" | "none" (UNSAT) | "unknown"
+    witness: dict | None
+    seconds: float
+    note: str = ""
+
+    def as_json(self) -> dict:
+        f = self.form
+        return {"name": f.name, "mnemonic": f.mnemonic, "asm": f.asm, "bytes": f.bytes.hex(),
+                "profile": self.profile.name, "verdict": self.verdict, "witness": self.witness,
+                "seconds": round(self.seconds, 3), "note": self.note}
+
+
+def query(eng: Engine) -> Query:
+    """The counterexample query of ``eng``'s form (see the module docstring)."""
+    s, d, wf_d, dep_d, extra_d = _pair(eng.profile)
+    o = eng.o
+    od = eng.run(d)
+    constraints = ([s.cpl == 0, wf_d, od.assumed, dep_d, z3.Not(od.faults)]
+                   + replayable(s) + replayable(d) + _placed(s) + _placed(d)
+                   + _inside(ad for arr, ad in list(o.loads + o.stores + od.loads + od.stores) + list(extra_d)
+                             if arr == "mem"))
+    goal = visible_parts(o, od) + lost_change_parts(o, od)
+    tidy = tidy_state(s) + tidy_state(d) + tidy_memory(o) + tidy_memory(od)
+    return Query("counterexample", constraints, goal, {"native": s, "deprivileged": d},
+                 {"native": o, "deprivileged": od}, {"deprivileged": list(extra_d)}, tidy, eng.wf)
+
+
+def find(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Counterexample:
+    """Solve the counterexample query for ``form`` under ``profile``."""
+    form = isa.get(form) if isinstance(form, str) else form
+    profile = profiles.get(profile) if isinstance(profile, str) else profile
+    t0 = time.perf_counter()
+    eng = Engine(form, profile, timeout_ms)
+    q = query(eng)
+    r, chosen = eng.solve(q)
+    if r.verdict is Verdict.PROVED:
+        return Counterexample(form, profile, "none", None, time.perf_counter() - t0,
+                              "no replayable pair: the deprivileged run traps or matches the native one")
+    if r.verdict is Verdict.UNKNOWN:
+        return Counterexample(form, profile, "unknown", None, time.perf_counter() - t0,
+                              r.reason or "solver gave no answer")
+    w, _ = eng.witness(q, r, chosen, readable=True)
+    w = _finish(w)
+    return Counterexample(form, profile, "found", w, time.perf_counter() - t0,
+                          "; ".join(w["criterion"]))
+
+
+def _finish(w: dict) -> dict:
+    """The witness as replays read it: both states (complete on their own: each has the memory
+    either run touches), the model's prediction for each, and why the pair is a counterexample."""
+    out = {"native": w["native"], "deprivileged": w["deprivileged"],
+           "model": {"native": w["native_outcome"], "deprivileged": w["deprivileged_outcome"]}}
+    n, d = out["native"], out["deprivileged"]
+    # One memory (a USER field): each state lists every byte either one was read at.
+    for arr in ("mem",):
+        both = dict(n[arr]) | dict(d[arr])
+        n[arr], d[arr] = dict(sorted(both.items())), dict(sorted(both.items()))
+    out["criterion"] = criterion_concrete(n, result_of(n, w["native_outcome"]),
+                                          d, result_of(d, w["deprivileged_outcome"]))
+    return out
+
+
+def result_of(pre: Mapping, outcome: Mapping) -> Fault | Next:
+    """A Fault or Next rebuilt from an outcome JSON (``_outcome_json``) and the state before."""
+    if outcome.get("fault"):
+        return Fault(outcome["vector"], outcome.get("error_code"), outcome.get("reason", ""))
+    changed = outcome.get("changed", {})
+    post = {k: v for k, v in pre.items() if k not in ("mem", "io")}
+    post.update({k: v for k, v in changed.items() if k not in ("mem", "io")})
+    for arr in ("mem", "io"):
+        post[arr] = dict(pre.get(arr, {})) | dict(changed.get(arr, {}))
+    return Next(post)
+
+
+def outcome_json(pre: Mapping, res: Fault | Next) -> dict:
+    return _outcome_json(pre, res)
+
+
+def criterion_concrete(native: Mapping, native_res: Fault | Next, dep: Mapping,
+                       dep_res: Fault | Next, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The counterexample criterion on concrete results: the reasons it holds (empty: it does not).
+
+    ``ignore`` names SYSTEM fields whose values are not observed (an emulator's NOT_HELD ones)."""
+    if isinstance(dep_res, Fault):
+        return []
+    reasons = []
+    if visible_differs_concrete(native, native_res, dep, dep_res):
+        if isinstance(native_res, Fault):
+            reasons.append(f"the native run traps ({native_res}) and the deprivileged one does not")
+        else:
+            diff = [n for n in st.users() if not st.FIELD[n].index_width
+                    and _vis(n, native_res.state[n]) != _vis(n, dep_res.state[n])]
+            reasons.append("visible result differs" + (f": {', '.join(diff)}" if diff else ": memory"))
+    if isinstance(native_res, Next):
+        lost = []
+        for name in st.systems():
+            if name in ignore:
+                continue
+            if st.FIELD[name].index_width:
+                a, b = native_res.state[name], dep_res.state[name]
+                for k in set(a) | set(b):
+                    a0, a1 = native[name].get(k, 0), a.get(k, 0)
+                    b1 = b.get(k, dep[name].get(k, 0))
+                    if a0 != a1 and _lost(a0, a1, b1):
+                        lost.append(f"{name}[{k:#x}]")
+                continue
+            a0, a1, b1 = native[name], native_res.state[name], dep_res.state[name]
+            if a0 != a1 and _lost(a0, a1, b1):
+                lost.append(name)
+        if lost:
+            reasons.append("system change lost: " + ", ".join(sorted(lost)))
+    return reasons
+
+
+def _vis(name: str, v: int) -> int:
+    return v & 0xFFFC if name in ("cs", "ss") else v
+
+
+# --- many forms -----------------------------------------------------------------------------------
+
+def _job(args) -> dict:
+    name, pname, timeout = args
+    return find(name, pname, timeout).as_json()
+
+
+def find_many(names: list[str], profile: Profile | str, jobs: int | None = None,
+              timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None) -> list[dict]:
+    """``find`` for each form (JSON dicts, in ``names`` order) in ``jobs`` worker processes."""
+    import multiprocessing as mp
+    import os
+    pname = profile if isinstance(profile, str) else profile.name
+    profiles.get(pname)
+    work = [(n, pname, timeout_ms) for n in names]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(work) or 1))
+    done: dict[str, dict] = {}
+    if jobs == 1:
+        for w in work:
+            r = _job(w)
+            done[r["name"]] = r
+            if progress:
+                progress(r["name"])
+    else:
+        with mp.get_context("fork").Pool(jobs) as pool:
+            for r in pool.imap_unordered(_job, work):
+                done[r["name"]] = r
+                if progress:
+                    progress(r["name"])
+    return [done[n] for n in names]
+
+
+def violations(profile: Profile | str, forms=None, jobs: int | None = None,
+               timeout_ms: int = DEFAULT_TIMEOUT_MS) -> tuple[list[str], list[str]]:
+    """(forms violating Theorem 1 under ``profile``, forms left undecided), by classification."""
+    from .popek_goldberg import classify_all, theorem
+    th = theorem("1", classify_all(profile, forms, jobs, timeout_ms))
+    return [c.form.name for c in th.violations], [c.form.name for c in th.undecided]
