@@ -10,6 +10,7 @@ the session: the first scan derives the forms it needs, later ones read them.
 from __future__ import annotations
 
 import collections
+import contextlib
 import gzip
 import json
 import os
@@ -18,8 +19,8 @@ import re
 import shutil
 import struct
 import subprocess
+import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -687,7 +688,6 @@ def test_fuzz_manifests_and_guests(capsys, tmp_path):
     doc, good = json.loads(man.read_text()), out.read_bytes()
     rnd = random.Random(7)
     codes: collections.Counter = collections.Counter()
-    t0 = time.perf_counter()
     mp, gp = tmp_path / "m.json", tmp_path / "p.elf"
     for k in range(300):
         if k % 2:
@@ -698,9 +698,8 @@ def test_fuzz_manifests_and_guests(capsys, tmp_path):
         else:
             gp.write_bytes(_mutate_guest(rnd, good))
             args, must = [gp, "--manifest", man], True
-        t = time.perf_counter()
-        rc, _, err = cli(capsys, "check-patch", *args, "--format", "json")
-        assert time.perf_counter() - t < 10
+        with no_hang(60):
+            rc, _, err = cli(capsys, "check-patch", *args, "--format", "json")
         assert rc in (0, 1, 2) and "Traceback" not in err
         if rc == 2:
             assert err.count("\n") == 1, err
@@ -708,7 +707,20 @@ def test_fuzz_manifests_and_guests(capsys, tmp_path):
             assert rc != 0, (k, args)
         codes[rc] += 1
     assert codes[1] > 30 and codes[2] > 30, codes
-    assert time.perf_counter() - t0 < 120
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int):
+    """Fail (not a timing assertion: a hang guard) when the body runs ``seconds`` or more."""
+    def hung(signum, frame):
+        pytest.fail(f"check-patch hung for {seconds} s")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 # --- real guests ------------------------------------------------------------------------------------------
@@ -819,11 +831,9 @@ def test_tboot_scan_with_symbols_and_sarif(capsys):
 @pytest.mark.guests
 def test_invaders_patch_and_check_patch_hold(capsys, tmp_path):
     need(INVADERS)
-    t = time.perf_counter()
-    out, man = patched(tmp_path, INVADERS)
+    out, man = patched(tmp_path, INVADERS)                 # its speed: bench/scan.py
     rc, doc = check_json(capsys, out, "--manifest", man)
     assert rc == 0 and doc["verdict"] == "holds", failing(doc)
-    assert time.perf_counter() - t < 5
     m = json.loads(man.read_text())
     assert [(s["address"], s["form"], s["original"], s["replacement"]) for s in m["sites"]] == \
         [(0x10002B, "popfd", "9d", "f4")]
@@ -831,8 +841,9 @@ def test_invaders_patch_and_check_patch_hold(capsys, tmp_path):
     assert [i for i in range(len(a)) if a[i] != b[i]] == [m["sites"][0]["file_offset"]]
     od = subprocess.run([need_objdump(), "-d", str(out)], capture_output=True, text=True, check=True).stdout
     assert re.search(r"10002b:\s+f4\s+hlt", od)
-    rc, _, _ = cli(capsys, "check-patch", out, "--manifest", man)      # text output, same verdict
+    rc, text, _ = cli(capsys, "check-patch", out, "--manifest", man)   # text output, same verdict
     assert rc == 0
+    assert "[pentium]" in " ".join(text.split())      # regression: the title went through markup
 
 
 @pytest.mark.guests

@@ -76,7 +76,7 @@ def scan_table(rep) -> Table:
     from .paravirt import group_by_function
 
     r = rep.result
-    t = Table(title=f"{rep.guest.path}: sites that violate Theorem 1 under {rep.profile.name}",
+    t = Table(title=Text(f"{rep.guest.path}: sites that violate Theorem 1 under {rep.profile.name}"),
               header_style="bold", title_justify="left")
     for col, kw in (("function", {}), ("address", {"justify": "right"}), ("offset", {}),
                     ("bytes", {}), ("asm", {}), ("form", {}), ("sensitive", {})):
@@ -194,7 +194,7 @@ def counterexample_lines(cx: dict) -> list[str]:
 
 
 def check_text(out: Console, rep) -> None:
-    t = Table(title=f"check-patch {rep.patched} against {rep.original} [{rep.profile}]",
+    t = Table(title=Text(f"check-patch {rep.patched} against {rep.original} [{rep.profile}]"),
               header_style="bold", title_justify="left")
     t.add_column("claim")
     t.add_column("status")
