@@ -169,19 +169,13 @@ def build_parser() -> Parser:
 
 
 def _extensions():
-    """Further subcommands (replay, crosscheck, scan, ...) register themselves here."""
-    mods = []
-    import importlib
+    """verify/'s further subcommands, then those other packages declare in the
+    ``pgvirt.commands`` entry-point group (replay and crosscheck, from pgvirt.emulator)."""
+    from importlib.metadata import entry_points
 
-    for modname in ("pgvirt.verify.cli_paravirt", "pgvirt.verify.cli_reports", "pgvirt.emulator.cli"):
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name != modname:
-                raise
-            continue
-        mods.append(mod.register)
-    return mods
+    from . import cli_paravirt, cli_reports
+    found = sorted(entry_points(group="pgvirt.commands"), key=lambda ep: ep.name)
+    return [cli_paravirt.register, cli_reports.register] + [ep.load() for ep in found]
 
 
 def main(argv: list[str] | None = None) -> int:
