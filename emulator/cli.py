@@ -128,7 +128,7 @@ def _replay_table(r) -> Table:
     results differ are highlighted, and a Unicorn value that departs from the model is marked."""
     from pgvirt.model import state as st
 
-    from .replay import _result
+    from pgvirt.model.outcome import from_changes_json
     style = {"confirmed": "green", "emulator-deviation": "yellow", "mismatch": "bold red"}[r.outcome]
     # Text, not markup: asm ("sgdt [eax]") and the legend carry brackets.
     t = Table(title=Text(f"{r.form.name} ({r.form.asm}) under {r.profile}: {r.outcome}  "
@@ -140,7 +140,7 @@ def _replay_table(r) -> Table:
     for col in ("native/model", "native/Unicorn", "depriv./model", "depriv./Unicorn"):
         t.add_column(col, overflow="fold")
     runs = (r.native, r.deprivileged)
-    models = [_result(x.state, x.prediction) for x in runs]
+    models = [from_changes_json(x.state, x.prediction) for x in runs]
     emus = [x.emulator for x in runs]
 
     def outcome(res):

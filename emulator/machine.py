@@ -20,7 +20,9 @@ UC_MODE_32)`` and, for every call of ``run(state, code)``:
 4. runs exactly one instruction: ``emu_start(eip, until=cs_base + eip + len)`` (Unicorn takes
    ``begin`` as EIP but compares ``until`` with QEMU's PC, CS.base + EIP without the 32-bit
    wrap), and a code hook stops before any second instruction starts (a jump elsewhere, or
-   one to itself); a REP string instruction may re-enter itself up to ``max_iterations`` times;
+   one to itself); a REP string instruction may re-enter itself up to ``max_iterations`` times.
+   That count bounds every run in instructions; ``crosscheck.Watchdog`` bounds it in wall-clock
+   time with one thread per Machine (Unicorn's ``timeout`` starts a thread per ``emu_start``);
 5. returns ``Fault(vector, None, reason)`` (from ``UC_HOOK_INTR``, or ``UC_ERR_INSN_INVALID``
    for #UD; Unicorn exposes no error codes) or ``Next(state)`` in the model's concrete format.
 

@@ -31,7 +31,7 @@ from typing import Callable, Mapping
 from pgvirt.model import concrete, isa, profiles
 from pgvirt.model import state as st
 from pgvirt.model.form import Form
-from pgvirt.model.outcome import Fault, Next
+from pgvirt.model.outcome import Fault, Next, from_changes_json
 
 from . import deviations as D
 from . import strategies
@@ -110,18 +110,6 @@ def _json_state(s: Mapping) -> dict:
     return {k: (dict(sorted(v.items())) if isinstance(v, Mapping) else v) for k, v in s.items()}
 
 
-def _result(pre: Mapping, outcome: Mapping) -> Fault | Next:
-    """A model prediction (outcome JSON) as the Fault/Next the criterion reads."""
-    if outcome.get("fault"):
-        return Fault(outcome["vector"], outcome.get("error_code"), outcome.get("reason", ""))
-    changed = outcome.get("changed", {})
-    post = {k: v for k, v in pre.items() if k not in ("mem", "io")}
-    post.update({k: v for k, v in changed.items() if k not in ("mem", "io")})
-    for arr in ("mem", "io"):
-        post[arr] = dict(pre.get(arr, {})) | dict(changed.get(arr, {}))
-    return Next(post)
-
-
 def prediction(form: Form, state: Mapping, features=frozenset()) -> dict:
     """The model's outcome JSON for ``state`` (the compiled form; used for hand-given pairs)."""
     res = concrete.compiled(form, features).run(state)
@@ -169,8 +157,8 @@ class Replayer:
         n = self._run(form, "native", witness["native"], pred["native"], strict)
         d = self._run(form, "deprivileged", witness["deprivileged"], pred["deprivileged"], strict)
         model = {"native": pred["native"], "deprivileged": pred["deprivileged"],
-                 "criterion": criterion(n.state, _result(n.state, pred["native"]),
-                                        d.state, _result(d.state, pred["deprivileged"]))}
+                 "criterion": criterion(n.state, from_changes_json(n.state, pred["native"]),
+                                        d.state, from_changes_json(d.state, pred["deprivileged"]))}
         if n.emulator is None or d.emulator is None:
             return Replay(form, profile, "mismatch", n, d, model, None, [], n.error or d.error)
         emu_crit = criterion(n.state, n.emulator, d.state, d.emulator, ignore=NOT_HELD)

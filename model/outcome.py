@@ -7,7 +7,7 @@ and ``Next`` are the concrete results read out of it under a Z3 model (SDM Vol. 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import z3
 
@@ -44,6 +44,34 @@ class Next:
 
     def as_json(self) -> dict:
         return {"fault": False, "state": self.state}
+
+
+def changes_json(pre: Mapping, res: Fault | Next) -> dict:
+    """A concrete outcome as JSON: the fault, or the fields (and memory/port bytes) that differ
+    from ``pre``."""
+    if isinstance(res, Fault):
+        return res.as_json()
+    changed: dict = {}
+    for k, v in res.state.items():
+        if k in ("mem", "io"):
+            d = {a: b for a, b in v.items() if pre[k].get(a) != b}
+            if d:
+                changed[k] = d
+        elif pre[k] != v:
+            changed[k] = v
+    return {"fault": False, "changed": changed}
+
+
+def from_changes_json(pre: Mapping, doc: Mapping) -> Fault | Next:
+    """The Fault or Next a ``changes_json`` document describes, given the state before."""
+    if doc.get("fault"):
+        return Fault(doc["vector"], doc.get("error_code"), doc.get("reason", ""))
+    changed = doc.get("changed", {})
+    post = {k: v for k, v in pre.items() if k not in ("mem", "io")}
+    post.update({k: v for k, v in changed.items() if k not in ("mem", "io")})
+    for arr in ("mem", "io"):
+        post[arr] = dict(pre.get(arr, {})) | dict(changed.get(arr, {}))
+    return Next(post)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pgvirt.emulator import replay as R
 from pgvirt.model import isa, profiles
 from pgvirt.model import state as st
 from pgvirt.model.form import Form
+from pgvirt.model.outcome import from_changes_json
 from pgvirt.verify import counterexample as cx
 from pgvirt.verify.cli import main
 
@@ -65,8 +66,8 @@ def test_popfd_loses_the_interrupt_flag_change(pentium):
     crit = " ".join(w["criterion"])
     assert "sysflags" in crit or "visible" in crit
     n, d = w["native"], w["deprivileged"]
-    nres = cx.result_of(n, w["model"]["native"])
-    dres = cx.result_of(d, w["model"]["deprivileged"])
+    nres = from_changes_json(n, w["model"]["native"])
+    dres = from_changes_json(d, w["model"]["deprivileged"])
     if "sysflags" in crit:
         changed = n["sysflags"] ^ nres.state["sysflags"]
         assert changed & (nres.state["sysflags"] ^ dres.state["sysflags"])

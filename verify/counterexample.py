@@ -42,10 +42,10 @@ import z3
 from pgvirt.model import isa, profiles
 from pgvirt.model import state as st
 from pgvirt.model.form import Form
-from pgvirt.model.outcome import Fault, Next, Outcome
+from pgvirt.model.outcome import Fault, Next, Outcome, from_changes_json
 from pgvirt.model.profiles import Profile
 
-from .popek_goldberg import (Engine, Query, _outcome_json, relocated, tidy_memory, tidy_state,
+from .popek_goldberg import (Engine, Query, relocated, tidy_memory, tidy_state,
                              visible_differs_concrete, visible_parts)
 from .solver import DEFAULT_TIMEOUT_MS, Verdict
 
@@ -209,25 +209,9 @@ def _finish(w: dict) -> dict:
     for arr in ("mem",):
         both = dict(n[arr]) | dict(d[arr])
         n[arr], d[arr] = dict(sorted(both.items())), dict(sorted(both.items()))
-    out["criterion"] = criterion_concrete(n, result_of(n, w["native_outcome"]),
-                                          d, result_of(d, w["deprivileged_outcome"]))
+    out["criterion"] = criterion_concrete(n, from_changes_json(n, w["native_outcome"]),
+                                          d, from_changes_json(d, w["deprivileged_outcome"]))
     return out
-
-
-def result_of(pre: Mapping, outcome: Mapping) -> Fault | Next:
-    """A Fault or Next rebuilt from an outcome JSON (``_outcome_json``) and the state before."""
-    if outcome.get("fault"):
-        return Fault(outcome["vector"], outcome.get("error_code"), outcome.get("reason", ""))
-    changed = outcome.get("changed", {})
-    post = {k: v for k, v in pre.items() if k not in ("mem", "io")}
-    post.update({k: v for k, v in changed.items() if k not in ("mem", "io")})
-    for arr in ("mem", "io"):
-        post[arr] = dict(pre.get(arr, {})) | dict(changed.get(arr, {}))
-    return Next(post)
-
-
-def outcome_json(pre: Mapping, res: Fault | Next) -> dict:
-    return _outcome_json(pre, res)
 
 
 def criterion_concrete(native: Mapping, native_res: Fault | Next, dep: Mapping,

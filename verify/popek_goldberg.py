@@ -30,7 +30,7 @@ import z3
 
 from pgvirt.model import isa, profiles, state as st
 from pgvirt.model.form import Form
-from pgvirt.model.outcome import Fault, Next, Outcome
+from pgvirt.model.outcome import Fault, Next, Outcome, changes_json
 from pgvirt.model.profiles import Profile
 
 from .solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict
@@ -252,22 +252,8 @@ def _witness(q: Query, model: z3.ModelRef) -> dict:
         pre = st.evaluate(s, model, addrs)
         res = o.concrete(model, addrs, pre)
         out[label] = pre
-        out[f"{label}_outcome"] = _outcome_json(pre, res)
+        out[f"{label}_outcome"] = changes_json(pre, res)
     return out
-
-
-def _outcome_json(pre: dict, res: Fault | Next) -> dict:
-    if isinstance(res, Fault):
-        return res.as_json()
-    changed = {}
-    for k, v in res.state.items():
-        if k in ("mem", "io"):
-            d = {a: b for a, b in v.items() if pre[k].get(a) != b}
-            if d:
-                changed[k] = d
-        elif pre[k] != v:
-            changed[k] = v
-    return {"fault": False, "changed": changed}
 
 
 class Engine:
