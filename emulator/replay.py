@@ -223,6 +223,10 @@ def load_pairs(path: str, profile: profiles.Profile, forms: list[str] | None = N
         if w["deprivileged"]["cpl"] != 3:
             raise ReplayInputError(f"{where}: the deprivileged state runs at CPL "
                                    f"{w['deprivileged']['cpl']}, not 3")
+        if not _as_monitor_runs(w["deprivileged"], profile):
+            raise ReplayInputError(f"{where}: the deprivileged state is not as the {profile.name} "
+                                   f"monitor runs a guest (IOPL {profile.iopl}, its CR4 bits, no "
+                                   "I/O permission bitmap: profiles.deprivileged)")
         model = item.get("model") or {}
         w["model"] = {label: model.get(label) or prediction(form, w[label], profile.features)
                       for label in ("native", "deprivileged")}
@@ -254,6 +258,13 @@ def _normalise(s: Mapping, where: str) -> dict:
         except (TypeError, ValueError):
             raise ReplayInputError(f"{where}: {arr} holds a non-integer address or byte") from None
     return out
+
+
+def _as_monitor_runs(s: dict, profile: profiles.Profile) -> bool:
+    """``profiles.deprivileged`` holds on the concrete state ``s``."""
+    import z3
+    cond, _ = profiles.deprivileged(st.concrete(s), profile)
+    return z3.is_true(z3.simplify(cond))
 
 
 def _check_state(s: dict, profile: profiles.Profile, where: str) -> None:

@@ -179,7 +179,7 @@ def test_cli_state_file_roundtrip(tmp_path, capsys):
 def _bad_state_file(tmp_path, edit):
     from pgvirt.emulator import states as S
     n = S.flat_state(0)
-    d = S.flat_state(3)
+    d = S.flat_state(3, cr4=1 << st.CR4_TSD)       # as the pentium monitor runs it
     edit(n, d)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"form": "sgdt_m", "native": n, "deprivileged": d}))
@@ -206,6 +206,8 @@ def test_cli_bad_input_is_one_line_exit_2(argv, capsys):
     lambda n, d: n.update(cr0=0x80000011),                      # paging
     lambda n, d: n.update(cpl=3, cs=n["cs"] | 3, ss=n["ss"] | 3),  # native not at CPL 0
     lambda n, d: d.update(nosuch=1),
+    lambda n, d: d.update(sysflags=d["sysflags"] | 3 << st.IOPL_LO),   # IOPL 3: not deprivileged
+    lambda n, d: d.update(cr4=0),                               # RDTSC left to the guest
 ])
 def test_cli_impossible_hand_given_state_is_exit_2(tmp_path, capsys, edit):
     path = _bad_state_file(tmp_path, edit)
@@ -219,7 +221,8 @@ def test_cli_hand_given_pair_is_replayed_with_model_predictions(tmp_path, capsys
     n = S.flat_state(0, eax=S.DATA)
     # the same guest as the monitor runs it: CPL 3 (CS/SS RPL and DPL), its GDT elsewhere
     d = dict(n, cpl=3, cs=n["cs"] | 3, ss=n["ss"] | 3, cs_attr=S.code_attr(3),
-             ss_attr=S.data_attr(3), gdtr_base=0x2800, **{f"{r}_attr": S.data_attr(3)
+             ss_attr=S.data_attr(3), gdtr_base=0x2800, cr4=1 << st.CR4_TSD,
+             **{f"{r}_attr": S.data_attr(3)
                                                          for r in ("ds", "es", "fs", "gs")})
     S.put(n["mem"], 0x2800, bytes(n["mem"][S.GDT_BASE + k] for k in range(S.GDT_ENTRIES * 8)))
     d["mem"] = n["mem"]
