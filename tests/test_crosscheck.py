@@ -287,6 +287,31 @@ def test_cli_crosscheck_json_and_exit_codes(capsys):
     assert len(err) == 2 and all(line.startswith("pgvirt: error:") for line in err)
 
 
+def test_cli_crosscheck_exits_1_with_a_reproducing_state(monkeypatch, capsys):
+    """A model bug (ADD forgetting the carry) makes the command exit 1 and print the state."""
+    import json
+
+    from pgvirt.model.form import REGISTRY
+    from pgvirt.verify.cli import main
+
+    def bad_add(x):
+        x.set_rm(4, x.rm(4) + x.reg(4))
+        x.set_flag(st.CF, False)
+    monkeypatch.setitem(REGISTRY, "add_rm32_r32", _altered("add_rm32_r32", bad_add))
+    concrete.clear_cache()
+    try:
+        rc = main(["crosscheck", "--samples", "60", "--jobs", "1", "--format", "json",
+                   "add_rm32_r32"])
+    finally:
+        monkeypatch.undo()
+        concrete.clear_cache()
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1 and doc["unexplained"] > 0
+    (f,) = doc["forms"]
+    ex = f["unexplained_examples"]
+    assert ex and "flags" in " ".join(ex[0]["differences"]) and ex[0]["state"]["cpl"] in range(4)
+
+
 # --- the slow sweep (make crosscheck) ---------------------------------------------------------------
 @pytest.mark.slow
 def test_sweep_100k_checks():
