@@ -133,6 +133,9 @@ class _Emitter:
                 raise CompileError(f"uninterpreted function {d.name()} of non-bit-vector sort")
             self._bind(e, f"UF({d.name()!r}, {', '.join(args)}) & {(1 << w) - 1}")
             return
+        if k == z3.Z3_OP_ITE:                       # alike for every sort
+            self._bind(e, f"{args[1]} if {args[0]} else {args[2]}")
+            return
         if z3.is_bv(e):
             w = e.size()
             m = (1 << w) - 1
@@ -171,8 +174,6 @@ class _Emitter:
                 cw = e.children()[0].size()
                 ext = ((1 << (w - cw)) - 1) << cw
                 self._bind(e, f"({args[0]} | {ext}) if {args[0]} >> {cw - 1} else {args[0]}")
-            elif k == z3.Z3_OP_ITE:
-                self._bind(e, f"{args[1]} if {args[0]} else {args[2]}")
             elif k == z3.Z3_OP_SELECT:
                 self._bind(e, f"SEL({args[0]}, {args[1]})")
             else:
@@ -198,8 +199,6 @@ class _Emitter:
                     self._bind(e, f"{args[0]} != {args[1]}")
                 else:
                     self._bind(e, f"len({{{', '.join(args)}}}) == {len(args)}")
-            elif k == z3.Z3_OP_ITE:
-                self._bind(e, f"{args[1]} if {args[0]} else {args[2]}")
             elif k in _CMP_U:
                 self._bind(e, f"{args[0]} {_CMP_U[k]} {args[1]}")
             elif k in _CMP_S:
@@ -214,8 +213,6 @@ class _Emitter:
                 self._bind(e, f"({args[0]}, {args[1]}, {args[2]})")
             elif k == z3.Z3_OP_CONST_ARRAY:
                 self._bind(e, f"CONST({args[0]})")
-            elif k == z3.Z3_OP_ITE:
-                self._bind(e, f"{args[1]} if {args[0]} else {args[2]}")
             else:
                 raise CompileError(f"array operator {d.name()} is not compiled")
             return
