@@ -141,6 +141,13 @@ def run_cli(*args):
                           text=True, timeout=300)
 
 
+def test_cli_version_names_the_solver_and_the_tools():
+    from importlib.metadata import version
+    p = run_cli("--version")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"pgvirt {version('pgvirt')} ") and version("z3-solver") in p.stdout
+
+
 def test_cli_classify_json_shape():
     p = run_cli("classify", "--profile", "pentium", "--format", "json", "sgdt_m", "lgdt_m")
     assert p.returncode == 0, p.stderr

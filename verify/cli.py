@@ -141,8 +141,22 @@ def _add_solver_opts(p: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, Callable] = {}
 
 
+def _version() -> str:
+    """pgvirt's version and the versions of the tools its answers depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+    return (f"pgvirt {v('pgvirt')} (z3-solver {v('z3-solver')}, unicorn {v('unicorn')}, "
+            f"capstone {v('capstone')})")
+
+
 def build_parser() -> Parser:
     p = Parser(prog="pgvirt", description="Popek-Goldberg virtualization conditions for IA-32, checked with Z3.")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", parser_class=Parser)
 
     c = sub.add_parser("classify", help="every Popek-Goldberg class of every instruction form")
