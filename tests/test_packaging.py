@@ -37,7 +37,8 @@ UPPER = {"emulator": {"cli.py", "notebook.py"}}
 def test_dependencies_point_one_way(layer):
     """model/ imports only z3; verify/ never emulator/ or unicorn (it finds emulator's
     subcommands through an entry point); emulator/'s harness never verify/.  Checked on every
-    import statement, top-level or inside a function, and on module names given as strings."""
+    import statement, top-level or inside a function, on import_module/__import__ calls and
+    on pgvirt module paths written as strings."""
     root = Path(__file__).resolve().parent.parent / layer
     bad = []
     for path in root.rglob("*.py"):
@@ -48,11 +49,20 @@ def test_dependencies_point_one_way(layer):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""] if node.level == 0 else []
+            elif isinstance(node, ast.Call) and _dynamic_import(node):
+                names = [node.args[0].value]        # importlib.import_module("...")
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                    and re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", node.value):
-                names = [node.value]                # importlib.import_module("...")
+                    and re.fullmatch(r"pgvirt(\.[a-z_]+)+", node.value):
+                names = [node.value]                # a module path kept for a later import
             else:
                 continue
             bad += [f"{path.name}: {n}" for n in names
                     if any(n == f or n.startswith(f + ".") for f in LAYERS[layer])]
     assert not bad
+
+
+def _dynamic_import(call: ast.Call) -> bool:
+    f = call.func
+    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+    return (name in ("import_module", "__import__") and bool(call.args)
+            and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str))
