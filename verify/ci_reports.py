@@ -29,13 +29,27 @@ SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _ROOT = Path(__file__).resolve().parent.parent   # the repository: model/ and verify/ live here
 
 
-def _version() -> str:
+def pgvirt_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("pgvirt")
     except PackageNotFoundError:
         return "0"
+
+
+def fingerprint(*parts) -> str:
+    """A SARIF partial fingerprint: stable across runs for the same parts."""
+    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def sarif_log(rules: list, results: list, **run) -> dict:
+    """A SARIF 2.1.0 log of one pgvirt run: its rules and results, and ``run``'s further
+    members (artifacts, invocations, properties, ...)."""
+    return {"$schema": SARIF_SCHEMA, "version": "2.1.0",
+            "runs": [{"tool": {"driver": {"name": "pgvirt", "version": pgvirt_version(),
+                                          "rules": rules}},
+                      **run, "results": results}]}
 
 
 # --- what each test case says -------------------------------------------------------------------
@@ -212,7 +226,7 @@ def sarif(per_profile: list[tuple[str, list[Classification]]]) -> dict:
                 "defaultConfiguration": {"level": "error"},
                 "properties": {"tags": ["popek-goldberg", "virtualization"], "mnemonic": f.mnemonic},
             })
-        fp = hashlib.sha256(f"{k.profile}/{k.theorem}/{f.name}".encode()).hexdigest()[:32]
+        fp = fingerprint(k.profile, k.theorem, f.name)
         res = {
             "ruleId": f"pgvirt/{f.name}",
             "ruleIndex": index[f.name],
@@ -227,17 +241,10 @@ def sarif(per_profile: list[tuple[str, list[Classification]]]) -> dict:
         else:  # SARIF: a result the tool could not decide is "open", and its level must be "none"
             res.update(kind="open", level="none")
         results.append(res)
-    return {
-        "$schema": SARIF_SCHEMA,
-        "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {"name": "pgvirt", "version": _version(), "rules": rules}},
-            "originalUriBaseIds": {"PGVIRTROOT": {"uri": _ROOT.as_uri() + "/"}},
-            "invocations": [{"executionSuccessful": True}],
-            "properties": {"profiles": [p for p, _ in per_profile]},
-            "results": results,
-        }],
-    }
+    return sarif_log(rules, results,
+                     originalUriBaseIds={"PGVIRTROOT": {"uri": _ROOT.as_uri() + "/"}},
+                     invocations=[{"executionSuccessful": True}],
+                     properties={"profiles": [p for p, _ in per_profile]})
 
 
 def write_verify_reports(per_profile, junit_path: str | None, sarif_path: str | None) -> None:

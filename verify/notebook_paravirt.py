@@ -147,20 +147,12 @@ def _missing(path: str) -> HTML | None:
                 "notebook again.</p>")
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _GUESTS: dict[tuple, tuple[P.GuestFile, Functions]] = {}
 
 
 def _open(path: str, raw: bool, base: int | None) -> tuple[P.GuestFile, Functions]:
     """The guest and its functions, once per process and file contents."""
-    key = (os.path.abspath(path), raw, base, _sha256(path))
+    key = (os.path.abspath(path), raw, base, P.sha256_file(path))
     if key not in _GUESTS:
         gf = P.open_guest(path, raw, base)
         _GUESTS[key] = (gf, find_functions(gf))

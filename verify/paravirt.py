@@ -39,6 +39,7 @@ from pgvirt.model.profiles import Profile
 from . import guest as G
 from .guest import Guest, GuestError, ScanResult, Site, load_guest, scan
 from .cache import ClassificationCache, atomic_write as _atomic_write, classifications
+from .ci_reports import fingerprint, sarif_log
 from .popek_goldberg import Classification, Engine, classify_all
 from .solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict
 
@@ -53,7 +54,6 @@ VIOLATED = ("control_sensitive", "mode_sensitive", "location_sensitive", "user_s
 MANIFEST_FORMAT = "pgvirt-paravirt-manifest"
 MANIFEST_VERSION = 1
 QUICK_MS = 300          # budget for one disjunct of an equivalence goal before the rest go together
-SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
 
 class ManifestError(ValueError):
@@ -62,15 +62,6 @@ class ManifestError(ValueError):
 
 class PatchError(ValueError):
     """The guest cannot be patched as asked (the message says why, in one line)."""
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("pgvirt")
-    except PackageNotFoundError:
-        return "0"
 
 
 def violation(c: Classification) -> tuple[str, ...]:
@@ -188,10 +179,6 @@ def _uri(path: str) -> str:
     return p.resolve().as_uri() if p.is_absolute() else p.as_posix()
 
 
-def _fingerprint(*parts) -> str:
-    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:32]
-
-
 def _sarif_location(g: Guest, uri: str, address: int, section: str | None, symbol: str | None,
                     length: int, gzipped: bool) -> dict:
     """An address location (SARIF 2.1.0 3.32) with the artifact: file offsets only where the
@@ -240,7 +227,7 @@ def scan_sarif(rep: ScanReport) -> dict:
             "level": "error" if s.classes != (UNDECIDED,) else "warning",
             "message": {"text": f"{s.asm} ({s.bytes}) at {s.address:#x} in {where}: {rep.reason(s.form)}"},
             "locations": [_sarif_location(g, uri, s.address, s.section, s.symbol, len(s.bytes) // 2, gzipped)],
-            "partialFingerprints": {"pgvirtSite/v1": _fingerprint(f.name, s.section, where, s.bytes)},
+            "partialFingerprints": {"pgvirtSite/v1": fingerprint(f.name, s.section, where, s.bytes)},
             "properties": {"profile": rep.profile.name, "form": f.name, "classes": list(s.classes),
                            "section": s.section},
         })
@@ -266,24 +253,17 @@ def scan_sarif(rep: ScanReport) -> dict:
                 "message": {"text": f"{u.count} instruction(s) '{u.mnemonic}' no form models "
                                     f"(first at {', '.join(f'{x:#x}' for x in u.first)}; e.g. {u.example})"},
                 "locations": [_sarif_location(g, uri, a, secname, sym, code_len, gzipped)],
-                "partialFingerprints": {"pgvirtUnmodelled/v1": _fingerprint(u.mnemonic, g.path)},
+                "partialFingerprints": {"pgvirtUnmodelled/v1": fingerprint(u.mnemonic, g.path)},
                 "properties": {"count": u.count, "mnemonic": u.mnemonic},
             })
-    return {
-        "$schema": SARIF_SCHEMA,
-        "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {"name": "pgvirt", "version": _version(),
-                                "informationUri": "https://github.com/pgvirt/pgvirt", "rules": rules}},
-            "artifacts": [{"location": {"uri": uri}, "length": _size(g.path),
-                           "mimeType": "application/gzip" if gzipped else "application/octet-stream",
-                           "hashes": {"sha-256": _sha256_file(g.path)}}],
-            "invocations": [{"executionSuccessful": True}],
-            "results": results,
-            "properties": {"profile": rep.profile.name, "instructions": r.instructions,
-                           "undecodable": r.undecodable, "unmodelled": r.unmodelled_count},
-        }],
-    }
+    return sarif_log(
+        rules, results,
+        artifacts=[{"location": {"uri": uri}, "length": _size(g.path),
+                    "mimeType": "application/gzip" if gzipped else "application/octet-stream",
+                    "hashes": {"sha-256": sha256_file(g.path)}}],
+        invocations=[{"executionSuccessful": True}],
+        properties={"profile": rep.profile.name, "instructions": r.instructions,
+                    "undecodable": r.undecodable, "unmodelled": r.unmodelled_count})
 
 
 def _is_gzip(path: str) -> bool:
@@ -301,7 +281,7 @@ def _size(path: str) -> int:
         return -1
 
 
-def _sha256_file(path: str) -> str:
+def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -483,7 +463,7 @@ def patch_guest(path: str | os.PathLike, out: str | os.PathLike, manifest_path: 
                   "base": gf.guest.sections[0].addr if gf.guest.kind == "raw" else None,
                   "symbols": None if symbols is None else {
                       "path": os.path.abspath(os.fspath(symbols)),
-                      "sha256": _sha256_file(os.fspath(symbols))}},
+                      "sha256": sha256_file(os.fspath(symbols))}},
         "sites": rows,
     }
     try:
@@ -960,7 +940,7 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
     if osha != m.original_sha256:
         obs.append(Obligation("manifest", "fails", f"original {opath} has sha256 {osha[:16]}..., the "
                               f"manifest records {m.original_sha256[:16]}...: not the guest it was made from"))
-    if syms is not None and m.symbols_sha256 is not None and _sha256_file(syms) != m.symbols_sha256:
+    if syms is not None and m.symbols_sha256 is not None and sha256_file(syms) != m.symbols_sha256:
         obs.append(Obligation("manifest", "fails", f"symbol file {syms} changed since the patch "
                               "(its sha256 differs): the decoding it guides would not be the same"))
 
@@ -1188,20 +1168,14 @@ def check_sarif(rep: CheckReport) -> dict:
             loc["physicalLocation"]["address"] = {"absoluteAddress": o.address, "kind": "instruction",
                                                   "name": o.symbol or f"{o.address:#x}"}
         res["locations"] = [loc]
-        res["partialFingerprints"] = {"pgvirtCheck/v1": _fingerprint(o.claim, o.section, o.address, o.site)}
+        res["partialFingerprints"] = {"pgvirtCheck/v1": fingerprint(o.claim, o.section, o.address, o.site)}
         if o.detail is not None:
             res["properties"] = {"detail": o.detail}
         results.append(res)
-    return {
-        "$schema": SARIF_SCHEMA, "version": "2.1.0",
-        "runs": [{"tool": {"driver": {"name": "pgvirt", "version": _version(),
-                                      "informationUri": "https://github.com/pgvirt/pgvirt", "rules": rules}},
-                  "artifacts": [{"location": {"uri": uri}}],
-                  "invocations": [{"executionSuccessful": True}],
-                  "results": results,
-                  "properties": {"verdict": rep.verdict, "profile": rep.profile,
-                                 "manifest": rep.manifest, "original": rep.original}}],
-    }
+    return sarif_log(rules, results, artifacts=[{"location": {"uri": uri}}],
+                     invocations=[{"executionSuccessful": True}],
+                     properties={"verdict": rep.verdict, "profile": rep.profile,
+                                 "manifest": rep.manifest, "original": rep.original})
 
 
 def sites_from_manifest(m: Manifest) -> list[monitor.Site]:
