@@ -10,11 +10,9 @@ from __future__ import annotations
 import html
 from typing import Mapping
 
-from pgvirt.model import isa, profiles
+from pgvirt.model import isa
 from pgvirt.model.outcome import Fault, vector_name
 from pgvirt.verify import counterexample as cx
-from pgvirt.verify.cache import ClassificationCache
-from pgvirt.verify.popek_goldberg import classify_all, theorem
 
 from .machine import NOT_HELD
 from .replay import Replay, Replayer
@@ -36,15 +34,7 @@ def _replayer() -> Replayer:
 
 def violations(profile: str) -> list[str]:
     """The profile's Theorem-1 violations, derived (or read from the cache of derived answers)."""
-    prof = profiles.get(profile)
-    disk = ClassificationCache()
-    known = disk.load(prof)
-    missing = [f.name for f in isa.FORMS if f.name not in known]
-    if missing:
-        new = classify_all(prof, missing)
-        disk.store(prof, new)
-        known.update({c.form.name: c for c in new})
-    return [c.form.name for c in theorem("1", [known[f.name] for f in isa.FORMS]).violations]
+    return cx.violations(profile)[0]
 
 
 def counterexample(form: str, profile: str) -> cx.Counterexample:

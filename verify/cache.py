@@ -159,13 +159,14 @@ class ClassificationCache:
 
 def classifications(profile: Profile | str, forms: Iterable[str], cache: ClassificationCache | None = None,
                     jobs: int | None = None, timeout_ms: int = DEFAULT_TIMEOUT_MS,
-                    progress=None) -> tuple[dict[str, Classification], list[str]]:
-    """The classification of each of ``forms``: from the cache, else derived by ``classify_all``
-    (and stored).  Returns (name -> Classification, names derived now)."""
+                    progress=None, witnesses: bool = False) -> tuple[dict[str, Classification], list[str]]:
+    """The classification of each of ``forms``: from the cache (with their witness states when
+    ``witnesses``), else derived by ``classify_all`` (and stored).  Returns (name ->
+    Classification, names derived now)."""
     prof = profiles.get(profile) if isinstance(profile, str) else profile
     cache = cache if cache is not None else ClassificationCache()
     want = sorted(set(forms))
-    known = cache.load(prof)
+    known = cache.load(prof, witnesses=witnesses)
     missing = [n for n in want if n not in known]
     if missing:
         new = classify_all(prof, missing, jobs=jobs, timeout_ms=timeout_ms, progress=progress)

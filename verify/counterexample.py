@@ -45,7 +45,7 @@ from pgvirt.model.form import Form
 from pgvirt.model.outcome import Fault, Next, Outcome, from_changes_json
 from pgvirt.model.profiles import Profile
 
-from .popek_goldberg import (Engine, Query, relocated, tidy_memory, tidy_state,
+from .popek_goldberg import (Engine, Query, relocated, system_writes, tidy_memory, tidy_state,
                              visible_differs_concrete, visible_parts)
 from .solver import DEFAULT_TIMEOUT_MS, Verdict
 
@@ -118,25 +118,17 @@ def lost_change_parts(n: Outcome, d: Outcome) -> list:
     leaves with other values; both runs without a fault."""
     ok = z3.And(z3.Not(n.faults), z3.Not(d.faults))
     parts = []
-    for name in n.effects:
-        f = st.FIELD[name]
-        if f.owner != st.SYSTEM:
-            continue
-        if f.index_width:
+    for name, addrs in system_writes(n):
+        if addrs is None:
+            a0, a1, b1 = n.pre[name], n.post[name], d.post[name]
+            if not a1.eq(a0):
+                parts.append(z3.And(ok, a0 != a1, _lost(a0, a1, b1)))
+        elif addrs:
             cells = []
-            for arr, ad in n.stores:
-                if arr != name:
-                    continue
+            for ad in addrs:
                 a0, a1 = z3.Select(n.pre[name], ad), z3.Select(n.post[name], ad)
-                b1 = z3.Select(d.post[name], ad)
-                cells.append(z3.And(a0 != a1, _lost(a0, a1, b1)))
-            if cells:
-                parts.append(z3.And(ok, z3.Or(cells)))
-            continue
-        a0, a1, b1 = n.pre[name], n.post[name], d.post[name]
-        if a1.eq(a0):
-            continue
-        parts.append(z3.And(ok, a0 != a1, _lost(a0, a1, b1)))
+                cells.append(z3.And(a0 != a1, _lost(a0, a1, z3.Select(d.post[name], ad))))
+            parts.append(z3.And(ok, z3.Or(cells)))
     return parts
 
 
@@ -288,7 +280,11 @@ def find_many(names: list[str], profile: Profile | str, jobs: int | None = None,
 
 def violations(profile: Profile | str, forms=None, jobs: int | None = None,
                timeout_ms: int = DEFAULT_TIMEOUT_MS) -> tuple[list[str], list[str]]:
-    """(forms violating Theorem 1 under ``profile``, forms left undecided), by classification."""
-    from .popek_goldberg import classify_all, theorem
-    th = theorem("1", classify_all(profile, forms, jobs, timeout_ms))
+    """(forms violating Theorem 1 under ``profile``, forms left undecided), by classification
+    (the cache of derived answers, ``verify.cache``, spares re-deriving unchanged forms)."""
+    from .cache import classifications
+    from .popek_goldberg import theorem
+    names = [f.name for f in isa.FORMS] if forms is None else list(forms)
+    known, _ = classifications(profile, names, jobs=jobs, timeout_ms=timeout_ms)
+    th = theorem("1", [known[n] for n in names])
     return [c.form.name for c in th.violations], [c.form.name for c in th.undecided]

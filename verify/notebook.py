@@ -15,8 +15,8 @@ from pgvirt.model import state as st
 from pgvirt.model.outcome import vector_name
 
 from . import report
-from .cache import ClassificationCache
-from .popek_goldberg import CLASSES, Classification, classify, classify_all, recheck, theorem
+from .cache import classifications
+from .popek_goldberg import CLASSES, Classification, classify, recheck, theorem
 
 # --- classifications, computed once per process -------------------------------------------------
 
@@ -29,13 +29,7 @@ def classified(profile: str) -> list[Classification]:
     the on-disk cache of derived answers (``verify.cache``), so the notebooks share one run."""
     profiles.get(profile)
     if profile not in _ALL:
-        disk = ClassificationCache()
-        known = disk.load(profile, witnesses=True)
-        missing = [f.name for f in isa.FORMS if f.name not in known]
-        if missing:
-            new = classify_all(profile, missing)
-            disk.store(profile, new)
-            known.update({c.form.name: c for c in new})
+        known, _ = classifications(profile, [f.name for f in isa.FORMS], witnesses=True)
         _ALL[profile] = [known[f.name] for f in isa.FORMS]
     return _ALL[profile]
 

@@ -122,20 +122,24 @@ def visible_parts(a: Outcome, b: Outcome) -> list:
     return parts
 
 
+def system_writes(o: Outcome):
+    """The SYSTEM values ``o``'s form may write: (field, None) for a scalar field, (field,
+    stored addresses) for an array (I/O ports)."""
+    for name in o.effects:
+        f = st.FIELD[name]
+        if f.owner == st.SYSTEM:
+            yield name, ([ad for arr, ad in o.stores if arr == name] if f.index_width else None)
+
+
 def system_change_parts(o: Outcome) -> list:
     """Ways a run can change a SYSTEM field."""
     parts = []
-    for name in o.effects:
-        f = st.FIELD[name]
-        if f.owner != st.SYSTEM:
-            continue
-        if f.index_width:
-            cells = [z3.Select(o.post[name], ad) != z3.Select(o.pre[name], ad)
-                     for arr, ad in o.stores if arr == name]
-            if cells:
-                parts.append(z3.Or(cells))
-        else:
+    for name, addrs in system_writes(o):
+        if addrs is None:
             parts.append(o.post[name] != o.pre[name])
+        elif addrs:
+            parts.append(z3.Or([z3.Select(o.post[name], ad) != z3.Select(o.pre[name], ad)
+                                for ad in addrs]))
     return parts
 
 
