@@ -12,7 +12,6 @@ import gzip
 
 import random
 import re
-import shutil
 import signal
 import struct
 import subprocess
@@ -27,26 +26,11 @@ from pgvirt.model import isa
 from pgvirt.model.encoding import matches
 from pgvirt.verify import guest as G
 from pgvirt.verify.guest import GuestError, decode, load_guest, match_form, scan
+from helpers import INVADERS, TBOOT, TBOOT_SYMS, need, need_objdump
 
-INVADERS = Path("/boot/invaders.exec")
-TBOOT = Path("/boot/tboot.gz")
-TBOOT_SYMS = Path("/boot/tboot-syms")
 GRUB = Path("/usr/lib/grub/i386-pc")
 CPUID = GRUB / "cpuid.mod"
 LDLINUX = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
-
-
-def need(*paths: Path) -> None:
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        pytest.skip(f"guest files missing ({', '.join(missing)}): run tests/setup-guests.sh")
-
-
-def need_objdump() -> str:
-    exe = shutil.which("objdump")
-    if exe is None:
-        pytest.skip("objdump missing: run tests/setup-guests.sh (installs binutils)")
-    return exe
 
 
 # --- a tiny ELF32 writer for the malformed-input tests ------------------------------------------

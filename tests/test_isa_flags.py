@@ -8,7 +8,7 @@ from pgvirt.model import profiles
 from pgvirt.model import state as st
 from pgvirt.model.form import REGISTRY
 from pgvirt.model.isa import FORMS
-from pgvirt.model.outcome import GP, Fault, Next
+from helpers import gp0, le, ok
 
 FLAG_FORMS = [f for f in FORMS if f.theme == "flags"]
 
@@ -23,10 +23,6 @@ PVI = 1 << st.CR4_PVI
 
 def iopl(n):
     return n << st.IOPL_LO
-
-
-def le(value, n):
-    return {k: (value >> (8 * k)) & 0xFF for k in range(n)}
 
 
 def tss_mem(bitmap=b"", map_base=IOMAP):
@@ -50,16 +46,6 @@ def machine(cpl=0, sysflags=0, tr_limit=0x67, mem=None, **regs):
 
 def run(name, code=None, **kw):
     return REGISTRY[name].execute(machine(**kw), code)
-
-
-def ok(out) -> dict:
-    assert isinstance(out, Next), f"expected completion, got {out}"
-    return out.state
-
-
-def gp0(out):
-    assert isinstance(out, Fault), f"expected #GP(0), got {out}"
-    assert (out.vector, out.code) == (GP, 0), str(out)
 
 
 def read(mem, addr, n):

@@ -9,7 +9,8 @@ from pgvirt.model import state as st
 from pgvirt.model.isa import FORMS
 from pgvirt.model.isa import segments  # noqa: F401  (registers the forms)
 from pgvirt.model.form import REGISTRY
-from pgvirt.model.outcome import GP, NP, SS, Fault, Next
+from pgvirt.model.outcome import GP, NP, SS, Fault
+from helpers import desc, fault, le, ok
 
 SEGMENT_FORMS = [f for f in FORMS if f.theme == "segments"]
 
@@ -17,14 +18,6 @@ GDT = 0x1000
 STACK = 0x8000
 ZF = 1 << st.ZF
 OTHER_FLAGS = (1 << st.CF) | (1 << st.PF) | (1 << st.AF) | (1 << st.SF) | (1 << st.OF)
-
-
-def desc(base=0, limit=0xFFFFF, type_=0x2, s=1, dpl=0, p=1, g=1, db=1):
-    """A descriptor as the SDM lays it out (Vol. 3A 3.4.5), returned as (low, high) dwords."""
-    lo = (limit & 0xFFFF) | ((base & 0xFFFF) << 16)
-    hi = (((base >> 16) & 0xFF) | (type_ << 8) | (s << 12) | (dpl << 13) | (p << 15)
-          | (((limit >> 16) & 0xF) << 16) | (db << 22) | (g << 23) | (base & 0xFF000000))
-    return lo, hi
 
 
 # Every descriptor starts with its accessed bit clear, so a load must set it in memory.
@@ -48,10 +41,6 @@ TABLE = {
 }
 GDT_LIMIT = 0x88 - 1
 OUTSIDE = 0x88  # first selector past the GDT limit
-
-
-def le(value, n):
-    return {k: (value >> (8 * k)) & 0xFF for k in range(n)}
 
 
 def gdt_mem():
@@ -78,16 +67,6 @@ def machine(cpl=0, mem=None, **regs):
 
 def run(name, cpl=0, code=None, mem=None, **regs):
     return REGISTRY[name].execute(machine(cpl, mem, **regs), code)
-
-
-def ok(out) -> dict:
-    assert isinstance(out, Next), f"expected completion, got {out}"
-    return out.state
-
-
-def fault(out, vector, code):
-    assert isinstance(out, Fault), f"expected a fault, got {out}"
-    assert (out.vector, out.code) == (vector, code), str(out)
 
 
 def byte(post, addr) -> int:

@@ -9,7 +9,8 @@ from pgvirt.model import state as st
 from pgvirt.model.form import REGISTRY
 from pgvirt.model.isa import FORMS
 from pgvirt.model.isa import system
-from pgvirt.model.outcome import DB, GP, UD, Fault, Next
+from pgvirt.model.outcome import DB, UD, Fault, Next
+from helpers import gp0, ok
 
 SYSTEM_FORMS = [f for f in FORMS if f.theme == "system"]
 STACK = 0x8000
@@ -29,16 +30,6 @@ def machine(cpl=0, **regs):
 
 def run(name, cpl=0, code=None, features=frozenset(), **regs):
     return REGISTRY[name].execute(machine(cpl, **regs), code, features)
-
-
-def ok(out) -> dict:
-    assert isinstance(out, Next), f"expected completion, got {out}"
-    return out.state
-
-
-def gp0(out):
-    assert isinstance(out, Fault), f"expected #GP(0), got {out}"
-    assert (out.vector, out.code) == (GP, 0), str(out)
 
 
 # --- forms are well made ------------------------------------------------------------------------

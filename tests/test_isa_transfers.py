@@ -9,6 +9,7 @@ from pgvirt.model import state as st
 from pgvirt.model.form import REGISTRY
 from pgvirt.model.isa import FORMS
 from pgvirt.model.outcome import GP, NP, SS, Fault, Next
+from helpers import desc, gate, le
 
 TRANSFER_FORMS = [f for f in FORMS if f.theme == "transfers"]
 
@@ -18,21 +19,6 @@ EIP = 0x400
 IF = 1 << st.IF
 IOPL3 = 3 << st.IOPL_LO
 CF = 1 << st.CF
-
-
-def desc(base=0, limit=0xFFFFF, type_=0x2, s=1, dpl=0, p=1, g=1, db=1):
-    """A segment descriptor as the SDM lays it out (Vol. 3A 3.4.5) as (low, high) dwords."""
-    lo = (limit & 0xFFFF) | ((base & 0xFFFF) << 16)
-    hi = (((base >> 16) & 0xFF) | (type_ << 8) | (s << 12) | (dpl << 13) | (p << 15)
-          | (((limit >> 16) & 0xF) << 16) | (db << 22) | (g << 23) | (base & 0xFF000000))
-    return lo, hi
-
-
-def gate(sel, offset, type_, dpl, p=1, params=0):
-    """A call, interrupt, trap or task gate (SDM Vol. 3A 5.8.3, 6.11) as (low, high) dwords."""
-    lo = (offset & 0xFFFF) | (sel << 16)
-    hi = (offset & 0xFFFF0000) | (p << 15) | (dpl << 13) | (type_ << 8) | params
-    return lo, hi
 
 
 # Accessed bits start clear, so every segment load must set one in memory.
@@ -66,10 +52,6 @@ IDT_TABLE = {
     0x85: gate(0x60, 0x6000, 0xE, dpl=3),                          # handler not present
 }
 IDT_LIMIT = 0x86 * 8 - 1
-
-
-def le(value, n):
-    return {k: (value >> (8 * k)) & 0xFF for k in range(n)}
 
 
 def put(mem, addr, value, n=4):

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import re
-import shutil
 import struct
 import subprocess
 import signal
@@ -31,23 +30,8 @@ from pgvirt.verify import paravirt as P
 from pgvirt.verify import cache as C
 from pgvirt.verify.cli import main
 from pgvirt.verify.guest import load_guest
+from helpers import INVADERS, TBOOT, TBOOT_SYMS, need, need_objdump
 
-INVADERS = Path("/boot/invaders.exec")
-TBOOT = Path("/boot/tboot.gz")
-TBOOT_SYMS = Path("/boot/tboot-syms")
-
-
-def need(*paths: Path) -> None:
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        pytest.skip(f"guest files missing ({', '.join(missing)}): run tests/setup-guests.sh")
-
-
-def need_objdump() -> str:
-    exe = shutil.which("objdump")
-    if exe is None:
-        pytest.skip("objdump missing: run tests/setup-guests.sh (installs binutils)")
-    return exe
 
 
 @pytest.fixture(scope="session")
