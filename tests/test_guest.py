@@ -488,6 +488,126 @@ def test_scan_real_guests():
                 isa.get(s.form).mnemonic for s in r.sites}
 
 
+def reference_scan(g, classify):
+    """What ``scan`` must find, computed the slow way: every decoded instruction matched alone."""
+    forms, sites = collections.Counter(), []
+    unmod: dict[str, list] = {}
+    bad = []
+    for i in decode(g, fast=False, jobs=1):
+        if i.mnemonic == G.UNDECODABLE:
+            bad.append(i.address)
+            continue
+        f = match_form(i.bytes)
+        if f is None:
+            unmod.setdefault(i.mnemonic, []).append(i)
+            continue
+        forms[f.name] += 1
+        cls = tuple(sorted(classify(f.name)))
+        if cls:
+            sites.append((i.address, i.section, i.bytes.hex(), f"{i.mnemonic} {i.op_str}".rstrip(),
+                          f.name, cls))
+    u = sorted(((m, len(xs), tuple(x.address for x in xs[:5]),
+                 f"{xs[0].bytes.hex()}  {xs[0].mnemonic} {xs[0].op_str}".rstrip())
+                for m, xs in unmod.items()), key=lambda t: (-t[1], t[0]))
+    return dict(sorted(forms.items())), sites, u, len(bad), tuple(bad[:5])
+
+
+def test_scan_groups_shapes_exactly(tmp_path):
+    """Every form's bytes under random prefixes (up to seven: the shape then reaches the 8th byte
+    and is matched alone), ModRM, SIB, displacements and immediates: scan() finds what matching
+    each instruction alone finds."""
+    rnd = random.Random(7)
+    prefixes = [0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF2, 0xF3, 0x66, 0x67, 0xF0]
+    blob = bytearray()
+    for _ in range(12):
+        for f in isa.FORMS:
+            code = bytearray(f.bytes)
+            n = rnd.choice([0, 0, 0, 1, 1, 2, 3, 5, 6, 7])
+            pre = bytes(rnd.choice(prefixes[:8] if rnd.random() < 0.8 else prefixes)
+                        for _ in range(n)) if rnd.random() < 0.5 else bytes([0x3E] * n)
+            tail = len(f.enc.opcode) + 1 if f.enc.modrm is not None else len(f.enc.opcode)
+            if f.enc.modrm is not None and rnd.random() < 0.5:
+                code[len(f.enc.opcode)] = rnd.randrange(256)
+            for k in range(tail, len(code)):
+                code[k] = rnd.randrange(256)
+            blob += pre + code
+        blob += bytes(rnd.randrange(256) for _ in range(64))
+    p = tmp_path / "shapes.bin"
+    p.write_bytes(bytes(blob))
+    g = load_guest(p, raw=True, base=0x1000)
+    r = scan(g, toy_classify)
+    forms, sites, unmod, nbad, bad_first = reference_scan(g, toy_classify)
+    assert r.forms == forms and sum(forms.values()) > 1000
+    assert [(s.address, s.section, s.bytes, s.asm, s.form, s.classes) for s in r.sites] == sites
+    assert [(u.mnemonic, u.count, u.first, u.example) for u in r.unmodelled] == unmod
+    assert (r.undecodable, r.undecodable_first) == (nbad, bad_first)
+    assert sites and unmod
+
+
+def test_text_of_relative_branches_follows_the_address():
+    """Capstone's text is remembered by bytes only where it does not depend on the address."""
+    call = bytes.fromhex("e800000000")
+    assert G._text_at(call, 0x1000) == ("call", "0x1005")
+    assert G._text_at(call, 0x2000) == ("call", "0x2005")
+    sgdt = bytes.fromhex("0f0105aabbccdd")
+    assert G._text_at(sgdt, 0x1000) == G._text_at(sgdt, 0x9000) == ("sgdt", "[0xddccbbaa]")
+
+
+def test_decoding_in_small_chunks(monkeypatch, tmp_path):
+    """Capstone is called for _CHUNK instructions at a time; any chunk size gives one stream
+    (random bytes: undecodable ones and instructions cut at the end too)."""
+    blob = b"".join(f.bytes for f in isa.FORMS) + random.Random(5).randbytes(3000) + b"\x0f"
+    g = load_guest(write(tmp_path, blob, "chunks.bin"), raw=True, base=0x400000)
+    ref = list(decode(g, fast=False, jobs=1))
+    for chunk in (1, 2, 7, 4096):
+        monkeypatch.setattr(G, "_CHUNK", chunk)
+        assert list(decode(g, fast=True, jobs=1)) == ref, chunk
+
+
+def test_group_is_np_unique():
+    """_group (hash buckets, radix-sorted) labels keys as np.unique does, including buckets that
+    hold several keys (many keys below 2**17 share one of 2**16 buckets)."""
+    import numpy as np
+    rng = np.random.default_rng(3)
+    shared = 0
+    for trial in range(200):
+        pool = (rng.integers(0, 1 << 17, rng.integers(1, 6000)) if trial % 2
+                else rng.integers(0, 1 << 62, rng.integers(1, 300)))
+        keys = pool[rng.integers(0, len(pool), rng.integers(0, 4000))].astype(np.uint64)
+        label, first = G._group(keys)
+        uniq, index = np.unique(keys, return_index=True)
+        assert len(first) == len(uniq) and sorted(first.tolist()) == sorted(index.tolist())
+        assert (keys[first][label] == keys).all()
+        hashes = (keys * G._SPREAD) >> np.uint64(48)
+        shared += len(np.unique(hashes)) < len(uniq)
+    assert shared > 50
+
+
+ALL_GUESTS = sorted({*REAL, *GRUB.glob("*.mod"), *Path("/usr/lib/syslinux/modules/bios").glob("*.c32")})
+
+
+@pytest.mark.guests
+def test_scan_equals_instruction_by_instruction_matching():
+    """scan() groups instructions by shape in arrays; on every installed guest it must report
+    exactly what matching each decoded instruction on its own reports."""
+    need(*REAL)
+    checked = 0
+    for path in ALL_GUESTS:
+        try:
+            g = load_guest(path, symbols=TBOOT_SYMS if path == TBOOT else None)
+        except GuestError:
+            continue
+        r = scan(g, toy_classify)
+        forms, sites, unmod, nbad, bad_first = reference_scan(g, toy_classify)
+        assert r.forms == forms, path
+        assert [(s.address, s.section, s.bytes, s.asm, s.form, s.classes) for s in r.sites] == sites
+        assert [(u.mnemonic, u.count, u.first, u.example) for u in r.unmodelled] == unmod, path
+        assert (r.undecodable, r.undecodable_first) == (nbad, bad_first), path
+        assert r.instructions == sum(forms.values()) + sum(u[1] for u in unmod)
+        checked += 1
+    assert checked >= len(REAL)
+
+
 # --- fuzzing the loader ---------------------------------------------------------------------------
 
 class Timeout(Exception):

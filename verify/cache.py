@@ -82,6 +82,12 @@ def _decided(c: Classification) -> bool:
     return all(a.value is not None for a in c.answers.values())
 
 
+# The last parse of each cache file, with the bytes it was parsed from: reading the bytes again
+# and comparing them costs a small fraction of parsing them.
+_PARSED: dict[Path, tuple[bytes, dict]] = {}
+_BUILT: dict[Path, dict] = {}     # classifications built from that parse (read-only to callers)
+
+
 class ClassificationCache:
     """Solver-derived classifications on disk, per profile, under ``<root>/<model_key()>/``:
     ``<profile>.json`` holds every answer (value, verdict, note) and the assumptions,
@@ -102,14 +108,23 @@ class ClassificationCache:
         return self.root / model_key() / f"{profile}{what}.json"
 
     def _read(self, profile: str, what: str = "") -> dict:
+        """The file's ``forms`` (callers must not change it: it may be the parsed copy that
+        later reads of the unchanged file share)."""
+        path = self.path(profile, what)
         try:
-            doc = json.loads(self.path(profile, what).read_text(encoding="utf-8"))
+            raw = path.read_bytes()
+            hit = _PARSED.get(path)
+            if hit is not None and hit[0] == raw:
+                return hit[1]
+            _BUILT.pop(path, None)
+            doc = json.loads(raw.decode("utf-8"))
         except (OSError, ValueError, RecursionError):
             return {}
         if not (isinstance(doc, dict) and doc.get("format") == CACHE_FORMAT
                 and doc.get("key") == model_key() and doc.get("profile") == profile
                 and isinstance(doc.get("forms"), dict)):
             return {}
+        _PARSED[path] = (raw, doc["forms"])
         return doc["forms"]
 
     def load(self, profile: Profile | str, witnesses: bool = False) -> dict[str, Classification]:
@@ -121,19 +136,21 @@ class ClassificationCache:
         wits = self._read(prof.name, ".witnesses") if witnesses else {}
         out = {}
         for name, entry in self._read(prof.name).items():
-            try:
-                form = isa.get(name)
-                w = _int_keys(wits[name]) if witnesses else {}
-                answers = {cls: Answer(a["class"], a["value"], a["verdict"], w.get(cls),
-                                       float(a["seconds"]), a["note"])
-                           for cls, a in entry["answers"].items()}
-                c = Classification(form, prof, answers, tuple(entry["assumptions"]))
-                c["privileged"], c["sensitive"], c["user_sensitive"]  # all present
-            except (KeyError, TypeError, ValueError, AttributeError):
-                continue  # a damaged or incomplete entry is derived again
-            if _decided(c):
+            if witnesses and name not in wits:
+                continue  # derived again, with its witnesses
+            c = _entry(prof, name, entry, _int_keys(wits[name]) if witnesses else {})
+            if c is not None:
                 out[name] = c
         return out
+
+    def lazy(self, profile: Profile | str) -> "Lazy":
+        """The cached classifications of ``profile`` (no witnesses), each built when asked for:
+        a scan needs only the forms its guest contains."""
+        prof = profiles.get(profile) if isinstance(profile, str) else profile
+        if not self.enabled:
+            return Lazy(prof, {}, {})
+        raw = self._read(prof.name)
+        return Lazy(prof, raw, _BUILT.setdefault(self.path(prof.name), {}) if raw else {})
 
     def store(self, profile: Profile | str, results: Iterable[Classification]) -> None:
         name = profile if isinstance(profile, str) else profile.name
@@ -148,13 +165,54 @@ class ClassificationCache:
             self.path(name).parent.mkdir(parents=True, exist_ok=True)
             # Witnesses first: an answer file never names a form whose witnesses are missing.
             for what, new in ((".witnesses", wits), ("", answers)):
-                forms = self._read(name, what)      # merge with what another process added
+                forms = dict(self._read(name, what))    # merge with what another process added
                 forms.update(new)
                 doc = {"format": CACHE_FORMAT, "key": model_key(), "z3": z3.get_version_string(),
                        "profile": name, "forms": forms}
                 atomic_write(self.path(name, what), json.dumps(doc, sort_keys=True).encode())
         except OSError as e:
             self.note = f"classification cache not written ({self.path(name)}: {e.strerror or e})"
+
+
+def _entry(prof: Profile, name: str, entry: Any, wits: dict) -> Classification | None:
+    """The classification a cache entry holds, or None if it is damaged, incomplete or undecided
+    (it is then derived again)."""
+    try:
+        answers = {cls: Answer(a["class"], a["value"], a["verdict"], wits.get(cls),
+                               float(a["seconds"]), a["note"])
+                   for cls, a in entry["answers"].items()}
+        c = Classification(isa.get(name), prof, answers, tuple(entry["assumptions"]))
+        c["privileged"], c["sensitive"], c["user_sensitive"]  # all present
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return c if _decided(c) else None
+
+
+class Lazy:
+    """Cached classifications of one profile by form name, built on first use; ``add`` puts
+    freshly derived ones beside them."""
+
+    def __init__(self, prof: Profile, raw: dict, built: dict):
+        self._prof, self._raw, self._built, self._new = prof, raw, built, {}
+
+    def get(self, name: str) -> Classification | None:
+        c = self._new.get(name) or self._built.get(name, _MISSING)
+        if c is _MISSING or (c is not None and c.profile is not self._prof):
+            entry = self._raw.get(name)
+            c = self._built[name] = None if entry is None else _entry(self._prof, name, entry, {})
+        return c
+
+    def __getitem__(self, name: str) -> Classification:
+        c = self.get(name)
+        if c is None:
+            raise KeyError(name)
+        return c
+
+    def add(self, results: Iterable[Classification]) -> None:
+        self._new.update({c.form.name: c for c in results})
+
+
+_MISSING = object()
 
 
 def classifications(profile: Profile | str, forms: Iterable[str], cache: ClassificationCache | None = None,

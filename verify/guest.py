@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import bisect
 import io
-import operator
 import os
 import re
 import zlib
-from collections import Counter, defaultdict
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import accumulate, compress
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import capstone
+import numpy as np
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
@@ -112,9 +111,11 @@ class Guest:
     def symbolize(self, addr: int, section: str | None = None) -> str | None:
         """``"func+0x12"`` for the nearest symbol at or before ``addr`` in its section, else None."""
         sec = self.section_at(addr, section)
-        if sec is None:
-            return None
-        addrs, syms = self._index.get(sec.name, ([], []))
+        return None if sec is None else self.label(sec.name, addr)
+
+    def label(self, section: str, addr: int) -> str | None:
+        """``symbolize`` for an address known to lie in ``section``."""
+        addrs, syms = self._index.get(section, ([], []))
         i = bisect.bisect_right(addrs, addr) - 1
         if i < 0:
             return None
@@ -366,115 +367,144 @@ def _capstone() -> capstone.Cs:
     return md
 
 
+_IDLE: list[capstone.Cs] = []   # handles not in use: opening one costs more than a small section
+
+
+def _handle() -> capstone.Cs:
+    try:
+        return _IDLE.pop()
+    except IndexError:
+        return _capstone()
+
+
 def _layout():
-    """Where Capstone's cs_insn array keeps id, size, mnemonic and op_str, to read it in place:
-    the Python binding builds a ctypes object per instruction, which costs more than decoding."""
+    """Capstone's C entry points and where its cs_insn array keeps id and size, to read them in
+    place: the Python binding builds a ctypes object per instruction, which costs more than
+    decoding it."""
     try:
         import ctypes
         from capstone import _cs, _cs_insn
         size = ctypes.sizeof(_cs_insn)
-        f = {n: (getattr(_cs_insn, n).offset, getattr(_cs_insn, n).size)
-             for n in ("id", "size", "mnemonic", "op_str")}
+        f = {n: (getattr(_cs_insn, n).offset, getattr(_cs_insn, n).size) for n in ("id", "size")}
     except (ImportError, AttributeError):
         return None
     if size % 4 or f["id"] != (0, 4) or f["size"][1] != 2 or f["size"][0] % 2:
         return None  # another binding layout: use the public API
-    return _cs, _cs_insn, ctypes, size, f
+    return _cs, _cs_insn, ctypes, size, f["size"][0]
 
 
 _LAYOUT = _layout()
+# Instructions per cs_disasm call.  One call over a whole section grows its result array by
+# realloc, copying it again and again; chunks, each freed at once, decode tboot in half the time.
+_CHUNK = 4096
 
 
-class _Run:
-    """One Capstone pass over ``code`` at ``addr``: sizes, ids (0 = undecodable byte), text(i).
+class _Run(NamedTuple):
+    """One Capstone pass: each instruction's size and Capstone id (0: an undecodable byte)."""
 
-    The constructor does the decoding; through ctypes it runs without the GIL, so runs over
-    different parts of a section can proceed on several cores.
-    """
+    sizes: np.ndarray
+    ids: np.ndarray
 
-    def __init__(self, code: bytes, addr: int, fast: bool):
-        md = _capstone()
-        self._md = md       # keep the handle open while its results are read
-        self._arr = None
-        self.n = 0
+
+def _run(code: bytes, addr: int, fast: bool) -> _Run:
+    """Decode ``code`` at ``addr``.  Through ctypes (``fast``) Capstone runs without the GIL, so
+    runs over different parts of a section can proceed on several cores."""
+    md = _handle()
+    try:
         if not fast:
-            self._recs = recs = list(md.disasm_lite(code, addr))
-            self.sizes = [r[1] for r in recs]
-            self.ids = [0 if r[2] == ".byte" else 1 for r in recs]
-            return
-        _cs, _cs_insn, ctypes, size, f = _LAYOUT
-        arr = ctypes.POINTER(_cs_insn)()
-        n = _cs.cs_disasm(md.csh, code, len(code), addr, 0, ctypes.byref(arr))
-        if n == 0:
-            err = _cs.cs_errno(md.csh)
-            if err:
-                raise capstone.CsError(err)
-            self.sizes, self.ids = [], []
-            return
-        self._arr, self.n = arr, n
-        raw = (ctypes.c_char * (n * size)).from_address(ctypes.addressof(arr.contents))
-        self._mv = mv = memoryview(raw).cast("B")
-        self.sizes = mv.cast("H")[f["size"][0] // 2::size // 2].tolist()
-        self.ids = mv.cast("I")[0::size // 4].tolist()
-
-    def text(self, i: int) -> tuple[str, str]:
-        if self._arr is None:
-            r = self._recs[i]
-            return r[2], r[3]
-        size, f = _LAYOUT[3], _LAYOUT[4]
-        (mo, mn), (oo, on) = f["mnemonic"], f["op_str"]
-        mv = self._mv
-        return _cstr(mv, i * size + mo, mn), _cstr(mv, i * size + oo, on)
-
-    def mnemonic(self, i: int) -> str:
-        if self._arr is None:
-            return self._recs[i][2]
-        mo, mn = _LAYOUT[4]["mnemonic"]
-        return _cstr(self._mv, i * _LAYOUT[3] + mo, mn)
-
-    def close(self) -> None:
-        if self._arr is not None:
-            _LAYOUT[0].cs_free(self._arr, self.n)
-            self._arr = None  # text() must not read the freed array
+            recs = [(r.size, r.id) for r in md.disasm(code, addr)]
+            return _Run(np.array([r[0] for r in recs], np.int64), np.array([r[1] for r in recs], np.int64))
+        _cs, _cs_insn, ctypes, size, at = _LAYOUT
+        buf = (ctypes.c_char * max(len(code), 1)).from_buffer_copy(code or b"\0")
+        start, off = ctypes.addressof(buf), 0
+        sizes, ids = [], []
+        while off < len(code):
+            arr = ctypes.POINTER(_cs_insn)()
+            n = _cs.cs_disasm(md.csh, ctypes.cast(start + off, ctypes.POINTER(ctypes.c_char)),
+                              len(code) - off, addr + off, _CHUNK, ctypes.byref(arr))
+            if n == 0:
+                err = _cs.cs_errno(md.csh)
+                if err:
+                    raise capstone.CsError(err)
+                break
+            try:
+                raw = (ctypes.c_char * (n * size)).from_address(ctypes.addressof(arr.contents))
+                a = np.frombuffer(raw, np.uint8)
+                sizes.append(a.view(np.uint16)[at // 2::size // 2].astype(np.int64))
+                ids.append(a.view(np.uint32)[0::size // 4].astype(np.int64))
+            finally:
+                _cs.cs_free(arr, n)
+            off += int(sizes[-1].sum())
+            if n < _CHUNK:
+                break
+    finally:
+        _IDLE.append(md)
+    empty = np.zeros(0, np.int64)
+    return _Run(np.concatenate(sizes) if sizes else empty, np.concatenate(ids) if ids else empty)
 
 
-def _cstr(mv: memoryview, start: int, n: int) -> str:
-    return bytes(mv[start:start + n]).split(b"\0", 1)[0].decode("ascii", "replace")
+def _text(code: bytes, addr: int) -> tuple[str, str]:
+    """Capstone's mnemonic and operands for the one instruction ``code`` at ``addr``.  Only the
+    instructions a scan reports are printed: printing is most of what Capstone does."""
+    md = _handle()
+    try:
+        if _LAYOUT is None:
+            for _, _, mnem, op in md.disasm_lite(code, addr, 1):
+                return mnem, op
+        else:
+            _cs, _cs_insn, ctypes = _LAYOUT[:3]
+            arr = ctypes.POINTER(_cs_insn)()
+            if _cs.cs_disasm(md.csh, code, len(code), addr, 1, ctypes.byref(arr)):
+                try:
+                    i = arr[0]
+                    return i.mnemonic.decode("ascii", "replace"), i.op_str.decode("ascii", "replace")
+                finally:
+                    _cs.cs_free(arr, 1)
+    finally:
+        _IDLE.append(md)
+    raise RuntimeError(f"Capstone printed nothing for {code.hex()} at {addr:#x}")  # skipdata is on
+
+
+_TEXTS: dict[bytes, tuple[str, str] | None] = {}  # by bytes; None: the text depends on the address
+
+
+def _text_at(code: bytes, addr: int) -> tuple[str, str]:
+    """``_text``, remembered for instructions that Capstone prints alike at any address (all but
+    relative branches, whose targets it prints as addresses): a guest repeats its sites."""
+    t = _TEXTS.get(code, _MISS)
+    if t is None:
+        return _text(code, addr)
+    if t is _MISS:
+        t = _text(code, addr)
+        if len(_TEXTS) >= 1 << 16:
+            _TEXTS.clear()
+        _TEXTS[code] = t if _text(code, (addr + 0x10000) & 0xFFFFFFFF) == t else None
+    return t
+
+
+def _offsets(sizes: np.ndarray, start: int) -> np.ndarray:
+    offs = np.empty(len(sizes) + 1, np.int64)
+    offs[0] = start
+    np.cumsum(sizes, out=offs[1:])
+    offs[1:] += start
+    return offs
 
 
 class _Stream:
-    """Consecutive instructions: offs[i] is instruction i's offset in the section, offs[i+1] its
-    end; text(i) reads Capstone's mnemonic and operands from the run that decoded it."""
+    """Consecutive instructions of a section: offs[i] is instruction i's offset in the section,
+    offs[i+1] its end; sizes and ids as in ``_Run``."""
 
     def __init__(self, parts: list[tuple[_Run, int, int]], start: int):
-        self.sizes: list[int] = []
-        self.ids: list[int] = []
-        self._parts = []            # (first index here, run, index in run)
-        for run, lo, hi in parts:
-            self._parts.append((len(self.sizes), run, lo))
-            self.sizes += run.sizes[lo:hi]
-            self.ids += run.ids[lo:hi]
-        self._firsts = [p[0] for p in self._parts]
-        self.offs = list(accumulate(self.sizes, initial=start))
-
-    def _at(self, i: int) -> tuple[_Run, int]:
-        first, run, lo = self._parts[bisect.bisect_right(self._firsts, i) - 1]
-        return run, lo + i - first
-
-    def text(self, i: int) -> tuple[str, str]:
-        run, j = self._at(i)
-        return run.text(j)
-
-    def mnemonic(self, i: int) -> str:
-        run, j = self._at(i)
-        return run.mnemonic(j)
+        self.sizes = np.concatenate([run.sizes[lo:hi] for run, lo, hi in parts])
+        self.ids = np.concatenate([run.ids[lo:hi] for run, lo, hi in parts])
+        self.offs = _offsets(self.sizes, start)
 
 
 _PARALLEL_MIN = 64 << 10    # sections smaller than this are decoded in one call
 _JOIN = 4096                # bytes a piece decodes past its end to meet the next piece
 
 
-def _linear(data: bytes, base: int, fast: bool, jobs: int, runs: list[_Run]) -> _Stream:
+def _linear(data: bytes, base: int, fast: bool, jobs: int) -> _Stream:
     """The linear sweep of ``data``, decoded in ``jobs`` pieces at once when it is large.
 
     Piece k+1 starts at a guessed offset; piece k decodes past it until both meet at a common
@@ -485,13 +515,11 @@ def _linear(data: bytes, base: int, fast: bool, jobs: int, runs: list[_Run]) -> 
         cuts = [len(data) * k // pieces for k in range(pieces)] + [len(data)]
         spans = [(cuts[k], min(cuts[k + 1] + _JOIN, len(data))) for k in range(pieces)]
         with ThreadPoolExecutor(pieces) as pool:
-            done = list(pool.map(lambda sp: _Run(data[sp[0]:sp[1]], base + sp[0], fast), spans))
-        runs.extend(done)
+            done = list(pool.map(lambda sp: _run(data[sp[0]:sp[1]], base + sp[0], fast), spans))
         parts = _join(done, spans, len(data))
         if parts is not None:
             return _Stream(parts, 0)
-    run = _Run(data, base, fast)
-    runs.append(run)
+    run = _run(data, base, fast)
     return _Stream([(run, 0, len(run.sizes))], 0)
 
 
@@ -500,24 +528,23 @@ def _join(done: list[_Run], spans: list[tuple[int, int]], total: int):
     parts = []
     lo = 0
     for k, run in enumerate(done):
-        offs = list(accumulate(run.sizes, initial=spans[k][0]))
+        offs = _offsets(run.sizes, spans[k][0])
         if k + 1 == len(done):
             parts.append((run, lo, len(run.sizes)))
             break
-        nxt = done[k + 1]
         nstart, trusted = spans[k + 1][0], spans[k][1] - (MAX_INSN - 1)
         if spans[k][1] == total:
             trusted = total
         # every instruction is at least one byte, so _JOIN instructions cover _JOIN bytes
-        nxt_list = list(accumulate(nxt.sizes[:_JOIN], initial=nstart))
-        nxt_offs = set(nxt_list)
-        i = max(bisect.bisect_left(offs, nstart), lo)
-        while i < len(run.sizes) and offs[i] < trusted and offs[i] not in nxt_offs:
-            i += 1
-        if i >= len(run.sizes) or offs[i] >= trusted:
+        nxt = _offsets(done[k + 1].sizes[:_JOIN], nstart)
+        i0 = max(int(np.searchsorted(offs, nstart)), lo)
+        cand = offs[i0:len(run.sizes)]
+        meet = np.flatnonzero(np.isin(cand, nxt))
+        if not len(meet) or cand[meet[0]] >= trusted:    # the first common boundary
             return None
+        i = i0 + int(meet[0])
         parts.append((run, lo, i))
-        lo = bisect.bisect_left(nxt_list, offs[i])
+        lo = int(np.searchsorted(nxt, offs[i]))
     return parts
 
 
@@ -535,38 +562,33 @@ def _sweep(guest: Guest, sec: Section, fast: bool | None = None, jobs: int | Non
     jobs = min(os.cpu_count() or 1, 4) if jobs is None else max(1, jobs)
     data, base = sec.data, sec.addr
     syncs = [a - base for a in guest.sync_points(sec) if base < a < sec.end]
-    runs: list[_Run] = []
 
     def alone(start: int, stop: int):
-        run = _Run(data[start:stop], base + start, fast)
-        runs.append(run)
+        run = _run(data[start:stop], base + start, fast)
         st = _Stream([(run, 0, len(run.sizes))], start)
         return st, 0, len(st.sizes)
 
-    try:
-        main = _linear(data, base, fast, jobs, runs)
-        offs, n = main.offs, len(main.sizes)
-        aligned = {p for p in syncs if offs[bisect.bisect_left(offs, p, 0, n)] == p}
-        bounds = syncs + [len(data)]
-        i = 0                                   # main is emitted up to instruction i
-        for k, p in enumerate(syncs):
-            if p in aligned or p < offs[i]:
-                continue
-            j = bisect.bisect_right(offs, p, i, n) - 1  # the instruction p falls inside
-            yield main, i, j
-            yield alone(offs[j], p)
-            while True:                          # fresh runs until a symbol the sweep reached
-                q = bounds[k + 1]
-                yield alone(p, q)
-                k += 1
-                if q == len(data) or q in aligned:
-                    break
-                p = q
-            i = bisect.bisect_left(offs, q, j, n)
-        yield main, i, n
-    finally:
-        for run in runs:
-            run.close()
+    main = _linear(data, base, fast, jobs)
+    offs, n = main.offs, len(main.sizes)
+    at = np.minimum(np.searchsorted(offs, syncs), n)
+    aligned = set(np.asarray(syncs)[offs[at] == syncs].tolist()) if syncs else set()
+    bounds = syncs + [len(data)]
+    i = 0                                   # main is emitted up to instruction i
+    for k, p in enumerate(syncs):
+        if p in aligned or p < offs[i]:
+            continue
+        j = int(np.searchsorted(offs[:n], p, "right")) - 1  # the instruction p falls inside
+        yield main, i, j
+        yield alone(int(offs[j]), p)
+        while True:                          # fresh runs until a symbol the sweep reached
+            q = bounds[k + 1]
+            yield alone(p, q)
+            k += 1
+            if q == len(data) or q in aligned:
+                break
+            p = q
+        i = int(np.searchsorted(offs[:n], q))
+    yield main, i, n
 
 
 def decode(guest: Guest, fast: bool | None = None, jobs: int | None = None) -> Iterator[Insn]:
@@ -578,18 +600,31 @@ def decode(guest: Guest, fast: bool | None = None, jobs: int | None = None) -> I
     for sec in guest.sections:
         data, base, name = sec.data, sec.addr, sec.name
         for st, lo, hi in _sweep(guest, sec, fast, jobs):
-            offs, ids = st.offs, st.ids
-            for i in range(lo, hi):
+            if lo == hi:
+                continue
+            offs, ids = st.offs.tolist(), st.ids.tolist()
+            # The text of a whole part at once: decoding its bytes again from its first
+            # instruction meets the same boundaries (no instruction reads past its own bytes).
+            md = _handle()
+            try:
+                texts = list(md.disasm_lite(data[offs[lo]:offs[hi]], base + offs[lo]))
+            finally:
+                _IDLE.append(md)
+            if [t[1] for t in texts] != st.sizes[lo:hi].tolist():
+                raise RuntimeError(f"Capstone decoded {name} at {base + offs[lo]:#x} differently twice")
+            for i, (_, _, mnem, op) in zip(range(lo, hi), texts):
                 code = data[offs[i]:offs[i + 1]]
-                if ids[i]:
-                    yield Insn(base + offs[i], name, code, *st.text(i))
-                else:
-                    yield Insn(base + offs[i], name, code, UNDECODABLE, "")
+                yield Insn(base + offs[i], name, code, *((mnem, op) if ids[i] else (UNDECODABLE, "")))
 
 
 # --- matching instances to forms -----------------------------------------------------------------
 
 _PASS_PREFIX = frozenset(SEG_PREFIX) | frozenset(REP_PREFIX)
+_PASS_T = np.zeros(256, bool)
+_PASS_T[list(_PASS_PREFIX)] = True
+_SIB_T = np.zeros(256, bool)
+_SIB_T[[m for m in range(256) if m & 0xC7 in (0x04, 0x44, 0x84)]] = True   # mod != 3, rm = 4
+_MASK = np.array([(1 << 8 * k) - 1 for k in range(8)], np.uint64)
 _MISS = object()
 _MNEMONIC_PREFIXES = frozenset({"rep", "repe", "repz", "repne", "repnz", "lock", "bnd", "notrack"})
 
@@ -626,7 +661,61 @@ class _Matcher:
                        for k, v in self.index.items()}
         self.cache: dict[tuple[bytes, bytes, int], Form | None] = {}
         self.by_code: dict[bytes, Form | None] = {}     # the same answers, by whole instruction
+        self.by_shape: dict[int, Form | None] = {}      # ... and by a key of ``shapes``
+        self.names: dict[tuple, str] = {}               # Capstone's mnemonic by (shape, id)
         self.md: capstone.Cs | None = None
+        self._tables: tuple[np.ndarray, np.ndarray] | None = None
+
+    def shapes(self, blob: np.ndarray, starts: np.ndarray, sizes: np.ndarray):
+        """The shape of every instruction at once, as one integer each, for grouping.
+
+        Instructions with equal keys get the same answer from ``self``: a key keeps the bytes
+        ``__call__`` reads for its cache key (prefixes, opcode, ModRM, the SIB byte a ModRM
+        calls for) and the length.  ``blob`` holds the instructions (and 8 bytes of padding);
+        an instruction whose shape runs into its 8th byte has no key (``exact`` is True) and
+        must be matched on its own bytes.
+        """
+        if self._tables is None:
+            # Rows: one-byte keys, then 0F xx, then 66 xx (the only bytes _key reads two of
+            # once REP and segment prefixes are skipped).
+            span = np.empty(768, np.int64)
+            sib_last = np.zeros(768, bool)
+            for t in range(768):
+                k = bytes([t]) if t < 256 else bytes([0x0F if t < 512 else 0x66, t & 0xFF])
+                span[t] = self.span.get(k, len(k))   # no candidates: unmodelled whatever follows
+                sib_last[t] = k in self.index and self.span[k] - 1 in self.sib_at[k]
+            self._tables = span, sib_last
+        span_t, sib_last_t = self._tables
+        n = len(starts)
+        first8 = np.ndarray((len(blob) - 7,), "<u8", buffer=blob, strides=(1,))[starts]
+        b = first8.view(np.uint8).reshape(n, 8)
+        i = np.zeros(n, np.int64)                   # leading REP and segment prefixes
+        more = np.flatnonzero(_PASS_T[b[:, 0]])
+        for j in range(1, 9):                       # few instructions have any: narrow each round
+            i[more] += 1
+            more = more[(sizes[more] > j) & _PASS_T[b[more, min(j, 7)]]] if j < 8 else more[:0]
+            if not len(more):
+                break
+        b0, b1 = b[:, 0].astype(np.int64), b[:, 1].astype(np.int64)
+        pre = np.flatnonzero(i)
+        if len(pre):
+            ic = np.minimum(i[pre], 6)
+            b0[pre], b1[pre] = b[pre, ic], b[pre, ic + 1]
+        two = (b0 == 0x0F) | (b0 == 0x66)
+        t = np.where(two, np.where(b0 == 0x66, 512, 256) + b1, b0)
+        end = i + span_t[t]
+        modrm = b[np.arange(n), np.minimum(end - 1, 7)]
+        sib = sib_last_t[t] & (end < sizes) & _SIB_T[modrm]
+        exact = (end + sib > 7) | (i + two >= sizes)
+        keep = np.minimum(end + sib, sizes).clip(0, 7)
+        keys = (first8 & _MASK[keep]) | (sizes.astype(np.uint64) << np.uint64(56))
+        return keys, exact
+
+    def remember(self, shape: int, f: Form | None) -> Form | None:
+        if len(self.by_shape) >= 1 << 20:
+            self.by_shape.clear()
+        self.by_shape[shape] = f
+        return f
 
     def __call__(self, code: bytes) -> Form | None:
         f = self.by_code.get(code, _MISS)
@@ -750,90 +839,147 @@ def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
          fast: bool | None = None, jobs: int | None = None) -> ScanResult:
     """Find every instance of a form in ``guest``; those with violated classes are sites.
 
-    The per-instruction work is a dictionary look-up by instruction bytes: matching, Capstone's
-    mnemonic and the classification are computed once per distinct byte string.
+    Per instruction the work is array arithmetic (``_Matcher.shapes``): matching, Capstone's
+    mnemonic and the classification are computed once per instruction shape, and Python runs
+    per instruction only for those reported.
     """
     matcher = _current()
-    # bytes -> [form name or None, classes (None: unmodelled), mnemonic, count]
-    seen: dict[bytes, list] = {}
-    verdict: dict[str, tuple[str, ...]] = {}
-    groups: dict[str, list] = {}            # unmodelled mnemonic -> [first addresses, example]
-    sites: list[Site] = []
-    bad_first: list[int] = []
-    bad = 0
-    for sec in guest.sections:
-        data, base, name = sec.data, sec.addr, sec.name
+    starts, sizes, ids, addrs, secs = [], [], [], [], []
+    blob, at = [], 0
+    for k, sec in enumerate(guest.sections):
         for st, lo, hi in _sweep(guest, sec, fast, jobs):
-            # Per-instruction work stays in C (map, Counter, compress); Python runs once per
-            # distinct byte string and once per instruction that is reported.
-            ids, offs = st.ids, st.offs
-            codes = list(map(data.__getitem__, map(slice, offs[lo:hi], offs[lo + 1:hi + 1])))
-            counts = Counter(codes)
-            for k in compress(range(lo, hi), map(operator.not_, ids[lo:hi])):
-                bad += 1
-                counts[codes[k - lo]] -= 1
-                if len(bad_first) < 5:
-                    bad_first.append(base + offs[k])
-            interesting = set()
-            unmodelled = []
-            for code, c in counts.items():
-                e = seen.get(code)
-                if e is None:
-                    if c <= 0:
-                        continue
-                    e = seen[code] = _entry(matcher, code, classify, verdict)
-                e[3] += c
-                if e[1] is None:
-                    unmodelled.append(code)
-                elif e[1]:
-                    interesting.add(code)
-            if unmodelled:
-                # Each distinct unmodelled encoding is reported at its first address; a map from
-                # bytes to first index, built in C, spares a Python step per unmodelled instance.
-                first_at = dict(zip(reversed(codes), reversed(range(lo, hi))))
-                for code in unmodelled:
-                    k = first_at[code]
-                    if not ids[k]:
-                        continue
-                    e = seen[code]
-                    if e[2] is None:  # Capstone's mnemonic names the group
-                        e[2] = st.mnemonic(k)
-                    g = groups.get(e[2])
-                    if g is None:
-                        mnem, op = st.text(k)
-                        groups[e[2]] = [[base + offs[k]], f"{code.hex()}  {mnem} {op}".rstrip()]
-                    else:
-                        g[0].append(base + offs[k])
-            if not interesting:
-                continue
-            for k in compress(range(lo, hi), map(interesting.__contains__, codes)):
-                if not ids[k]:
-                    continue
-                code = codes[k - lo]
-                e = seen[code]
-                addr = base + offs[k]
-                mnem, op = st.text(k)
-                sites.append(Site(addr, name, guest.symbolize(addr, name), code.hex(),
-                                  f"{mnem} {op}".rstrip(), mnem, e[0], e[1]))
+            offs = st.offs[lo:hi]
+            starts.append(offs + at)
+            addrs.append(offs + sec.addr)
+            sizes.append(st.sizes[lo:hi])
+            ids.append(st.ids[lo:hi])
+            secs.append(np.full(hi - lo, k, np.int64))
+        blob += [sec.data, bytes(8)]
+        at += len(sec.data) + 8
+    data = b"".join(blob)
+    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64))
+    starts, sizes, ids, addrs, secs = cat(starts), cat(sizes), cat(ids), cat(addrs), cat(secs)
+
+    def text(k: int) -> tuple[str, str]:
+        return _text_at(data[starts[k]:starts[k] + sizes[k]], int(addrs[k]))
+
+    ok = ids != 0
+    bad_at = np.flatnonzero(~ok)
+    keys, exact = matcher.shapes(np.frombuffer(data, np.uint8), starts, sizes)
+    # A label per shape, then one per distinct encoding too long for a shape (matched alone).
+    label = np.full(len(starts), -1, np.int64)
+    grouped = np.flatnonzero(ok & ~exact)
+    inv, rep = _group(keys[grouped])
+    label[grouped] = inv
+    reps = grouped[rep].tolist()
+    memo: list = keys[grouped[rep]].tolist()    # what the matcher's memos are keyed by
+    found = [matcher.by_shape.get(k, _MISS) for k in memo]
+    for u, f in enumerate(found):
+        if f is _MISS:
+            k = reps[u]
+            found[u] = matcher.remember(memo[u], matcher(data[starts[k]:starts[k] + sizes[k]]))
+    lone: dict[bytes, int] = {}
+    for k in np.flatnonzero(ok & exact).tolist():
+        code = data[starts[k]:starts[k] + sizes[k]]
+        if code not in lone:
+            lone[code] = len(reps)
+            reps.append(k)
+            memo.append(code)
+            found.append(matcher(code))
+        label[k] = lone[code]
+    verdict: dict[str, tuple[str, ...]] = {}
+    entries = [(None, None) if f is None else (f.name, _judge(f.name, classify, verdict))
+               for f in found]
+    counts = np.bincount(label[ok], minlength=len(entries)).tolist()
     forms: dict[str, int] = defaultdict(int)
-    unmod: dict[str, int] = defaultdict(int)
-    for fname, cls, mnem, count in seen.values():
-        if cls is None:
-            unmod[mnem] += count
-        else:
-            forms[fname] += count
-    out = sorted((Unmodelled(m, c, tuple(sorted(groups[m][0])[:5]), groups[m][1]) for m, c in unmod.items()),
-                 key=lambda u: (-u.count, u.mnemonic))
-    total = sum(e[3] for e in seen.values())
-    return ScanResult(guest.path, total, bad, tuple(bad_first), tuple(sites), tuple(out),
+    for (fname, cls), c in zip(entries, counts):
+        if cls is not None:
+            forms[fname] += c
+    hit = np.array([bool(cls) for _, cls in entries] + [False], bool)
+    sites = []
+    for k in np.flatnonzero(hit[label]).tolist():
+        code, (fname, cls) = data[starts[k]:starts[k] + sizes[k]], entries[label[k]]
+        mnem, op = text(k)
+        addr, name = int(addrs[k]), guest.sections[secs[k]].name
+        sites.append(Site(addr, name, guest.label(name, addr), code.hex(),
+                          f"{mnem} {op}".rstrip(), mnem, fname, cls))
+    none = np.array([cls is None for _, cls in entries] + [False], bool)
+    unmodelled = _unmodelled(matcher, np.flatnonzero(none[label]), label, memo, ids, starts,
+                             sizes, addrs, data, text)
+    return ScanResult(guest.path, int(ok.sum()), len(bad_at),
+                      tuple(addrs[bad_at[:5]].tolist()), tuple(sites), unmodelled,
                       dict(sorted(forms.items())))
 
 
-def _entry(matcher: "_Matcher", code: bytes, classify, verdict: dict) -> list:
-    f = matcher(code)
-    if f is None:
-        return [None, None, None, 0]
-    cls = verdict.get(f.name)
+_SPREAD = np.uint64(0x9E3779B97F4A7C15)    # Fibonacci hashing: the top 16 bits of key * this
+
+
+def _group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label equal keys alike: (label of each key, first index of each label), labels dense from 0.
+
+    What ``np.unique`` returns as inverse and index, without sorting 64-bit keys: a radix sort of
+    a 16-bit hash groups them, and only the few hash buckets holding two keys go to np.unique.
+    """
+    n = len(keys)
+    if not n:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    h = ((keys.astype(np.uint64) * _SPREAD) >> np.uint64(48)).astype(np.uint16)
+    order = np.argsort(h, kind="stable")       # by bucket, each in index order
+    sh, sk = h[order], keys[order]
+    start = np.empty(n, bool)
+    start[0] = True
+    np.not_equal(sh[1:], sh[:-1], out=start[1:])
+    bucket = np.cumsum(start) - 1
+    firsts = np.flatnonzero(start)
+    label = np.empty(n, np.int64)
+    shared = np.zeros(len(firsts), bool)        # buckets where two keys collide
+    shared[bucket[sk != sk[firsts][bucket]]] = True
+    if not shared.any():
+        label[order] = bucket
+        return label, order[firsts]
+    alone, mixed = ~shared[bucket], shared[bucket]
+    dense = np.cumsum(~shared) - 1
+    label[order[alone]] = dense[bucket[alone]]
+    at = order[mixed]
+    _, rep, inv = np.unique(keys[at], return_index=True, return_inverse=True)
+    label[at] = int((~shared).sum()) + inv
+    return label, np.concatenate([order[firsts[~shared]], at[rep]])
+
+
+def _unmodelled(matcher, at, label, memo, ids, starts, sizes, addrs, data, text):
+    """Instructions ``at`` (no form describes them) grouped by Capstone's mnemonic, which within
+    one shape is a function of Capstone's instruction id (the shape holds prefixes and opcode)."""
+    if not len(at):
+        return ()
+    inv, rep = _group((label[at] << 32) | ids[at])
+    names = []
+    for k in at[rep].tolist():
+        key = (memo[label[k]], int(ids[k]))
+        m = matcher.names.get(key)
+        if m is None:
+            if len(matcher.names) >= 1 << 20:
+                matcher.names.clear()
+            m = matcher.names[key] = text(k)[0]
+        names.append(m)
+    group_of: dict[str, int] = {}
+    group = np.array([group_of.setdefault(m, len(group_of)) for m in names], np.int64)[inv]
+    counts = np.bincount(group, minlength=len(group_of))
+    order = at[np.argsort(group, kind="stable")]     # by group, each in scan order
+    begin = (np.cumsum(counts) - counts).tolist()
+    out = []
+    for (m, g), c, b in zip(group_of.items(), counts.tolist(), begin):
+        first = order[b:b + min(c, 5)]
+        k = int(first[0])
+        mnem, op = text(k)
+        code = data[starts[k]:starts[k] + sizes[k]]
+        out.append(Unmodelled(m, c, tuple(addrs[first].tolist()), f"{code.hex()}  {mnem} {op}".rstrip()))
+    return tuple(sorted(out, key=lambda u: (-u.count, u.mnemonic)))
+
+
+def _judge(name: str, classify, verdict: dict) -> tuple[str, ...]:
+    """``classify(name)`` once per scan; a set comes back sorted, a sequence in its own order."""
+    cls = verdict.get(name)
     if cls is None:
-        cls = verdict[f.name] = tuple(sorted(classify(f.name)))
-    return [f.name, cls, "", 0]
+        got = classify(name)
+        cls = verdict[name] = tuple(sorted(got) if isinstance(got, (set, frozenset)) else got)
+    return cls

@@ -125,7 +125,7 @@ def scan_guest(g: Guest, profile: Profile | str = DEFAULT_PROFILE, cache: Classi
     t0 = time.perf_counter()
     prof = profiles.get(profile) if isinstance(profile, str) else profile
     cache = cache if cache is not None else ClassificationCache()
-    known = cache.load(prof)
+    known = cache.lazy(prof)
     pending: set[str] = set()
 
     def judge(name: str) -> tuple[str, ...]:
@@ -141,12 +141,11 @@ def scan_guest(g: Guest, profile: Profile | str = DEFAULT_PROFILE, cache: Classi
         derived = sorted(pending)
         new = classify_all(prof, derived, jobs=jobs, timeout_ms=timeout_ms, progress=progress)
         cache.store(prof, new)
-        known.update({c.form.name: c for c in new})
-    # Keep the sites whose form violates, with the classes in their own order (control, mode,
-    # location, user), which guest.scan sorted alphabetically (and which were pending above).
-    sites = tuple(dataclasses.replace(s, classes=violation(known[s.form]))
-                  for s in r.sites if violation(known[s.form]))
-    r = dataclasses.replace(r, sites=sites)
+        known.add(new)
+        # The sites of forms that were pending: kept with their classes if their form violates.
+        sites = tuple(dataclasses.replace(s, classes=violation(known[s.form]))
+                      for s in r.sites if violation(known[s.form]))
+        r = dataclasses.replace(r, sites=sites)
     verdicts = {n: known[n] for n in r.forms}
     return ScanReport(g, prof, r, verdicts, derived, time.perf_counter() - t0, cache.note)
 
