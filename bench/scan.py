@@ -30,7 +30,7 @@ TBOOT, TBOOT_SYMS = Path("/boot/tboot.gz"), Path("/boot/tboot-syms")
 INVADERS = Path("/boot/invaders.exec")
 CANDIDATES = ([INVADERS, TBOOT] + sorted(Path("/usr/lib/grub/i386-pc").glob("*.mod"))
               + sorted(Path("/usr/lib/syslinux/modules/bios").glob("*.c32")))
-N = 7
+N = 15
 
 
 def best(fn, n: int = N) -> float:

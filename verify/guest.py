@@ -959,7 +959,8 @@ def _unmodelled(matcher, at, label, memo, ids, starts, sizes, addrs, data, text)
         if m is None:
             if len(matcher.names) >= 1 << 20:
                 matcher.names.clear()
-            m = matcher.names[key] = text(k)[0]
+            # the mnemonic never depends on the address (a relative target is an operand)
+            m = matcher.names[key] = _text(data[starts[k]:starts[k] + sizes[k]], int(addrs[k]))[0]
         names.append(m)
     group_of: dict[str, int] = {}
     group = np.array([group_of.setdefault(m, len(group_of)) for m in names], np.int64)[inv]
