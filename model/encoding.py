@@ -97,8 +97,9 @@ def _le(b: bytes) -> int:
     return int.from_bytes(b, "little")
 
 
-def decode(enc: Encoding, code: bytes) -> Decoded:
-    """Decode ``code`` as an instance of ``enc``; raise EncodingError if it is not one."""
+def _read(enc: Encoding, code: bytes) -> tuple | str:
+    """The fields of ``Decoded`` for ``code`` as an instance of ``enc``, or why it is not one
+    (a string: matching many candidates costs no exceptions)."""
     i = 0
     prefixes: list[int] = []
     seg = rep = None
@@ -110,39 +111,39 @@ def decode(enc: Encoding, code: bytes) -> Decoded:
             rep = REP_PREFIX[code[i]]
         i += 1
     if rep is not None and not enc.rep_ok:
-        raise EncodingError(f"{rep.upper()} prefix: not an instance of this form")
+        return f"{rep.upper()} prefix: not an instance of this form"
     n = len(enc.opcode)
     body = code[i:i + n]
     if len(body) < n:
-        raise EncodingError("truncated opcode")
+        return "truncated opcode"
     reg = None
     if enc.plus_r:
         if body[:-1] != enc.opcode[:-1] or (body[-1] & 0xF8) != enc.opcode[-1]:
-            raise EncodingError("opcode does not match")
+            return "opcode does not match"
         reg = body[-1] & 7
         if enc.fixed_reg is not None and reg != enc.fixed_reg:
-            raise EncodingError("opcode register does not match")
+            return "opcode register does not match"
     elif body != enc.opcode:
-        raise EncodingError("opcode does not match")
+        return "opcode does not match"
     i += n
     mod = rm = base = index = None
     scale, disp = 1, 0
     if enc.modrm is not None:
         if i >= len(code):
-            raise EncodingError("truncated ModRM")
+            return "truncated ModRM"
         m = code[i]
         i += 1
         mod, reg, rm = m >> 6, (m >> 3) & 7, m & 7
         if enc.modrm != "r" and reg != int(enc.modrm):
-            raise EncodingError("ModRM.reg does not match the opcode extension")
+            return "ModRM.reg does not match the opcode extension"
         if enc.mod == "mem" and mod == 3:
-            raise EncodingError("register operand where memory is required")
+            return "register operand where memory is required"
         if enc.mod == "reg" and mod != 3:
-            raise EncodingError("memory operand where a register is required")
+            return "memory operand where a register is required"
         if mod != 3:
             if rm == 4:
                 if i >= len(code):
-                    raise EncodingError("truncated SIB")
+                    return "truncated SIB"
                 sib = code[i]
                 i += 1
                 scale = 1 << (sib >> 6)
@@ -159,7 +160,7 @@ def decode(enc: Encoding, code: bytes) -> Decoded:
             else:
                 base, dsz = rm, {0: 0, 1: 1, 2: 4}[mod]
             if i + dsz > len(code):
-                raise EncodingError("truncated displacement")
+                return "truncated displacement"
             raw = code[i:i + dsz]
             i += dsz
             disp = _le(raw)
@@ -170,7 +171,7 @@ def decode(enc: Encoding, code: bytes) -> Decoded:
     for t in enc.immediates:
         sz = IMM_SIZE[t]
         if i + sz > len(code):
-            raise EncodingError("truncated immediate")
+            return "truncated immediate"
         raw = code[i:i + sz]
         i += sz
         if t == "cp":
@@ -179,11 +180,23 @@ def decode(enc: Encoding, code: bytes) -> Decoded:
             imm = _le(raw)
         else:
             imm2 = _le(raw)
-    return Decoded(i, tuple(prefixes), seg, rep, mod, reg, rm, base, index, scale, disp, imm, imm2)
+    return (i, tuple(prefixes), seg, rep, mod, reg, rm, base, index, scale, disp, imm, imm2)
+
+
+def decode(enc: Encoding, code: bytes) -> Decoded:
+    """Decode ``code`` as an instance of ``enc``; raise EncodingError if it is not one."""
+    r = _read(enc, code)
+    if isinstance(r, str):
+        raise EncodingError(r)
+    return Decoded(*r)
 
 
 def matches(enc: Encoding, code: bytes) -> Decoded | None:
-    try:
-        return decode(enc, code)
-    except EncodingError:
-        return None
+    r = _read(enc, code)
+    return None if isinstance(r, str) else Decoded(*r)
+
+
+def instance_length(enc: Encoding, code: bytes) -> int | None:
+    """How many bytes of ``code`` an instance of ``enc`` takes, or None if it is not one."""
+    r = _read(enc, code)
+    return None if isinstance(r, str) else r[0]

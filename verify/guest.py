@@ -25,7 +25,7 @@ import numpy as np
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from pgvirt.model.encoding import REP_PREFIX, SEG_PREFIX, matches
+from pgvirt.model.encoding import REP_PREFIX, SEG_PREFIX, instance_length
 from pgvirt.model.form import REGISTRY, Form
 
 __all__ = ["GuestError", "FormConflict", "Section", "Symbol", "Guest", "Insn", "load_guest",
@@ -717,6 +717,14 @@ class _Matcher:
         self.by_shape[shape] = f
         return f
 
+    def decide(self, code: bytes) -> Form | None:
+        """What ``self(code)`` answers, worked out afresh (``scan`` remembers answers by shape)."""
+        i, n = 0, len(code)
+        while i < n and code[i] in _PASS_PREFIX:
+            i += 1
+        cands = self.index.get(_key(code[i:i + 2]))
+        return None if cands is None else self._match(code, cands, any(c in REP_PREFIX for c in code[:i]))
+
     def __call__(self, code: bytes) -> Form | None:
         f = self.by_code.get(code, _MISS)
         if f is not _MISS:
@@ -743,7 +751,7 @@ class _Matcher:
         return f
 
     def _match(self, code: bytes, cands: tuple[Form, ...], rep: bool) -> Form | None:
-        hits = [f for f in cands if (d := matches(f.enc, code)) is not None and d.length == len(code)]
+        hits = [f for f in cands if instance_length(f.enc, code) == len(code)]
         if len(hits) > 1:
             raise FormConflict(f"{code.hex()} matches forms {', '.join(f.name for f in hits)}")
         if not hits:
@@ -877,7 +885,7 @@ def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
     for u, f in enumerate(found):
         if f is _MISS:
             k = reps[u]
-            found[u] = matcher.remember(memo[u], matcher(data[starts[k]:starts[k] + sizes[k]]))
+            found[u] = matcher.remember(memo[u], matcher.decide(data[starts[k]:starts[k] + sizes[k]]))
     lone: dict[bytes, int] = {}
     for k in np.flatnonzero(ok & exact).tolist():
         code = data[starts[k]:starts[k] + sizes[k]]
@@ -885,7 +893,7 @@ def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
             lone[code] = len(reps)
             reps.append(k)
             memo.append(code)
-            found.append(matcher(code))
+            found.append(matcher.decide(code))
         label[k] = lone[code]
     verdict: dict[str, tuple[str, ...]] = {}
     entries = [(None, None) if f is None else (f.name, _judge(f.name, classify, verdict))

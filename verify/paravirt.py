@@ -112,15 +112,12 @@ class ScanReport:
         return reason(self.verdicts[form])
 
 
-_PENDING = "?pending"
-
-
 def scan_guest(g: Guest, profile: Profile | str = DEFAULT_PROFILE, cache: ClassificationCache | None = None,
                jobs: int | None = None, timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None) -> ScanReport:
     """Scan ``g``: its sites are the instances of forms that violate Theorem 1 under ``profile``.
 
-    One pass of ``guest.scan``: forms found in the cache are judged at once; the others are
-    collected, classified together afterwards (in parallel), and their instances kept or dropped.
+    Forms found in the cache are judged at once; the others are collected during the scan,
+    classified together (in parallel) and the guest is scanned again, now with every answer.
     """
     t0 = time.perf_counter()
     prof = profiles.get(profile) if isinstance(profile, str) else profile
@@ -132,7 +129,7 @@ def scan_guest(g: Guest, profile: Profile | str = DEFAULT_PROFILE, cache: Classi
         c = known.get(name)
         if c is None:
             pending.add(name)
-            return (_PENDING,)
+            return ()
         return violation(c)
 
     r = scan(g, judge)
@@ -142,10 +139,7 @@ def scan_guest(g: Guest, profile: Profile | str = DEFAULT_PROFILE, cache: Classi
         new = classify_all(prof, derived, jobs=jobs, timeout_ms=timeout_ms, progress=progress)
         cache.store(prof, new)
         known.add(new)
-        # The sites of forms that were pending: kept with their classes if their form violates.
-        sites = tuple(dataclasses.replace(s, classes=violation(known[s.form]))
-                      for s in r.sites if violation(known[s.form]))
-        r = dataclasses.replace(r, sites=sites)
+        r = scan(g, judge)
     verdicts = {n: known[n] for n in r.forms}
     return ScanReport(g, prof, r, verdicts, derived, time.perf_counter() - t0, cache.note)
 
