@@ -583,6 +583,23 @@ def test_group_is_np_unique():
     assert shared > 50
 
 
+@pytest.mark.parametrize("words", [3, 1])
+def test_scan_names_unmodelled_instructions_by_their_own_text(tmp_path, monkeypatch, words):
+    """One shape and one Capstone id may still print differently: LOCK shown or dropped (F0 F2 47
+    is "inc edi", F0 FE 02 "lock inc"), CMPPS's predicate in the mnemonic.  Random code holds
+    many such cases.  With one word of mnemonic kept, every mnemonic of 8 characters or more is
+    cut off and must be named by Capstone instance by instance."""
+    monkeypatch.setattr(G, "_MNEMONIC_WORDS", words)
+    blob = bytes.fromhex("f0f247" "f0fe02" "0fc2c103" "0fc2c100" "0fc2c107") * 3
+    blob += random.Random(11).randbytes(1 << 16)
+    g = load_guest(write(tmp_path, blob, "lock.bin"), raw=True, base=0x1000)
+    r = scan(g, toy_classify)
+    forms, sites, unmod, nbad, bad_first = reference_scan(g, toy_classify)
+    assert [(u.mnemonic, u.count, u.first, u.example) for u in r.unmodelled] == unmod
+    assert {"inc", "lock inc", "cmpunordps", "cmpeqps", "cmpordps"} <= {u.mnemonic for u in r.unmodelled}
+    assert r.forms == forms and len(r.sites) == len(sites) and r.undecodable == nbad
+
+
 ALL_GUESTS = sorted({*REAL, *GRUB.glob("*.mod"), *Path("/usr/lib/syslinux/modules/bios").glob("*.c32")})
 
 

@@ -385,25 +385,29 @@ def _layout():
         import ctypes
         from capstone import _cs, _cs_insn
         size = ctypes.sizeof(_cs_insn)
-        f = {n: (getattr(_cs_insn, n).offset, getattr(_cs_insn, n).size) for n in ("id", "size")}
+        f = {n: (getattr(_cs_insn, n).offset, getattr(_cs_insn, n).size)
+             for n in ("id", "size", "mnemonic")}
     except (ImportError, AttributeError):
         return None
     if size % 4 or f["id"] != (0, 4) or f["size"][1] != 2 or f["size"][0] % 2:
         return None  # another binding layout: use the public API
-    return _cs, _cs_insn, ctypes, size, f["size"][0]
+    return _cs, _cs_insn, ctypes, size, f["size"][0], f["mnemonic"]
 
 
 _LAYOUT = _layout()
+_MNEMONIC_WORDS = 3         # 24 bytes: "xrelease lock cmpxchg8b" and its NUL (Capstone keeps 32)
 # Instructions per cs_disasm call.  One call over a whole section grows its result array by
 # realloc, copying it again and again; chunks, each freed at once, decode tboot in half the time.
 _CHUNK = 4096
 
 
 class _Run(NamedTuple):
-    """One Capstone pass: each instruction's size and Capstone id (0: an undecodable byte)."""
+    """One Capstone pass: each instruction's size, Capstone id (0: an undecodable byte) and the
+    first ``_MNEMONIC_WORDS`` words of its mnemonic's C string (bytes after the NUL are junk)."""
 
     sizes: np.ndarray
     ids: np.ndarray
+    mnems: np.ndarray
 
 
 def _run(code: bytes, addr: int, fast: bool) -> _Run:
@@ -412,12 +416,17 @@ def _run(code: bytes, addr: int, fast: bool) -> _Run:
     md = _handle()
     try:
         if not fast:
-            recs = [(r.size, r.id) for r in md.disasm(code, addr)]
-            return _Run(np.array([r[0] for r in recs], np.int64), np.array([r[1] for r in recs], np.int64))
-        _cs, _cs_insn, ctypes, size, at = _LAYOUT
+            recs = [(r.size, r.id, r.mnemonic.encode()) for r in md.disasm(code, addr)]
+            rows = np.zeros((len(recs), 8 * _MNEMONIC_WORDS), np.uint8)
+            for k, r in enumerate(recs):
+                m = r[2][:8 * _MNEMONIC_WORDS]
+                rows[k, :len(m)] = np.frombuffer(m, np.uint8)
+            return _Run(np.array([r[0] for r in recs], np.int64),
+                        np.array([r[1] for r in recs], np.int64), rows.view(np.uint64))
+        _cs, _cs_insn, ctypes, size, at, (mo, mn) = _LAYOUT
         buf = (ctypes.c_char * max(len(code), 1)).from_buffer_copy(code or b"\0")
         start, off = ctypes.addressof(buf), 0
-        sizes, ids = [], []
+        sizes, ids, mnems = [], [], []
         while off < len(code):
             arr = ctypes.POINTER(_cs_insn)()
             n = _cs.cs_disasm(md.csh, ctypes.cast(start + off, ctypes.POINTER(ctypes.c_char)),
@@ -432,6 +441,7 @@ def _run(code: bytes, addr: int, fast: bool) -> _Run:
                 a = np.frombuffer(raw, np.uint8)
                 sizes.append(a.view(np.uint16)[at // 2::size // 2].astype(np.int64))
                 ids.append(a.view(np.uint32)[0::size // 4].astype(np.int64))
+                mnems.append(a.reshape(n, size)[:, mo:mo + 8 * _MNEMONIC_WORDS].copy().view(np.uint64))
             finally:
                 _cs.cs_free(arr, n)
             off += int(sizes[-1].sum())
@@ -439,8 +449,9 @@ def _run(code: bytes, addr: int, fast: bool) -> _Run:
                 break
     finally:
         _IDLE.append(md)
-    empty = np.zeros(0, np.int64)
-    return _Run(np.concatenate(sizes) if sizes else empty, np.concatenate(ids) if ids else empty)
+    if not sizes:
+        return _Run(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, _MNEMONIC_WORDS), np.uint64))
+    return _Run(np.concatenate(sizes), np.concatenate(ids), np.concatenate(mnems))
 
 
 def _text(code: bytes, addr: int) -> tuple[str, str]:
@@ -495,8 +506,13 @@ class _Stream:
     offs[i+1] its end; sizes and ids as in ``_Run``."""
 
     def __init__(self, parts: list[tuple[_Run, int, int]], start: int):
-        self.sizes = np.concatenate([run.sizes[lo:hi] for run, lo, hi in parts])
-        self.ids = np.concatenate([run.ids[lo:hi] for run, lo, hi in parts])
+        if len(parts) == 1:        # views, not copies
+            run, lo, hi = parts[0]
+            self.sizes, self.ids, self.mnems = run.sizes[lo:hi], run.ids[lo:hi], run.mnems[lo:hi]
+        else:
+            self.sizes = np.concatenate([run.sizes[lo:hi] for run, lo, hi in parts])
+            self.ids = np.concatenate([run.ids[lo:hi] for run, lo, hi in parts])
+            self.mnems = np.concatenate([run.mnems[lo:hi] for run, lo, hi in parts])
         self.offs = _offsets(self.sizes, start)
 
 
@@ -662,7 +678,6 @@ class _Matcher:
         self.cache: dict[tuple[bytes, bytes, int], Form | None] = {}
         self.by_code: dict[bytes, Form | None] = {}     # the same answers, by whole instruction
         self.by_shape: dict[int, Form | None] = {}      # ... and by a key of ``shapes``
-        self.names: dict[tuple, str] = {}               # Capstone's mnemonic by (shape, id)
         self.md: capstone.Cs | None = None
         self._tables: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -852,7 +867,7 @@ def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
     per instruction only for those reported.
     """
     matcher = _current()
-    starts, sizes, ids, addrs, secs = [], [], [], [], []
+    starts, sizes, ids, addrs, secs, mnems = [], [], [], [], [], []
     blob, at = [], 0
     for k, sec in enumerate(guest.sections):
         for st, lo, hi in _sweep(guest, sec, fast, jobs):
@@ -861,6 +876,7 @@ def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
             addrs.append(offs + sec.addr)
             sizes.append(st.sizes[lo:hi])
             ids.append(st.ids[lo:hi])
+            mnems.append(st.mnems[lo:hi])
             secs.append(np.full(hi - lo, k, np.int64))
         blob += [sec.data, bytes(8)]
         at += len(sec.data) + 8
@@ -912,8 +928,8 @@ def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
         sites.append(Site(addr, name, guest.label(name, addr), code.hex(),
                           f"{mnem} {op}".rstrip(), mnem, fname, cls))
     none = np.array([cls is None for _, cls in entries] + [False], bool)
-    unmodelled = _unmodelled(matcher, np.flatnonzero(none[label]), label, memo, ids, starts,
-                             sizes, addrs, data, text)
+    unmodelled = _unmodelled(np.flatnonzero(none[label]), label, ids, np.concatenate(mnems),
+                             starts, sizes, addrs, data, text)
     return ScanResult(guest.path, int(ok.sum()), len(bad_at),
                       tuple(addrs[bad_at[:5]].tolist()), tuple(sites), unmodelled,
                       dict(sorted(forms.items())))
@@ -954,22 +970,42 @@ def _group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return label, np.concatenate([order[firsts[~shared]], at[rep]])
 
 
-def _unmodelled(matcher, at, label, memo, ids, starts, sizes, addrs, data, text):
-    """Instructions ``at`` (no form describes them) grouped by Capstone's mnemonic, which within
-    one shape is a function of Capstone's instruction id (the shape holds prefixes and opcode)."""
+_ONES, _HIGHS = np.uint64(0x0101010101010101), np.uint64(0x8080808080808080)
+
+
+def _c_strings(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of little-endian words holding C strings, with every byte after the first NUL
+    cleared; and which rows hold no NUL at all (a longer string, cut off)."""
+    out = np.zeros_like(words)
+    open_ = np.ones(len(words), bool)           # no NUL met yet
+    for w in range(words.shape[1]):
+        v = words[:, w]
+        zero = (v - _ONES) & ~v & _HIGHS        # lowest set bit: the first 0x00 byte
+        first = zero & (~zero + np.uint64(1))
+        keep = np.where(zero == 0, ~np.uint64(0), (first >> np.uint64(7)) - np.uint64(1))
+        out[:, w] = np.where(open_, v & keep, 0)
+        open_ &= zero == 0
+    return out, open_
+
+
+def _unmodelled(at, label, ids, mnems, starts, sizes, addrs, data, text):
+    """Instructions ``at`` (no form describes them) grouped by Capstone's mnemonic.  Instructions
+    of one shape with one Capstone id mostly share it, so they are grouped so first; a group whose
+    members print otherwise (LOCK shown or not, CMPPS's predicate in its name) is split by text."""
     if not len(at):
         return ()
+    words, long = _c_strings(mnems[at])
     inv, rep = _group((label[at] << 32) | ids[at])
-    names = []
-    for k in at[rep].tolist():
-        key = (memo[label[k]], int(ids[k]))
-        m = matcher.names.get(key)
-        if m is None:
-            if len(matcher.names) >= 1 << 20:
-                matcher.names.clear()
-            # the mnemonic never depends on the address (a relative target is an operand)
-            m = matcher.names[key] = _text(data[starts[k]:starts[k] + sizes[k]], int(addrs[k]))[0]
-        names.append(m)
+    split = np.flatnonzero((words != words[rep][inv]).any(axis=1) & ~long)
+    if len(split):
+        _, again = np.unique(words[split], axis=0, return_inverse=True)
+        inv[split] = len(rep) + again.ravel()
+        rep = np.concatenate([rep, split[np.unique(again.ravel(), return_index=True)[1]]])
+    cut = np.flatnonzero(long)          # longer than the words kept: each named by Capstone
+    inv[cut] = len(rep) + np.arange(len(cut))
+    rep = np.concatenate([rep, cut])
+    names = [text(at[r])[0] if long[r] else words[r].tobytes().rstrip(b"\0").decode("ascii", "replace")
+             for r in rep.tolist()]
     group_of: dict[str, int] = {}
     group = np.array([group_of.setdefault(m, len(group_of)) for m in names], np.int64)[inv]
     counts = np.bincount(group, minlength=len(group_of))
@@ -977,6 +1013,8 @@ def _unmodelled(matcher, at, label, memo, ids, starts, sizes, addrs, data, text)
     begin = (np.cumsum(counts) - counts).tolist()
     out = []
     for (m, g), c, b in zip(group_of.items(), counts.tolist(), begin):
+        if not c:
+            continue    # a label whose members all went to other labels above
         first = order[b:b + min(c, 5)]
         k = int(first[0])
         mnem, op = text(k)
