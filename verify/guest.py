@@ -719,7 +719,7 @@ class _Matcher:
         two = (b0 == 0x0F) | (b0 == 0x66)
         t = np.where(two, np.where(b0 == 0x66, 512, 256) + b1, b0)
         end = i + span_t[t]
-        modrm = b[np.arange(n), np.minimum(end - 1, 7)]
+        modrm = (first8 >> (np.minimum(end - 1, 7) * 8).astype(np.uint64)).astype(np.uint8)
         sib = sib_last_t[t] & (end < sizes) & _SIB_T[modrm]
         exact = (end + sib > 7) | (i + two >= sizes)
         keep = np.minimum(end + sib, sizes).clip(0, 7)
@@ -988,24 +988,46 @@ def _c_strings(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, open_
 
 
+def _c_masks(words: np.ndarray, long: np.ndarray) -> np.ndarray:
+    """For C strings as ``_c_strings`` leaves them: masks of their bytes up to and including the
+    NUL (all bytes where the string is cut off)."""
+    out = np.zeros_like(words)
+    open_ = np.ones(len(words), bool)
+    for w in range(words.shape[1]):
+        v = words[:, w]
+        zero = (v - _ONES) & ~v & _HIGHS
+        first = zero & (~zero + np.uint64(1))
+        keep = np.where(zero == 0, ~np.uint64(0), (first << np.uint64(1)) - np.uint64(1))
+        out[:, w] = np.where(open_, keep, 0)
+        open_ &= zero == 0
+    out[long] = ~np.uint64(0)
+    return out
+
+
 def _unmodelled(at, label, ids, mnems, starts, sizes, addrs, data, text):
     """Instructions ``at`` (no form describes them) grouped by Capstone's mnemonic.  Instructions
     of one shape with one Capstone id mostly share it, so they are grouped so first; a group whose
     members print otherwise (LOCK shown or not, CMPPS's predicate in its name) is split by text."""
     if not len(at):
         return ()
-    words, long = _c_strings(mnems[at])
+    raw = mnems[at]
     inv, rep = _group((label[at] << 32) | ids[at])
-    split = np.flatnonzero((words != words[rep][inv]).any(axis=1) & ~long)
+    # A member prints as its group's first if their C strings agree up to the first's NUL.
+    first, long = _c_strings(raw[rep])
+    upto = _c_masks(first, long)
+    split = np.flatnonzero(((raw & upto[inv]) != first[inv]).any(axis=1) | long[inv])
     if len(split):
-        _, again = np.unique(words[split], axis=0, return_inverse=True)
+        words, cut = _c_strings(raw[split])
+        _, again = np.unique(words, axis=0, return_inverse=True)
+        again = again.ravel()
+        again[cut] = again.max() + 1 + np.arange(cut.sum())     # cut off: each on its own
+        _, firsts, again = np.unique(again, return_index=True, return_inverse=True)
         inv[split] = len(rep) + again.ravel()
-        rep = np.concatenate([rep, split[np.unique(again.ravel(), return_index=True)[1]]])
-    cut = np.flatnonzero(long)          # longer than the words kept: each named by Capstone
-    inv[cut] = len(rep) + np.arange(len(cut))
-    rep = np.concatenate([rep, cut])
-    names = [text(at[r])[0] if long[r] else words[r].tobytes().rstrip(b"\0").decode("ascii", "replace")
-             for r in rep.tolist()]
+        rep = np.concatenate([rep, split[firsts]])
+        first = np.concatenate([first, words[firsts]])
+        long = np.concatenate([long, cut[firsts]])
+    names = [text(at[r])[0] if cut_ else w.tobytes().rstrip(b"\0").decode("ascii", "replace")
+             for r, w, cut_ in zip(rep.tolist(), first, long.tolist())]
     group_of: dict[str, int] = {}
     group = np.array([group_of.setdefault(m, len(group_of)) for m in names], np.int64)[inv]
     counts = np.bincount(group, minlength=len(group_of))
