@@ -378,9 +378,9 @@ def _handle() -> capstone.Cs:
 
 
 def _layout():
-    """Capstone's C entry points and where its cs_insn array keeps id and size, to read them in
-    place: the Python binding builds a ctypes object per instruction, which costs more than
-    decoding it."""
+    """Capstone's C entry points and where its cs_insn array keeps id, size and mnemonic, to read
+    them in place: the Python binding builds a ctypes object per instruction, which costs more
+    than decoding it."""
     try:
         import ctypes
         from capstone import _cs, _cs_insn
@@ -389,13 +389,14 @@ def _layout():
              for n in ("id", "size", "mnemonic")}
     except (ImportError, AttributeError):
         return None
-    if size % 4 or f["id"] != (0, 4) or f["size"][1] != 2 or f["size"][0] % 2:
+    if (size % 4 or f["id"] != (0, 4) or f["size"][1] != 2 or f["size"][0] % 2
+            or f["mnemonic"][1] < 8 * _MNEMONIC_WORDS):
         return None  # another binding layout: use the public API
     return _cs, _cs_insn, ctypes, size, f["size"][0], f["mnemonic"]
 
 
-_LAYOUT = _layout()
 _MNEMONIC_WORDS = 3         # 24 bytes: "xrelease lock cmpxchg8b" and its NUL (Capstone keeps 32)
+_LAYOUT = _layout()
 # Instructions per cs_disasm call.  One call over a whole section grows its result array by
 # realloc, copying it again and again; chunks, each freed at once, decode tboot in half the time.
 _CHUNK = 4096
@@ -423,7 +424,7 @@ def _run(code: bytes, addr: int, fast: bool) -> _Run:
                 rows[k, :len(m)] = np.frombuffer(m, np.uint8)
             return _Run(np.array([r[0] for r in recs], np.int64),
                         np.array([r[1] for r in recs], np.int64), rows.view(np.uint64))
-        _cs, _cs_insn, ctypes, size, at, (mo, mn) = _LAYOUT
+        _cs, _cs_insn, ctypes, size, at, (mo, _) = _LAYOUT
         buf = (ctypes.c_char * max(len(code), 1)).from_buffer_copy(code or b"\0")
         start, off = ctypes.addressof(buf), 0
         sizes, ids, mnems = [], [], []
@@ -447,6 +448,8 @@ def _run(code: bytes, addr: int, fast: bool) -> _Run:
             off += int(sizes[-1].sum())
             if n < _CHUNK:
                 break
+        if off != len(code):    # skipdata covers every byte: anything else is a Capstone bug
+            raise RuntimeError(f"Capstone stopped at {addr + off:#x}, {len(code) - off} bytes short")
     finally:
         _IDLE.append(md)
     if not sizes:
@@ -455,8 +458,8 @@ def _run(code: bytes, addr: int, fast: bool) -> _Run:
 
 
 def _text(code: bytes, addr: int) -> tuple[str, str]:
-    """Capstone's mnemonic and operands for the one instruction ``code`` at ``addr``.  Only the
-    instructions a scan reports are printed: printing is most of what Capstone does."""
+    """Capstone's mnemonic and operands for the one instruction ``code`` at ``addr`` (a scan
+    prints again only the instructions it reports)."""
     md = _handle()
     try:
         if _LAYOUT is None:
@@ -896,19 +899,18 @@ def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
     inv, rep = _group(keys[grouped])
     label[grouped] = inv
     reps = grouped[rep].tolist()
-    memo: list = keys[grouped[rep]].tolist()    # what the matcher's memos are keyed by
-    found = [matcher.by_shape.get(k, _MISS) for k in memo]
+    shapes = keys[grouped[rep]].tolist()
+    found = [matcher.by_shape.get(key, _MISS) for key in shapes]
     for u, f in enumerate(found):
         if f is _MISS:
             k = reps[u]
-            found[u] = matcher.remember(memo[u], matcher.decide(data[starts[k]:starts[k] + sizes[k]]))
+            found[u] = matcher.remember(shapes[u], matcher.decide(data[starts[k]:starts[k] + sizes[k]]))
     lone: dict[bytes, int] = {}
     for k in np.flatnonzero(ok & exact).tolist():
         code = data[starts[k]:starts[k] + sizes[k]]
         if code not in lone:
             lone[code] = len(reps)
             reps.append(k)
-            memo.append(code)
             found.append(matcher.decide(code))
         label[k] = lone[code]
     verdict: dict[str, tuple[str, ...]] = {}
@@ -973,35 +975,22 @@ def _group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _ONES, _HIGHS = np.uint64(0x0101010101010101), np.uint64(0x8080808080808080)
 
 
-def _c_strings(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of little-endian words holding C strings, with every byte after the first NUL
-    cleared; and which rows hold no NUL at all (a longer string, cut off)."""
-    out = np.zeros_like(words)
+def _c_strings(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of little-endian words holding C strings: the rows with every byte after the first NUL
+    cleared, masks of the bytes up to and including that NUL, and the rows with no NUL at all (a
+    longer string, cut off; their masks take every byte)."""
+    out, upto = np.zeros_like(words), np.zeros_like(words)
     open_ = np.ones(len(words), bool)           # no NUL met yet
+    every = ~np.uint64(0)
     for w in range(words.shape[1]):
         v = words[:, w]
-        zero = (v - _ONES) & ~v & _HIGHS        # lowest set bit: the first 0x00 byte
+        zero = (v - _ONES) & ~v & _HIGHS        # its lowest set bit marks the first 0x00 byte
         first = zero & (~zero + np.uint64(1))
-        keep = np.where(zero == 0, ~np.uint64(0), (first >> np.uint64(7)) - np.uint64(1))
-        out[:, w] = np.where(open_, v & keep, 0)
+        out[:, w] = np.where(open_, v & np.where(zero == 0, every, (first >> np.uint64(7)) - 1), 0)
+        upto[:, w] = np.where(open_, np.where(zero == 0, every, (first << np.uint64(1)) - 1), 0)
         open_ &= zero == 0
-    return out, open_
-
-
-def _c_masks(words: np.ndarray, long: np.ndarray) -> np.ndarray:
-    """For C strings as ``_c_strings`` leaves them: masks of their bytes up to and including the
-    NUL (all bytes where the string is cut off)."""
-    out = np.zeros_like(words)
-    open_ = np.ones(len(words), bool)
-    for w in range(words.shape[1]):
-        v = words[:, w]
-        zero = (v - _ONES) & ~v & _HIGHS
-        first = zero & (~zero + np.uint64(1))
-        keep = np.where(zero == 0, ~np.uint64(0), (first << np.uint64(1)) - np.uint64(1))
-        out[:, w] = np.where(open_, keep, 0)
-        open_ &= zero == 0
-    out[long] = ~np.uint64(0)
-    return out
+    upto[open_] = every
+    return out, upto, open_
 
 
 def _unmodelled(at, label, ids, mnems, starts, sizes, addrs, data, text):
@@ -1013,21 +1002,20 @@ def _unmodelled(at, label, ids, mnems, starts, sizes, addrs, data, text):
     raw = mnems[at]
     inv, rep = _group((label[at] << 32) | ids[at])
     # A member prints as its group's first if their C strings agree up to the first's NUL.
-    first, long = _c_strings(raw[rep])
-    upto = _c_masks(first, long)
-    split = np.flatnonzero(((raw & upto[inv]) != first[inv]).any(axis=1) | long[inv])
+    strings, upto, long = _c_strings(raw[rep])
+    split = np.flatnonzero(((raw & upto[inv]) != strings[inv]).any(axis=1) | long[inv])
     if len(split):
-        words, cut = _c_strings(raw[split])
+        words, _, cut = _c_strings(raw[split])
         _, again = np.unique(words, axis=0, return_inverse=True)
         again = again.ravel()
         again[cut] = again.max() + 1 + np.arange(cut.sum())     # cut off: each on its own
         _, firsts, again = np.unique(again, return_index=True, return_inverse=True)
         inv[split] = len(rep) + again.ravel()
         rep = np.concatenate([rep, split[firsts]])
-        first = np.concatenate([first, words[firsts]])
+        strings = np.concatenate([strings, words[firsts]])
         long = np.concatenate([long, cut[firsts]])
     names = [text(at[r])[0] if cut_ else w.tobytes().rstrip(b"\0").decode("ascii", "replace")
-             for r, w, cut_ in zip(rep.tolist(), first, long.tolist())]
+             for r, w, cut_ in zip(rep.tolist(), strings, long.tolist())]
     group_of: dict[str, int] = {}
     group = np.array([group_of.setdefault(m, len(group_of)) for m in names], np.int64)[inv]
     counts = np.bincount(group, minlength=len(group_of))
@@ -1037,11 +1025,11 @@ def _unmodelled(at, label, ids, mnems, starts, sizes, addrs, data, text):
     for (m, g), c, b in zip(group_of.items(), counts.tolist(), begin):
         if not c:
             continue    # a label whose members all went to other labels above
-        first = order[b:b + min(c, 5)]
-        k = int(first[0])
+        head = order[b:b + min(c, 5)]
+        k = int(head[0])
         mnem, op = text(k)
         code = data[starts[k]:starts[k] + sizes[k]]
-        out.append(Unmodelled(m, c, tuple(addrs[first].tolist()), f"{code.hex()}  {mnem} {op}".rstrip()))
+        out.append(Unmodelled(m, c, tuple(addrs[head].tolist()), f"{code.hex()}  {mnem} {op}".rstrip()))
     return tuple(sorted(out, key=lambda u: (-u.count, u.mnemonic)))
 
 
