@@ -18,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -567,7 +568,6 @@ def test_decoding_in_small_chunks(monkeypatch, tmp_path):
 def test_group_is_np_unique():
     """_group (hash buckets, radix-sorted) labels keys as np.unique does, including buckets that
     hold several keys (many keys below 2**17 share one of 2**16 buckets)."""
-    import numpy as np
     rng = np.random.default_rng(3)
     shared = 0
     for trial in range(200):
