@@ -545,6 +545,21 @@ def test_scan_groups_shapes_exactly(tmp_path):
     assert sites and unmod
 
 
+def test_decoding_without_text(tmp_path):
+    """decode(text=False) gives the same instructions with their text left out, and asm()
+    prints any one of them as decode(text=True) does."""
+    blob = b"".join(f.bytes for f in isa.FORMS) + random.Random(9).randbytes(2000)
+    g = load_guest(write(tmp_path, blob, "notext.bin"), raw=True, base=0x8000)
+    full = list(decode(g))
+    bare = list(decode(g, text=False))
+    assert [(i.address, i.section, i.bytes) for i in bare] == [(i.address, i.section, i.bytes) for i in full]
+    assert [i.mnemonic for i in bare] == ["" if i.mnemonic != G.UNDECODABLE else i.mnemonic for i in full]
+    assert G.UNDECODABLE in {i.mnemonic for i in bare} and not any(i.op_str for i in bare)
+    for i in full[::7]:
+        if i.mnemonic != G.UNDECODABLE:
+            assert G.asm(i.bytes, i.address) == f"{i.mnemonic} {i.op_str}".rstrip()
+
+
 def test_text_of_relative_branches_follows_the_address():
     """Capstone's text is remembered by bytes only where it does not depend on the address."""
     call = bytes.fromhex("e800000000")

@@ -82,10 +82,10 @@ def _decided(c: Classification) -> bool:
     return all(a.value is not None for a in c.answers.values())
 
 
-# The last parse of each cache file, with the bytes it was parsed from: reading the bytes again
-# and comparing them costs a small fraction of parsing them.
-_PARSED: dict[Path, tuple[bytes, dict]] = {}
-_BUILT: dict[Path, dict] = {}     # classifications built from that parse (read-only to callers)
+# The last parse of each cache file: the bytes it was parsed from (reading them again and
+# comparing costs a small fraction of parsing them), its forms, and the classifications built
+# from them so far (shared read-only by every scan of the unchanged file).
+_PARSED: dict[Path, tuple[bytes, dict, dict]] = {}
 
 
 class ClassificationCache:
@@ -116,7 +116,6 @@ class ClassificationCache:
             hit = _PARSED.get(path)
             if hit is not None and hit[0] == raw:
                 return hit[1]
-            _BUILT.pop(path, None)
             doc = json.loads(raw.decode("utf-8"))
         except (OSError, ValueError, RecursionError):
             return {}
@@ -124,7 +123,7 @@ class ClassificationCache:
                 and doc.get("key") == model_key() and doc.get("profile") == profile
                 and isinstance(doc.get("forms"), dict)):
             return {}
-        _PARSED[path] = (raw, doc["forms"])
+        _PARSED[path] = (raw, doc["forms"], {})
         return doc["forms"]
 
     def load(self, profile: Profile | str, witnesses: bool = False) -> dict[str, Classification]:
@@ -150,7 +149,8 @@ class ClassificationCache:
         if not self.enabled:
             return Lazy(prof, {}, {})
         raw = self._read(prof.name)
-        return Lazy(prof, raw, _BUILT.setdefault(self.path(prof.name), {}) if raw else {})
+        hit = _PARSED.get(self.path(prof.name))
+        return Lazy(prof, raw, hit[2] if hit is not None and hit[1] is raw else {})
 
     def store(self, profile: Profile | str, results: Iterable[Classification]) -> None:
         name = profile if isinstance(profile, str) else profile.name

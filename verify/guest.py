@@ -29,7 +29,7 @@ from pgvirt.model.encoding import REP_PREFIX, SEG_PREFIX, instance_length
 from pgvirt.model.form import REGISTRY, Form
 
 __all__ = ["GuestError", "FormConflict", "Section", "Symbol", "Guest", "Insn", "load_guest",
-           "decode", "match_form", "scan", "ScanResult", "Site", "Unmodelled", "UNDECODABLE"]
+           "decode", "asm", "match_form", "scan", "ScanResult", "Site", "Unmodelled", "UNDECODABLE"]
 
 MAX_FILE = 1 << 30          # bigger inputs (or gzip bombs) are refused, not read
 MAX_INSN = 15               # longest legal x86 instruction
@@ -457,6 +457,12 @@ def _run(code: bytes, addr: int, fast: bool) -> _Run:
     return _Run(np.concatenate(sizes), np.concatenate(ids), np.concatenate(mnems))
 
 
+def asm(code: bytes, addr: int) -> str:
+    """Capstone's Intel-syntax text of the one instruction ``code`` at ``addr``."""
+    mnem, op = _text(code, addr)
+    return f"{mnem} {op}".rstrip()
+
+
 def _text(code: bytes, addr: int) -> tuple[str, str]:
     """Capstone's mnemonic and operands for the one instruction ``code`` at ``addr`` (a scan
     prints again only the instructions it reports)."""
@@ -610,11 +616,14 @@ def _sweep(guest: Guest, sec: Section, fast: bool | None = None, jobs: int | Non
     yield main, i, n
 
 
-def decode(guest: Guest, fast: bool | None = None, jobs: int | None = None) -> Iterator[Insn]:
+def decode(guest: Guest, fast: bool | None = None, jobs: int | None = None,
+           text: bool = True) -> Iterator[Insn]:
     """Every instruction of the executable sections; undecodable bytes come one by one as UNDECODABLE.
 
     ``jobs`` is the number of decoding threads (default: CPUs, at most 4); ``fast=False`` uses
-    Capstone's public per-instruction API instead of reading its result array in place.
+    Capstone's public per-instruction API instead of reading its result array in place.  With
+    ``text=False`` the mnemonic and operands of decodable instructions are left empty: printing
+    them costs eight times the decoding.
     """
     for sec in guest.sections:
         data, base, name = sec.data, sec.addr, sec.name
@@ -622,6 +631,11 @@ def decode(guest: Guest, fast: bool | None = None, jobs: int | None = None) -> I
             if lo == hi:
                 continue
             offs, ids = st.offs.tolist(), st.ids.tolist()
+            if not text:
+                for i in range(lo, hi):
+                    yield Insn(base + offs[i], name, data[offs[i]:offs[i + 1]],
+                               "" if ids[i] else UNDECODABLE, "")
+                continue
             # The text of a whole part at once: decoding its bytes again from its first
             # instruction meets the same boundaries (no instruction reads past its own bytes).
             md = _handle()
@@ -654,11 +668,12 @@ def _key(op: bytes) -> bytes:
 
 
 class _Matcher:
-    """Forms indexed by leading opcode byte(s), with results cached by instruction shape.
+    """Forms indexed by leading opcode byte(s), with answers remembered.
 
     ``encoding.decode`` looks only at the prefixes, the opcode, ModRM and SIB; displacement and
     immediate values merely have to be present.  So those bytes plus the total length decide a
-    match, and instructions that differ only in displacements or immediates share one entry.
+    match, and ``shapes`` gives instructions that differ only in displacements or immediates one
+    key.
     """
 
     def __init__(self, forms: Iterable[Form]):
@@ -678,18 +693,16 @@ class _Matcher:
                      for k, v in self.index.items()}
         self.sib_at = {k: tuple(sorted({len(f.enc.opcode) for f in v if f.enc.modrm is not None}))
                        for k, v in self.index.items()}
-        self.cache: dict[tuple[bytes, bytes, int], Form | None] = {}
-        self.by_code: dict[bytes, Form | None] = {}     # the same answers, by whole instruction
-        self.by_shape: dict[int, Form | None] = {}      # ... and by a key of ``shapes``
-        self.md: capstone.Cs | None = None
+        self.by_code: dict[bytes, Form | None] = {}     # answers by whole instruction (match_form)
+        self.by_shape: dict[int, Form | None] = {}      # ... and by a key of ``shapes`` (scan)
         self._tables: tuple[np.ndarray, np.ndarray] | None = None
 
     def shapes(self, blob: np.ndarray, starts: np.ndarray, sizes: np.ndarray):
         """The shape of every instruction at once, as one integer each, for grouping.
 
-        Instructions with equal keys get the same answer from ``self``: a key keeps the bytes
-        ``__call__`` reads for its cache key (prefixes, opcode, ModRM, the SIB byte a ModRM
-        calls for) and the length.  ``blob`` holds the instructions (and 8 bytes of padding);
+        Instructions with equal keys get the same answer from ``decide``: a key keeps the bytes
+        that can change it (REP and segment prefixes, opcode, ModRM, the SIB byte a ModRM calls
+        for; ``span`` and ``sib_at``) and the length.  ``blob`` holds the instructions (and 8 bytes of padding);
         an instruction whose shape runs into its 8th byte has no key (``exact`` is True) and
         must be matched on its own bytes.
         """
@@ -745,27 +758,11 @@ class _Matcher:
 
     def __call__(self, code: bytes) -> Form | None:
         f = self.by_code.get(code, _MISS)
-        if f is not _MISS:
-            return f
-        i = 0
-        n = len(code)
-        while i < n and code[i] in _PASS_PREFIX:
-            i += 1
-        k = _key(code[i:i + 2])
-        cands = self.index.get(k)
-        if cands is None:
-            f = None
-        else:
-            sib = bytes(code[i + m + 1] for m in self.sib_at[k] if i + m + 1 < n
-                        and code[i + m] & 0xC7 in (0x04, 0x44, 0x84))  # mod != 3, rm = 4
-            shape = (code[:i + self.span[k]], sib, n)
-            f = self.cache.get(shape, _MISS)
-            if f is _MISS:
-                rep = any(c in REP_PREFIX for c in code[:i])
-                f = self.cache[shape] = self._match(code, cands, rep)
-        if len(self.by_code) >= 1 << 20:
-            self.by_code.clear()
-        self.by_code[code] = f
+        if f is _MISS:
+            f = self.decide(code)
+            if len(self.by_code) >= 1 << 20:
+                self.by_code.clear()
+            self.by_code[code] = f
         return f
 
     def _match(self, code: bytes, cands: tuple[Form, ...], rep: bool) -> Form | None:
@@ -778,9 +775,11 @@ class _Matcher:
         if rep and f.enc.opcode[0] not in REP_PREFIX:
             # F2/F3 select another instruction for many opcodes (F3 90 PAUSE, F3 0F B8 POPCNT,
             # F3 0F 1E FB ENDBR32); encoding.decode would read them as a REP prefix.
-            if self.md is None:
-                self.md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-            got = [m for _, _, m, _ in self.md.disasm_lite(code, 0)]
+            md = _handle()
+            try:
+                got = [m for _, _, m, _ in md.disasm_lite(code, 0)]
+            finally:
+                _IDLE.append(md)
             if len(got) != 1 or _asm_mnemonic(got[0]) != _asm_mnemonic(f.asm):
                 return None
         return f

@@ -103,7 +103,7 @@ def find_functions(gf: P.GuestFile) -> Functions:
     A call target in the middle of an instruction is data decoded as code, not a function.
     """
     g = gf.guest
-    insns = list(G.decode(g))
+    insns = list(G.decode(g, text=False))
     starts = {(i.section, i.address) for i in insns}
     found: dict[tuple[str, int], Function] = {}
     for s in g.symbols:

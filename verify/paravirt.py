@@ -940,7 +940,7 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
     # --- each site is what the manifest says it is
     og = of.guest
     want_at = {s.address for s in m.sites}
-    orig_insn = {(i.section, i.address): i for i in G.decode(og) if i.address in want_at}
+    orig_insn = {(i.section, i.address): i for i in G.decode(og, text=False) if i.address in want_at}
     relocs = relocated_ranges(of)
     sites_ok: list[tuple[ManifestSite, monitor.Site]] = []
     spans: list[tuple[int, int, ManifestSite]] = []
@@ -976,7 +976,8 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
             ins = orig_insn.get((s.section, s.address))
             if ins is None or ins.bytes != s.original:
                 bad("no instruction of the original's decoding starts there with these bytes "
-                    + (f"(it decodes {ins.bytes.hex()} {ins.mnemonic})" if ins else "(mid-instruction)"))
+                    + (f"(it decodes {ins.bytes.hex()} {ins.mnemonic or G.asm(ins.bytes, ins.address)})"
+                       if ins else "(mid-instruction)"))
             hit = _overlaps(relocs, s.section, s.address, s.address + s.length)
             if hit is not None:
                 bad(f"a relocation at {hit[1]:#x} rewrites the site when the guest is loaded")
