@@ -1,0 +1,5 @@
+"""``python -m pgvirt``: the same entry point as the ``pgvirt`` script."""
+
+from pgvirt.verify.cli import entry
+
+entry()
