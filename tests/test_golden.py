@@ -21,13 +21,15 @@ import pytest
 from helpers import INVADERS, TBOOT, TBOOT_SYMS, need
 
 GOLDEN = Path(__file__).parent / "golden"
+ROOT = Path(__file__).resolve().parent.parent
 UPDATE = os.environ.get("PGVIRT_UPDATE_GOLDEN") == "1"
 _TIME_KEYS = r'"(seconds|time|wall|total|replay|solve|rate|checks_per_second)"'
 
 
 def normalize(text: str, tmp: str) -> str:
-    """``text`` without what varies from run to run: timings and the temporary directory."""
-    text = text.replace(tmp, "<TMP>")
+    """``text`` without what varies from run to run: timings, the temporary directory and
+    where the checkout lies."""
+    text = text.replace(tmp, "<TMP>").replace(ROOT.as_uri(), "file://<ROOT>")
     text = re.sub(_TIME_KEYS + r'(\s*:\s*)-?[0-9.eE+-]+', r'"\1"\2<T>', text)
     text = re.sub(r'time="[0-9.]+"', 'time="<T>"', text)
     text = re.sub(r'[0-9.]+ s\b', '<T> s', text)
@@ -104,3 +106,4 @@ def test_normalize_keeps_what_matters():
     t = '{"seconds": 0.0123, "sites": 3, "uri": "file:///tmp/x1/a"} [0.42 s] 17 checks in 1.5 s (99 checks/s'
     n = normalize(t, "/tmp/x1")
     assert n == '{"seconds": <T>, "sites": 3, "uri": "file://<TMP>/a"} [<T> s] 17 checks in <T> s (<R> checks/s'
+    assert normalize(ROOT.as_uri() + "/model", "/tmp/x1") == "file://<ROOT>/model"
