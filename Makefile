@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: verify test install bench crosscheck slow notebook guests clean
+.PHONY: verify test install bench crosscheck slow notebook guests clean lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,8 +27,13 @@ guests:
 	bash tests/setup-guests.sh
 	sh tests/setup-browser.sh
 
+# The layering contracts first: an upward import fails the build with the offending line.
 test: $(STAMP) guests
+	$(BIN)/python tools/lint_imports.py
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/python tools/lint_imports.py
 
 bench: $(STAMP) guests
 	$(BIN)/python bench/verify.py

@@ -48,7 +48,7 @@ def best(fn, n: int = N) -> float:
 
 
 def largest_other() -> Path | None:
-    from pgvirt.verify.guest import GuestError, load_guest
+    from pgvirt.guest.image import GuestError, load_guest
 
     size = {}
     for p in CANDIDATES:
@@ -63,8 +63,8 @@ def largest_other() -> Path | None:
 
 _FIRST = """
 import sys, time
-from pgvirt.verify import paravirt
-from pgvirt.verify.guest import load_guest
+from pgvirt.guest import paravirt
+from pgvirt.guest.image import load_guest
 g = load_guest(sys.argv[1])
 t = time.perf_counter()
 paravirt.scan_guest(g, "pentium")
@@ -82,8 +82,8 @@ def first_scan(path: Path) -> float:
 
 
 def bench_scan(path: Path, tmp: Path, objdump: str) -> None:
-    from pgvirt.verify import paravirt
-    from pgvirt.verify.guest import load_guest
+    from pgvirt.guest import paravirt
+    from pgvirt.guest.image import load_guest
 
     g = load_guest(path)
     t = time.perf_counter()
@@ -110,11 +110,11 @@ def bench_scan(path: Path, tmp: Path, objdump: str) -> None:
 
 
 def bench_check_patch(tmp: Path) -> None:
-    from pgvirt.verify import paravirt
+    from pgvirt.guest import paravirt
 
     out, man = tmp / "invaders.patched", tmp / "invaders.manifest.json"
     res = paravirt.patch_guest(INVADERS, out, man)
-    cmd = [sys.executable, "-m", "pgvirt.verify", "check-patch", str(out), "--manifest", str(man),
+    cmd = [sys.executable, "-m", "pgvirt", "check-patch", str(out), "--manifest", str(man),
            "--format", "json"]
     rc = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
     assert rc == 0, f"check-patch of grub-invaders exited {rc}"

@@ -1,1 +1,1 @@
-"""Unicorn harness: counterexample replay and model-versus-emulator cross-checks (uses pgvirt.model)."""
+"""Unicorn as a concrete machine: states, strategies, deviations, counterexample replay and cross-checks (imports pgvirt.model only; the only package that knows unicorn)."""

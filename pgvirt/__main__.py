@@ -1,5 +1,5 @@
 """``python -m pgvirt``: the same entry point as the ``pgvirt`` script."""
 
-from pgvirt.verify.cli import entry
+from pgvirt.cli.main import entry
 
 entry()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pgvirt.model import isa
-from pgvirt.verify import ci_reports
-from pgvirt.verify.cli import main
+from pgvirt.report import files, junit, sarif
+from pgvirt.cli.main import main
 from pgvirt.verify.popek_goldberg import Answer, classify_all, theorem
 
 # Violations under pentium only (sgdt_m, smsw_r, str_r), under both (mov_r_cs), never
@@ -36,7 +36,7 @@ def _violating(per) -> set[tuple[str, str, str]]:
 
 def test_junit_one_case_per_profile_theorem_form(per, tmp_path):
     path = tmp_path / "r.xml"
-    ci_reports.write_verify_reports(per, str(path), None)
+    files.write_verify_reports(per, str(path), None)
     root = ET.parse(path).getroot()
     cases = root.findall("./testsuite/testcase")
     assert len(cases) == len(PROFILES) * 2 * len(FORMS)
@@ -65,11 +65,11 @@ def _with_unknown(per):
 
 
 def test_unknown_is_an_error_never_a_pass(per):
-    root = ci_reports.junit(_with_unknown(per)).getroot()
+    root = junit.junit(_with_unknown(per)).getroot()
     errors = root.findall("./testsuite[@name='umip.theorem1']/testcase[@name='nop']/error")
     assert len(errors) == 1 and "no answer" in errors[0].get("message")
     assert root.get("errors") == "2"   # theorems 1 and 3
-    doc = ci_reports.sarif(_with_unknown(per))
+    doc = sarif.sarif(_with_unknown(per))
     opened = [r for r in doc["runs"][0]["results"] if r["kind"] == "open"]
     assert {(r["properties"]["theorem"], r["level"]) for r in opened} == {("1", "none"), ("3", "none")}
 
@@ -78,7 +78,7 @@ def test_unknown_is_an_error_never_a_pass(per):
 
 def test_sarif_structure(per, tmp_path):
     path = tmp_path / "r.sarif"
-    ci_reports.write_verify_reports(per, None, str(path))
+    files.write_verify_reports(per, None, str(path))
     doc = json.loads(path.read_text())
     assert doc["version"] == "2.1.0" and "sarif" in doc["$schema"]
     (run,) = doc["runs"]
@@ -208,7 +208,7 @@ def test_check_patch_writes_junit_and_sarif(tmp_path):
     """check-patch's CI reports: one test case per claim; the unpatched guest's become failures."""
     from pathlib import Path
 
-    from pgvirt.verify.cli import main
+    from pgvirt.cli.main import main
 
     invaders = Path("/boot/invaders.exec")
     if not invaders.exists():

@@ -275,7 +275,7 @@ def test_deviation_explains_only_its_own_difference(checker):
 def test_cli_crosscheck_json_and_exit_codes(capsys):
     import json
 
-    from pgvirt.verify.cli import main
+    from pgvirt.cli.main import main
     assert main(["crosscheck", "--samples", "20", "--seed", "7", "--format", "json",
                  "push_cs", "sgdt_m"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -292,7 +292,7 @@ def test_cli_crosscheck_exits_1_with_a_reproducing_state(monkeypatch, capsys):
     import json
 
     from pgvirt.model.form import REGISTRY
-    from pgvirt.verify.cli import main
+    from pgvirt.cli.main import main
 
     def bad_add(x):
         x.set_rm(4, x.rm(4) + x.reg(4))

@@ -1,4 +1,4 @@
-"""The guest loader, decoder and form matcher (pgvirt.verify.guest).
+"""The guest loader, decoder and form matcher (pgvirt.guest.image).
 
 Real guests come from Debian packages (tests/setup-guests.sh, run by ``make test``); their tests
 are marked ``guests`` and skip with the reason when a file is missing.  Malformed-input tests build
@@ -25,8 +25,10 @@ from hypothesis import strategies as st
 
 from pgvirt.model import isa
 from pgvirt.model.encoding import matches
-from pgvirt.verify import guest as G
-from pgvirt.verify.guest import GuestError, decode, load_guest, match_form, scan
+from pgvirt.guest import decode as D, scan as S
+from pgvirt.guest.decode import decode
+from pgvirt.guest.image import GuestError, load_guest
+from pgvirt.guest.scan import match_form, scan
 from helpers import INVADERS, TBOOT, TBOOT_SYMS, need, need_objdump
 
 GRUB = Path("/usr/lib/grub/i386-pc")
@@ -168,7 +170,7 @@ def test_undecodable_bytes_are_counted_one_by_one(tmp_path):
     # 0F B8 is JMPE (not in IA-32 proper); B8 then lacks its imm32 before the RET
     g = load_guest(write(tmp_path, b"\x90\x0f\xb8\xc3", "b.bin"), raw=True)
     got = [(i.address, i.mnemonic) for i in decode(g)]
-    assert got == [(0, "nop"), (1, G.UNDECODABLE), (2, G.UNDECODABLE), (3, "ret")]
+    assert got == [(0, "nop"), (1, D.UNDECODABLE), (2, D.UNDECODABLE), (3, "ret")]
     r = scan(g, lambda name: set())
     assert (r.instructions, r.undecodable, r.undecodable_first) == (2, 2, (1, 2))
 
@@ -181,7 +183,7 @@ def test_decoding_restarts_at_symbols(tmp_path):
     plain = load_guest(write(tmp_path, elf32(text, symbols=()), "a"))
     synced = load_guest(write(tmp_path, elf32(text, symbols=(("f", 1, 2),)), "b"))
     assert [i.mnemonic for i in decode(plain)] == ["mov", "ret"]
-    assert [i.mnemonic for i in decode(synced)] == [G.UNDECODABLE, "cli", "sti", "pushfd",
+    assert [i.mnemonic for i in decode(synced)] == [D.UNDECODABLE, "cli", "sti", "pushfd",
                                                     "popfd", "ret"]
     # STT_OBJECT symbols label data inside code (patch points): no restart there
     obj = load_guest(write(tmp_path, elf32(text, symbols=(("v", 1, 1),)), "c"))
@@ -362,7 +364,7 @@ def objdump_counts(path: Path, sections: set[str]) -> collections.Counter:
 
 
 def our_counts(g) -> collections.Counter:
-    return collections.Counter("(bad)" if i.mnemonic == G.UNDECODABLE else
+    return collections.Counter("(bad)" if i.mnemonic == D.UNDECODABLE else
                                canonical(i.mnemonic.split()) for i in decode(g))
 
 
@@ -465,7 +467,7 @@ def test_scan_real_guests():
         g = load_guest(path, symbols=syms)
         insns = [i for i in decode(g)]
         r = scan(g, toy_classify)
-        assert r.instructions == sum(i.mnemonic != G.UNDECODABLE for i in insns)
+        assert r.instructions == sum(i.mnemonic != D.UNDECODABLE for i in insns)
         assert r.undecodable == len(insns) - r.instructions
         assert sum(r.forms.values()) + r.unmodelled_count == r.instructions
         by_addr = {(i.section, i.address): i for i in insns}
@@ -495,7 +497,7 @@ def reference_scan(g, classify):
     unmod: dict[str, list] = {}
     bad = []
     for i in decode(g, fast=False, jobs=1):
-        if i.mnemonic == G.UNDECODABLE:
+        if i.mnemonic == D.UNDECODABLE:
             bad.append(i.address)
             continue
         f = match_form(i.bytes)
@@ -553,20 +555,20 @@ def test_decoding_without_text(tmp_path):
     full = list(decode(g))
     bare = list(decode(g, text=False))
     assert [(i.address, i.section, i.bytes) for i in bare] == [(i.address, i.section, i.bytes) for i in full]
-    assert [i.mnemonic for i in bare] == ["" if i.mnemonic != G.UNDECODABLE else i.mnemonic for i in full]
-    assert G.UNDECODABLE in {i.mnemonic for i in bare} and not any(i.op_str for i in bare)
+    assert [i.mnemonic for i in bare] == ["" if i.mnemonic != D.UNDECODABLE else i.mnemonic for i in full]
+    assert D.UNDECODABLE in {i.mnemonic for i in bare} and not any(i.op_str for i in bare)
     for i in full[::7]:
-        if i.mnemonic != G.UNDECODABLE:
-            assert G.asm(i.bytes, i.address) == f"{i.mnemonic} {i.op_str}".rstrip()
+        if i.mnemonic != D.UNDECODABLE:
+            assert D.asm(i.bytes, i.address) == f"{i.mnemonic} {i.op_str}".rstrip()
 
 
 def test_text_of_relative_branches_follows_the_address():
     """Capstone's text is remembered by bytes only where it does not depend on the address."""
     call = bytes.fromhex("e800000000")
-    assert G._text_at(call, 0x1000) == ("call", "0x1005")
-    assert G._text_at(call, 0x2000) == ("call", "0x2005")
+    assert D._text_at(call, 0x1000) == ("call", "0x1005")
+    assert D._text_at(call, 0x2000) == ("call", "0x2005")
     sgdt = bytes.fromhex("0f0105aabbccdd")
-    assert G._text_at(sgdt, 0x1000) == G._text_at(sgdt, 0x9000) == ("sgdt", "[0xddccbbaa]")
+    assert D._text_at(sgdt, 0x1000) == D._text_at(sgdt, 0x9000) == ("sgdt", "[0xddccbbaa]")
 
 
 def test_decoding_in_small_chunks(monkeypatch, tmp_path):
@@ -576,7 +578,7 @@ def test_decoding_in_small_chunks(monkeypatch, tmp_path):
     g = load_guest(write(tmp_path, blob, "chunks.bin"), raw=True, base=0x400000)
     ref = list(decode(g, fast=False, jobs=1))
     for chunk in (1, 2, 7, 4096):
-        monkeypatch.setattr(G, "_CHUNK", chunk)
+        monkeypatch.setattr(D, "_CHUNK", chunk)
         assert list(decode(g, fast=True, jobs=1)) == ref, chunk
 
 
@@ -589,11 +591,11 @@ def test_group_is_np_unique():
         pool = (rng.integers(0, 1 << 17, rng.integers(1, 6000)) if trial % 2
                 else rng.integers(0, 1 << 62, rng.integers(1, 300)))
         keys = pool[rng.integers(0, len(pool), rng.integers(0, 4000))].astype(np.uint64)
-        label, first = G._group(keys)
+        label, first = S._group(keys)
         uniq, index = np.unique(keys, return_index=True)
         assert len(first) == len(uniq) and sorted(first.tolist()) == sorted(index.tolist())
         assert (keys[first][label] == keys).all()
-        hashes = (keys * G._SPREAD) >> np.uint64(48)
+        hashes = (keys * S._SPREAD) >> np.uint64(48)
         shared += len(np.unique(hashes)) < len(uniq)
     assert shared > 50
 
@@ -604,7 +606,7 @@ def test_scan_names_unmodelled_instructions_by_their_own_text(tmp_path, monkeypa
     is "inc edi", F0 FE 02 "lock inc"), CMPPS's predicate in the mnemonic.  Random code holds
     many such cases.  With one word of mnemonic kept, every mnemonic of 8 characters or more is
     cut off and must be named by Capstone instance by instance."""
-    monkeypatch.setattr(G, "_MNEMONIC_WORDS", words)
+    monkeypatch.setattr(D, "_MNEMONIC_WORDS", words)
     blob = bytes.fromhex("f0f247" "f0fe02" "0fc2c103" "0fc2c100" "0fc2c107") * 3
     blob += random.Random(11).randbytes(1 << 16)
     g = load_guest(write(tmp_path, blob, "lock.bin"), raw=True, base=0x1000)

@@ -1,4 +1,4 @@
-"""Notebook 04 and its helpers (verify/notebook_paravirt.py): functions named from call targets,
+"""Notebook 04 and its helpers (notebook/paravirt.py): functions named from call targets,
 the patch, the proof of the patched guest and the failing proof of the unpatched one.
 
 A synthetic raw guest covers the helpers everywhere; grub-invaders (tests/setup-guests.sh) is
@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pgvirt.verify import notebook_paravirt as pv
+from pgvirt.notebook import paravirt as pv
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "04_paravirt.ipynb"

@@ -1,6 +1,6 @@
 """The replay notebook's helpers, driven without a front end."""
 
-from pgvirt.emulator import notebook as nb
+from pgvirt.notebook import replay as nb
 
 
 def test_replay_view_shows_both_runs_with_the_difference():

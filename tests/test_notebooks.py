@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pgvirt.verify import notebook as nb
+from pgvirt.notebook import classification as nb
 from pgvirt.verify.popek_goldberg import CLASSES, classify_all
 
 ROOT = Path(__file__).resolve().parent.parent

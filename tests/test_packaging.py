@@ -17,33 +17,30 @@ def test_wheel_contains_only_the_pgvirt_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"pgvirt"}
-    for sub in ("model", "verify", "emulator"):
+    for sub in ("model", "verify", "guest", "emulator", "report", "cli", "notebook"):
         assert f"pgvirt/{sub}/__init__.py" in names
     assert "pgvirt/model/isa/transfers.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "pgvirt = pgvirt.verify.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
-    assert "emulator = pgvirt.emulator.cli:register" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "pgvirt = pgvirt.cli.main:entry" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
-LAYERS = {"model": {"pgvirt.verify", "pgvirt.emulator", "unicorn", "capstone"},
-          "verify": {"pgvirt.emulator", "unicorn"},
-          "emulator": {"pgvirt.verify"}}
-# emulator/'s command and notebook layers ask verify/ for witnesses (emulator -> verify -> model,
-# no cycle); the harness itself (machine, replay, crosscheck, ...) needs only the model.
-UPPER = {"emulator": {"cli.py", "notebook.py"}}
+_TOP = {"pgvirt.report", "pgvirt.cli", "pgvirt.notebook"}
+LAYERS = {"model": {"pgvirt.verify", "pgvirt.guest", "pgvirt.emulator", "unicorn", "capstone"} | _TOP,
+          "verify": {"pgvirt.guest", "pgvirt.emulator", "unicorn"} | _TOP,
+          "guest": {"pgvirt.emulator", "unicorn"} | _TOP,
+          "emulator": {"pgvirt.verify", "pgvirt.guest"} | _TOP,
+          "report": {"pgvirt.cli", "pgvirt.notebook"}}
 
 
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_dependencies_point_one_way(layer):
-    """model/ imports only z3; verify/ never emulator/ or unicorn (it finds emulator's
-    subcommands through an entry point); emulator/'s harness never verify/.  Checked on every
+    """model/ imports only z3; verify/ and guest/ never emulator/ or unicorn; emulator/ never
+    verify/ or guest/; nothing imports report/, cli/ or notebook/ from below.  Checked on every
     import statement, top-level or inside a function, on import_module/__import__ calls and
     on pgvirt module paths written as strings."""
     root = Path(__file__).resolve().parent.parent / layer
     bad = []
     for path in root.rglob("*.py"):
-        if path.name in UPPER.get(layer, ()):
-            continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -66,3 +63,54 @@ def _dynamic_import(call: ast.Call) -> bool:
     name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
     return (name in ("import_module", "__import__") and bool(call.args)
             and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str))
+
+
+def _lint_tree(tmp_path) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    try:
+        import lint_imports
+    finally:
+        sys.path.pop(0)
+    lint_imports.link_tree(tmp_path)
+    return tmp_path
+
+
+def test_import_linter_contracts_hold(tmp_path):
+    """The layers and forbidden contracts of pyproject.toml (also run by ``make test`` first)."""
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, str(root / "tools" / "lint_imports.py")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "0 broken" in p.stdout
+
+
+def test_no_import_cycle(tmp_path):
+    """No module of pgvirt imports itself through others (every import counted, lazy ones too)."""
+    tree = _lint_tree(tmp_path)
+    code = (
+        "import sys, grimp\n"
+        "g = grimp.build_graph('pgvirt')\n"
+        "mods = sorted(g.modules)\n"
+        "edges = {m: sorted(g.find_modules_directly_imported_by(m)) for m in mods}\n"
+        "index, low, stack, on, out, n = {}, {}, [], set(), [], [0]\n"
+        "def visit(v):\n"
+        "    index[v] = low[v] = n[0]; n[0] += 1; stack.append(v); on.add(v)\n"
+        "    for w in edges[v]:\n"
+        "        if w not in index:\n"
+        "            visit(w); low[v] = min(low[v], low[w])\n"
+        "        elif w in on:\n"
+        "            low[v] = min(low[v], index[w])\n"
+        "    if low[v] == index[v]:\n"
+        "        comp = []\n"
+        "        while True:\n"
+        "            w = stack.pop(); on.discard(w); comp.append(w)\n"
+        "            if w == v: break\n"
+        "        if len(comp) > 1: out.append(sorted(comp))\n"
+        "sys.setrecursionlimit(10000)\n"
+        "for m in mods:\n"
+        "    if m not in index: visit(m)\n"
+        "print(out)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "PYTHONPATH": str(tree)}, cwd=tree)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]", f"import cycles: {p.stdout}"

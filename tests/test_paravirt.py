@@ -1,5 +1,5 @@
-"""Paravirtualization: scan, patch, the monitor's handlers and check-patch (verify/paravirt.py,
-verify/cli_paravirt.py, model/monitor.py).
+"""Paravirtualization: scan, patch, the monitor's handlers and check-patch (guest/paravirt.py,
+cli/paravirt.py, model/monitor.py).
 
 Synthetic ELF files built here cover every path and always run.  Tests of real Debian guests
 (tests/setup-guests.sh) are marked ``guests`` and skip with the reason when a file is missing.
@@ -26,10 +26,10 @@ import pytest
 import z3
 
 from pgvirt.model import isa, monitor, profiles, state as st
-from pgvirt.verify import paravirt as P
+from pgvirt.guest import paravirt as P
 from pgvirt.verify import cache as C
-from pgvirt.verify.cli import main
-from pgvirt.verify.guest import load_guest
+from pgvirt.cli.main import main
+from pgvirt.guest.image import load_guest
 from helpers import INVADERS, TBOOT, TBOOT_SYMS, need, need_objdump
 
 
@@ -149,7 +149,7 @@ def test_hypercall_bytes():
     for bad in (0, 16):
         with pytest.raises(ValueError):
             monitor.replacement(bad)
-    from pgvirt.verify.guest import match_form
+    from pgvirt.guest.scan import match_form
     assert match_form(b"\xf4").name == "hlt" and match_form(b"\x90").name == "nop"
 
 
@@ -443,7 +443,7 @@ def test_patch_and_check(capsys, tmp_path, guest):
     assert m["sites"][0]["original"] == "0f0100" and m["sites"][0]["replacement"] == "f49090"
     # The patched file is still a valid ELF with the same instruction boundaries.
     g = load_guest(out)
-    from pgvirt.verify.guest import decode
+    from pgvirt.guest.decode import decode
     assert [i.address for i in decode(g) if i.address not in {x for o, n in spans for x in
                                                                range(BASE + o - text_off + 1, BASE + o - text_off + n)}] == \
         [i.address for i in decode(load_guest(guest))]
@@ -599,7 +599,7 @@ def test_bad_inputs_in_a_fresh_process(tmp_path, guest, cache_root):
     """The installed command, not just main(): no traceback, exit 2."""
     env = dict(os.environ, XDG_CACHE_HOME=str(cache_root))
     for cmd, args, msg in _bad_inputs(tmp_path, guest)[::4]:
-        p = subprocess.run([sys.executable, "-m", "pgvirt.verify", cmd, *str(args).split()],
+        p = subprocess.run([sys.executable, "-m", "pgvirt", cmd, *str(args).split()],
                            capture_output=True, text=True, env=env, timeout=120)
         one_line_error(p.returncode, p.stderr)
         assert msg in p.stderr

@@ -12,7 +12,7 @@ from pgvirt.model import state as st
 from pgvirt.model.form import Form
 from pgvirt.model.outcome import from_changes_json
 from pgvirt.verify import counterexample as cx
-from pgvirt.verify.cli import main
+from pgvirt.cli.main import main
 
 
 @pytest.fixture(scope="module")

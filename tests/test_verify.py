@@ -12,7 +12,7 @@ from pgvirt.model import isa, state as st
 from pgvirt.model.outcome import GP
 from pgvirt.verify import literature
 from pgvirt.verify.popek_goldberg import CLASSES, classify, recheck, theorem
-from pgvirt.verify.report import departures
+from pgvirt.report.documents import departures
 
 UMIP_FIVE = {"SGDT", "SIDT", "SLDT", "SMSW", "STR"}
 
@@ -137,7 +137,7 @@ def test_witnesses_are_complete_states():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "pgvirt.verify", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pgvirt", *args], capture_output=True,
                           text=True, timeout=300)
 
 
@@ -195,7 +195,7 @@ def test_tiny_timeout_is_unknown_never_proved():
 
 def test_cli_unknown_verdict_exits_2(monkeypatch, capsys):
     """When the solver answers nothing, the verdict is unknown and the CLI fails closed (2)."""
-    from pgvirt.verify import cli
+    from pgvirt.cli import main as cli
     from pgvirt.verify.solver import Result, Session, Verdict
 
     monkeypatch.setattr(Session, "check",

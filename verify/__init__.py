@@ -1,1 +1,1 @@
-"""Popek-Goldberg classification, theorems, reports and the command line (uses pgvirt.model, never unicorn)."""
+"""The Popek-Goldberg queries and theorems over the model: solver, verdicts, witnesses, proof cache (imports pgvirt.model and z3, never unicorn)."""

@@ -1,6 +1,6 @@
 """``pgvirt scan``, ``pgvirt patch`` and ``pgvirt check-patch``: argument handling and output only.
 
-The work is in ``pgvirt.verify.paravirt``.  Exit codes as everywhere: 0 = nothing found / the
+The work is in ``pgvirt.guest.paravirt``.  Exit codes as everywhere: 0 = nothing found / the
 patched guest holds, 1 = violating sites found / the check fails, 2 = bad input or an answer
 the solver could not decide (one line on stderr, never a traceback).
 """
@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections import Counter
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-from .cli import EXIT_BAD, EXIT_FAIL, EXIT_OK, UsageError, _progress, output_file, positive_int
+from pgvirt.report.guests import check_summary, check_text, scan_summary, scan_table, unmodelled_table
 
-SHORT = {"control_sensitive": "control", "mode_sensitive": "mode", "location_sensitive": "location",
-         "user_sensitive": "user", "undecided": "undecided"}
-STATUS_STYLE = {"holds": "bold green", "fails": "bold red", "unknown": "bold yellow", "outside": "yellow"}
+from .common import output_file, positive_int, progress
+from .errors import EXIT_BAD, EXIT_FAIL, EXIT_OK, UsageError
+
 
 
 def address(text: str) -> int:
@@ -34,13 +32,13 @@ def address(text: str) -> int:
 
 
 def _errors(fn):
-    """Bad input from the library becomes one line and exit 2 (UsageError in cli.main)."""
+    """Bad input from the library becomes one line and exit 2 (UsageError, cli/errors.py)."""
 
     def run(args, out, err):
         from pgvirt.model import profiles
 
-        from .guest import GuestError
-        from .paravirt import ManifestError, PatchError
+        from pgvirt.guest.image import GuestError
+        from pgvirt.guest.paravirt import ManifestError, PatchError
 
         try:
             if getattr(args, "profile", None) is not None:
@@ -56,70 +54,24 @@ def _errors(fn):
 
 
 def _cache(args):
-    from .paravirt import ClassificationCache
+    from pgvirt.guest.paravirt import ClassificationCache
 
     return ClassificationCache(enabled=not args.no_cache)
 
 
 def _progress_for(args, err: Console):
-    advance, close = _progress(err, None, "classifying forms", args.format == "text" and err.is_terminal)
+    advance, close = progress(err, None, "classifying forms", args.format == "text" and err.is_terminal)
     return advance, close
-
-
-def _classes(cls) -> str:
-    return " + ".join(SHORT.get(c, c) for c in cls)
 
 
 # --- scan ------------------------------------------------------------------------------------------
 
-def scan_table(rep) -> Table:
-    from .paravirt import group_by_function
-
-    r = rep.result
-    t = Table(title=Text(f"{rep.guest.path}: sites that violate Theorem 1 under {rep.profile.name}"),
-              header_style="bold", title_justify="left")
-    for col, kw in (("function", {}), ("address", {"justify": "right"}), ("offset", {}),
-                    ("bytes", {}), ("asm", {}), ("form", {}), ("sensitive", {})):
-        t.add_column(col, **kw)
-    for func, sites in group_by_function(r.sites).items():
-        for k, s in enumerate(sites):
-            off = s.symbol.split("+", 1)[1] if s.symbol and "+" in s.symbol else ("+0" if s.symbol else "")
-            style = "yellow" if s.classes == ("undecided",) else "red"
-            t.add_row(func if k == 0 else "", f"{s.address:#x}", off, s.bytes, Text(s.asm), s.form,
-                      Text(_classes(s.classes), style=style), end_section=k == len(sites) - 1)
-    return t
-
-
-def unmodelled_table(unmodelled, limit: int = 12) -> Table:
-    t = Table(title="instructions no form models (outside the proof, not counted harmless)",
-              header_style="bold", title_justify="left", box=None, padding=(0, 1))
-    for col in ("mnemonic", "count", "first at", "example"):
-        t.add_column(col)
-    for u in unmodelled[:limit]:
-        t.add_row(u.mnemonic, str(u.count), " ".join(f"{a:#x}" for a in u.first[:3]), Text(u.example))
-    if len(unmodelled) > limit:
-        rest = unmodelled[limit:]
-        t.add_row(f"... {len(rest)} more", str(sum(u.count for u in rest)), "", "")
-    return t
-
-
-def scan_summary(rep) -> str:
-    r = rep.result
-    forms = Counter(s.form for s in r.sites)
-    funcs = {s.symbol.split("+", 1)[0] if s.symbol else s.section for s in r.sites}
-    listing = ", ".join(f"{f} x{n}" for f, n in forms.most_common())
-    head = (f"{os.path.basename(rep.guest.path)} [{rep.profile.name}]: {len(r.sites)} violating site(s)"
-            + (f" in {len(funcs)} function(s) ({listing})" if r.sites else ""))
-    return (f"{head}; {r.instructions} instructions, {r.unmodelled_count} unmodelled "
-            f"({len(r.unmodelled)} mnemonics), {r.undecodable} undecodable bytes  "
-            f"[{rep.seconds:.2f} s; {len(rep.derived)} form(s) classified now, "
-            f"{len(rep.verdicts) - len(rep.derived)} from the cache]")
-
-
 @_errors
 def cmd_scan(args, out: Console, err: Console) -> int:
-    from .guest import load_guest
-    from .paravirt import scan_guest, scan_json, scan_sarif
+    from pgvirt.guest.image import load_guest
+    from pgvirt.guest.paravirt import scan_guest
+    from pgvirt.report.documents import scan_json
+    from pgvirt.report.sarif import scan_sarif
 
     g = load_guest(args.guest, raw=args.raw, base=args.base, symbols=args.symbols)
     advance, close = _progress_for(args, err)
@@ -150,7 +102,7 @@ def cmd_scan(args, out: Console, err: Console) -> int:
 
 @_errors
 def cmd_patch(args, out: Console, err: Console) -> int:
-    from .paravirt import patch_guest
+    from pgvirt.guest.paravirt import patch_guest
 
     advance, close = _progress_for(args, err)
     try:
@@ -176,64 +128,11 @@ def cmd_patch(args, out: Console, err: Console) -> int:
 
 # --- check-patch -----------------------------------------------------------------------------------
 
-def _state_brief(d: dict, keys) -> str:
-    return ", ".join(f"{k}={d[k]:#x}" for k in keys if k in d and not isinstance(d[k], dict))
-
-
-def counterexample_lines(cx: dict) -> list[str]:
-    lines = [f"    differs in: {', '.join(cx['differs']) or '(see the states)'}"
-             f"{'  (replayed concretely)' if cx.get('replayed') else ''}"]
-    s = cx["guest_state"]
-    keys = ["eip", "esp", "cpl", "sysflags", "flags", "cs", "ss"]
-    lines.append(f"    guest view: {_state_brief(s, keys)}")
-    lines.append(f"    host state: {_state_brief(cx['host_state'], ['cpl', 'sysflags', 'cr4', 'cs', 'ss'])}")
-    o, h = cx["original"], cx["handler"]
-    lines.append(f"    original:   {'fault ' + str(o['vector']) if o.get('fault') else json.dumps(o.get('changed'), default=str)[:200]}")
-    lines.append(f"    handler:    {'fault ' + str(h['vector']) if h.get('fault') else json.dumps(h.get('guest_view_changed'), default=str)[:200]}")
-    return lines
-
-
-def check_text(out: Console, rep) -> None:
-    t = Table(title=Text(f"check-patch {rep.patched} against {rep.original} [{rep.profile}]"),
-              header_style="bold", title_justify="left")
-    t.add_column("claim")
-    t.add_column("status")
-    t.add_column("detail")
-    eq = [o for o in rep.obligations if o.claim == "equivalence"]
-    for o in rep.obligations:
-        if o.claim == "equivalence" and o.status == "holds" and len(eq) > 8:
-            continue   # many sites: the proved ones are summed up below
-        t.add_row(o.claim, Text(o.status, style=STATUS_STYLE[o.status]), Text(o.message))
-    proved = sum(o.status == "holds" for o in eq)
-    if len(eq) > 8:
-        t.add_row("equivalence", Text("holds" if proved == len(eq) else f"{proved}/{len(eq)}",
-                                      style=STATUS_STYLE["holds" if proved == len(eq) else "fails"]),
-                  f"{proved} of {len(eq)} site handlers proved equal to their original instruction")
-    out.print(t)
-    for o in rep.obligations:
-        if o.claim == "equivalence" and o.status == "fails" and o.detail:
-            out.print(Text(f"  counterexample for site #{o.site} at {o.address:#x}:", style="red"))
-            for line in counterexample_lines(o.detail):
-                out.print(Text(line))
-
-
-def check_summary(rep) -> str:
-    eq = [o for o in rep.obligations if o.claim == "equivalence"]
-    fails = rep.failures()
-    head = f"{os.path.basename(rep.patched)} [{rep.profile}]: {rep.verdict.upper()}"
-    if rep.verdict == "holds" and rep.unmodelled_count:
-        head += " for every modelled instruction"
-    parts = [f"{len(rep.sites)} hypercall site(s)", f"{sum(o.status == 'holds' for o in eq)} proved equivalent",
-             f"{len(rep.remaining)} violation(s) remain", f"{len(rep.allowed)} allow-listed",
-             f"{rep.unmodelled_count} unmodelled"]
-    if fails:
-        parts.append(f"{len(fails)} failing claim(s), first: {fails[0].message[:120]}")
-    return f"{head}: " + "; ".join(parts) + f"  [{rep.seconds:.2f} s]"
-
-
 @_errors
 def cmd_check_patch(args, out: Console, err: Console) -> int:
-    from .paravirt import check_json, check_patch, check_sarif, load_manifest
+    from pgvirt.guest.paravirt import check_patch, load_manifest
+    from pgvirt.report.documents import check_json
+    from pgvirt.report.sarif import check_sarif
 
     m = load_manifest(args.manifest)
     advance, close = _progress_for(args, err)
@@ -252,7 +151,7 @@ def cmd_check_patch(args, out: Console, err: Console) -> int:
     if rep.cache_note:
         err.print(Text(f"pgvirt: warning: {rep.cache_note}", style="yellow"))
     if args.junit or args.sarif:
-        from .ci_reports import write_check_patch_reports
+        from pgvirt.report.files import write_check_patch_reports
 
         try:
             write_check_patch_reports(rep, check_sarif(rep) if args.sarif else {}, args.junit, args.sarif)

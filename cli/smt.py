@@ -6,22 +6,23 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .cli import EXIT_BAD, EXIT_OK, Parser, UsageError, _profiles, _progress, positive_int
+from .common import Parser, positive_int, profile_names, progress
+from .errors import EXIT_BAD, EXIT_OK, UsageError
 
 
 def cmd_export_smt(args, out, err) -> int:
     from pgvirt.model import isa
 
-    from .ci_reports import export_smt
+    from pgvirt.verify.smtlib import export_smt
 
-    names = _profiles(args)
+    names = profile_names(args)
     for f in args.forms:
         isa.get(f)   # KeyError -> one-line error in main
     outdir = Path(args.dir)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"not a directory: {outdir}")
     total = len(args.forms or isa.FORMS) * len(names)
-    advance, close = _progress(err, total, "exporting", err.is_terminal)
+    advance, close = progress(err, total, "exporting", err.is_terminal)
     t0 = time.perf_counter()
     try:
         done = export_smt(outdir, names, args.forms or None, args.timeout_ms, args.jobs, advance)

@@ -8,45 +8,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .literature import robin_irvine_entry
-from .popek_goldberg import CLASSES, Classification, Theorem, theorem
+from pgvirt.verify.popek_goldberg import CLASSES, Classification, theorem
+
+from .documents import departures
 
 SHORT = {"privileged": "priv", "control_sensitive": "ctrl", "mode_sensitive": "mode",
          "location_sensitive": "loc", "behavior_sensitive": "behav", "sensitive": "sens",
          "user_sensitive": "user", "innocuous": "innoc"}
-
-
-# --- JSON ---------------------------------------------------------------------------------------
-
-def classify_json(profile: str, results: list[Classification]) -> dict:
-    return {"profile": profile, "instructions": [c.row() for c in results]}
-
-
-def departures(results: list[Classification], t1: Theorem) -> dict:
-    """Where the derived Theorem-1 violations depart from Robin & Irvine's list."""
-    violating = {c.form.name for c in t1.violations}
-    beyond, not_derived = [], []
-    for c in results:
-        entry = robin_irvine_entry(c.form.mnemonic, c.form.asm)
-        if c.form.name in violating and entry is None:
-            a = c.answers["sensitive"]
-            beyond.append({"name": c.form.name, "asm": c.form.asm, "why": a.note,
-                           "witness": a.witness})
-        elif c.form.name not in violating and entry is not None:
-            why = ("privileged under this profile" if c["privileged"] else
-                   "not sensitive under the definitions" if c["sensitive"] is False else "undecided")
-            not_derived.append({"name": c.form.name, "asm": c.form.asm, "paper": entry, "why": why})
-    return {"beyond_the_paper": beyond, "listed_but_not_violations": not_derived}
-
-
-def verify_json(per_profile: list[tuple[str, list[Classification]]]) -> dict:
-    out = []
-    for pname, results in per_profile:
-        t1, t3 = theorem("1", results), theorem("3", results)
-        out.append({"profile": pname, "theorems": {"1": t1.as_json(), "3": t3.as_json()},
-                    "robin_irvine": departures(results, t1),
-                    "assumptions": sorted({a for c in results for a in c.assumptions})})
-    return {"profiles": out}
 
 
 # --- text ---------------------------------------------------------------------------------------

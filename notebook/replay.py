@@ -14,8 +14,8 @@ from pgvirt.model import isa
 from pgvirt.model.outcome import Fault, vector_name
 from pgvirt.verify import counterexample as cx
 
-from .machine import NOT_HELD
-from .replay import Replay, Replayer
+from pgvirt.emulator.machine import NOT_HELD
+from pgvirt.emulator.replay import Replay, Replayer
 
 _TABLE = ('<table style="border-collapse:collapse;font-family:monospace;font-size:12px">{}</table>')
 _CELL = 'style="border:1px solid #ccc;padding:2px 6px;{}"'

@@ -14,9 +14,9 @@ from pgvirt.model import isa, profiles
 from pgvirt.model import state as st
 from pgvirt.model.outcome import vector_name
 
-from . import report
-from .cache import classifications
-from .popek_goldberg import CLASSES, Classification, classify, recheck, theorem
+from pgvirt.report import theorems as report
+from pgvirt.verify.cache import classifications
+from pgvirt.verify.popek_goldberg import CLASSES, Classification, classify, recheck, theorem
 
 # --- classifications, computed once per process -------------------------------------------------
 

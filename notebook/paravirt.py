@@ -1,6 +1,6 @@
 """Notebook views of paravirtualizing a real guest: its sites by function, the patch, the proofs.
 
-Each view wraps an answer of ``verify.paravirt`` (``scan_guest``, ``patch_guest``,
+Each view wraps an answer of ``guest.paravirt`` (``scan_guest``, ``patch_guest``,
 ``check_patch``) and renders it with ``_repr_html_``.  The only thing computed here is the
 function a site belongs to, named as a disassembler names functions in a guest without symbols:
 a function starts at the entry point and at every near-CALL target (E8 rel32) of the linear
@@ -27,10 +27,10 @@ from pgvirt.model import isa, monitor, profiles
 from pgvirt.model import state as st
 from pgvirt.model.outcome import Fault, vector_name
 
-from . import guest as G
-from . import paravirt as P
-from .guest import Site
-from .notebook import HTML, _TABLE, _e, _fmt, _mem, _td
+from pgvirt.guest import decode as G
+from pgvirt.guest import paravirt as P
+from pgvirt.guest.scan import Site
+from .classification import HTML, _TABLE, _e, _fmt, _mem, _td
 
 __all__ = ["GUEST", "Function", "Functions", "find_functions", "entry_point", "ScanView", "scan",
            "PatchView", "patch", "ProofView", "prove", "prove_unpatched", "deprivileged", "Sample",

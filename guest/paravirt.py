@@ -27,7 +27,6 @@ import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 import z3
@@ -36,15 +35,15 @@ from pgvirt.model import isa, monitor, profiles, state as st
 from pgvirt.model.outcome import GP, Fault
 from pgvirt.model.profiles import Profile
 
-from . import guest as G
-from .guest import Guest, GuestError, ScanResult, Site, load_guest, scan
-from .cache import ClassificationCache, atomic_write as _atomic_write, classifications
-from .ci_reports import fingerprint, sarif_log
-from .popek_goldberg import Classification, Engine, classify_all
-from .solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict
+from . import decode as D, image as G, scan as S
+from .image import Guest, GuestError, load_guest
+from .scan import ScanResult, Site, scan
+from pgvirt.verify.cache import ClassificationCache, atomic_write as _atomic_write, classifications
+from pgvirt.verify.popek_goldberg import Classification, Engine, classify_all
+from pgvirt.verify.solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict
 
 __all__ = ["ClassificationCache", "classifications", "violation", "reason", "ScanReport",
-           "scan_guest", "scan_json", "scan_sarif", "PatchResult", "patch_guest", "Manifest",
+           "scan_guest", "PatchResult", "patch_guest", "Manifest",
            "load_manifest", "ManifestError", "PatchError", "GuestError", "equivalence_query",
            "prove_site", "prove_trap", "check_patch", "CheckReport", "Obligation", "SiteProof"]
 
@@ -146,132 +145,6 @@ def scan_guest(g: Guest, profile: Profile | str = DEFAULT_PROFILE, cache: Classi
 
 def _function(s: Site) -> str:
     return s.symbol.split("+", 1)[0] if s.symbol else f"({s.section})"
-
-
-def scan_json(rep: ScanReport) -> dict:
-    r = rep.result
-    return {
-        "guest": rep.guest.path,
-        "profile": rep.profile.name,
-        "sites": [dict(s.row(), reason=rep.reason(s.form)) for s in r.sites],
-        "unmodelled": [{"mnemonic": u.mnemonic, "count": u.count, "first": list(u.first),
-                        "example": u.example} for u in r.unmodelled],
-        "instructions": r.instructions,
-        "undecodable": r.undecodable,
-        "violating_forms": {f: {"count": n, "classes": list(violation(rep.verdicts[f])),
-                                "reason": rep.reason(f)}
-                            for f, n in r.forms.items() if violation(rep.verdicts[f])},
-        "symbols": rep.guest.symbol_source,
-        "classified_now": rep.derived,
-        "seconds": round(rep.seconds, 4),
-    }
-
-
-def _uri(path: str) -> str:
-    p = Path(path)
-    return p.resolve().as_uri() if p.is_absolute() else p.as_posix()
-
-
-def _sarif_location(g: Guest, uri: str, address: int, section: str | None, symbol: str | None,
-                    length: int, gzipped: bool) -> dict:
-    """An address location (SARIF 2.1.0 3.32) with the artifact: file offsets only where the
-    artifact's bytes are the image's (not for a gzip-compressed guest) and the section is known;
-    line 1 because code scanning requires a startLine even for binary artifacts."""
-    sec = next((s for s in g.sections if s.name == section), None)
-    region: dict = {"startLine": 1}
-    if sec is not None and not gzipped:
-        region.update(byteOffset=sec.offset + address - sec.addr, byteLength=length)
-    name = symbol or (f"{section}+{address - sec.addr:#x}" if sec else f"{address:#x}")
-    loc = {"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}, "region": region,
-                                "address": {"absoluteAddress": address, "name": name,
-                                            "kind": "instruction", "length": length}}}
-    if symbol:
-        loc["logicalLocations"] = [{"name": symbol.split("+", 1)[0], "kind": "function"}]
-    return loc
-
-
-def scan_sarif(rep: ScanReport) -> dict:
-    """SARIF 2.1.0 for code scanning: one rule per violating form, one error result per site,
-    one note per unmodelled mnemonic (its first address)."""
-    g, r = rep.guest, rep.result
-    uri = _uri(g.path)
-    gzipped = _is_gzip(g.path)
-    rules, index, results = [], {}, []
-    for s in r.sites:
-        c = rep.verdicts[s.form]
-        f = c.form
-        if s.form not in index:
-            index[s.form] = len(rules)
-            rules.append({
-                "id": f"pgvirt/{f.name}",
-                "name": f.name,
-                "shortDescription": {"text": f"{f.mnemonic} must trap in user mode if it is sensitive"},
-                "fullDescription": {"text": rep.reason(s.form)},
-                "help": {"text": "Paravirtualize the site (pgvirt patch rewrites it into a hypercall "
-                                 "to the monitor) or run under a profile that makes it trap. "
-                                 f"Semantics: {f.cite}"},
-                "defaultConfiguration": {"level": "error"},
-                "properties": {"tags": ["popek-goldberg", "virtualization"], "mnemonic": f.mnemonic,
-                               "classes": list(s.classes)},
-            })
-        where = s.symbol or f"{s.address:#x}"
-        results.append({
-            "ruleId": f"pgvirt/{f.name}", "ruleIndex": index[s.form], "kind": "fail",
-            "level": "error" if s.classes != (UNDECIDED,) else "warning",
-            "message": {"text": f"{s.asm} ({s.bytes}) at {s.address:#x} in {where}: {rep.reason(s.form)}"},
-            "locations": [_sarif_location(g, uri, s.address, s.section, s.symbol, len(s.bytes) // 2, gzipped)],
-            "partialFingerprints": {"pgvirtSite/v1": fingerprint(f.name, s.section, where, s.bytes)},
-            "properties": {"profile": rep.profile.name, "form": f.name, "classes": list(s.classes),
-                           "section": s.section},
-        })
-    if r.unmodelled:
-        unm = len(rules)
-        rules.append({
-            "id": "pgvirt/unmodelled", "name": "unmodelled",
-            "shortDescription": {"text": "instruction outside the model"},
-            "fullDescription": {"text": "No instruction form of the model describes these bytes, so "
-                                        "nothing is proved about them; they are not counted harmless."},
-            "defaultConfiguration": {"level": "note"},
-            "properties": {"tags": ["popek-goldberg", "coverage"]},
-        })
-        for u in r.unmodelled:
-            a = u.first[0]
-            # In a relocatable object every section starts at 0: an address names no section.
-            sec = g.section_at(a) if g.kind != "rel" else None
-            secname = sec.name if sec else None
-            sym = g.symbolize(a, secname) if sec else None
-            code_len = len(u.example.split()[0]) // 2
-            results.append({
-                "ruleId": "pgvirt/unmodelled", "ruleIndex": unm, "kind": "review", "level": "note",
-                "message": {"text": f"{u.count} instruction(s) '{u.mnemonic}' no form models "
-                                    f"(first at {', '.join(f'{x:#x}' for x in u.first)}; e.g. {u.example})"},
-                "locations": [_sarif_location(g, uri, a, secname, sym, code_len, gzipped)],
-                "partialFingerprints": {"pgvirtUnmodelled/v1": fingerprint(u.mnemonic, g.path)},
-                "properties": {"count": u.count, "mnemonic": u.mnemonic},
-            })
-    return sarif_log(
-        rules, results,
-        artifacts=[{"location": {"uri": uri}, "length": _size(g.path),
-                    "mimeType": "application/gzip" if gzipped else "application/octet-stream",
-                    "hashes": {"sha-256": sha256_file(g.path)}}],
-        invocations=[{"executionSuccessful": True}],
-        properties={"profile": rep.profile.name, "instructions": r.instructions,
-                    "undecodable": r.undecodable, "unmodelled": r.unmodelled_count})
-
-
-def _is_gzip(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(2) == b"\x1f\x8b"
-    except OSError:
-        return False
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return -1
 
 
 def sha256_file(path: str) -> str:
@@ -611,7 +484,7 @@ def prove_trap(profile: Profile | str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> 
     monitor dispatches on (SDM Vol. 2A HLT; faults report the faulting EIP, Vol. 3A 6.5)."""
     prof = profiles.get(profile) if isinstance(profile, str) else profile
     t0 = time.perf_counter()
-    form = G.match_form(bytes([monitor.HYPERCALL]))
+    form = S.match_form(bytes([monitor.HYPERCALL]))
     if form is None:
         return [Obligation("trap", "fails", f"the hypercall byte {monitor.HYPERCALL:02x} matches no form")]
     eng = Engine(form, prof, timeout_ms)
@@ -940,7 +813,7 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
     # --- each site is what the manifest says it is
     og = of.guest
     want_at = {s.address for s in m.sites}
-    orig_insn = {(i.section, i.address): i for i in G.decode(og, text=False) if i.address in want_at}
+    orig_insn = {(i.section, i.address): i for i in D.decode(og, text=False) if i.address in want_at}
     relocs = relocated_ranges(of)
     sites_ok: list[tuple[ManifestSite, monitor.Site]] = []
     spans: list[tuple[int, int, ManifestSite]] = []
@@ -976,7 +849,7 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
             ins = orig_insn.get((s.section, s.address))
             if ins is None or ins.bytes != s.original:
                 bad("no instruction of the original's decoding starts there with these bytes "
-                    + (f"(it decodes {ins.bytes.hex()} {ins.mnemonic or G.asm(ins.bytes, ins.address)})"
+                    + (f"(it decodes {ins.bytes.hex()} {ins.mnemonic or D.asm(ins.bytes, ins.address)})"
                        if ins else "(mid-instruction)"))
             hit = _overlaps(relocs, s.section, s.address, s.address + s.length)
             if hit is not None:
@@ -987,7 +860,7 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
         except KeyError:
             bad(f"form {s.form!r} is no form of the model")
         if form is not None and len(s.original) == s.length and s.length:
-            got = G.match_form(s.original)
+            got = S.match_form(s.original)
             if got is None or got.name != form.name:
                 bad(f"the manifest says form {s.form}, but the original bytes {s.original.hex()} are "
                     + (f"an instance of {got.name}" if got else "no form of the model"))
@@ -1106,70 +979,6 @@ def _byte_failure(of: GuestFile, off: int, a: bytes, b: bytes) -> Obligation:
         where += f" = {_where(of.guest, addr, sec.name)} in {sec.name}"
     return Obligation("bytes", "fails", f"{where} differs outside every site: {a[off]:02x} became {b[off]:02x}",
                       None, addr, sec.name if sec else None)
-
-
-def check_json(rep: CheckReport) -> dict:
-    return {
-        "verdict": rep.verdict, "patched": rep.patched, "manifest": rep.manifest, "original": rep.original,
-        "profile": rep.profile, "allow": list(rep.allow),
-        "obligations": [o.as_json() for o in rep.obligations],
-        "sites": [{"hypercall": p.site.number, "address": p.site.address, "form": p.site.form.name,
-                   "original": p.site.code.hex(), "proof": p.status, "note": p.note,
-                   "seconds": round(p.seconds, 4), "counterexample": p.counterexample} for p in rep.proofs],
-        "remaining": [s.row() for s in rep.remaining],
-        "allowed": [s.row() for s in rep.allowed],
-        "unmodelled": [{"mnemonic": u.mnemonic, "count": u.count, "first": list(u.first)} for u in rep.unmodelled],
-        "instructions": rep.instructions,
-        "coverage": {"unmodelled": rep.unmodelled_count, "strict": rep.strict,
-                     "note": "unmodelled instructions are outside claim (1); --strict makes them unknown"},
-        "seconds": round(rep.seconds, 4),
-    }
-
-
-_CLAIMS = {
-    "manifest": "the manifest describes the original guest",
-    "bytes": "outside the sites the patched file is the original, byte for byte",
-    "remaining": "no sensitive-unprivileged instruction remains but allow-listed forms",
-    "coverage": "instructions outside the model",
-    "trap": "the hypercall traps to the monitor",
-    "equivalence": "the site's handler is its original instruction",
-}
-
-
-def check_sarif(rep: CheckReport) -> dict:
-    """SARIF 2.1.0: one rule per claim; a result per failing or undecided obligation (errors;
-    undecided: kind open, level none) and a note for instructions outside the model."""
-    uri = _uri(rep.patched)
-    rules = [{"id": f"pgvirt/check-patch/{k}", "name": k, "shortDescription": {"text": v},
-              "defaultConfiguration": {"level": "note" if k == "coverage" else "error"}}
-             for k, v in _CLAIMS.items()]
-    index = {k: i for i, k in enumerate(_CLAIMS)}
-    results = []
-    for o in rep.obligations:
-        if o.status == "holds" and o.claim != "coverage":
-            continue
-        res: dict = {"ruleId": f"pgvirt/check-patch/{o.claim}", "ruleIndex": index[o.claim],
-                     "message": {"text": o.message}}
-        if o.claim == "coverage":
-            res.update(kind="review", level="note")
-        elif o.status == "fails":
-            res.update(kind="fail", level="error")
-        else:
-            res.update(kind="open", level="none")
-        loc: dict = {"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0},
-                                          "region": {"startLine": 1}}}
-        if o.address is not None:
-            loc["physicalLocation"]["address"] = {"absoluteAddress": o.address, "kind": "instruction",
-                                                  "name": o.symbol or f"{o.address:#x}"}
-        res["locations"] = [loc]
-        res["partialFingerprints"] = {"pgvirtCheck/v1": fingerprint(o.claim, o.section, o.address, o.site)}
-        if o.detail is not None:
-            res["properties"] = {"detail": o.detail}
-        results.append(res)
-    return sarif_log(rules, results, artifacts=[{"location": {"uri": uri}}],
-                     invocations=[{"executionSuccessful": True}],
-                     properties={"verdict": rep.verdict, "profile": rep.profile,
-                                 "manifest": rep.manifest, "original": rep.original})
 
 
 def sites_from_manifest(m: Manifest) -> list[monitor.Site]:

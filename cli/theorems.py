@@ -1,0 +1,102 @@
+"""``pgvirt classify`` and ``pgvirt verify``: every Popek-Goldberg class of every form, and the
+Theorem 1 and 3 verdicts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from rich.console import Console
+
+from .common import positive_int, output_file, profile_names, progress
+from .errors import EXIT_BAD, EXIT_FAIL, EXIT_OK, UsageError
+
+
+def _classify_profiles(names: list[str], args, err: Console):
+    from pgvirt.model import isa
+    from pgvirt.verify.popek_goldberg import classify_many
+
+    forms = getattr(args, "forms", None) or None
+    if forms:
+        for f in forms:
+            try:
+                isa.get(f)
+            except KeyError as e:
+                raise UsageError(str(e.args[0])) from None
+    total = len(forms or isa.FORMS) * len(names)
+    advance, close = progress(err, total, "solving", args.format == "text" and err.is_terminal)
+    try:
+        res = classify_many(names, forms, jobs=args.jobs, timeout_ms=args.timeout_ms, progress=advance)
+        return [(p, res[p]) for p in names]
+    finally:
+        close()
+
+
+def cmd_classify(args, out: Console, err: Console) -> int:
+    from pgvirt.report import documents, theorems as report
+
+    names = profile_names(args)
+    t0 = time.perf_counter()
+    per = _classify_profiles(names, args, err)
+    if args.format == "json":
+        doc = documents.classify_json(per[0][0], per[0][1]) if len(per) == 1 else \
+            {"profiles": [documents.classify_json(p, r) for p, r in per]}
+        print(json.dumps(doc, indent=2))
+    else:
+        for p, r in per:
+            out.print(report.classify_table(p, r))
+        out.print(report.summary(per, time.perf_counter() - t0))
+    unknown = any(c[k] is None for _, r in per for c in r for k in ("privileged", "sensitive"))
+    return EXIT_BAD if unknown else EXIT_OK
+
+
+def cmd_verify(args, out: Console, err: Console) -> int:
+    from pgvirt.report import documents, theorems as report
+    from pgvirt.verify.popek_goldberg import theorem
+
+    names = profile_names(args)
+    t0 = time.perf_counter()
+    per = _classify_profiles(names, args, err)
+    if args.format == "json":
+        print(json.dumps(documents.verify_json(per), indent=2))
+    else:
+        report.verify_text(out, per)
+        out.print(report.summary(per, time.perf_counter() - t0))
+    if args.junit or args.sarif:
+        from pgvirt.report.files import write_verify_reports
+        try:
+            write_verify_reports(per, args.junit, args.sarif)
+        except OSError as e:
+            raise UsageError(f"cannot write report {e.filename}: {e.strerror}") from None
+    verdicts = [theorem(n, r).verdict for _, r in per for n in ("1", "3")]
+    if "unknown" in verdicts:
+        return EXIT_BAD
+    return EXIT_FAIL if "fails" in verdicts else EXIT_OK
+
+
+def _add_solver_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--timeout-ms", type=positive_int, default=20_000,
+                   help="per solver query; an answer past it is UNKNOWN (default 20000)")
+    p.add_argument("--jobs", type=positive_int, default=None, help="worker processes (default: cores)")
+
+
+def register(sub, commands) -> None:
+    c = sub.add_parser("classify", help="every Popek-Goldberg class of every instruction form")
+    c.add_argument("--profile")
+    c.add_argument("--all-profiles", action="store_true")
+    c.add_argument("forms", nargs="*", metavar="FORM", help="only these forms")
+    _add_solver_opts(c)
+    commands["classify"] = cmd_classify
+
+    v = sub.add_parser("verify", help="Theorem 1 and 3 verdicts with violations and witnesses")
+    g = v.add_mutually_exclusive_group()
+    g.add_argument("--profile")
+    g.add_argument("--all-profiles", action="store_true")
+    _add_solver_opts(v)
+    v.add_argument("--junit", metavar="FILE", type=output_file,
+                   help="also write JUnit XML: one test case per profile x theorem x form")
+    v.add_argument("--sarif", metavar="FILE", type=output_file,
+                   help="also write SARIF 2.1.0: one rule per violating form")
+    commands["verify"] = cmd_verify

@@ -1,0 +1,335 @@
+"""Guest binaries as the loader sees them: executable sections and symbols.
+
+``load_guest`` reads an ELF32 i386 file (ET_EXEC, ET_DYN or ET_REL, optionally gzip-compressed)
+or a flat blob and keeps only its executable sections and their symbols.  Every problem with the
+input is one ``GuestError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+import re
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from elftools.elf.constants import SH_FLAGS
+from elftools.elf.elffile import ELFFile
+
+__all__ = ["GuestError", "Section", "Symbol", "Guest", "load_guest"]
+
+MAX_FILE = 1 << 30          # bigger inputs (or gzip bombs) are refused, not read
+_GZIP_MAGIC = b"\x1f\x8b"
+_ELF_MAGIC = b"\x7fELF"
+_ET = {"ET_REL": "rel", "ET_EXEC": "exec", "ET_DYN": "dyn"}
+
+
+class GuestError(ValueError):
+    """The input is not a guest this loader can read (the message says why, in one line)."""
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    addr: int          # load address (ET_REL: 0-based within the section)
+    data: bytes
+    offset: int        # file offset of the first byte (in the decompressed image)
+
+    @property
+    def end(self) -> int:
+        return self.addr + len(self.data)
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    addr: int
+    section: str
+    is_global: bool = False
+    sync: bool = True   # decoding restarts here (not at STT_OBJECT: data inside code, often
+                        # a patch point inside an instruction, e.g. GRUB's relocator variables)
+
+
+def _preference(s: Symbol) -> tuple:
+    # Deterministic choice among aliases at one address: global, fewest leading underscores.
+    return (not s.is_global, len(s.name) - len(s.name.lstrip("_")), s.name)
+
+
+@dataclass
+class Guest:
+    """Executable sections of a guest and the symbols that lie in them."""
+
+    path: str
+    kind: str                               # "exec", "dyn", "rel" or "raw"
+    sections: tuple[Section, ...]
+    symbols: tuple[Symbol, ...] = ()
+    symbol_source: str = "none"             # ".symtab", ".dynsym", a symbol file, or "none"
+    notes: tuple[str, ...] = ()             # executable sections that hold no bytes to scan
+    _index: dict = field(init=False, repr=False, compare=False)
+    _sync: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_sec: dict[str, dict[int, Symbol]] = defaultdict(dict)
+        for s in self.symbols:
+            cur = by_sec[s.section].get(s.addr)
+            if cur is None or _preference(s) < _preference(cur):
+                by_sec[s.section][s.addr] = s
+        self._index = {name: (sorted(m), [m[a] for a in sorted(m)]) for name, m in by_sec.items()}
+        sync: dict[str, set[int]] = defaultdict(set)
+        for s in self.symbols:
+            if s.sync:
+                sync[s.section].add(s.addr)
+        self._sync = {name: sorted(a) for name, a in sync.items()}
+
+    def section_at(self, addr: int, section: str | None = None) -> Section | None:
+        hits = [s for s in self.sections if s.addr <= addr < s.end
+                and (section is None or s.name == section)]
+        if len(hits) > 1:
+            raise ValueError(f"address {addr:#x} is in {len(hits)} sections of a relocatable "
+                             "object; name the section")
+        return hits[0] if hits else None
+
+    def sync_points(self, section: Section) -> list[int]:
+        """Addresses in ``section`` where decoding restarts (its symbols, less data objects)."""
+        return self._sync.get(section.name, [])
+
+    def symbolize(self, addr: int, section: str | None = None) -> str | None:
+        """``"func+0x12"`` for the nearest symbol at or before ``addr`` in its section, else None."""
+        sec = self.section_at(addr, section)
+        return None if sec is None else self.label(sec.name, addr)
+
+    def label(self, section: str, addr: int) -> str | None:
+        """``symbolize`` for an address known to lie in ``section``."""
+        addrs, syms = self._index.get(section, ([], []))
+        i = bisect.bisect_right(addrs, addr) - 1
+        if i < 0:
+            return None
+        off = addr - addrs[i]
+        return syms[i].name if off == 0 else f"{syms[i].name}+{off:#x}"
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(0)
+            if head == _GZIP_MAGIC:
+                return _gunzip(f.read(MAX_FILE + 1), path)
+            data = f.read(MAX_FILE + 1)
+    except OSError as e:
+        raise GuestError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_FILE:
+        raise GuestError(f"{path}: larger than {MAX_FILE >> 20} MiB")
+    return data
+
+
+def _gunzip(raw: bytes, path: str) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:  # a gzip file may hold several members, one after the other
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = d.decompress(raw, MAX_FILE + 1 - size)
+        except zlib.error as e:
+            raise GuestError(f"{path}: corrupt gzip data: {e}") from None
+        parts.append(part)
+        size += len(part)
+        if size > MAX_FILE or d.unconsumed_tail:
+            raise GuestError(f"{path}: decompresses to more than {MAX_FILE >> 20} MiB")
+        if not d.eof:
+            raise GuestError(f"{path}: truncated gzip data")
+        raw = d.unused_data
+        if not raw.strip(b"\0"):  # zero padding after the last member is common
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _check_range(path: str, what: str, off: int, size: int, total: int) -> None:
+    if off < 0 or size < 0 or off + size > total:
+        raise GuestError(f"{path}: {what} (file bytes {off:#x}+{size:#x}) lies beyond the end "
+                         f"of the {total:#x}-byte file")
+
+
+def _load_elf(path: str, data: bytes) -> tuple[str, list[Section], list[Symbol], list[str], str]:
+    if len(data) < 52:
+        raise GuestError(f"{path}: truncated ELF header ({len(data)} bytes)")
+    if data[4] == 2:
+        raise GuestError(f"{path}: 64-bit ELF (ELFCLASS64); only 32-bit IA-32 guests are supported")
+    if data[4] != 1:
+        raise GuestError(f"{path}: bad ELF class byte {data[4]}")
+    if data[5] != 1:
+        raise GuestError(f"{path}: not a little-endian ELF (EI_DATA={data[5]})")
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        hdr = elf.header
+        kind = _ET.get(hdr.e_type)
+        if hdr.e_machine != "EM_386":
+            raise GuestError(f"{path}: ELF machine is {hdr.e_machine}, not EM_386")
+        if kind is None:
+            raise GuestError(f"{path}: ELF type {hdr.e_type} is not ET_EXEC, ET_DYN or ET_REL")
+        _check_headers(path, hdr, len(data))
+        if kind != "rel":
+            _check_segments(path, elf, len(data))
+        sections, notes, exec_idx = _exec_sections(path, elf, data, kind)
+        symbols, source = _elf_symbols(path, elf, data, kind, exec_idx)
+    except GuestError:
+        raise
+    except Exception as e:  # pyelftools reports corrupt input with many exception types
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise GuestError(f"{path}: corrupt ELF: {type(e).__name__}: {msg}"[:300]) from None
+    return kind, sections, symbols, notes, source
+
+
+def _check_headers(path: str, hdr, size: int) -> None:
+    if hdr.e_shnum == 0 or hdr.e_shoff == 0:
+        raise GuestError(f"{path}: ELF has no section headers")
+    if hdr.e_shentsize != 40:
+        raise GuestError(f"{path}: section header size {hdr.e_shentsize}, expected 40")
+    _check_range(path, "section header table", hdr.e_shoff, hdr.e_shnum * 40, size)
+    if not 0 < hdr.e_shstrndx < hdr.e_shnum:
+        raise GuestError(f"{path}: section name table index {hdr.e_shstrndx} out of range")
+    if hdr.e_phnum:
+        if hdr.e_phentsize != 32:
+            raise GuestError(f"{path}: program header size {hdr.e_phentsize}, expected 32")
+        _check_range(path, "program header table", hdr.e_phoff, hdr.e_phnum * 32, size)
+
+
+def _check_segments(path: str, elf: ELFFile, size: int) -> None:
+    loads = []
+    for i in range(elf.num_segments()):
+        h = elf._get_segment_header(i)
+        if h.p_type != "PT_LOAD":
+            continue
+        _check_range(path, f"segment {i}", h.p_offset, h.p_filesz, size)
+        if h.p_filesz > h.p_memsz or h.p_vaddr + h.p_memsz > 1 << 32:
+            raise GuestError(f"{path}: segment {i} has bad sizes (filesz {h.p_filesz:#x}, "
+                             f"memsz {h.p_memsz:#x} at {h.p_vaddr:#x})")
+        loads.append((h.p_vaddr, h.p_vaddr + h.p_memsz, i))
+    loads.sort()
+    for (a0, a1, i), (b0, b1, j) in zip(loads, loads[1:]):
+        if b0 < a1:
+            raise GuestError(f"{path}: overlapping segments {i} [{a0:#x},{a1:#x}) and "
+                             f"{j} [{b0:#x},{b1:#x})")
+
+
+def _exec_sections(path: str, elf: ELFFile, data: bytes, kind: str):
+    sections: list[Section] = []
+    notes: list[str] = []
+    exec_idx: dict[int, str] = {}
+    for i in range(elf.num_sections()):
+        h = elf._get_section_header(i)
+        if not h.sh_flags & SH_FLAGS.SHF_EXECINSTR:
+            continue
+        name = elf._get_section_name(h) or f"section{i}"
+        if h.sh_type == "SHT_NOBITS" or h.sh_size == 0:
+            notes.append(f"{name}: executable section with no bytes in the file")
+            continue
+        _check_range(path, f"section {name}", h.sh_offset, h.sh_size, len(data))
+        addr = 0 if kind == "rel" else h.sh_addr
+        if addr + h.sh_size > 1 << 32:
+            raise GuestError(f"{path}: section {name} runs past 4 GiB")
+        exec_idx[i] = name
+        sections.append(Section(name, addr, data[h.sh_offset:h.sh_offset + h.sh_size], h.sh_offset))
+    if not sections:
+        raise GuestError(f"{path}: no executable bytes (no non-empty SHF_EXECINSTR section)")
+    if len({s.name for s in sections}) != len(sections):
+        raise GuestError(f"{path}: two executable sections share a name")
+    if kind != "rel":
+        ordered = sorted(sections, key=lambda s: s.addr)
+        for a, b in zip(ordered, ordered[1:]):
+            if b.addr < a.end:
+                raise GuestError(f"{path}: overlapping executable sections {a.name} and {b.name}")
+    return sections, notes, exec_idx
+
+
+def _elf_symbols(path: str, elf: ELFFile, data: bytes, kind: str, exec_idx: dict[int, str]):
+    # Found by type, header by header: building every section (as get_section_by_name does)
+    # would reject a guest for a corrupt section the scanner never reads, e.g. a relocation table.
+    types = [elf._get_section_header(i).sh_type for i in range(elf.num_sections())]
+    idx = next((i for want in ("SHT_SYMTAB", "SHT_DYNSYM") for i, t in enumerate(types)
+                if t == want), None)
+    if idx is None:
+        return [], "none"
+    h = elf._get_section_header(idx)
+    if h.sh_entsize != 16:
+        raise GuestError(f"{path}: symbol table (section {idx}) entry size {h.sh_entsize}, "
+                         "expected 16")
+    table = elf.get_section(idx)
+    _check_range(path, f"section {table.name}", h.sh_offset, h.sh_size, len(data))
+    if not 0 < h.sh_link < elf.num_sections():
+        raise GuestError(f"{path}: {table.name} names a string table {h.sh_link} out of range")
+    strtab = elf._get_section_header(h.sh_link)
+    _check_range(path, "symbol string table", strtab.sh_offset, strtab.sh_size, len(data))
+    bounds = {i: (0 if kind == "rel" else elf._get_section_header(i).sh_addr,
+                  elf._get_section_header(i).sh_size) for i in exec_idx}
+    out = []
+    for sym in table.iter_symbols():
+        e = sym.entry
+        if e.st_info.type in ("STT_SECTION", "STT_FILE") or not sym.name:
+            continue
+        if sym.name.startswith(".L") or not isinstance(e.st_shndx, int) or e.st_shndx not in exec_idx:
+            continue
+        lo, n = bounds[e.st_shndx]
+        addr = e.st_value + (0 if kind != "rel" else lo)
+        if lo <= addr < lo + n:  # a symbol at the very end of a section labels nothing
+            out.append(Symbol(sym.name, addr, exec_idx[e.st_shndx], e.st_info.bind != "STB_LOCAL",
+                              e.st_info.type != "STT_OBJECT"))
+    return out, table.name if out else "none"
+
+
+_NM_LINE = re.compile(r"([0-9A-Fa-f]{1,16})\s+([A-Za-z?\-])\s+(\S+)")
+
+
+def _symbol_file(path: str, sections: list[Section]) -> list[Symbol]:
+    """Symbols from ``nm`` output ("addr type name"), e.g. tboot's /boot/tboot-syms or a System.map."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(64 << 20).decode("utf-8", "replace")
+    except OSError as e:
+        raise GuestError(f"{path}: cannot read symbol file: {e.strerror or e}") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or re.fullmatch(r"[A-Za-z]\s+\S+", line):  # blank, or undefined ("U name")
+            continue
+        m = _NM_LINE.fullmatch(line)
+        if m is None:
+            raise GuestError(f"{path}:{n}: not an 'address type name' symbol line: {line[:60]!r}")
+        addr = int(m.group(1), 16)
+        for s in sections:
+            if s.addr <= addr < s.end:  # only symbols that label code are kept
+                out.append(Symbol(m.group(3), addr, s.name, m.group(2).isupper()))
+                break
+    return out
+
+
+def load_guest(path: str | os.PathLike, raw: bool = False, base: int | None = None,
+               symbols: str | os.PathLike | None = None) -> Guest:
+    """Load an ELF32 i386 guest (gzip allowed) or, with ``raw=True``, a flat blob at ``base``."""
+    path = os.fspath(path)
+    data = _read(path)
+    if not data:
+        raise GuestError(f"{path}: empty file")
+    notes: list[str] = []
+    if raw:
+        base = 0 if base is None else base
+        if base < 0 or base + len(data) > 1 << 32:
+            raise GuestError(f"{path}: {len(data)} bytes at base {base:#x} do not fit in 4 GiB")
+        kind, sections, syms, source = "raw", [Section("raw", base, data, 0)], [], "none"
+    else:
+        if base is not None:
+            raise GuestError(f"{path}: base applies only to raw blobs (raw=True)")
+        if data[:4] != _ELF_MAGIC:
+            raise GuestError(f"{path}: not an ELF file (no \\x7fELF magic); "
+                             "use raw=True for a flat binary")
+        kind, sections, syms, notes, source = _load_elf(path, data)
+    if symbols is not None:
+        spath = os.fspath(symbols)
+        if kind == "rel":
+            raise GuestError(f"{spath}: a symbol file cannot place symbols in a relocatable object")
+        syms = syms + _symbol_file(spath, sections)
+        source = spath if source == "none" else f"{source} + {spath}"
+    return Guest(path, kind, tuple(sections), tuple(syms), source, tuple(notes))

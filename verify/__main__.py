@@ -1,5 +1,0 @@
-"""``python -m pgvirt.verify`` is the ``pgvirt`` command."""
-
-from .cli import entry
-
-entry()

@@ -1,0 +1,60 @@
+"""``export_smt``: each query of ``popek_goldberg.Engine.queries()`` as a self-contained SMT-LIB 2
+script with Z3's answer, for another solver to re-check."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pgvirt.model import isa, profiles
+
+from .popek_goldberg import Engine
+from .solver import DEFAULT_TIMEOUT_MS, Verdict, smtlib
+
+
+STATUS = {Verdict.PROVED: "unsat", Verdict.REFUTED: "sat", Verdict.UNKNOWN: "unknown"}
+
+
+def _export_one(job) -> list[tuple[str, str, float]]:
+    form_name, pname, timeout_ms, outdir = job
+    eng = Engine(isa.get(form_name), profiles.get(pname), timeout_ms)
+    out = []
+    for key, q in eng.queries().items():
+        r = eng.solve(q)[0]   # the answer classify uses, so the file and the verdicts agree
+        rel = f"{pname}/{form_name}.{key}.smt2"
+        text = smtlib(q.formula, STATUS[r.verdict], f"{pname}/{form_name}/{q.name}")
+        Path(outdir, rel).write_text(text, encoding="utf-8")
+        out.append((rel, STATUS[r.verdict], r.seconds))
+    return out
+
+
+def export_smt(outdir: str | os.PathLike, profile_names: list[str], forms: list[str] | None = None,
+               timeout_ms: int = DEFAULT_TIMEOUT_MS, jobs: int | None = None,
+               progress=None) -> list[tuple[str, str, float]]:
+    """Write ``<profile>/<form>.<query>.smt2`` under ``outdir``; return (path, status, seconds)."""
+    import multiprocessing as mp
+
+    names = forms or [f.name for f in isa.FORMS]
+    for n in names:
+        isa.get(n)
+    for p in profile_names:
+        profiles.get(p)
+        Path(outdir, p).mkdir(parents=True, exist_ok=True)
+    work = [(n, p, timeout_ms, str(outdir)) for p in profile_names for n in names]
+    jobs = jobs or min(len(work), os.cpu_count() or 1)
+    done = []
+    if jobs <= 1:
+        results = map(_export_one, work)
+    else:
+        pool = mp.get_context("fork").Pool(jobs)
+        results = pool.imap(_export_one, work)
+    try:
+        for item in results:
+            done.extend(item)
+            if progress:
+                progress(item[0][0] if item else "")
+    finally:
+        if jobs > 1:
+            pool.close()
+            pool.join()
+    return done
