@@ -1,8 +1,7 @@
 """``pgvirt replay`` and ``pgvirt crosscheck``: the emulator's commands.
 
-This is the command layer: it may ask ``pgvirt.verify`` for witnesses (classification and the
-counterexample query) and hands the counterexample criterion to the replay; the rest of
-``pgvirt.emulator`` imports only ``pgvirt.model``.
+The witnesses come from ``pgvirt.verify`` and the runs from ``pgvirt.emulator``; the two meet in
+``pgvirt.api.replay_run`` (``pgvirt.emulator`` imports only ``pgvirt.model``).
 
 Exit codes as everywhere: 0 = nothing wrong (no mismatch, nothing unexplained), 1 = a replay
 mismatches or a cross-check disagreement is unexplained, 2 = bad input (one line on stderr).
@@ -11,14 +10,13 @@ mismatches or a cross-check disagreement is unexplained, 2 = bad input (one line
 from __future__ import annotations
 
 import json
-import time
 
 from rich.console import Console
 from rich.text import Text
 
 from pgvirt.report.emulator import crosscheck_text, replay_table
 
-from .common import positive_int, progress
+from .common import add_profile, positive_int, progress
 from .errors import EXIT_FAIL, EXIT_OK, UsageError
 
 
@@ -43,80 +41,34 @@ def _int0(text: str) -> int:
 
 # --- replay -----------------------------------------------------------------------------------------
 def cmd_replay(args, out: Console, err: Console) -> int:
-    from pgvirt.model import isa, profiles
-    from pgvirt.verify import counterexample as cx
-
+    from pgvirt.api import ReplayRequestError, replay_run
     from pgvirt.emulator import replay as R
+    from pgvirt.model import isa
 
-    if not args.profile:
-        raise UsageError("give --profile NAME")
-    profile = profiles.get(args.profile)
     for n in args.names:
         isa.get(n)                      # KeyError -> one line, exit 2
-    t0 = time.perf_counter()
-    entries: list[tuple[str, dict | None, str]] = []      # (form, witness, note when none)
-    if args.state:
-        try:
-            pairs = R.load_pairs(args.state, profile, args.names or None)
-        except R.ReplayInputError as e:
-            raise UsageError(str(e)) from None
-        if args.names:
-            pairs = [(n, w) for n, w in pairs if n in args.names]
-            if not pairs:
-                raise UsageError(f"{args.state} holds no pair for {', '.join(args.names)}")
-        entries = [(n, w, "") for n, w in pairs]
-        strict = True
-    else:
-        strict = False
-        show = args.format == "text" and err.is_terminal
-        viol, undecided = cx.violations(profile, args.names or None, args.jobs, args.timeout_ms)
-        if args.names:
-            bad = [n for n in args.names if n not in viol]
-            if bad:
-                why = "undecided" if set(bad) <= set(undecided) else "not a Theorem-1 violation"
-                raise UsageError(f"{', '.join(bad)}: {why} under {profile.name} (nothing to replay)")
-        advance, close = progress(err, len(viol), "counterexamples", show)
-        try:
-            found = cx.find_many(viol, profile, args.jobs, args.timeout_ms, advance)
-        finally:
-            close()
-        entries = [(f["name"], f["witness"], f["note"]) for f in found]
-    replayer = R.Replayer(seconds=args.run_seconds)
-    reps = []
-    t1 = time.perf_counter()
-    for name, w, note in entries:
-        if w is None:
-            reps.append(_no_witness(name, profile.name, note))
-            continue
-        try:
-            reps.append(replayer.replay(name, w, cx.criterion_concrete, profile.name, strict=strict))
-        except R.ReplayInputError as e:
-            raise UsageError(str(e)) from None
-    replay_s = time.perf_counter() - t1
-    docs = [r if isinstance(r, dict) else r.as_json() for r in reps]
-    counts = {o: sum(d["outcome"] == o for d in docs) for o in R.OUTCOMES}
+    show = args.format == "text" and err.is_terminal and not args.state
+    advance, close = progress(err, None, "counterexamples", show)
+    try:
+        run = replay_run(args.profile, args.names or None, state=args.state, jobs=args.jobs,
+                         timeout_ms=args.timeout_ms, run_seconds=args.run_seconds, progress=advance)
+    except (R.ReplayInputError, ReplayRequestError) as e:
+        raise UsageError(str(e)) from None
+    finally:
+        close()
+    counts = run.counts
     if args.format == "json":
-        print(json.dumps({"profile": profile.name, "replays": docs, "counts": counts,
-                          "seconds": {"total": round(time.perf_counter() - t0, 3),
-                                      "replay": round(replay_s, 3)}}, indent=2, default=str))
+        print(json.dumps(run.as_json(), indent=2, default=str))
     else:
-        for r in reps:
-            out.print(replay_table(r) if not isinstance(r, dict) else
+        for r in run.replays:
+            out.print(replay_table(r, color=out.color_system is not None) if not isinstance(r, dict) else
                       Text(f"{r['name']}: mismatch - {r['note']}", style="bold red"))
         style = "green" if not counts["mismatch"] else "bold red"
-        out.print(Text(f"[{profile.name}] {len(docs)} replays: {counts['confirmed']} confirmed, "
+        out.print(Text(f"[{run.profile}] {len(run.replays)} replays: {counts['confirmed']} confirmed, "
                        f"{counts['emulator-deviation']} emulator-deviation, {counts['mismatch']} "
-                       f"mismatch  [replay {replay_s:.2f} s, total {time.perf_counter() - t0:.1f} s]",
+                       f"mismatch  [replay {run.replay_seconds:.2f} s, total {run.seconds:.1f} s]",
                        style=style), soft_wrap=True)
     return EXIT_FAIL if counts["mismatch"] else EXIT_OK
-
-
-def _no_witness(name: str, profile: str, note: str) -> dict:
-    from pgvirt.model import isa
-    f = isa.get(name)
-    return {"name": name, "mnemonic": f.mnemonic, "asm": f.asm, "outcome": "mismatch",
-            "native": None, "deprivileged": None, "model": None, "emulator_criterion": [],
-            "deviation": None, "note": f"no counterexample to replay: {note}"}
 
 
 # --- crosscheck -------------------------------------------------------------------------------------
@@ -143,7 +95,7 @@ def cmd_crosscheck(args, out: Console, err: Console) -> int:
 # --- registration -----------------------------------------------------------------------------------
 def register(sub, commands) -> None:
     r = sub.add_parser("replay", help="replay Theorem-1 counterexamples on Unicorn")
-    r.add_argument("--profile")
+    add_profile(r)
     r.add_argument("names", nargs="*", metavar="NAME", help="only these forms")
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.add_argument("--state", metavar="FILE.json",

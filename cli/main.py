@@ -6,11 +6,9 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from rich.console import Console
-
 from . import emulator, paravirt, smt, theorems
-from .common import Parser
-from .errors import EXIT_BAD, UsageError
+from .common import Parser, consoles, width
+from .errors import EXIT_BAD, EXIT_INTERRUPTED, UsageError
 
 GROUPS = (theorems, paravirt, smt, emulator)
 
@@ -31,22 +29,37 @@ def _version() -> str:
 COMMANDS: dict[str, Callable] = {}
 
 
+class _Commands:
+    """The subparsers action, handing every command the options all of them share."""
+
+    def __init__(self, sub, shared: Parser):
+        self._sub, self._shared = sub, shared
+
+    def add_parser(self, name: str, **kw):
+        kw.setdefault("parents", [self._shared])
+        kw.setdefault("description", kw.get("help"))
+        return self._sub.add_parser(name, **kw)
+
+
 def build_parser() -> Parser:
     p = Parser(prog="pgvirt", description="Popek-Goldberg virtualization conditions for IA-32, checked with Z3.")
     p.add_argument("--version", action="version", version=_version())
-    sub = p.add_subparsers(dest="command", parser_class=Parser)
-
+    shared = Parser(add_help=False)
+    shared.add_argument("--width", type=width, default=None, metavar="COLUMNS",
+                        help="text output width (default: the terminal's; piped: lines are not wrapped)")
+    sub = p.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+    commands = _Commands(sub, shared)
     for group in GROUPS:
-        group.register(sub, COMMANDS)
+        group.register(commands, COMMANDS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    out = Console()
-    err = Console(stderr=True)
+    out, err = consoles(None)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        out, err = consoles(getattr(args, "width", None))
         if not args.command:
             raise UsageError("a command is required: " + ", ".join(COMMANDS))
         return COMMANDS[args.command](args, out, err)
@@ -59,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD
     except KeyboardInterrupt:
         print("pgvirt: interrupted", file=sys.stderr)
-        return EXIT_BAD
+        return EXIT_INTERRUPTED
 
 
 def entry() -> None:

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from pgvirt.report.guests import check_summary, check_text, scan_summary, scan_table, unmodelled_table
 
-from .common import output_file, positive_int, progress
+from .common import add_profile, output_file, positive_int, progress
 from .errors import EXIT_BAD, EXIT_FAIL, EXIT_OK, UsageError
 
 
@@ -44,7 +44,9 @@ def _errors(fn):
             if getattr(args, "profile", None) is not None:
                 profiles.get(args.profile)
             return fn(args, out, err)
-        except (GuestError, ManifestError, PatchError) as e:
+        except GuestError as e:
+            raise UsageError(e.cli) from None
+        except (ManifestError, PatchError) as e:
             raise UsageError(str(e)) from None
         except KeyError as e:       # unknown profile or form: the model's message
             raise UsageError(e.args[0] if type(e) is KeyError and e.args else str(e)) from None
@@ -168,10 +170,8 @@ def _guest_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbols", metavar="FILE", help="nm-style symbol file (e.g. /boot/tboot-syms)")
 
 
-def _common(p: argparse.ArgumentParser, formats=("text", "json", "sarif"), profile_default="pentium") -> None:
-    p.add_argument("--profile", default=profile_default,
-                   help="host settings the monitor imposes (default: "
-                        + (profile_default or "the manifest's") + ")")
+def _common(p: argparse.ArgumentParser, formats=("text", "json", "sarif"), manifest: bool = False) -> None:
+    add_profile(p, manifest=manifest)
     p.add_argument("--format", choices=formats, default="text")
     p.add_argument("--timeout-ms", type=positive_int, default=20_000,
                    help="per solver query; past it an answer is unknown (default 20000)")
@@ -209,5 +209,5 @@ def register(sub, commands) -> None:
     c.add_argument("--junit", metavar="FILE", type=output_file,
                    help="also write JUnit XML: one test case per claim and site")
     c.add_argument("--sarif", metavar="FILE", type=output_file, help="also write SARIF 2.1.0")
-    _common(c, profile_default=None)
+    _common(c, manifest=True)
     commands["check-patch"] = cmd_check_patch

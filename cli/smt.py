@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .common import Parser, positive_int, profile_names, progress
+from .common import Parser, add_profile, positive_int, profile_names, progress
 from .errors import EXIT_BAD, EXIT_OK, UsageError
 
 
@@ -56,9 +56,7 @@ def register(sub, commands) -> None:
     e = sub.add_parser("export-smt", help="write every proof obligation as SMT-LIB 2 with Z3's answer")
     e.__class__ = _Intermixed   # add_parser builds the subparsers' common class; refine this one
     e.add_argument("dir", metavar="DIR", help="output directory (files go to DIR/<profile>/<form>.<query>.smt2)")
-    g = e.add_mutually_exclusive_group()
-    g.add_argument("--profile")
-    g.add_argument("--all-profiles", action="store_true")
+    add_profile(e, all_profiles=True)
     e.add_argument("forms", nargs="*", metavar="FORM", help="only these forms")
     e.add_argument("--timeout-ms", type=positive_int, default=20_000,
                    help="per solver query; past it the status is unknown (default 20000)")

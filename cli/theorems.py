@@ -9,7 +9,7 @@ import time
 
 from rich.console import Console
 
-from .common import positive_int, output_file, profile_names, progress
+from .common import add_profile, output_file, positive_int, profile_names, progress
 from .errors import EXIT_BAD, EXIT_FAIL, EXIT_OK, UsageError
 
 
@@ -44,16 +44,14 @@ def cmd_classify(args, out: Console, err: Console) -> int:
             {"profiles": [documents.classify_json(p, r) for p, r in per]}
         print(json.dumps(doc, indent=2))
     else:
+        out.print(report.summary(per, time.perf_counter() - t0))   # the answer first
         for p, r in per:
             out.print(report.classify_table(p, r))
-        out.print(report.summary(per, time.perf_counter() - t0))
-    unknown = any(c[k] is None for _, r in per for c in r for k in ("privileged", "sensitive"))
-    return EXIT_BAD if unknown else EXIT_OK
+    return _exit(per)
 
 
 def cmd_verify(args, out: Console, err: Console) -> int:
     from pgvirt.report import documents, theorems as report
-    from pgvirt.verify.popek_goldberg import theorem
 
     names = profile_names(args)
     t0 = time.perf_counter()
@@ -61,14 +59,22 @@ def cmd_verify(args, out: Console, err: Console) -> int:
     if args.format == "json":
         print(json.dumps(documents.verify_json(per), indent=2))
     else:
+        out.print(report.summary(per, time.perf_counter() - t0))   # the answer first
         report.verify_text(out, per)
-        out.print(report.summary(per, time.perf_counter() - t0))
     if args.junit or args.sarif:
         from pgvirt.report.files import write_verify_reports
         try:
-            write_verify_reports(per, args.junit, args.sarif)
+            write_verify_reports(per, args.junit, args.sarif, time.perf_counter() - t0)
         except OSError as e:
             raise UsageError(f"cannot write report {e.filename}: {e.strerror}") from None
+    return _exit(per)
+
+
+def _exit(per) -> int:
+    """As everywhere: 2 if a theorem is unknown, 1 if one fails, else 0 (both commands print the
+    verdicts of Theorems 1 and 3)."""
+    from pgvirt.verify.popek_goldberg import theorem
+
     verdicts = [theorem(n, r).verdict for _, r in per for n in ("1", "3")]
     if "unknown" in verdicts:
         return EXIT_BAD
@@ -84,16 +90,13 @@ def _add_solver_opts(p: argparse.ArgumentParser) -> None:
 
 def register(sub, commands) -> None:
     c = sub.add_parser("classify", help="every Popek-Goldberg class of every instruction form")
-    c.add_argument("--profile")
-    c.add_argument("--all-profiles", action="store_true")
+    add_profile(c, all_profiles=True)
     c.add_argument("forms", nargs="*", metavar="FORM", help="only these forms")
     _add_solver_opts(c)
     commands["classify"] = cmd_classify
 
     v = sub.add_parser("verify", help="Theorem 1 and 3 verdicts with violations and witnesses")
-    g = v.add_mutually_exclusive_group()
-    g.add_argument("--profile")
-    g.add_argument("--all-profiles", action="store_true")
+    add_profile(v, all_profiles=True)
     _add_solver_opts(v)
     v.add_argument("--junit", metavar="FILE", type=output_file,
                    help="also write JUnit XML: one test case per profile x theorem x form")

@@ -324,6 +324,9 @@ class Report:
     seed: int
     jobs: int
 
+    def __repr__(self) -> str:
+        return f"<crosscheck Report: {self.checks} checks, {self.unexplained} unexplained>"
+
     @property
     def checks(self) -> int:
         return sum(f.checks for f in self.forms)

@@ -86,6 +86,9 @@ class Replay:
     emulator_criterion: list
     note: str = ""
 
+    def __repr__(self) -> str:
+        return f"<Replay {self.form.name} [{self.profile}]: {self.outcome}>"
+
     def as_json(self) -> dict:
         return {"name": self.form.name, "mnemonic": self.form.mnemonic, "asm": self.form.asm,
                 "outcome": self.outcome, "native": self.native.as_json(),

@@ -27,7 +27,14 @@ _ET = {"ET_REL": "rel", "ET_EXEC": "exec", "ET_DYN": "dyn"}
 
 
 class GuestError(ValueError):
-    """The input is not a guest this loader can read (the message says why, in one line)."""
+    """The input is not a guest this loader can read (the message says why, in one line).
+
+    ``cli`` is the same message in the command line's words (``--raw`` where the library says
+    ``raw=True``)."""
+
+    def __init__(self, message: str, cli: str | None = None):
+        super().__init__(message)
+        self.cli = cli or message
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,10 @@ class Guest:
     notes: tuple[str, ...] = ()             # executable sections that hold no bytes to scan
     _index: dict = field(init=False, repr=False, compare=False)
     _sync: dict = field(init=False, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        return (f"<Guest {self.path} ({self.kind}): {len(self.sections)} executable sections, "
+                f"{sum(len(s.data) for s in self.sections)} bytes, {len(self.symbols)} symbols>")
 
     def __post_init__(self) -> None:
         by_sec: dict[str, dict[int, Symbol]] = defaultdict(dict)
@@ -321,10 +332,12 @@ def load_guest(path: str | os.PathLike, raw: bool = False, base: int | None = No
         kind, sections, syms, source = "raw", [Section("raw", base, data, 0)], [], "none"
     else:
         if base is not None:
-            raise GuestError(f"{path}: base applies only to raw blobs (raw=True)")
+            raise GuestError(f"{path}: base applies only to raw blobs (raw=True)",
+                             f"{path}: --base applies only to raw blobs (--raw)")
         if data[:4] != _ELF_MAGIC:
-            raise GuestError(f"{path}: not an ELF file (no \\x7fELF magic); "
-                             "use raw=True for a flat binary")
+            what = f"{path}: not an ELF file (no \\x7fELF magic); "
+            raise GuestError(what + "use raw=True for a flat binary",
+                             what + "give --raw (and --base ADDR) for a flat binary")
         kind, sections, syms, notes, source = _load_elf(path, data)
     if symbols is not None:
         spath = os.fspath(symbols)

@@ -99,6 +99,10 @@ class ScanReport:
     seconds: float
     cache_note: str = ""
 
+    def __repr__(self) -> str:
+        return (f"<ScanReport {self.guest.path} [{self.profile.name}]: {len(self.sites)} sites, "
+                f"{self.result.instructions} instructions>")
+
     @property
     def sites(self) -> tuple[Site, ...]:
         return self.result.sites
@@ -111,14 +115,20 @@ class ScanReport:
         return reason(self.verdicts[form])
 
 
-def scan_guest(g: Guest, profile: Profile | str = DEFAULT_PROFILE, cache: ClassificationCache | None = None,
-               jobs: int | None = None, timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None) -> ScanReport:
-    """Scan ``g``: its sites are the instances of forms that violate Theorem 1 under ``profile``.
+def scan_guest(g: "Guest | GuestFile | str | os.PathLike", profile: Profile | str = DEFAULT_PROFILE,
+               cache: ClassificationCache | None = None, jobs: int | None = None,
+               timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None) -> ScanReport:
+    """Scan ``g`` (a loaded Guest, a GuestFile or an ELF's path): its sites are the instances of
+    forms that violate Theorem 1 under ``profile``.
 
     Forms found in the cache are judged at once; the others are collected during the scan,
     classified together (in parallel) and the guest is scanned again, now with every answer.
     """
     t0 = time.perf_counter()
+    if isinstance(g, GuestFile):
+        g = g.guest
+    elif not isinstance(g, Guest):
+        g = load_guest(g)
     prof = profiles.get(profile) if isinstance(profile, str) else profile
     cache = cache if cache is not None else ClassificationCache()
     known = cache.lazy(prof)
@@ -167,6 +177,9 @@ class GuestFile:
     gzip: bool
     guest: Guest
 
+
+    def __repr__(self) -> str:
+        return f"<GuestFile {self.path}: {len(self.raw)} bytes{' (gzip)' if self.gzip else ''}>"
 
 def open_guest(path: str | os.PathLike, raw: bool = False, base: int | None = None,
                symbols: str | os.PathLike | None = None) -> GuestFile:
@@ -259,6 +272,9 @@ class PatchResult:
     manifest_path: str
     manifest: dict
 
+
+    def __repr__(self) -> str:
+        return f"<PatchResult {self.out}: {len(self.patched)} sites patched, {len(self.allowed)} allowed>"
 
 def check_allow(allow: Iterable[str]) -> tuple[str, ...]:
     names = []
@@ -752,6 +768,9 @@ class CheckReport:
     seconds: float = 0.0
     cache_note: str = ""
     strict: bool = False
+
+    def __repr__(self) -> str:
+        return f"<CheckReport {self.patched} [{self.profile}]: {self.verdict}, {len(self.obligations)} obligations>"
 
     def failures(self) -> list[Obligation]:
         return [o for o in self.obligations if o.status == "fails"]

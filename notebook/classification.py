@@ -7,7 +7,6 @@ their answers); nothing is declared.
 
 from __future__ import annotations
 
-import html
 from typing import Iterable
 
 from pgvirt.model import isa, profiles
@@ -15,6 +14,7 @@ from pgvirt.model import state as st
 from pgvirt.model.outcome import vector_name
 
 from pgvirt.report import theorems as report
+from pgvirt.report.html import HTML, _TABLE, _e, _td  # noqa: F401  (notebook/paravirt.py uses them)
 from pgvirt.verify.cache import classifications
 from pgvirt.verify.popek_goldberg import CLASSES, Classification, classify, recheck, theorem
 
@@ -84,32 +84,6 @@ def category(c: Classification, cls: str) -> int:
 
 
 # --- HTML ------------------------------------------------------------------------------------------
-
-class HTML:
-    """A fragment of HTML that Jupyter and Voila render."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def _repr_html_(self) -> str:
-        return self.text
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def _e(x) -> str:
-    return html.escape(str(x))
-
-
-_TABLE = 'style="border-collapse:collapse;font-family:monospace;font-size:12px"'
-_TD = 'style="border:1px solid #ccc;padding:2px 6px;text-align:left;{}"'
-
-
-def _td(text, style: str = "", tag: str = "td", title: str = "") -> str:
-    t = f' title="{_e(title)}"' if title else ""
-    return f"<{tag} {_TD.format(style)}{t}>{text}</{tag}>"
-
 
 def _cell(c: Classification, cls: str) -> str:
     _, label, colour = CATEGORIES[category(c, cls)]

@@ -1,10 +1,33 @@
 """pgvirt: the Popek-Goldberg virtualization conditions for IA-32, checked with Z3.
 
-The distribution installs ``pgvirt.model`` (machine state and instruction semantics, imports only
-z3), ``pgvirt.verify`` (the Popek-Goldberg queries and theorems), ``pgvirt.guest`` (scan, patch
-and check-patch of guest binaries), ``pgvirt.emulator`` (Unicorn replay and cross-checks),
-``pgvirt.report`` (every output format), ``pgvirt.cli`` (the command line) and
-``pgvirt.notebook`` (what the notebooks call).
+The verbs (``pgvirt/api.py``) are here, loaded on first use::
+
+    import pgvirt
+    pgvirt.theorems("pentium")                # Theorems 1 and 3: fails, with every violation
+    pgvirt.scan("/boot/invaders.exec")        # a guest's violating instructions
+    pgvirt.classify(["popfd", "lgdt_m"])      # every class of two forms, derived by Z3
+
+``classify``, ``theorems``, ``theorem``, ``scan``, ``patch``, ``check_patch``, ``replay``,
+``crosscheck``.  The packages: ``pgvirt.model`` (machine state and instruction semantics,
+imports only z3), ``pgvirt.verify`` (the queries and theorems), ``pgvirt.guest`` (scan, patch,
+check-patch), ``pgvirt.emulator`` (Unicorn), ``pgvirt.report`` (every output format),
+``pgvirt.cli`` and ``pgvirt.notebook``.
 """
 
 __version__ = "0.1.0"
+
+_VERBS = ("classify", "theorems", "theorem", "scan", "patch", "check_patch", "replay", "crosscheck")
+__all__ = list(_VERBS)
+
+
+def __getattr__(name: str):
+    # `import pgvirt` stays cheap (no z3): a verb is imported when it is first used.
+    if name in _VERBS:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'pgvirt' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_VERBS))

@@ -19,16 +19,20 @@ def _fmt(v) -> str:
     return f"{v:#x}" if isinstance(v, int) else str(v)
 
 
-def replay_table(r) -> Table:
+def replay_table(r, color: bool = True) -> Table:
     """The two runs side by side: model and Unicorn for each; cells where native and deprivileged
-    results differ are highlighted, and a Unicorn value that departs from the model is marked."""
+    results differ are highlighted, and a Unicorn value that departs from the model is marked:
+    by colour, or without colour by a trailing ``*`` and ``!``."""
     style = {"confirmed": "green", "emulator-deviation": "yellow", "mismatch": "bold red"}[r.outcome]
+    legend = ("[magenta: native and deprivileged differ; reversed: Unicorn departs from the model]"
+              if color else "[*: native and deprivileged differ; !: Unicorn departs from the model]")
+    # An emulator-deviation's note is the deviations' names, which their descriptions repeat.
+    caption = r.deviation if r.outcome == "emulator-deviation" and r.deviation else \
+        r.note + (f"\n{r.deviation}" if r.deviation else "")
     # Text, not markup: asm ("sgdt [eax]") and the legend carry brackets.
-    t = Table(title=Text(f"{r.form.name} ({r.form.asm}) under {r.profile}: {r.outcome}  "
-                         "[magenta: native and deprivileged differ; reversed: Unicorn departs "
-                         "from the model]", style=style),
-              caption=Text(r.note + (f"\n{r.deviation}" if r.deviation else "")),
-              caption_justify="left")
+    t = Table(title=Text(f"{r.form.name} ({r.form.asm}) under {r.profile}: {r.outcome}  {legend}",
+                         style=style),
+              caption=Text(caption), caption_justify="left")
     t.add_column("", no_wrap=True)
     for col in ("native/model", "native/Unicorn", "depriv./model", "depriv./Unicorn"):
         t.add_column(col, overflow="fold")
@@ -88,12 +92,16 @@ def replay_table(r) -> Table:
         for i, v in enumerate(vals):
             j = i + 2 if i < 2 else i - 2                           # the other run, same source
             shown = _fmt(v) if v is None or v == pres[i] else f"{_fmt(pres[i])} -> {_fmt(v)}"
-            txt = Text(shown)
             mine, other = (pres[i], v), (pres[j], vals[j])
-            if differs(key, *((mine, other) if i < 2 else (other, mine))):
-                txt.stylize("bold magenta")                          # native and deprivileged differ
-            if i % 2 == 1 and v != vals[i - 1]:
-                txt.stylize("reverse")                               # Unicorn departs from the model
+            apart = differs(key, *((mine, other) if i < 2 else (other, mine)))  # native vs depriv.
+            departs = i % 2 == 1 and v != vals[i - 1]                       # Unicorn vs the model
+            if not color:
+                shown += (" *" if apart else "") + (" !" if departs else "")
+            txt = Text(shown)
+            if color and apart:
+                txt.stylize("bold magenta")
+            if color and departs:
+                txt.stylize("reverse")
             cells.append(txt)
         t.add_row(label, *cells)
     return t

@@ -8,11 +8,12 @@ from .junit import check_patch_junit, junit
 from .sarif import sarif
 
 
-def write_verify_reports(per_profile, junit_path: str | None, sarif_path: str | None) -> None:
+def write_verify_reports(per_profile, junit_path: str | None, sarif_path: str | None,
+                         wall: float | None = None) -> None:
     """The ``pgvirt verify --junit/--sarif`` files."""
     if junit_path:
         with open(junit_path, "wb") as fh:
-            junit(per_profile).write(fh, encoding="utf-8", xml_declaration=True)
+            junit(per_profile, wall).write(fh, encoding="utf-8", xml_declaration=True)
     if sarif_path:
         with open(sarif_path, "w", encoding="utf-8") as fh:
             json.dump(sarif(per_profile), fh, indent=2)

@@ -128,17 +128,16 @@ def _uri(path: str) -> str:
 
 def _sarif_location(g: Guest, uri: str, address: int, section: str | None, symbol: str | None,
                     length: int, gzipped: bool) -> dict:
-    """An address location (SARIF 2.1.0 3.32) with the artifact: file offsets only where the
-    artifact's bytes are the image's (not for a gzip-compressed guest) and the section is known;
-    line 1 because code scanning requires a startLine even for binary artifacts."""
+    """An address location (SARIF 2.1.0 3.32) with the artifact, and a binary region (3.30: byte
+    offset and length) only where the artifact's bytes are the image's (not for a gzip-compressed
+    guest) and the section is known: a binary artifact has no lines."""
     sec = next((s for s in g.sections if s.name == section), None)
-    region: dict = {"startLine": 1}
-    if sec is not None and not gzipped:
-        region.update(byteOffset=sec.offset + address - sec.addr, byteLength=length)
     name = symbol or (f"{section}+{address - sec.addr:#x}" if sec else f"{address:#x}")
-    loc = {"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}, "region": region,
-                                "address": {"absoluteAddress": address, "name": name,
-                                            "kind": "instruction", "length": length}}}
+    phys: dict = {"artifactLocation": {"uri": uri, "index": 0}}
+    if sec is not None and not gzipped:
+        phys["region"] = {"byteOffset": sec.offset + address - sec.addr, "byteLength": length}
+    phys["address"] = {"absoluteAddress": address, "name": name, "kind": "instruction", "length": length}
+    loc = {"physicalLocation": phys}
     if symbol:
         loc["logicalLocations"] = [{"name": symbol.split("+", 1)[0], "kind": "function"}]
     return loc
@@ -146,7 +145,7 @@ def _sarif_location(g: Guest, uri: str, address: int, section: str | None, symbo
 
 def scan_sarif(rep: ScanReport) -> dict:
     """SARIF 2.1.0 for code scanning: one rule per violating form, one error result per site,
-    one note per unmodelled mnemonic (its first address)."""
+    one review result (level none) per unmodelled mnemonic at its first address."""
     g, r = rep.guest, rep.result
     uri = _uri(g.path)
     gzipped = _is_gzip(g.path)
@@ -185,7 +184,7 @@ def scan_sarif(rep: ScanReport) -> dict:
             "shortDescription": {"text": "instruction outside the model"},
             "fullDescription": {"text": "No instruction form of the model describes these bytes, so "
                                         "nothing is proved about them; they are not counted harmless."},
-            "defaultConfiguration": {"level": "note"},
+            "defaultConfiguration": {"level": "none"},
             "properties": {"tags": ["popek-goldberg", "coverage"]},
         })
         for u in r.unmodelled:
@@ -196,7 +195,8 @@ def scan_sarif(rep: ScanReport) -> dict:
             sym = g.symbolize(a, secname) if sec else None
             code_len = len(u.example.split()[0]) // 2
             results.append({
-                "ruleId": "pgvirt/unmodelled", "ruleIndex": unm, "kind": "review", "level": "note",
+                # A result that needs a human's review, not a failure: SARIF 3.27.10 gives it level none.
+                "ruleId": "pgvirt/unmodelled", "ruleIndex": unm, "kind": "review", "level": "none",
                 "message": {"text": f"{u.count} instruction(s) '{u.mnemonic}' no form models "
                                     f"(first at {', '.join(f'{x:#x}' for x in u.first)}; e.g. {u.example})"},
                 "locations": [_sarif_location(g, uri, a, secname, sym, code_len, gzipped)],
@@ -227,10 +227,11 @@ _CLAIMS = {
 
 def check_sarif(rep: CheckReport) -> dict:
     """SARIF 2.1.0: one rule per claim; a result per failing or undecided obligation (errors;
-    undecided: kind open, level none) and a note for instructions outside the model."""
+    undecided: kind open, level none) and a review result (level none) for the instructions
+    outside the model."""
     uri = _uri(rep.patched)
     rules = [{"id": f"pgvirt/check-patch/{k}", "name": k, "shortDescription": {"text": v},
-              "defaultConfiguration": {"level": "note" if k == "coverage" else "error"}}
+              "defaultConfiguration": {"level": "none" if k == "coverage" else "error"}}
              for k, v in _CLAIMS.items()]
     index = {k: i for i, k in enumerate(_CLAIMS)}
     results = []
@@ -240,13 +241,12 @@ def check_sarif(rep: CheckReport) -> dict:
         res: dict = {"ruleId": f"pgvirt/check-patch/{o.claim}", "ruleIndex": index[o.claim],
                      "message": {"text": o.message}}
         if o.claim == "coverage":
-            res.update(kind="review", level="note")
+            res.update(kind="review", level="none")   # SARIF 3.27.10: not a failure, so level none
         elif o.status == "fails":
             res.update(kind="fail", level="error")
         else:
             res.update(kind="open", level="none")
-        loc: dict = {"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0},
-                                          "region": {"startLine": 1}}}
+        loc: dict = {"physicalLocation": {"artifactLocation": {"uri": uri, "index": 0}}}
         if o.address is not None:
             loc["physicalLocation"]["address"] = {"absoluteAddress": o.address, "kind": "instruction",
                                                   "name": o.symbol or f"{o.address:#x}"}

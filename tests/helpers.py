@@ -61,3 +61,39 @@ def fault(out, vector, code):
 def gp0(out):
     assert isinstance(out, Fault), f"expected #GP(0), got {out}"
     assert (out.vector, out.code) == (GP, 0), str(out)
+
+
+# --- SARIF ---------------------------------------------------------------------------------------
+_SARIF_SCHEMA = Path(__file__).parent / "schemas" / "sarif-2.1.0.json"
+_SARIF_VALIDATOR = None
+
+
+def sarif_problems(doc: dict) -> list[str]:
+    """Why ``doc`` is not a valid SARIF 2.1.0 log: the schema's errors, SARIF 3.27.10 (a result
+    whose kind is not "fail" has level absent or "none"), and ruleIndex naming its ruleId."""
+    global _SARIF_VALIDATOR
+    import json
+
+    import jsonschema
+
+    if _SARIF_VALIDATOR is None:
+        schema = json.loads(_SARIF_SCHEMA.read_text())
+        cls = jsonschema.validators.validator_for(schema)
+        _SARIF_VALIDATOR = cls(schema, format_checker=cls.FORMAT_CHECKER)
+    out = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _SARIF_VALIDATOR.iter_errors(doc)]
+    for r, run in enumerate(doc.get("runs", [])):
+        rules = run.get("tool", {}).get("driver", {}).get("rules", [])
+        for k, res in enumerate(run.get("results", [])):
+            where = f"runs/{r}/results/{k}"
+            if res.get("kind", "fail") != "fail" and res.get("level", "none") != "none":
+                out.append(f"{where}: kind {res['kind']!r} with level {res['level']!r} (SARIF 3.27.10)")
+            i = res.get("ruleIndex")
+            if i is not None and (i >= len(rules) or rules[i].get("id") != res.get("ruleId")):
+                out.append(f"{where}: ruleIndex {i} does not name rule {res.get('ruleId')!r}")
+    return out
+
+
+def assert_valid_sarif(doc: dict) -> dict:
+    problems = sarif_problems(doc)
+    assert not problems, "invalid SARIF:\n" + "\n".join(problems[:20])
+    return doc

@@ -13,6 +13,7 @@ import pytest
 
 from pgvirt.model import isa
 from pgvirt.report import files, junit, sarif
+from helpers import assert_valid_sarif
 from pgvirt.cli.main import main
 from pgvirt.verify.popek_goldberg import Answer, classify_all, theorem
 
@@ -54,6 +55,17 @@ def test_junit_one_case_per_profile_theorem_form(per, tmp_path):
     assert "location" in sgdt.get("message") and "runs without a trap" in sgdt.text
 
 
+def test_junit_time_is_wall_time(per, tmp_path):
+    """The root's time is the run's wall clock, not the forms' summed solver time (they were
+    solved in parallel); suites carry no invented sum."""
+    path = tmp_path / "r.xml"
+    files.write_verify_reports(per, str(path), None, wall=1.25)
+    root = ET.parse(path).getroot()
+    solver = sum(c.seconds for _, r in per for c in r)
+    assert root.get("time") == "1.250" and abs(solver - 1.25) > 0.01
+    assert all(s.get("time") is None for s in root.findall("testsuite"))
+
+
 def _with_unknown(per):
     """``per`` with umip's nop left undecided, as a timed-out solver would leave it."""
     out = copy.deepcopy(per)
@@ -79,7 +91,7 @@ def test_unknown_is_an_error_never_a_pass(per):
 def test_sarif_structure(per, tmp_path):
     path = tmp_path / "r.sarif"
     files.write_verify_reports(per, None, str(path))
-    doc = json.loads(path.read_text())
+    doc = assert_valid_sarif(json.loads(path.read_text()))
     assert doc["version"] == "2.1.0" and "sarif" in doc["$schema"]
     (run,) = doc["runs"]
     rules = run["tool"]["driver"]["rules"]
@@ -111,7 +123,7 @@ def test_cli_verify_writes_both_reports(tmp_path, capsys):
     assert len(root.findall("./testsuite/testcase")) == 2 * len(isa.FORMS)
     th = doc["profiles"][0]["theorems"]
     assert int(root.get("failures")) == len(th["1"]["violations"]) + len(th["3"]["violations"])
-    results = json.loads(s.read_text())["runs"][0]["results"]
+    results = assert_valid_sarif(json.loads(s.read_text()))["runs"][0]["results"]
     assert len(results) == int(root.get("failures"))
 
 
@@ -198,9 +210,12 @@ def test_export_bad_input(tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
     assert main(["export-smt", str(tmp_path / "o"), "--profile", "pentium", "no_such_form"]) == 2
     assert "unknown instruction form" in capsys.readouterr().err
-    assert main(["export-smt", str(tmp_path / "o")]) == 2
-    assert "--profile" in capsys.readouterr().err
+    assert main(["export-smt", str(tmp_path / "o"), "--profile", "nosuch", "nop"]) == 2
+    assert "unknown profile 'nosuch'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    # the one default rule of every command: --profile pentium
+    assert main(["export-smt", str(tmp_path / "o"), "nop"]) == 0
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["pentium"]
 
 
 @pytest.mark.guests
@@ -221,7 +236,7 @@ def test_check_patch_writes_junit_and_sarif(tmp_path):
     names = {tc.get("name") for tc in root.iter("testcase")}
     assert int(root.get("tests")) == len(names) >= 4 and root.get("failures") == "0"
     assert any(n.startswith("equivalence.site0") for n in names)
-    assert json.loads(s.read_text())["version"] == "2.1.0"
+    assert assert_valid_sarif(json.loads(s.read_text()))["version"] == "2.1.0"
     bad = tmp_path / "bad.xml"
     assert main(["check-patch", str(invaders), "--manifest", str(man), "--junit", str(bad)]) == 1
     assert int(ET.parse(bad).getroot().get("failures")) >= 1

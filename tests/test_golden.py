@@ -9,6 +9,7 @@ history, not across pools.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import INVADERS, TBOOT, TBOOT_SYMS, need
+from helpers import INVADERS, TBOOT, TBOOT_SYMS, need, sarif_problems
 
 GOLDEN = Path(__file__).parent / "golden"
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ def _cases(tmp: Path) -> list[tuple[str, list, list]]:
                              "popfd", "sgdt_m", "mov_ds_m"], []),
         ("export_smt", ["export-smt", tmp / "smt", "--profile", "pentium", "sgdt_m", "popfd", *j1], []),
         ("errors_scan_passwd", ["scan", "/etc/passwd"], []),
-        ("errors_classify_noprof", ["classify"], []),
+        ("errors_classify_badprof", ["classify", "--profile", "nosuch"], []),
     ]
 
 
@@ -81,6 +82,10 @@ def _outputs(tmp: Path) -> dict[str, str]:
         out[f"{name}.rc"] = str(p.returncode)
         for path, golden in files:
             out[golden] = Path(path).read_text()
+    # Every SARIF log the set writes is valid, before its paths are normalized away.
+    for name in ("verify.sarif", "check.sarif", "scan_invaders_sarif.out"):
+        problems = sarif_problems(json.loads(out[name]))
+        assert not problems, f"{name}: {problems[:5]}"
     smt = tmp / "smt"
     out["export_smt.files"] = "\n".join(sorted(p.relative_to(smt).as_posix() for p in smt.rglob("*.smt2")))
     return {k: normalize(v, str(tmp)) for k, v in out.items()}

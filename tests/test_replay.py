@@ -164,7 +164,31 @@ def test_cli_text_keeps_bracketed_asm(capsys):
     """Regression: the title went through Rich markup, which ate "[eax]" and the legend."""
     assert main(["replay", "--profile", "pentium", "sgdt_m"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "sgdt [eax]" in text and "[magenta:" in text
+    # piped, colour is off: the legend names the marks, not colours
+    assert "sgdt [eax]" in text and "[*: native and deprivileged differ" in text and "magenta" not in text
+    assert " *" in text
+
+
+def test_replay_legend_names_colours_only_with_colour():
+    from rich.console import Console
+
+    from pgvirt.report.emulator import replay_table
+
+    r = R.Replayer().replay("mov_r_cs", cx.find("mov_r_cs", "pentium").witness,
+                            cx.criterion_concrete, "pentium")
+    for color, legend, mark in ((True, "[magenta:", False), (False, "[*:", True)):
+        c = Console(width=200, color_system="standard" if color else None, force_terminal=color)
+        with c.capture() as cap:
+            c.print(replay_table(r, color=color))
+        text = cap.get()
+        assert legend in text and (" *" in text) == mark
+
+
+def test_deviation_line_printed_once(capsys):
+    """An emulator-deviation's caption names each deviation once (its note repeated them)."""
+    assert main(["replay", "--profile", "pentium", "retf"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("transfer-accessed-bit") == 1
 
 
 def test_cli_state_file_roundtrip(tmp_path, capsys):
@@ -189,7 +213,7 @@ def _bad_state_file(tmp_path, edit):
 @pytest.mark.parametrize("argv", [
     ["replay", "--profile", "pentium", "nosuch_form"],
     ["replay", "--profile", "nosuch"],
-    ["replay"],
+    ["replay", "--profile"],
     ["replay", "--profile", "pentium", "nop"],                 # not a violation
     ["replay", "--profile", "pentium", "--format", "xml"],
     ["replay", "--profile", "pentium", "--state", "/nonexistent/pair.json"],

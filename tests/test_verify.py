@@ -150,13 +150,21 @@ def test_cli_version_names_the_solver_and_the_tools():
 
 def test_cli_classify_json_shape():
     p = run_cli("classify", "--profile", "pentium", "--format", "json", "sgdt_m", "lgdt_m")
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 1, p.stderr      # the exit-code table: SGDT makes Theorem 1 fail
     doc = json.loads(p.stdout)
     assert doc["profile"] == "pentium"
     rows = {r["name"]: r for r in doc["instructions"]}
     assert rows["sgdt_m"]["mnemonic"] == "SGDT" and rows["sgdt_m"]["bytes"] == "0f0100"
     assert rows["sgdt_m"]["privileged"] is False and rows["lgdt_m"]["privileged"] is True
     assert set(rows["sgdt_m"]) == {"name", "mnemonic", "asm", "bytes", *CLASSES}
+
+
+def test_cli_classify_exit_code_follows_the_theorems():
+    """classify prints the theorem verdicts of the forms it classified and exits by them, as the
+    README's exit-code table says: privileged and innocuous forms alone hold."""
+    assert run_cli("classify", "--format", "json", "lgdt_m", "nop").returncode == 0
+    p = run_cli("classify", "popfd")
+    assert p.returncode == 1 and p.stdout.startswith("pentium: Theorem 1 fails (1 violations)")
 
 
 def test_cli_verify_json_and_exit_code():
@@ -185,12 +193,23 @@ def test_cli_bad_input_is_one_line_exit_2(args):
 
 
 def test_tiny_timeout_is_unknown_never_proved():
-    """A 1 ms budget leaves the queries undecided: unknown, never counted as proved."""
-    c = classify("call_far_m", "pentium", timeout_ms=1)
-    assert c["privileged"] is None and c.answers["privileged"].verdict == "unknown"
-    assert c["sensitive"] is None and c["innocuous"] is None
-    assert theorem("1", [c]).verdict == "unknown"
-    assert theorem("1", [c]).undecided == [c]
+    """A 1 ms budget leaves queries undecided: each answer is unknown or the one the full budget
+    gives, never a different one, and an undecided deciding answer makes the theorem unknown.
+    (Which queries Z3 still decides within 1 ms depends on the machine's load and on what the
+    process solved before, so the test does not insist on a particular one being unknown.)"""
+    quick = classify("call_far_m", "pentium", timeout_ms=1)
+    full = classify("call_far_m", "pentium")
+    assert all(full[k] is not None for k in CLASSES)
+    assert all(quick[k] in (None, full[k]) for k in CLASSES)
+    for k in CLASSES:
+        if quick[k] is None:
+            assert quick.answers[k].verdict in ("unknown", "derived")
+    th = theorem("1", [quick])
+    assert full["sensitive"] is True and full["privileged"] is False      # a violation
+    if quick["sensitive"] is None or quick["privileged"] is None:
+        assert th.verdict == "unknown" and th.undecided == [quick]
+    else:
+        assert th.verdict == "fails"
 
 
 def test_cli_unknown_verdict_exits_2(monkeypatch, capsys):

@@ -149,6 +149,9 @@ class Counterexample:
     seconds: float
     note: str = ""
 
+    def __repr__(self) -> str:
+        return f"<Counterexample {self.form.name} [{self.profile.name}]: {self.verdict}>"
+
     def as_json(self) -> dict:
         f = self.form
         return {"name": f.name, "mnemonic": f.mnemonic, "asm": f.asm, "bytes": f.bytes.hex(),

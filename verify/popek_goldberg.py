@@ -70,6 +70,9 @@ class Answer:
     seconds: float = 0.0
     note: str = ""
 
+    def __repr__(self) -> str:
+        return f"<Answer {self.cls}={self.value} ({self.verdict}{', witness' if self.witness else ''})>"
+
     def as_json(self) -> dict:
         return {"class": self.cls, "value": self.value, "verdict": self.verdict,
                 "witness": self.witness, "seconds": round(self.seconds, 4), "note": self.note}
@@ -81,6 +84,10 @@ class Classification:
     profile: Profile
     answers: dict[str, Answer] = field(default_factory=dict)
     assumptions: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        yes = [c for c in CLASSES if self.answers.get(c) is not None and self[c]]
+        return f"<Classification {self.form.name} [{self.profile.name}]: {', '.join(yes) or 'none'}>"
 
     def __getitem__(self, cls: str) -> bool | None:
         return self.answers[cls].value
@@ -448,6 +455,10 @@ class Theorem:
     violations: list[Classification]
     undecided: list[Classification]
     cls: str
+
+    def __repr__(self) -> str:
+        return (f"<Theorem {self.number}: {self.verdict} ({len(self.violations)} violations, "
+                f"{len(self.undecided)} undecided)>")
 
     def as_json(self) -> dict:
         return {"verdict": self.verdict, "statement": self.statement,

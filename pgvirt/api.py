@@ -1,0 +1,274 @@
+"""The public verbs, re-exported by ``import pgvirt``: each takes names, paths or loaded objects and
+returns a result with a one-line ``repr`` and an HTML table for Jupyter.
+
+    >>> import pgvirt
+    >>> pgvirt.theorems("pentium")                    # Theorems 1 and 3 over every form
+    <pgvirt theorems [pentium]: Theorem 1 fails (55 violations), Theorem 3 fails (49 violations) over 222 forms>
+    >>> pgvirt.scan("/boot/invaders.exec").sites      # the guest's violating instructions
+
+(``pgvirt.verify`` is the package of the queries, so the verb that checks both theorems is
+``theorems``, the one for a single theorem ``theorem``.)  A result keeps the library's own object
+as ``.value`` and answers its attributes (``.sites``,
+``.verdict``, ...).  Errors are the library's: ``KeyError`` for an unknown form or profile,
+``GuestError`` / ``ManifestError`` / ``PatchError`` for bad input files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from pgvirt.report import html as H
+
+DEFAULT_PROFILE = "pentium"
+
+__all__ = ["classify", "theorems", "theorem", "scan", "patch", "check_patch", "replay", "crosscheck",
+           "Result", "ReplayRun"]
+
+
+class Result:
+    """A verb's answer: ``value`` (the library's object), a one-line summary and an HTML view."""
+
+    def __init__(self, kind: str, value: Any, summary: str, html: Callable[[], str]):
+        self._kind, self.value, self.summary, self._html = kind, value, summary, html
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.value, name)
+
+    def __iter__(self):
+        return iter(self.value)
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def __getitem__(self, key):
+        return self.value[key]
+
+    def __repr__(self) -> str:
+        return f"<pgvirt {self._kind}: {self.summary}>"
+
+    def _repr_html_(self) -> str:
+        return f"<p><b>pgvirt {H._e(self._kind)}</b>: {H._e(self.summary)}</p>" + self._html()
+
+
+def _profile(p):
+    from pgvirt.model import profiles
+
+    return profiles.get(p) if isinstance(p, str) else p
+
+
+def _names(forms) -> list[str] | None:
+    if forms is None:
+        return None
+    if isinstance(forms, str) or hasattr(forms, "semantics"):
+        forms = [forms]
+    from pgvirt.model import isa
+
+    names = [f if isinstance(f, str) else f.name for f in forms]
+    for n in names:
+        isa.get(n)
+    return names
+
+
+# --- the theorems ------------------------------------------------------------------------------
+
+def _verdicts(results) -> str:
+    from pgvirt.verify.popek_goldberg import theorem as th
+
+    return ", ".join(f"Theorem {n} {t.verdict} ({len(t.violations)} violations)"
+                     for n, t in ((n, th(n, results)) for n in ("1", "3")))
+
+
+def classify(forms=None, profile=DEFAULT_PROFILE, *, jobs: int | None = None,
+             timeout_ms: int | None = None) -> Result:
+    """Every Popek-Goldberg class of ``forms`` (names or Forms; default: every form) under
+    ``profile``, each derived by Z3; the result is the list of Classifications."""
+    from pgvirt.verify.popek_goldberg import classify_all
+    from pgvirt.verify.solver import DEFAULT_TIMEOUT_MS
+
+    prof = _profile(profile)
+    res = classify_all(prof, _names(forms), jobs=jobs, timeout_ms=timeout_ms or DEFAULT_TIMEOUT_MS)
+    return Result(f"classify [{prof.name}]", res, f"{len(res)} forms; {_verdicts(res)}",
+                  lambda: H.classifications(res))
+
+
+def theorems(profile=DEFAULT_PROFILE, forms=None, *, jobs: int | None = None,
+             timeout_ms: int | None = None) -> Result:
+    """Theorems 1 and 3 under ``profile`` over every form (or ``forms``): the value is
+    ``{"1": Theorem, "3": Theorem}``, each with its violations and their witnesses."""
+    return _theorems(("1", "3"), profile, forms, jobs, timeout_ms)
+
+
+def theorem(number: str | int, profile=DEFAULT_PROFILE, forms=None, *, jobs: int | None = None,
+            timeout_ms: int | None = None) -> Result:
+    """Theorem ``number`` (1 or 3) alone, as ``theorems`` checks it; the value is the Theorem."""
+    number = str(number)
+    if number not in ("1", "3"):
+        raise KeyError(f"no Theorem {number}: pgvirt checks Theorems 1 and 3")
+    r = _theorems((number,), profile, forms, jobs, timeout_ms)
+    r.value = r.value[number]
+    return r
+
+
+def _theorems(numbers, profile, forms, jobs, timeout_ms) -> Result:
+    from pgvirt.verify.popek_goldberg import theorem as th
+
+    prof = _profile(profile)
+    res = classify(forms, prof, jobs=jobs, timeout_ms=timeout_ms).value
+    ths = {n: th(n, res) for n in numbers}
+    summary = ", ".join(f"Theorem {n} {t.verdict} ({len(t.violations)} violations)" for n, t in ths.items())
+    kind = "theorems" if len(numbers) > 1 else f"Theorem {numbers[0]}"
+    return Result(f"{kind} [{prof.name}]", ths, f"{summary} over {len(res)} forms",
+                  lambda: H.theorems(prof.name, ths, len(res)))
+
+
+# --- guests --------------------------------------------------------------------------------------
+
+def scan(guest, profile=DEFAULT_PROFILE, *, raw: bool = False, base: int | None = None,
+         symbols=None, cache: bool = True, jobs: int | None = None) -> Result:
+    """The instructions of ``guest`` (a path, a loaded Guest or a GuestFile) that violate
+    Theorem 1 under ``profile``: a ScanReport."""
+    from pgvirt.guest.paravirt import ClassificationCache, scan_guest
+
+    rep = scan_guest(_guest(guest, raw, base, symbols), profile, ClassificationCache(enabled=cache), jobs)
+    r = rep.result
+    summary = (f"{os.path.basename(rep.guest.path)} [{rep.profile.name}]: {len(r.sites)} violating "
+               f"site(s), {r.instructions} instructions, {r.unmodelled_count} unmodelled")
+    return Result("scan", rep, summary, lambda: H.scan(rep))
+
+
+def _guest(guest, raw, base, symbols):
+    from pgvirt.guest.image import Guest, load_guest
+    from pgvirt.guest.paravirt import GuestFile
+
+    if isinstance(guest, GuestFile):
+        return guest.guest
+    if isinstance(guest, Guest):
+        return guest
+    return load_guest(guest, raw=raw, base=base, symbols=symbols)
+
+
+def patch(guest, output, *, manifest=None, profile=DEFAULT_PROFILE, allow: Iterable[str] = (),
+          raw: bool = False, base: int | None = None, symbols=None, cache: bool = True) -> Result:
+    """Paravirtualize ``guest`` (a path) into ``output``: every violating site becomes a hypercall;
+    the manifest goes to ``manifest`` (default ``output + ".manifest.json"``)."""
+    from pgvirt.guest.paravirt import ClassificationCache, GuestFile, patch_guest
+
+    path = guest.path if isinstance(guest, GuestFile) else getattr(guest, "path", guest)
+    res = patch_guest(path, output, manifest, profile, tuple(allow), raw, base, symbols,
+                      ClassificationCache(enabled=cache))
+    summary = f"{len(res.patched)} site(s) patched -> {res.out} (manifest {res.manifest_path})"
+    return Result("patch", res, summary, lambda: H.patch(res))
+
+
+def check_patch(patched, manifest=None, *, original=None, profile=None, allow: Iterable[str] = (),
+                strict: bool = False, cache: bool = True) -> Result:
+    """Prove ``patched`` sound against its manifest (default ``patched + ".manifest.json"``) and the
+    original guest: a CheckReport whose ``verdict`` is holds, fails or unknown."""
+    from pgvirt.guest.paravirt import ClassificationCache, check_patch as run
+
+    path = os.fspath(getattr(patched, "out", patched))
+    man = manifest if manifest is not None else getattr(patched, "manifest_path", path + ".manifest.json")
+    rep = run(path, man, original, profile, tuple(allow), strict, ClassificationCache(enabled=cache))
+    summary = (f"{os.path.basename(rep.patched)} [{rep.profile}]: {rep.verdict}; {len(rep.sites)} "
+               f"hypercall site(s), {len(rep.failures())} failing claim(s)")
+    return Result("check-patch", rep, summary, lambda: H.check(rep))
+
+
+# --- the emulator ----------------------------------------------------------------------------------
+
+@dataclass
+class ReplayRun:
+    """Replays of Theorem-1 witnesses: each a ``Replay`` (or, with no witness, a mismatch dict)."""
+
+    profile: str
+    replays: list
+    seconds: float
+    replay_seconds: float
+    counts: dict = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        return {"profile": self.profile, "replays": [r if isinstance(r, dict) else r.as_json()
+                                                     for r in self.replays],
+                "counts": self.counts, "seconds": {"total": round(self.seconds, 3),
+                                                   "replay": round(self.replay_seconds, 3)}}
+
+
+class ReplayRequestError(ValueError):
+    """Nothing to replay as asked (a form that is no violation, a state file without the form)."""
+
+
+def replay_run(profile=DEFAULT_PROFILE, forms=None, *, state=None, jobs: int | None = None,
+               timeout_ms: int | None = None, run_seconds: float = 2.0, progress=None) -> ReplayRun:
+    """Solve for a replayable witness of each Theorem-1 violation (or only ``forms``) under
+    ``profile``, or read the pairs of the JSON file ``state``, and run each pair on Unicorn.
+    Raises ``ReplayInputError`` for a malformed state file, ``ReplayRequestError`` when there is
+    nothing to replay as asked."""
+    from pgvirt.emulator import replay as R
+    from pgvirt.verify import counterexample as cx
+    from pgvirt.verify.solver import DEFAULT_TIMEOUT_MS
+
+    prof = _profile(profile)
+    names = _names(forms) or []
+    timeout_ms = timeout_ms or DEFAULT_TIMEOUT_MS
+    t0 = time.perf_counter()
+    if state is not None:
+        pairs = R.load_pairs(state, prof, names or None)
+        if names:
+            pairs = [(n, w) for n, w in pairs if n in names]
+            if not pairs:
+                raise ReplayRequestError(f"{state} holds no pair for {', '.join(names)}")
+        entries, strict = [(n, w, "") for n, w in pairs], True
+    else:
+        viol, undecided = cx.violations(prof, names or None, jobs, timeout_ms)
+        bad = [n for n in names if n not in viol]
+        if bad:
+            why = "undecided" if set(bad) <= set(undecided) else "not a Theorem-1 violation"
+            raise ReplayRequestError(f"{', '.join(bad)}: {why} under {prof.name} (nothing to replay)")
+        found = cx.find_many(viol, prof, jobs, timeout_ms, progress)
+        entries, strict = [(f["name"], f["witness"], f["note"]) for f in found], False
+    replayer = R.Replayer(seconds=run_seconds)
+    reps: list = []
+    t1 = time.perf_counter()
+    for name, w, note in entries:
+        if w is None:
+            reps.append(_no_witness(name, note))
+        else:
+            reps.append(replayer.replay(name, w, cx.criterion_concrete, prof.name, strict=strict))
+    done = time.perf_counter()
+    docs = [r if isinstance(r, dict) else r.as_json() for r in reps]
+    counts = {o: sum(d["outcome"] == o for d in docs) for o in R.OUTCOMES}
+    return ReplayRun(prof.name, reps, done - t0, done - t1, counts)
+
+
+def _no_witness(name: str, note: str) -> dict:
+    from pgvirt.model import isa
+
+    f = isa.get(name)
+    return {"name": name, "mnemonic": f.mnemonic, "asm": f.asm, "outcome": "mismatch",
+            "native": None, "deprivileged": None, "model": None, "emulator_criterion": [],
+            "deviation": None, "note": f"no counterexample to replay: {note}"}
+
+
+def replay(forms=None, profile=DEFAULT_PROFILE, *, state=None, jobs: int | None = None) -> Result:
+    """Each Theorem-1 witness of ``forms`` (default: every violation) replayed on Unicorn,
+    native and deprivileged: confirmed, emulator-deviation or mismatch."""
+    run = replay_run(profile, forms, state=state, jobs=jobs)
+    c = run.counts
+    summary = (f"[{run.profile}] {len(run.replays)} replays: {c['confirmed']} confirmed, "
+               f"{c['emulator-deviation']} emulator-deviation, {c['mismatch']} mismatch")
+    return Result("replay", run, summary, lambda: H.replays(run))
+
+
+def crosscheck(forms=None, samples: int = 200, seed: int = 0, *, jobs: int | None = 1) -> Result:
+    """The compiled model against Unicorn on ``samples`` random valid states per form."""
+    from pgvirt.emulator import crosscheck as C
+
+    rep = C.crosscheck(_names(forms), samples, seed, jobs)
+    summary = (f"{rep.checks} checks of {len(rep.forms)} form(s), seed {seed}: "
+               f"{rep.unexplained} unexplained")
+    return Result("crosscheck", rep, summary, lambda: H.crosscheck(rep))
