@@ -8,6 +8,7 @@ import argparse
 import os
 
 from rich.console import Console
+from rich.text import Text
 
 from .errors import EPILOG, UsageError
 
@@ -37,10 +38,13 @@ def positive_int(text: str) -> int:
 
 
 def output_file(text: str) -> str:
-    """A report file to write: its directory must exist (checked before any solving)."""
-    parent = os.path.dirname(os.path.abspath(text))
-    if not os.path.isdir(parent):
-        raise argparse.ArgumentTypeError(f"no such directory: {parent}")
+    """A file to write: checked to be writable before any solving starts."""
+    from pgvirt.model.files import InputError, check_writable
+
+    try:
+        check_writable(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 
@@ -109,3 +113,8 @@ def progress(console: Console, total: int, label: str, enabled: bool):
     task = prog.add_task(label, total=total)
     prog.start()
     return (lambda name: prog.advance(task)), prog.stop
+
+
+def warn(err: Console, message: str) -> None:
+    """A warning on stderr: one line, however long (never wrapped)."""
+    err.print(Text(f"pgvirt: warning: {message}", style="yellow"), soft_wrap=True)

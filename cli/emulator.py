@@ -16,7 +16,7 @@ from rich.text import Text
 
 from pgvirt.report.emulator import crosscheck_text, replay_table
 
-from .common import add_profile, positive_int, progress
+from .common import add_profile, positive_int, progress, warn
 from .errors import EXIT_FAIL, EXIT_OK, UsageError
 
 
@@ -28,6 +28,19 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return v
+
+
+MAX_SAMPLES = 1_000_000
+
+
+def _samples(text: str) -> int:
+    import argparse
+
+    v = positive_int(text)
+    if v > MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SAMPLES:,} states per form (got {v:,}); "
+                                         "run longer sweeps as several seeds")
     return v
 
 
@@ -82,6 +95,9 @@ def cmd_crosscheck(args, out: Console, err: Console) -> int:
     names = args.forms or [f.name for f in isa.FORMS]
     advance, close = progress(err, len(names), "cross-checking", args.format == "text" and err.is_terminal)
     try:
+        total = args.samples * len(names)
+        if total > 100_000:   # say up front what a long sweep costs (about 1,600 checks/s per core)
+            warn(err, f"{total:,} checks: about {total / (1600 * (args.jobs or 2)) / 60:.0f} min")
         rep = C.crosscheck(names, args.samples, args.seed, args.jobs, advance)
     finally:
         close()
@@ -109,7 +125,8 @@ def register(sub, commands) -> None:
 
     c = sub.add_parser("crosscheck", help="cross-check the model against Unicorn on random states")
     c.add_argument("forms", nargs="*", metavar="FORM", help="only these forms")
-    c.add_argument("--samples", type=positive_int, default=200, help="states per form (default 200)")
+    c.add_argument("--samples", type=_samples, default=200,
+                   help=f"states per form (default 200, at most {MAX_SAMPLES:,})")
     c.add_argument("--seed", type=_int0, default=0)
     c.add_argument("--format", choices=("text", "json"), default="text")
     c.add_argument("--jobs", type=positive_int, default=2, help="worker processes (default 2)")

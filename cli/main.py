@@ -3,6 +3,7 @@ codes (cli/errors.py).  ``pgvirt`` and ``python -m pgvirt`` are this ``entry``."
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -76,4 +77,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    rc = main()
+    if rc == EXIT_INTERRUPTED:
+        # Leave at once: tearing down a half-built solver state only prints z3's __del__ noise,
+        # and every file pgvirt writes is written whole or not at all.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from pgvirt.report.guests import check_summary, check_text, scan_summary, scan_table, unmodelled_table
 
-from .common import add_profile, output_file, positive_int, progress
+from .common import add_profile, output_file, positive_int, progress, warn
 from .errors import EXIT_BAD, EXIT_FAIL, EXIT_OK, UsageError
 
 
@@ -78,7 +78,8 @@ def cmd_scan(args, out: Console, err: Console) -> int:
     g = load_guest(args.guest, raw=args.raw, base=args.base, symbols=args.symbols)
     advance, close = _progress_for(args, err)
     try:
-        rep = scan_guest(g, args.profile, _cache(args), args.jobs, args.timeout_ms, advance)
+        rep = scan_guest(g, args.profile, _cache(args), args.jobs, args.timeout_ms, advance,
+                         strict=args.strict)
     finally:
         close()
     if args.format == "json":
@@ -86,18 +87,20 @@ def cmd_scan(args, out: Console, err: Console) -> int:
     elif args.format == "sarif":
         print(json.dumps(scan_sarif(rep), indent=2))
     else:
-        if rep.sites:
+        if rep.sites or rep.data_sites:
             out.print(scan_table(rep))
-            for f in sorted({s.form for s in rep.sites}):
+            for f in sorted({s.form for s in rep.sites + rep.data_sites}):
                 out.print(Text(f"  {f}: {rep.reason(f)}", style="dim"))
         if rep.result.unmodelled:
             out.print(unmodelled_table(rep.result.unmodelled))
         out.print(Text(scan_summary(rep)))
+    for note in rep.guest.notes:
+        warn(err, note)
     if rep.cache_note:
-        err.print(Text(f"pgvirt: warning: {rep.cache_note}", style="yellow"))
+        warn(err, rep.cache_note)
     if rep.undecided:
         return EXIT_BAD
-    return EXIT_FAIL if rep.sites else EXIT_OK
+    return EXIT_FAIL if rep.violating else EXIT_OK
 
 
 # --- patch -----------------------------------------------------------------------------------------
@@ -124,7 +127,7 @@ def cmd_patch(args, out: Console, err: Console) -> int:
             kept = Counter(s.form for s in res.allowed)
             out.print(Text("left in place by --allow: " + ", ".join(f"{f} x{n}" for f, n in kept.most_common())))
     if res.scan.cache_note:
-        err.print(Text(f"pgvirt: warning: {res.scan.cache_note}", style="yellow"))
+        warn(err, res.scan.cache_note)
     return EXIT_OK
 
 
@@ -151,7 +154,7 @@ def cmd_check_patch(args, out: Console, err: Console) -> int:
         check_text(out, rep)
         out.print(Text(check_summary(rep)))
     if rep.cache_note:
-        err.print(Text(f"pgvirt: warning: {rep.cache_note}", style="yellow"))
+        warn(err, rep.cache_note)
     if args.junit or args.sarif:
         from pgvirt.report.files import write_check_patch_reports
 
@@ -184,14 +187,17 @@ def _common(p: argparse.ArgumentParser, formats=("text", "json", "sarif"), manif
 def register(sub, commands) -> None:
     s = sub.add_parser("scan", help="find the sensitive-but-unprivileged instructions of a guest binary")
     s.add_argument("guest", metavar="GUEST", help="ELF32 i386 file (gzip allowed) or, with --raw, a blob")
+    s.add_argument("--strict", action="store_true",
+                   help="also sweep the executable data (bytes an executable segment maps outside the "
+                        "code, e.g. .eh_frame in an RWX segment) as code; its sites count")
     _guest_opts(s)
     _common(s)
     commands["scan"] = cmd_scan
 
     p = sub.add_parser("patch", help="paravirtualize a guest: each violating site becomes a hypercall")
     p.add_argument("guest", metavar="GUEST")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the patched guest")
-    p.add_argument("--manifest", metavar="M", help="the site table (default: OUT.manifest.json)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", type=output_file, help="the patched guest")
+    p.add_argument("--manifest", metavar="M", type=output_file, help="the site table (default: OUT.manifest.json)")
     p.add_argument("--allow", action="extend", nargs="+", metavar="FORM",
                    help="forms to leave in place (e.g. sgdt_m sidt_m, as Xen PV does)")
     _guest_opts(p)

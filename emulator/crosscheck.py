@@ -25,14 +25,13 @@ one Machine; the report has per-form counts and the rate in checks per second.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
-from pgvirt.model import concrete, isa, profiles
+from pgvirt.model import concrete, isa, parallel, profiles
 from pgvirt.model import state as st
 from pgvirt.model.form import Form
 from pgvirt.model.isa.ordinary import UNDEFINED_FLAGS
@@ -427,14 +426,9 @@ def crosscheck(forms: list[str] | None = None, samples: int = 200, seed: int = 0
                 progress(r.form)
     else:
         # A worker that dies (Unicorn aborting the process) breaks the pool loudly instead of
-        # leaving the sweep waiting for a result that never comes.
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork"),
-                                 initializer=_fresh_worker) as pool:
-            futures = [pool.submit(_job, w) for w in work]
-            for fut in as_completed(futures):
-                r = fut.result()
-                done[r.form] = r
-                if progress:
-                    progress(r.form)
+        # leaving the sweep waiting for a result that never comes; Ctrl-C stops every worker.
+        for r in parallel.imap(_job, work, jobs, ordered=False, initializer=_fresh_worker):
+            done[r.form] = r
+            if progress:
+                progress(r.form)
     return Report([done[n] for n in names], time.perf_counter() - t0, samples, seed, jobs)

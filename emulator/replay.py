@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from pgvirt.model import concrete, isa, profiles
+from pgvirt.model.files import InputError, read_regular
 from pgvirt.model import state as st
 from pgvirt.model.form import Form
 from pgvirt.model.outcome import Fault, Next, from_changes_json
@@ -191,10 +192,11 @@ def load_pairs(path: str, profile: profiles.Profile, forms: list[str] | None = N
     addresses may be strings).  Predictions missing from the file are computed by the model.
     Raises ``ReplayInputError`` (one line) on anything malformed or impossible."""
     try:
-        with open(path) as fh:
-            doc = json.load(fh)
-    except OSError as e:
-        raise ReplayInputError(f"cannot read {path}: {e.strerror}") from None
+        doc = json.loads(read_regular(path, "state file", 64 << 20))
+    except InputError as e:
+        raise ReplayInputError(str(e)) from None
+    except UnicodeDecodeError:
+        raise ReplayInputError(f"{path} is not JSON: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise ReplayInputError(f"{path} is not JSON: {e.msg} at line {e.lineno}") from None
     items = doc.get("replays", doc.get("pairs", [doc])) if isinstance(doc, dict) else doc

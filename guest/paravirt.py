@@ -33,12 +33,13 @@ import z3
 
 from pgvirt.model import isa, monitor, profiles, state as st
 from pgvirt.model.outcome import GP, Fault
+from pgvirt.model.files import InputError, atomic_write as _atomic_write, read_regular
 from pgvirt.model.profiles import Profile
 
 from . import decode as D, image as G, scan as S
 from .image import Guest, GuestError, load_guest
 from .scan import ScanResult, Site, scan
-from pgvirt.verify.cache import ClassificationCache, atomic_write as _atomic_write, classifications
+from pgvirt.verify.cache import ClassificationCache, classifications
 from pgvirt.verify.popek_goldberg import Classification, Engine, classify_all
 from pgvirt.verify.solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict
 
@@ -98,6 +99,7 @@ class ScanReport:
     derived: list[str]                      # of those, the ones the solver classified now
     seconds: float
     cache_note: str = ""
+    data_result: ScanResult | None = None   # --strict: the executable data swept as code
 
     def __repr__(self) -> str:
         return (f"<ScanReport {self.guest.path} [{self.profile.name}]: {len(self.sites)} sites, "
@@ -108,8 +110,18 @@ class ScanReport:
         return self.result.sites
 
     @property
+    def data_sites(self) -> tuple[Site, ...]:
+        """Violating instructions that decode in executable data (only with ``strict``)."""
+        return self.data_result.sites if self.data_result is not None else ()
+
+    @property
     def undecided(self) -> list[Site]:
-        return [s for s in self.sites if s.classes == (UNDECIDED,)]
+        return [s for s in self.sites + self.data_sites if s.classes == (UNDECIDED,)]
+
+    @property
+    def violating(self) -> list[Site]:
+        """Sites proved to violate (undecided ones are not: they are their own kind)."""
+        return [s for s in self.sites + self.data_sites if s.classes != (UNDECIDED,)]
 
     def reason(self, form: str) -> str:
         return reason(self.verdicts[form])
@@ -117,12 +129,13 @@ class ScanReport:
 
 def scan_guest(g: "Guest | GuestFile | str | os.PathLike", profile: Profile | str = DEFAULT_PROFILE,
                cache: ClassificationCache | None = None, jobs: int | None = None,
-               timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None) -> ScanReport:
+               timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None, strict: bool = False) -> ScanReport:
     """Scan ``g`` (a loaded Guest, a GuestFile or an ELF's path): its sites are the instances of
     forms that violate Theorem 1 under ``profile``.
 
     Forms found in the cache are judged at once; the others are collected during the scan,
     classified together (in parallel) and the guest is scanned again, now with every answer.
+    With ``strict`` the guest's executable data is swept as code too (``data_sites``).
     """
     t0 = time.perf_counter()
     if isinstance(g, GuestFile):
@@ -141,16 +154,21 @@ def scan_guest(g: "Guest | GuestFile | str | os.PathLike", profile: Profile | st
             return ()
         return violation(c)
 
-    r = scan(g, judge)
+    view = G.exec_data_view(g) if strict and g.exec_data else None
+
+    def both():
+        return scan(g, judge), (scan(view, judge) if view is not None else None)
+
+    r, d = both()
     derived: list[str] = []
     if pending:
         derived = sorted(pending)
         new = classify_all(prof, derived, jobs=jobs, timeout_ms=timeout_ms, progress=progress)
         cache.store(prof, new)
         known.add(new)
-        r = scan(g, judge)
-    verdicts = {n: known[n] for n in r.forms}
-    return ScanReport(g, prof, r, verdicts, derived, time.perf_counter() - t0, cache.note)
+        r, d = both()
+    verdicts = {n: known[n] for n in set(r.forms) | set(d.forms if d else ())}
+    return ScanReport(g, prof, r, verdicts, derived, time.perf_counter() - t0, cache.note, d)
 
 
 def _function(s: Site) -> str:
@@ -185,11 +203,7 @@ def open_guest(path: str | os.PathLike, raw: bool = False, base: int | None = No
                symbols: str | os.PathLike | None = None) -> GuestFile:
     path = os.fspath(path)
     g = load_guest(path, raw=raw, base=base, symbols=symbols)   # every check of the loader
-    try:
-        with open(path, "rb") as f:
-            stored = f.read(G.MAX_FILE + 1)
-    except OSError as e:
-        raise GuestError(f"{path}: cannot read: {e.strerror or e}") from None
+    stored = G.read_file(path)
     zipped = stored[:2] == b"\x1f\x8b"
     image = G._gunzip(stored, path) if zipped else stored
     return GuestFile(path, stored, image, zipped, g)
@@ -410,10 +424,9 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            text = f.read(64 << 20)
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read: {e.strerror or e}") from None
+        text = read_regular(path, "manifest", 64 << 20)
+    except InputError as e:
+        raise ManifestError(str(e)) from None
     try:
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -801,7 +814,8 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
 
     Bad input (unreadable or malformed guests, a malformed manifest, an unknown profile or
     form) raises; everything a manifest or patched file can get wrong is a failing obligation.
-    ``strict`` makes unmodelled instructions in the patched code an unknown verdict.
+    ``strict`` makes unmodelled instructions in the patched code an unknown verdict, and sweeps
+    the executable data as code (its sites count as remaining).
     """
     t0 = time.perf_counter()
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
@@ -927,10 +941,11 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
                               "original's; each site holds its hypercall", seconds=time.perf_counter() - t3))
 
     # --- (1) nothing violating is left but allow-listed forms
-    rep = scan_guest(pf.guest, prof, cache, jobs, timeout_ms, progress)
-    remaining = [x for x in rep.sites if x.form not in allow and x.classes != (UNDECIDED,)]
-    undecided = [x for x in rep.sites if x.form not in allow and x.classes == (UNDECIDED,)]
-    allowed = [x for x in rep.sites if x.form in allow]
+    rep = scan_guest(pf.guest, prof, cache, jobs, timeout_ms, progress, strict=strict)
+    found = rep.sites + rep.data_sites
+    remaining = [x for x in found if x.form not in allow and x.classes != (UNDECIDED,)]
+    undecided = [x for x in found if x.form not in allow and x.classes == (UNDECIDED,)]
+    allowed = [x for x in found if x.form in allow]
     for x in remaining:
         hint = f" (the manifest was made with --allow {','.join(m.allow)})" if x.form in m.allow else ""
         obs.append(Obligation("remaining", "fails", f"{x.asm} ({x.form}) at {_where(pf.guest, x.address, x.section)} "
@@ -952,6 +967,7 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
                               f"claim (1): {'--strict counts them unknown' if strict else 'byte-identical to the original, not proved harmless'}",
                               detail={"unmodelled": [{"mnemonic": u.mnemonic, "count": u.count,
                                                       "first": list(u.first)} for u in r.unmodelled]}))
+    obs.append(_executable_data(pf.guest, rep))
 
     # --- (2) the hypercall traps, and each handler is its original instruction
     proofs: list[SiteProof] = []
@@ -975,6 +991,24 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
     return CheckReport(_verdict(obs), patched, m.path, opath, prof.name, allow, obs, proofs, m.sites,
                        remaining, allowed, r.unmodelled, r.unmodelled_count, r.instructions,
                        time.perf_counter() - t0, cache.note, strict)
+
+
+def _executable_data(g: Guest, rep: ScanReport) -> Obligation:
+    """Claim (1)'s reach: the code (``image._code_by_segments``), and with ``strict`` also the
+    executable data swept as code, whose sites are then in ``remaining`` like any other."""
+    size = sum(len(s.data) for s in g.exec_data)
+    names = sorted({s.name for s in g.exec_data})
+    detail = {"sections": names, "bytes": size, "notes": list(g.notes)}
+    if not size:
+        return Obligation("executable-data", "holds", "every byte the executable segments map is code "
+                          "and was swept" + (f" ({'; '.join(g.notes)})" if g.notes else ""), detail=detail)
+    if rep.data_result is not None:
+        return Obligation("executable-data", "holds", f"{size} bytes of executable data "
+                          f"({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}) swept as code too: "
+                          f"{len(rep.data_sites)} site(s) there, judged under 'remaining'", detail=detail)
+    return Obligation("executable-data", "outside", f"{size} bytes of executable data ({', '.join(names[:6])}"
+                      f"{', ...' if len(names) > 6 else ''}) are outside claim (1): mapped executable but "
+                      "data by the headers; --strict sweeps them as code", detail=detail)
 
 
 def _first_difference(a: bytes, b: bytes, lo: int, hi: int) -> int | None:

@@ -45,6 +45,13 @@ def scan_json(rep: ScanReport) -> dict:
         "guest": rep.guest.path,
         "profile": rep.profile.name,
         "sites": [dict(s.row(), reason=rep.reason(s.form)) for s in r.sites],
+        "violating": sum(s.classes != ("undecided",) for s in r.sites),
+        "undecided": sum(s.classes == ("undecided",) for s in r.sites),
+        "executable_data": [{"section": s.name, "address": s.addr, "size": len(s.data)}
+                            for s in rep.guest.exec_data],
+        "data_sites": None if rep.data_result is None else
+        [dict(s.row(), reason=rep.reason(s.form)) for s in rep.data_sites],
+        "notes": list(rep.guest.notes),
         "unmodelled": [{"mnemonic": u.mnemonic, "count": u.count, "first": list(u.first),
                         "example": u.example} for u in r.unmodelled],
         "instructions": r.instructions,

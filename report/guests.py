@@ -23,19 +23,23 @@ def _classes(cls) -> str:
 
 
 def scan_table(rep) -> Table:
-
-    r = rep.result
+    """The sites by function, with the violated classes; undecided sites (the solver gave no
+    answer) in a column of their own, and with ``--strict`` the sites in executable data."""
     t = Table(title=Text(f"{rep.guest.path}: sites that violate Theorem 1 under {rep.profile.name}"),
               header_style="bold", title_justify="left")
     for col, kw in (("function", {}), ("address", {"justify": "right"}), ("offset", {}),
-                    ("bytes", {}), ("asm", {}), ("form", {}), ("sensitive", {})):
+                    ("bytes", {}), ("asm", {}), ("form", {}), ("sensitive", {}), ("undecided", {})):
         t.add_column(col, **kw)
-    for func, sites in group_by_function(r.sites).items():
+    groups = list(group_by_function(rep.result.sites).items())
+    groups += [(f"{name} (executable data)", sites) for name, sites in group_by_function(rep.data_sites).items()]
+    for func, sites in groups:
         for k, s in enumerate(sites):
             off = s.symbol.split("+", 1)[1] if s.symbol and "+" in s.symbol else ("+0" if s.symbol else "")
-            style = "yellow" if s.classes == ("undecided",) else "red"
+            undecided = s.classes == ("undecided",)
             t.add_row(func if k == 0 else "", f"{s.address:#x}", off, s.bytes, Text(s.asm), s.form,
-                      Text(_classes(s.classes), style=style), end_section=k == len(sites) - 1)
+                      Text("" if undecided else _classes(s.classes), style="red"),
+                      Text("undecided" if undecided else "", style="yellow"),
+                      end_section=k == len(sites) - 1)
     return t
 
 
@@ -54,11 +58,21 @@ def unmodelled_table(unmodelled, limit: int = 12) -> Table:
 
 def scan_summary(rep) -> str:
     r = rep.result
-    forms = Counter(s.form for s in r.sites)
-    funcs = {s.symbol.split("+", 1)[0] if s.symbol else s.section for s in r.sites}
+    bad = [s for s in r.sites if s.classes != ("undecided",)]
+    forms = Counter(s.form for s in bad)
+    funcs = {s.symbol.split("+", 1)[0] if s.symbol else s.section for s in bad}
     listing = ", ".join(f"{f} x{n}" for f, n in forms.most_common())
-    head = (f"{os.path.basename(rep.guest.path)} [{rep.profile.name}]: {len(r.sites)} violating site(s)"
-            + (f" in {len(funcs)} function(s) ({listing})" if r.sites else ""))
+    head = (f"{os.path.basename(rep.guest.path)} [{rep.profile.name}]: {len(bad)} violating site(s)"
+            + (f" in {len(funcs)} function(s) ({listing})" if bad else ""))
+    undecided = len(r.sites) - len(bad)
+    if undecided:
+        head += f", {undecided} undecided (the solver gave no answer: not counted either way)"
+    if rep.data_result is not None:
+        head += (f"; executable data swept as code: {len(rep.data_sites)} site(s) in "
+                 f"{rep.data_result.instructions} instructions")
+    elif rep.guest.exec_data:
+        head += (f"; {sum(len(s.data) for s in rep.guest.exec_data)} bytes of executable data "
+                 "not swept (--strict sweeps them)")
     return (f"{head}; {r.instructions} instructions, {r.unmodelled_count} unmodelled "
             f"({len(r.unmodelled)} mnemonics), {r.undecodable} undecodable bytes  "
             f"[{rep.seconds:.2f} s; {len(rep.derived)} form(s) classified now, "
@@ -112,6 +126,9 @@ def check_summary(rep) -> str:
     head = f"{os.path.basename(rep.patched)} [{rep.profile}]: {rep.verdict.upper()}"
     if rep.verdict == "holds" and rep.unmodelled_count:
         head += " for every modelled instruction"
+    if rep.verdict == "holds" and any(o.claim == "executable-data" and o.status == "outside"
+                                      for o in rep.obligations):
+        head += " of the code (executable data not swept: --strict)"
     parts = [f"{len(rep.sites)} hypercall site(s)", f"{sum(o.status == 'holds' for o in eq)} proved equivalent",
              f"{len(rep.remaining)} violation(s) remain", f"{len(rep.allowed)} allow-listed",
              f"{rep.unmodelled_count} unmodelled"]

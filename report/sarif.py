@@ -150,7 +150,8 @@ def scan_sarif(rep: ScanReport) -> dict:
     uri = _uri(g.path)
     gzipped = _is_gzip(g.path)
     rules, index, results = [], {}, []
-    for s in r.sites:
+    data = {id(s) for s in rep.data_sites}
+    for s in r.sites + rep.data_sites:
         c = rep.verdicts[s.form]
         f = c.form
         if s.form not in index:
@@ -168,14 +169,17 @@ def scan_sarif(rep: ScanReport) -> dict:
                                "classes": list(s.classes)},
             })
         where = s.symbol or f"{s.address:#x}"
+        if id(s) in data:
+            where += f" (executable data in {s.section})"
+        # Undecided is no verdict either way: SARIF's "open", whose level is none (3.27.9-10).
+        kind = ("fail", "error") if s.classes != (UNDECIDED,) else ("open", "none")
         results.append({
-            "ruleId": f"pgvirt/{f.name}", "ruleIndex": index[s.form], "kind": "fail",
-            "level": "error" if s.classes != (UNDECIDED,) else "warning",
+            "ruleId": f"pgvirt/{f.name}", "ruleIndex": index[s.form], "kind": kind[0], "level": kind[1],
             "message": {"text": f"{s.asm} ({s.bytes}) at {s.address:#x} in {where}: {rep.reason(s.form)}"},
             "locations": [_sarif_location(g, uri, s.address, s.section, s.symbol, len(s.bytes) // 2, gzipped)],
             "partialFingerprints": {"pgvirtSite/v1": fingerprint(f.name, s.section, where, s.bytes)},
             "properties": {"profile": rep.profile.name, "form": f.name, "classes": list(s.classes),
-                           "section": s.section},
+                           "section": s.section, "executable_data": id(s) in data},
         })
     if r.unmodelled:
         unm = len(rules)
@@ -210,7 +214,10 @@ def scan_sarif(rep: ScanReport) -> dict:
                     "hashes": {"sha-256": sha256_file(g.path)}}],
         invocations=[{"executionSuccessful": True}],
         properties={"profile": rep.profile.name, "instructions": r.instructions,
-                    "undecodable": r.undecodable, "unmodelled": r.unmodelled_count})
+                    "undecodable": r.undecodable, "unmodelled": r.unmodelled_count,
+                    "undecided": len(rep.undecided), "notes": list(g.notes),
+                    "executable_data_bytes": sum(len(x.data) for x in g.exec_data),
+                    "executable_data_swept": rep.data_result is not None})
 
 
 # --- check-patch -------------------------------------------------------------------------------
@@ -220,6 +227,7 @@ _CLAIMS = {
     "bytes": "outside the sites the patched file is the original, byte for byte",
     "remaining": "no sensitive-unprivileged instruction remains but allow-listed forms",
     "coverage": "instructions outside the model",
+    "executable-data": "executable bytes that are data are outside claim (1) unless --strict",
     "trap": "the hypercall traps to the monitor",
     "equivalence": "the site's handler is its original instruction",
 }
@@ -231,16 +239,16 @@ def check_sarif(rep: CheckReport) -> dict:
     outside the model."""
     uri = _uri(rep.patched)
     rules = [{"id": f"pgvirt/check-patch/{k}", "name": k, "shortDescription": {"text": v},
-              "defaultConfiguration": {"level": "none" if k == "coverage" else "error"}}
+              "defaultConfiguration": {"level": "none" if k in ("coverage", "executable-data") else "error"}}
              for k, v in _CLAIMS.items()]
     index = {k: i for i, k in enumerate(_CLAIMS)}
     results = []
     for o in rep.obligations:
-        if o.status == "holds" and o.claim != "coverage":
+        if o.status == "holds":
             continue
         res: dict = {"ruleId": f"pgvirt/check-patch/{o.claim}", "ruleIndex": index[o.claim],
                      "message": {"text": o.message}}
-        if o.claim == "coverage":
+        if o.status == "outside":
             res.update(kind="review", level="none")   # SARIF 3.27.10: not a failure, so level none
         elif o.status == "fails":
             res.update(kind="fail", level="error")

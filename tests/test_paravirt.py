@@ -453,7 +453,7 @@ def test_patch_and_check(capsys, tmp_path, guest):
     rc, doc = check_json(capsys, out, "--manifest", man)
     assert rc == 0 and doc["verdict"] == "holds", failing(doc)
     claims = {o["claim"] for o in doc["obligations"] if o["status"] == "holds"}
-    assert claims == {"manifest", "bytes", "remaining", "trap", "equivalence"}
+    assert claims == {"manifest", "bytes", "remaining", "executable-data", "trap", "equivalence"}
     assert [s["proof"] for s in doc["sites"]] == ["holds"] * 6
 
 
@@ -862,4 +862,9 @@ def test_tboot_patch_with_xen_allow_list(capsys, tmp_path):
     cov = next(o for o in doc["obligations"] if o["claim"] == "coverage")
     assert cov["status"] == "outside" and doc["coverage"]["unmodelled"] > 10_000
     rc, doc = check_json(capsys, out, "--manifest", man, "--allow", "sgdt_m", "sidt_m", "--strict")
-    assert rc == 2 and doc["verdict"] == "unknown"
+    # --strict: unmodelled instructions are unknown, and the executable data (.rodata, .eh_frame,
+    # ... in tboot's RWE segment) is swept as code, where data decodes as sensitive instructions
+    assert rc == 1 and doc["verdict"] == "fails"
+    assert next(o for o in doc["obligations"] if o["claim"] == "coverage")["status"] == "unknown"
+    left = [o for o in doc["obligations"] if o["claim"] == "remaining" and o["status"] == "fails"]
+    assert left and all(not o["section"].startswith(".text") for o in left)

@@ -47,7 +47,7 @@ from pgvirt.model.profiles import Profile
 
 from .popek_goldberg import (Engine, Query, relocated, system_writes, tidy_memory, tidy_state,
                              visible_differs_concrete, visible_parts)
-from .solver import DEFAULT_TIMEOUT_MS, Verdict
+from .solver import DEFAULT_TIMEOUT_MS, Verdict, in_worker
 
 LOW, HIGH = 0x8000, 0x80000       # every memory access of a replayable pair lies in [LOW, HIGH)
 CODE_LO, CODE_HI = 0x1000, 0x1F00  # EIP (CS.base = 0): below every access
@@ -259,8 +259,10 @@ def _job(args) -> dict:
 def find_many(names: list[str], profile: Profile | str, jobs: int | None = None,
               timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None) -> list[dict]:
     """``find`` for each form (JSON dicts, in ``names`` order) in ``jobs`` worker processes."""
-    import multiprocessing as mp
     import os
+
+    from pgvirt.model import parallel
+
     pname = profile if isinstance(profile, str) else profile.name
     profiles.get(pname)
     work = [(n, pname, timeout_ms) for n in names]
@@ -273,11 +275,10 @@ def find_many(names: list[str], profile: Profile | str, jobs: int | None = None,
             if progress:
                 progress(r["name"])
     else:
-        with mp.get_context("fork").Pool(jobs) as pool:
-            for r in pool.imap_unordered(_job, work):
-                done[r["name"]] = r
-                if progress:
-                    progress(r["name"])
+        for r in parallel.imap(_job, work, jobs, ordered=False, initializer=in_worker):
+            done[r["name"]] = r
+            if progress:
+                progress(r["name"])
     return [done[n] for n in names]
 
 

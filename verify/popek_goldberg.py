@@ -33,7 +33,7 @@ from pgvirt.model.form import Form
 from pgvirt.model.outcome import Fault, Next, Outcome, changes_json
 from pgvirt.model.profiles import Profile
 
-from .solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict
+from .solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict, in_worker
 
 CLASSES = ("privileged", "control_sensitive", "mode_sensitive", "location_sensitive",
            "behavior_sensitive", "sensitive", "user_sensitive", "innocuous")
@@ -506,8 +506,9 @@ def classify_many(profile_names, forms=None, jobs: int | None = None,
 
     ``progress`` is called with each finished form's name.  Results keep the registry's order.
     """
-    import multiprocessing as mp
     import os
+
+    from pgvirt.model import parallel
 
     from .solver import STATS
 
@@ -532,9 +533,8 @@ def classify_many(profile_names, forms=None, jobs: int | None = None,
         for w in work:
             collect(_job(w))
     else:
-        with mp.get_context("fork").Pool(jobs) as pool:
-            for item in pool.imap_unordered(_job, work):
-                collect(item)
+        for item in parallel.imap(_job, work, jobs, ordered=False, initializer=in_worker):
+            collect(item)
     return {p.name: [done[(p.name, n)] for n in names] for p in profs}
 
 

@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 
 from pgvirt.model import isa, profiles
+from pgvirt.model.files import atomic_write
 
 from .popek_goldberg import Engine
-from .solver import DEFAULT_TIMEOUT_MS, Verdict, smtlib
+from .solver import DEFAULT_TIMEOUT_MS, Verdict, in_worker, smtlib
 
 
 STATUS = {Verdict.PROVED: "unsat", Verdict.REFUTED: "sat", Verdict.UNKNOWN: "unknown"}
@@ -23,7 +24,7 @@ def _export_one(job) -> list[tuple[str, str, float]]:
         r = eng.solve(q)[0]   # the answer classify uses, so the file and the verdicts agree
         rel = f"{pname}/{form_name}.{key}.smt2"
         text = smtlib(q.formula, STATUS[r.verdict], f"{pname}/{form_name}/{q.name}")
-        Path(outdir, rel).write_text(text, encoding="utf-8")
+        atomic_write(Path(outdir, rel), text.encode())   # an interrupted export leaves no half file
         out.append((rel, STATUS[r.verdict], r.seconds))
     return out
 
@@ -32,7 +33,7 @@ def export_smt(outdir: str | os.PathLike, profile_names: list[str], forms: list[
                timeout_ms: int = DEFAULT_TIMEOUT_MS, jobs: int | None = None,
                progress=None) -> list[tuple[str, str, float]]:
     """Write ``<profile>/<form>.<query>.smt2`` under ``outdir``; return (path, status, seconds)."""
-    import multiprocessing as mp
+    from pgvirt.model import parallel
 
     names = forms or [f.name for f in isa.FORMS]
     for n in names:
@@ -43,18 +44,9 @@ def export_smt(outdir: str | os.PathLike, profile_names: list[str], forms: list[
     work = [(n, p, timeout_ms, str(outdir)) for p in profile_names for n in names]
     jobs = jobs or min(len(work), os.cpu_count() or 1)
     done = []
-    if jobs <= 1:
-        results = map(_export_one, work)
-    else:
-        pool = mp.get_context("fork").Pool(jobs)
-        results = pool.imap(_export_one, work)
-    try:
-        for item in results:
-            done.extend(item)
-            if progress:
-                progress(item[0][0] if item else "")
-    finally:
-        if jobs > 1:
-            pool.close()
-            pool.join()
+    results = map(_export_one, work) if jobs <= 1 else parallel.imap(_export_one, work, jobs, initializer=in_worker)
+    for item in results:
+        done.extend(item)
+        if progress:
+            progress(item[0][0] if item else "")
     return done

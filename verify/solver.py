@@ -15,6 +15,17 @@ import z3
 
 DEFAULT_TIMEOUT_MS = 20_000
 SEED = 0
+# Z3 answers Ctrl-C by cancelling the running check ("interrupted from keyboard"); the parent
+# process turns that into KeyboardInterrupt (never an unknown verdict), and worker processes,
+# which the parent stops itself, let Z3 ignore it (``in_worker``).
+CTRL_C = True
+INTERRUPTED = "interrupted from keyboard"
+
+
+def in_worker() -> None:
+    """Initializer of a solving worker process: Ctrl-C is the parent's to handle."""
+    global CTRL_C
+    CTRL_C = False
 
 
 class Verdict(enum.Enum):
@@ -50,6 +61,7 @@ def make_solver(timeout_ms: int) -> z3.Solver:
     s = z3.SolverFor("QF_ABV")
     s.set("timeout", int(timeout_ms))
     s.set("random_seed", SEED)
+    s.set("ctrl_c", CTRL_C)
     return s
 
 
@@ -70,7 +82,10 @@ def _run(s: z3.Solver) -> Result:
         return Result(Verdict.PROVED, None, dt)
     if r == z3.sat:
         return Result(Verdict.REFUTED, s.model(), dt)
-    return Result(Verdict.UNKNOWN, None, dt, s.reason_unknown())
+    reason = s.reason_unknown()
+    if reason == INTERRUPTED:
+        raise KeyboardInterrupt
+    return Result(Verdict.UNKNOWN, None, dt, reason)
 
 
 LOGIC = "QF_ABV"
