@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: verify test install bench crosscheck slow notebook guests clean
+.PHONY: verify test install bench crosscheck slow notebook guests clean footprints
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,3 +50,8 @@ notebook: $(STAMP)
 # the compiled model against Form.execute (tests marked slow in tests/test_crosscheck.py).
 crosscheck: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_crosscheck.py
+
+# The derived forms' table from the installed iced-x86 (model/ never imports iced-x86; a test
+# requires the committed table to equal a fresh one).
+footprints: $(STAMP)
+	$(BIN)/python tools/footprints.py
