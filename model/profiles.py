@@ -108,7 +108,7 @@ def wellformed(s: State, profile: Profile) -> z3.BoolRef:
     ss_data = z3.And(seg_attr_s(s.ss_attr), z3.Extract(3, 3, s.ss_attr) == 0,
                      z3.Extract(1, 1, s.ss_attr) == 1, seg_attr_p(s.ss_attr),
                      z3.Extract(14, 14, s.ss_attr) == 1)
-    cr4_ok = st.CR4_DEFINED & ~(0 if "umip" in profile.features else (1 << st.CR4_UMIP))
+    cr4_ok = st.cr4_defined(profile.features)
     attrs_ok = [z3.Extract(11, 8, s[f"{r}_attr"]) == 0 for r in st.SREGS] + [
         z3.Extract(11, 8, s.tr_attr) == 0]
     # A loaded segment's cache has its accessed bit: the load itself set it (SDM 3A 3.4.5.1).
@@ -128,8 +128,20 @@ def wellformed(s: State, profile: Profile) -> z3.BoolRef:
         z3.If(cs_conf, z3.ULE(seg_attr_dpl(s.cs_attr), s.cpl), seg_attr_dpl(s.cs_attr) == s.cpl),
         z3.Extract(7, 0, s.tr_attr) & 0x9F == 0x8B,
         z3.ULE(z3.BitVecVal(0x67, 32), s.tr_limit),
-        s.halted == 0, *attrs_ok, *accessed, null_ldt,
+        s.halted == 0, *attrs_ok, *accessed, null_ldt, *xstate_ok(s, profile),
     )
+
+
+def xstate_ok(s: State, profile: Profile) -> list:
+    """XCR0 as XSETBV leaves it (SDM Vol. 2D XSETBV: bit 0 set, AVX needs SSE, the AVX-512 bits
+    together and with AVX), MXCSR without reserved bits (LDMXCSR #GP), an 11-bit FOP."""
+    x = s.xcr0
+    avx512 = z3.Extract(st.XCR0_HI16_ZMM, st.XCR0_OPMASK, x)
+    return [x & ~st.xcr0_supported(profile.features) == 0, z3.Extract(0, 0, x) == 1,
+            z3.Implies(st.bit(x, st.XCR0_AVX), st.bit(x, st.XCR0_SSE)),
+            z3.Or(avx512 == 0, z3.And(avx512 == 7, st.bit(x, st.XCR0_AVX))),
+            st.bit(x, st.XCR0_BNDREGS) == st.bit(x, st.XCR0_BNDCSR),
+            s.mxcsr & ~0xFFFF == 0, s.fop & ~0x7FF == 0]
 
 
 def io_map_base(s: State):
