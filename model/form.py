@@ -274,13 +274,18 @@ class Form:
     cite: str
     theme: str
     semantics: Callable[[Exec], None]
+    decoder: Callable[[bytes], object] | None = None   # operands of an instance, if not ``enc``'s
+    code: str = ""                                      # the decoder's name for it (iced-x86 Code)
 
     @property
     def mnemonic(self) -> str:
         return self.asm.split()[0].upper() if self.asm else ""
 
     def decode(self, code: bytes | None = None) -> Decoded:
-        return decode(self.enc, self.bytes if code is None else code)
+        raw = self.bytes if code is None else code
+        if self.decoder is not None:
+            return self.decoder(raw)
+        return decode(self.enc, raw)
 
     def run(self, s: State, code: bytes | None = None, features: frozenset[str] = frozenset()) -> Outcome:
         """Execute on ``s`` (symbolic or concrete); ``code`` is a site's bytes (default: canonical)."""

@@ -52,7 +52,11 @@ SYSTEM_FLAGS = ("if", "ac", "uif")   # EFLAGS bits the model tags SYSTEM (model/
 # VEX/EVEX/XOP.vvvv, the is4 register and the memory base.  Chosen apart from the registers
 # instructions use implicitly (EAX, EDX, ECX as a count, ESP, EBX), so that every register the
 # decoder lists beyond these is an implicit operand.
-REG_FIELD, RM_FIELD, VVVV_FIELD, IS4_REG, OPC_REG, STI = 6, 7, 1, 3, 6, 1
+FIELDS1 = dict(reg=6, rm=7, vvvv=1, is4=3, opc=6, sti=1)
+# A second choice: registers an instruction names only through its instance (a register block
+# starting at vvvv, a mask pair, Cyrix's implied MMX register) differ between the two.
+FIELDS2 = dict(reg=5, rm=3, vvvv=4, is4=4, opc=3, sti=2)
+F = FIELDS1
 
 # State a footprint touches that the decoder's operand lists do not show, by mnemonic.  Each
 # entry is why the instruction is hand-written instead of derived (SDM Vol. 2, the instruction's
@@ -171,13 +175,13 @@ def _uses(o, *frag: str) -> bool:
 def _modrms(o) -> list[list[int]]:
     """ModRM (+SIB, displacement) choices: register form, memory [ebp+0], VSIB [ebp+xmm2];
     ModRM.reg falls back to 3 and 0 where the field names a short register file (Sreg, CRn, BNDn)."""
-    regs = [o.group_index] if o.is_group else [REG_FIELD, 3, 0, 2]
+    regs = [o.group_index] if o.is_group else [F["reg"], 3, 0, 2]
     out = []
     for reg in regs:
         if o.is_rm_group:
             out.append([0xC0 | (reg << 3) | o.rm_group_index])
         else:
-            out.append([0xC0 | (reg << 3) | RM_FIELD])
+            out.append([0xC0 | (reg << 3) | F["rm"]])
             out.append([0x40 | (reg << 3) | 5, 0x00])
             out.append([0x44 | (reg << 3), (2 << 3) | 5, 0x00])
     return out
@@ -186,7 +190,7 @@ def _modrms(o) -> list[list[int]]:
 def _tail(o) -> list[int]:
     t = [0] * 8
     if _uses(o, "_IS4", "_IS5"):
-        t[0] = IS4_REG << 4
+        t[0] = F["is4"] << 4
     return t
 
 
@@ -194,13 +198,13 @@ def candidates(o) -> list[bytes]:
     """Instances to try for code ``o``, from its opcode description (decoded to check)."""
     enc = ENC[o.encoding]
     ops = o.op_code.to_bytes(o.op_code_len, "big")
-    vvvv = [VVVV_FIELD, 0] if _uses(o, "VVVV") else [0]
+    vvvv = [F["vvvv"], 0] if _uses(o, "VVVV") else [0]
     out: list[bytes] = []
     plus = list(ops)
     if any(t.endswith(("+rd", "+rw", "+rb")) for t in _tokens(o)):
-        plus[-1] += OPC_REG
+        plus[-1] += F["opc"]
     elif any(t.endswith("+i") for t in _tokens(o)):
-        plus[-1] += STI
+        plus[-1] += F["sti"]
     modrms = _modrms(o) if _has_modrm(o) else [[]]
     if enc == "LEGACY":
         wait = [0x9B] if o.fwait else []
@@ -244,6 +248,11 @@ def example(code: int, o) -> tuple[list[bytes], object | None, int]:
                     found.append(b)
                     first = first or ins
         if found:
+            # The footprint is read from the memory-form instance where there is one: it lists
+            # the explicit memory operand; register operands are the instance's either way.
+            mem = [b for b in found if _is_mem(I.Decoder(32, b, opt).decode())]
+            if mem:
+                first = I.Decoder(32, mem[0], opt).decode()
             return found, first, opt
     return found, first, opt
 
@@ -288,11 +297,14 @@ def footprint(ins, o) -> dict:
     if ins.op_mask != I.Register.NONE:
         explicit_regs.add(ins.op_mask)
     implicit = []
+    # A VEX/EVEX write of XMMn/YMMn is listed again as a write of ZMMn (the upper bits are
+    # zeroed): part of the explicit operand, which the model widens itself.
+    full = {I.RegisterInfo(r).full_register for r in explicit_regs}
     for u in info.used_registers():
         r = u.register
-        if r in explicit_regs:
+        if r in explicit_regs or I.RegisterInfo(r).full_register in full:
             continue
-        if mem_explicit is not None and r == ins.memory_segment:
+        if mem_explicit is not None and r == ins.memory_segment and u.access == I.OpAccess.READ:
             continue  # the memory operand's segment: its base is the address space
         implicit.append({"reg": _reg_name(r), "access": ACC[u.access].lower()})
     memory = []
@@ -321,7 +333,7 @@ def _layout(o) -> dict:
     for t in toks:
         if t in ("ib", "iw", "id", "cb", "cw", "cd", "cp", "mo"):
             imm.append(t)
-    if _uses(o, "IMM8", "_IS4", "_IS5") and "ib" not in imm:
+    if _uses(o, "_IS4", "_IS5") and "ib" not in imm:
         imm.append("ib")
     enc = ENCODING[ENC[o.encoding]]
     return {"map": (_VEX_MAP.get(o.table, 0) if enc != "legacy" else o.table),
@@ -329,7 +341,29 @@ def _layout(o) -> dict:
             "plus": ("r" if any(t.endswith(("+rd", "+rw", "+rb")) for t in toks)
                      else "i" if any(t.endswith("+i") for t in toks) else None),
             "modrm": _has_modrm(o) or enc == "3dnow",
-            "imm": imm, "opsize": o.operand_size, "addrsize": o.address_size}
+            "imm": imm, "opsize": o.operand_size, "addrsize": o.address_size,
+            "mandatory": {I.MandatoryPrefix.P66: "66", I.MandatoryPrefix.PF3: "f3",
+                          I.MandatoryPrefix.PF2: "f2"}.get(o.mandatory_prefix)}
+
+
+def disp8_scale(found: list[bytes], opt: int, code: int) -> dict:
+    """EVEX compressed displacement: the factor N a disp8 is scaled by (SDM Vol. 2A 2.7.5),
+    without and with broadcast, read from the decoder on the memory-form instance."""
+    out = {}
+    for b in found:
+        ins = I.Decoder(32, b, opt).decode()
+        off = I.Decoder(32, b, opt)
+        co = off.get_constant_offsets(off.decode())
+        if not _is_mem(ins) or co.displacement_size != 1:
+            continue
+        raw = bytearray(b)
+        raw[co.displacement_offset] = 1
+        out["disp8n"] = I.Decoder(32, bytes(raw), opt).decode().memory_displacement
+        raw[3] |= 0x10                       # EVEX.b
+        bc = I.Decoder(32, bytes(raw), opt).decode()
+        if bc.code == code and bc.is_broadcast:
+            out["disp8n_bcst"] = bc.memory_displacement
+    return out
 
 
 def decide(rec: dict, o) -> tuple[bool, str]:
@@ -361,6 +395,9 @@ def decide(rec: dict, o) -> tuple[bool, str]:
             return False, f"implicit {r['reg'].upper()} (SYSTEM or not modelled)"
         if r["reg"].startswith("bnd"):
             return False, "MPX bounds registers (BNDCFGS is an MSR)"
+    if rec.get("instance_regs") and not any(k in op["kind"] for op in fp["operands"]
+                                            for k in ("p3_vvvv", "kp1_reg")):
+        return False, "registers implied by the instance (Cyrix EMMI partner register): not modelled"
     fl = fp["rflags"]
     touched = set(fl["read"]) | set(fl["written"]) | set(fl["cleared"]) | set(fl["set"]) | set(fl["undefined"])
     sysf = sorted(touched & set(SYSTEM_FLAGS))
@@ -377,6 +414,8 @@ def decide(rec: dict, o) -> tuple[bool, str]:
         if m["seg"] not in ("es", "cs", "ss", "ds", "fs", "gs"):
             return False, f"memory operand through {m['seg']}"
     for op in fp["operands"]:
+        if op["kind"].startswith("mem_vsib"):
+            return False, "VSIB gather/scatter: element addresses from a vector register (not modelled yet)"
         if op["kind"].startswith("mem_mpx") or op["kind"].startswith("bnd") or op["kind"] == "mem_mib":
             return False, "MPX operand (BNDCFGS is an MSR)"
     return True, ""
@@ -406,7 +445,8 @@ def build() -> dict:
             continue
         rec.update(decoder_option=DECOPT.get(opt) if opt else None,
                    bytes=found[0].hex(), alt_bytes=[b.hex() for b in found[1:]],
-                   asm=I.Formatter(I.FormatterSyntax.INTEL).format(ins), layout=_layout(o),
+                   asm=I.Formatter(I.FormatterSyntax.INTEL).format(I.Decoder(32, found[0], opt).decode()),
+                   layout=_layout(o),
                    footprint=footprint(ins, o),
                    cpuid=sorted(CPUID[f].lower() for f in ins.cpuid_features()),
                    flow=FLOW[ins.flow_control].lower(), lock=o.can_use_lock_prefix,
@@ -417,12 +457,37 @@ def build() -> dict:
                    bcst_size=_mem_size(o.broadcast_memory_size) if o.can_broadcast else 0,
                    oracle={"cpl0": o.cpl0, "cpl3": o.cpl3, "privileged": o.is_privileged,
                            "must_be_cpl0": o.must_be_cpl0, "may_require_cpl0": o.may_require_cpl0})
+        global F
+        F = FIELDS2
+        found2, ins2, _ = example(v, o)
+        F = FIELDS1
+        imp = rec["footprint"]["implicit"]
+        imp2 = footprint(ins2, o)["implicit"] if ins2 is not None else imp
+        if imp != imp2:
+            rec["footprint"]["implicit"] = [r for r in imp if r in imp2]
+            rec["instance_regs"] = sorted({r["reg"] for r in imp + imp2 if not (r in imp and r in imp2)})
+        if rec["encoding"] == "evex":
+            rec["layout"].update(disp8_scale(found, opt, v))
         ok, why = decide(rec, o)
         rec["decision"] = {"derive": ok, "reason": why}
         codes[name] = rec
+    hand: dict[str, list[str]] = {}
+    for f in hand_forms():
+        ins = I.Decoder(32, f.bytes).decode()
+        if ins.is_invalid or ins.len != len(f.bytes):
+            raise SystemExit(f"tools/footprints.py: hand form {f.name}'s bytes {f.bytes.hex()} "
+                             "do not decode as one instruction")
+        hand.setdefault(CODE[ins.code], []).append(f.name)
     if missing:
         raise SystemExit("tools/footprints.py: no synthesized instance decodes back to: " + ", ".join(missing))
-    return {"format": FORMAT, "iced_x86": _iced_version(), "codes": codes}
+    return {"format": FORMAT, "iced_x86": _iced_version(), "codes": codes,
+            "hand": {k: sorted(v) for k, v in sorted(hand.items())}}
+
+
+def hand_forms():
+    """The hand-written forms: a code one of them decodes to is not derived."""
+    from pgvirt.model import isa
+    return isa.FORMS
 
 
 def _iced_version() -> str:
