@@ -250,9 +250,12 @@ def example(code: int, o) -> tuple[list[bytes], object | None, int]:
         if found:
             # The footprint is read from the memory-form instance where there is one: it lists
             # the explicit memory operand; register operands are the instance's either way.
+            # It is also the canonical instance (what a classification runs): memory operands
+            # bring the alignment and #AC checks the register form lacks.
             mem = [b for b in found if _is_mem(I.Decoder(32, b, opt).decode())]
             if mem:
                 first = I.Decoder(32, mem[0], opt).decode()
+                found = mem[:1] + [b for b in found if b != mem[0]]
             return found, first, opt
     return found, first, opt
 

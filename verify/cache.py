@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import z3
 
 from pgvirt.model import isa, profiles, state as st
+from pgvirt.model.derived import registry
 from pgvirt.model.profiles import Profile
 
 from .popek_goldberg import Answer, Classification, classify_all
@@ -181,7 +182,7 @@ def _entry(prof: Profile, name: str, entry: Any, wits: dict) -> Classification |
         answers = {cls: Answer(a["class"], a["value"], a["verdict"], wits.get(cls),
                                float(a["seconds"]), a["note"])
                    for cls, a in entry["answers"].items()}
-        c = Classification(isa.get(name), prof, answers, tuple(entry["assumptions"]))
+        c = Classification(registry.get(name), prof, answers, tuple(entry["assumptions"]))
         c["privileged"], c["sensitive"], c["user_sensitive"]  # all present
     except (KeyError, TypeError, ValueError, AttributeError):
         return None

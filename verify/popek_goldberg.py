@@ -29,6 +29,7 @@ from typing import Any
 import z3
 
 from pgvirt.model import isa, profiles, state as st
+from pgvirt.model.derived import registry
 from pgvirt.model.form import Form
 from pgvirt.model.outcome import Fault, Next, Outcome, changes_json
 from pgvirt.model.profiles import Profile
@@ -144,14 +145,17 @@ def system_change_parts(o: Outcome) -> list:
 
 
 def relocated(s, profile: Profile, tag: str):
-    """A twin of ``s`` equal in USER fields, mode and address space, free in relocation."""
+    """A twin of ``s`` equal in USER fields, mode, address space and the SYSTEM bits the
+    profile's monitor passes through from the guest; free in the rest of the relocation."""
     changes = {}
-    mode = profile.mode_bits
+    kept = profile.kept_bits
     for f in st.FIELDS:
         if f.owner != st.SYSTEM or f.name == "cpl" or f.name in SEG_SPACE:
             continue
+        m = kept.get(f.name, 0)
+        if not f.index_width and m & ((1 << f.width) - 1) == (1 << f.width) - 1:
+            continue
         fresh = z3.Const(f"{tag}.{f.name}", st.sort_of(f))
-        m = mode.get(f.name, 0)
         changes[f.name] = (s[f.name] & m) | (fresh & ~m) if m else fresh
     return s.replace(**changes)
 
@@ -200,11 +204,11 @@ class Frame:
     tidy_r: list
 
 
-_FRAMES: dict[str, Frame] = {}
+_FRAMES: dict[Profile, Frame] = {}
 
 
 def frame(profile: Profile) -> Frame:
-    f = _FRAMES.get(profile.name)
+    f = _FRAMES.get(profile)
     if f is None:
         s = st.fresh("s")
         u = profiles.with_mode(s, 3, profile, host=True)
@@ -212,7 +216,7 @@ def frame(profile: Profile) -> Frame:
         (ds, es), (du, eu), (dr, er) = (profiles.deprivileged(x, profile) for x in (s, u, r))
         f = Frame(s, u, r, *(profiles.wellformed(x, profile) for x in (s, u, r)), ds, du, dr,
                   es, eu, er, *(tidy_state(x) for x in (s, u, r)))
-        _FRAMES[profile.name] = f
+        _FRAMES[profile] = f
     return f
 
 
@@ -367,7 +371,7 @@ def _sat_answer(cls: str, r: Result, w: dict | None, dt: float) -> Answer:
 
 def classify(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Classification:
     """Every Popek-Goldberg class of ``form`` under ``profile``, each derived by Z3."""
-    form = isa.get(form) if isinstance(form, str) else form
+    form = registry.get(form) if isinstance(form, str) else form
     profile = profiles.get(profile) if isinstance(profile, str) else profile
     eng = Engine(form, profile, timeout_ms)
     qs = eng.queries()
@@ -482,11 +486,13 @@ def theorem(number: str, results: list[Classification]) -> Theorem:
 # --- whole-ISA runs -----------------------------------------------------------------------------
 
 def _job(args) -> tuple[str, str, dict[str, Answer], tuple[str, ...], int, float]:
+    """Classify one (form name, Profile, timeout): the profile goes whole, so profiles that are
+    not in ``profiles.PROFILES`` (a test's, a benchmark's) work too."""
     from .solver import STATS
-    name, pname, timeout = args
+    name, prof, timeout = args
     q0, s0 = STATS.queries, STATS.seconds
-    c = classify(name, pname, timeout)
-    return name, pname, c.answers, c.assumptions, STATS.queries - q0, STATS.seconds - s0
+    c = classify(name, prof, timeout)
+    return name, prof.name, c.answers, c.assumptions, STATS.queries - q0, STATS.seconds - s0
 
 
 def classify_many(profile_names, forms=None, jobs: int | None = None,
@@ -503,14 +509,15 @@ def classify_many(profile_names, forms=None, jobs: int | None = None,
     profs = [profiles.get(p) if isinstance(p, str) else p for p in profile_names]
     names = [f if isinstance(f, str) else f.name for f in (forms or isa.FORMS)]
     for n in names:
-        isa.get(n)  # unknown names fail before any work starts
-    work = [(n, p.name, timeout_ms) for p in profs for n in names]
+        registry.get(n)  # unknown names fail before any work starts
+    work = [(n, p, timeout_ms) for p in profs for n in names]
+    prof_by = {p.name: p for p in profs}
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     done: dict[tuple[str, str], Classification] = {}
 
     def collect(item):
         name, pname, answers, assumptions, nq, secs = item
-        done[(pname, name)] = Classification(isa.get(name), profiles.get(pname), answers, assumptions)
+        done[(pname, name)] = Classification(registry.get(name), prof_by[pname], answers, assumptions)
         if jobs > 1:  # worker processes kept their own counters
             STATS.queries += nq
             STATS.seconds += secs

@@ -1,0 +1,105 @@
+"""Derived forms under Popek-Goldberg: ordinary x87/SSE/AVX forms are innocuous when the monitor
+passes the guest's FPU/SIMD controls through, and location sensitive when they are relocation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pgvirt.model import profiles, state as st
+from pgvirt.model.derived import registry, table
+from pgvirt.verify.popek_goldberg import classify
+
+ALL = frozenset(table.features()) | {"xsave"}
+
+
+def with_all_features(p: profiles.Profile) -> profiles.Profile:
+    return dataclasses.replace(p, name=f"{p.name}+all", features=p.features | ALL)
+
+
+PENTIUM, UMIP = with_all_features(profiles.PENTIUM), with_all_features(profiles.UMIP)
+SIMD = ["addps_xmm_xmmm128", "paddb_mm_mmm64", "vex_vaddps_ymm_ymm_ymmm256",
+        "evex_vaddps_zmm_k1z_zmm_zmmm512b32_er", "movaps_xmm_xmmm128", "ldmxcsr_m32",
+        "fnstcw_m2byte", "emms"]
+
+
+@pytest.mark.parametrize("profile", [PENTIUM, UMIP], ids=lambda p: p.name)
+@pytest.mark.parametrize("name", SIMD + ["add_rm8_r8", "cmovle_r32_rm32", "xadd_rm32_r32",
+                                         "cmpxchg8b_m64", "imul_r32_rm32_imm8", "bswap_r32"])
+def test_ordinary_forms_are_innocuous(name, profile):
+    c = classify(name, profile)
+    assert c["innocuous"] is True, (name, {k: a.note for k, a in c.answers.items()})
+    assert c["privileged"] is False
+
+
+def _ts_as_relocation(p: profiles.Profile) -> profiles.Profile:
+    ts = 1 << st.CR0_TS
+    through = tuple((f, m & ~ts if f == "cr0" else m) for f, m in p.passthrough)
+    return dataclasses.replace(p, name=f"{p.name}-ts-relocated", passthrough=through)
+
+
+@pytest.mark.parametrize("name", SIMD[:5])
+def test_ts_as_relocation_makes_simd_forms_location_sensitive(name):
+    """If CR0.TS were relocation, one state of a location pair would take #NM and the other not."""
+    c = classify(name, _ts_as_relocation(PENTIUM))
+    assert c["location_sensitive"] is True
+    w = c.answers["location_sensitive"].witness
+    ts = [(w[k]["cr0"] >> st.CR0_TS) & 1 for k in ("a", "b")]
+    assert ts[0] != ts[1]
+
+
+def test_osfxsr_as_relocation_makes_sse_location_sensitive():
+    m = 1 << st.CR4_OSFXSR
+    p = dataclasses.replace(PENTIUM, name="pentium-osfxsr-relocated", passthrough=tuple(
+        (f, v & ~m if f == "cr4" else v) for f, v in PENTIUM.passthrough))
+    assert classify("addps_xmm_xmmm128", p)["location_sensitive"] is True
+
+
+def test_imposed_am_keeps_misaligned_accesses_innocuous_and_passed_through_am_does_not():
+    """#AC needs CPL 3: with the guest's CR0.AM in the deprivileged run, a misaligned access
+    with EFLAGS.AC = 1 traps there and not natively - mode sensitive."""
+    name = "adc_rm16_r16"
+    assert classify(name, PENTIUM)["sensitive"] is False
+    p = dataclasses.replace(PENTIUM, name="pentium-am-guest", cr0_clear=(),
+                            passthrough=PENTIUM.passthrough + (("cr0", 1 << st.CR0_AM),))
+    c = classify(name, p)
+    assert c["mode_sensitive"] is True
+
+
+def test_x87_forms_record_cs_and_so_the_cpl():
+    """A non-control x87 instruction stores CS (RPL = CPL) in FCS (SDM Vol. 1 8.1.8): the
+    solver finds it mode sensitive, as PUSH CS."""
+    c = classify("fadd_st0_sti", PENTIUM)
+    assert c["mode_sensitive"] is True and c["privileged"] is False
+    assert c["location_sensitive"] is False
+    w = c.answers["mode_sensitive"].witness
+    assert w["native"]["cs"] & 3 == 0 and w["deprivileged"]["cs"] & 3 == 3
+    # a control instruction leaves the pointers alone: innocuous
+    assert classify("fnstcw_m2byte", PENTIUM)["innocuous"] is True
+
+
+def test_missing_feature_is_ud_in_every_mode():
+    bare = dataclasses.replace(profiles.PENTIUM, name="pentium-bare")
+    c = classify("vex_vaddps_ymm_ymm_ymmm256", bare)
+    assert c["privileged"] is False and c["sensitive"] is False
+    assert c.answers["privileged"].note == "traps in every mode"
+
+
+def test_no_refused_code_is_derived():
+    derived = set(registry.derived_codes())
+    for code, rec in table.codes().items():
+        if not rec["decision"]["derive"]:
+            assert code not in derived
+    for code in table.hand_codes():
+        assert code not in derived
+
+
+def test_registry_lookup_and_iteration():
+    assert registry.get("sgdt_m").name == "sgdt_m"
+    f = registry.get("addps_xmm_xmmm128")
+    assert f.code == "ADDPS_XMM_XMMM128" and registry.is_derived(f.name)
+    with pytest.raises(KeyError):
+        registry.get("no_such_form")
+    names = registry.names()
+    assert len(names) == len(set(names)) > 3500
