@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: verify test install bench crosscheck slow notebook guests clean footprints
+.PHONY: verify test install bench crosscheck slow notebook guests clean footprints frame-status
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -55,3 +55,8 @@ crosscheck: $(STAMP)
 # requires the committed table to equal a fresh one).
 footprints: $(STAMP)
 	$(BIN)/python tools/footprints.py
+
+# Frame test of every derived form on Unicorn; rewrites emulator/frame_status.json (which forms
+# Unicorn ran) when no footprint lies.
+frame-status: $(STAMP)
+	$(BIN)/python -m pgvirt.emulator.frame

@@ -66,9 +66,11 @@ ZERO_PAGE = bytes(PAGE)
 #   xcr0: Unicorn's API has no XCR0 register (QEMU 5.0 keeps one, but nothing writes it here).
 #   k0-k7: QEMU 5.0 TCG implements no AVX-512; Unicorn's K registers are no-ops.
 NOT_HELD = ("caches", "tlb", "pmc0", "pmc1", "tsc", "xcr0") + st.KREGS
-# ZMMi holds YMMi in bits 255:0, which Unicorn keeps (QEMU's ZMMReg storage, reached through
-# UC_X86_REG_YMMi); bits 511:256 are not held (no AVX-512 in TCG) and are carried unchanged.
-ZMM_HELD_BITS = 256
+# ZMMi holds XMMi in bits 127:0.  Unicorn's CPU has no AVX, so nothing architectural reads
+# bits 255:128 there, and QEMU 5.0's SSE helpers that end in ``*d = r`` copy a whole ZMMReg,
+# leaving stack garbage in them (PSHUFB with a memory operand, found by the frame test): bits
+# 511:128 are not held and are carried unchanged.
+ZMM_HELD_BITS = 128
 
 # x87 registers: R0-R7 by physical number (UC_X86_REG_FPi is QEMU's fpregs[i], not ST(i)),
 # control/status words, the tag word in its full two-bit form, the last-instruction pointers.
@@ -76,7 +78,7 @@ _FP_IDS = tuple(getattr(X, f"UC_X86_REG_FP{i}") for i in range(8))
 _X87_IDS = (("fcw", X.UC_X86_REG_FPCW), ("fsw", X.UC_X86_REG_FPSW), ("fop", X.UC_X86_REG_FOP),
             ("fip", X.UC_X86_REG_FIP), ("fcs", X.UC_X86_REG_FCS), ("fdp", X.UC_X86_REG_FDP),
             ("fds", X.UC_X86_REG_FDS), ("mxcsr", X.UC_X86_REG_MXCSR))
-_YMM_IDS = tuple(getattr(X, f"UC_X86_REG_YMM{i}") for i in range(8))
+_YMM_IDS = tuple(getattr(X, f"UC_X86_REG_XMM{i}") for i in range(8))
 
 # MSRs written and read back through the API (which runs QEMU's WRMSR/RDMSR helpers).
 MSRS = {"sysenter_cs": st.MSR_SYSENTER_CS, "sysenter_esp": st.MSR_SYSENTER_ESP,

@@ -378,8 +378,8 @@ def test_fld_pushes_onto_the_physical_register_below_top(m):
     assert out.state["ftw"] == (1 << 3) | (1 << 2)
 
 
-def test_sse_write_keeps_the_upper_ymm_bits_and_zmm_beyond_unicorn(m):
-    """A legacy SSE write leaves bits 255:128 (SDM Vol. 1 14.1.2); bits 511:256 are not held."""
+def test_sse_write_changes_xmm_and_carries_the_bits_unicorn_does_not_hold(m):
+    """Bits 511:128 of ZMMi are not held on Unicorn (no AVX there): carried unchanged."""
     z = (3 << 400) | (1 << 200) | 1
     s = S.flat_state(3, zmm2=z, cr4=1 << st.CR4_OSFXSR, mxcsr=0x1F80)
     out = m.run(s, bytes.fromhex("0f57d2"))       # xorps xmm2, xmm2

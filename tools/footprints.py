@@ -115,6 +115,11 @@ SYSTEM_TOUCH = {
     "ENTER": "ENTER's nesting level (imm8) copies that many frame pointers: footprint varies with the instance",
     "BOUND": "raises #BR: a fault with a saved-bounds handler convention, hand-written",
 }
+# Stores that write only the bytes a mask selects (SDM Vol. 2B MASKMOVQ, MASKMOVDQU; Vol. 2C
+# VMASKMOV, VPMASKMOV): iced lists their memory operand as written; the frame test showed the
+# bytes not selected keep their value, so the model makes the store conditional.
+BYTE_MASKED_STORES = ("MASKMOVQ", "MASKMOVDQU", "VMASKMOVDQU", "VMASKMOVPS", "VMASKMOVPD",
+                      "VPMASKMOVD", "VPMASKMOVQ")
 FAR = ("CALL_M16", "CALL_PTR", "JMP_M16", "JMP_PTR", "RETF", "IRET")
 # Bit-string instructions with a register bit offset address memory beyond the operand
 # (SDM Vol. 2A BT: "the bit offset ... can also be used to address memory").
@@ -293,9 +298,10 @@ def footprint(ins, o) -> dict:
             ok = OPK[o.op_kind(i)]
             mem_from = "moffs" if ok == "MEM_OFFS" else None if ok.startswith(("SEG_R", "ES_R")) else "modrm"
             entry["size"] = _mem_size(ins.memory_size)
-            for r in (ins.memory_base, ins.memory_index):
-                if r != I.Register.NONE:
-                    explicit_regs.add(r)
+            if mem_from == "modrm":   # an implicit operand's registers ([ebx+al]) stay implicit
+                for r in (ins.memory_base, ins.memory_index):
+                    if r != I.Register.NONE:
+                        explicit_regs.add(r)
         operands.append(entry)
     if ins.op_mask != I.Register.NONE:
         explicit_regs.add(ins.op_mask)
@@ -323,6 +329,17 @@ def footprint(ins, o) -> dict:
                        "scale": m.scale, "disp": 0 if is_explicit else disp,
                        "size": _mem_size(m.memory_size), "access": ACC[m.access].lower(),
                        "vsib": bool(m.vsib_size)})
+    if mem_from is not None and not any(m["explicit"] for m in memory):
+        # LEA, multi-byte NOPs: the operand is an address the decoder lists no access for
+        i = next(i for i in range(ins.op_count) if ins.op_kind(i) == I.OpKind.MEMORY)
+        memory.append({"explicit": mem_from, "seg": _reg_name(ins.memory_segment),
+                       "base": None, "index": None, "scale": 1, "disp": 0, "size": 0,
+                       "access": ACC[info.op_access(i)].lower(), "vsib": False})
+    if MNEM[ins.mnemonic] in BYTE_MASKED_STORES:
+        for m in memory:
+            if m["access"] == "write":
+                m["access"] = "cond_write"
+                m["note"] = "byte-masked store: bytes whose mask bit is clear keep their value"
     return {"operands": operands, "implicit": implicit, "memory": memory,
             "rflags": {"read": _flags(ins.rflags_read), "written": _flags(ins.rflags_written),
                        "cleared": _flags(ins.rflags_cleared), "set": _flags(ins.rflags_set),
@@ -412,7 +429,7 @@ def decide(rec: dict, o) -> tuple[bool, str]:
     for m in fp["memory"]:
         if m["vsib"]:
             return False, "VSIB gather/scatter: element addresses from a vector register (not modelled yet)"
-        if m["size"] == 0 and m["access"] != "no_mem_access":
+        if m["size"] == 0 and m["access"] not in ("no_mem_access", "none"):
             return False, "memory operand of unknown size"
         if m["seg"] not in ("es", "cs", "ss", "ds", "fs", "gs"):
             return False, f"memory operand through {m['seg']}"

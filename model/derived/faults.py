@@ -24,11 +24,12 @@ SSE_UNALIGNED = frozenset(("MOVUPS", "MOVUPD", "MOVDQU", "LDDQU", "PCMPESTRI", "
 # VEX/EVEX instructions that still require full alignment (SDM Vol. 2A 2.5 / 2.7, Table 2-4).
 AVX_ALIGNED = frozenset(("VMOVAPS", "VMOVAPD", "VMOVDQA", "VMOVDQA32", "VMOVDQA64", "VMOVNTPS",
                          "VMOVNTPD", "VMOVNTDQ", "VMOVNTDQA"))
-# x87 control instructions leave the last-instruction pointers alone (SDM Vol. 1 8.1.8).
+# x87 instructions that leave the last-instruction pointers alone (SDM Vol. 1 8.1.8: FCLEX,
+# FLDCW, FSTCW, FSTSW, FSTENV and WAIT; FINIT, FLDENV, FRSTOR and FSAVE set them).  Every other
+# x87 instruction records CS:EIP and its operand's DS:offset there; the frame test saw QEMU do
+# so for FINCSTP and FNDISI too, which the SDM's list of control instructions would exclude.
 X87_CONTROL = frozenset(("FLDCW", "FNSTCW", "FSTCW", "FNSTSW", "FSTSW", "FNCLEX", "FCLEX",
-                         "FNSTENV", "FSTENV", "FINCSTP", "FDECSTP", "FFREE", "FFREEP", "FNOP",
-                         "WAIT", "FNSTDW", "FNSTSG", "FSTDW", "FSTSG", "FNENI", "FNDISI",
-                         "FENI", "FDISI", "FNSETPM"))
+                         "FNSTENV", "FSTENV", "WAIT"))
 
 
 def classes(rec: dict) -> frozenset[str]:

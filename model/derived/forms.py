@@ -281,10 +281,10 @@ def semantics(rec: dict):
         if x87 or mmx:
             # MMX instructions set TOP = 0 and every tag valid (SDM Vol. 1 9.5.1); x87 ones
             # may change the stack, tags and registers (over-approximated).
-            outs = ("fsw", "ftw") + (st.FPRS if x87 else ())
+            outs = ("fsw", "ftw") + (("fcw",) + st.FPRS if x87 else ())
             for f in outs:
                 _write(x, (f, 0, st.FIELD[f].width), value(f, st.FIELD[f].width))
-            if pointers or mn in ("FNINIT", "FNSAVE", "FRSTOR", "FLDENV", "FXRSTOR"):
+            if pointers:
                 for f in X87_POINTERS:
                     _write(x, (f, 0, st.FIELD[f].width), value(f, st.FIELD[f].width))
         if simd:
