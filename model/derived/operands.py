@@ -87,6 +87,8 @@ def _modrm(code: bytes, i: int, addr16: bool, disp8n: int):
         if i + dsz > len(code):
             return "truncated displacement"
         disp = int.from_bytes(code[i:i + dsz], "little", signed=dsz == 1)
+        if dsz == 1:
+            disp *= disp8n          # EVEX compressed displacement, in 16-bit addressing too
         f.update(base=base, index=index, scale=1, disp=disp & 0xFFFF)
         return i + dsz, f
     scale, index = 1, None
