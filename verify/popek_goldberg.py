@@ -29,7 +29,7 @@ from typing import Any
 import z3
 
 from pgvirt.model import isa, profiles, state as st
-from pgvirt.model.derived import registry
+from pgvirt.model.derived import forms as dforms, registry
 from pgvirt.model.form import Form
 from pgvirt.model.outcome import Fault, Next, Outcome, changes_json
 from pgvirt.model.profiles import Profile
@@ -220,6 +220,16 @@ def frame(profile: Profile) -> Frame:
     return f
 
 
+_SESSIONS: dict[int, Session] = {}
+
+
+def _shared_session(fr: Frame, timeout_ms: int) -> Session:
+    s = _SESSIONS.get(id(fr))
+    if s is None:
+        s = _SESSIONS[id(fr)] = Session([fr.wf_s], timeout_ms)
+    return s
+
+
 @dataclass
 class Query:
     """Is there a model of ``constraints`` and one of the ``goal`` disjuncts?"""
@@ -230,7 +240,7 @@ class Query:
     states: dict[str, Any]                # label -> symbolic state
     outcomes: dict[str, Outcome]
     extra_addrs: dict[str, list]          # label -> [(array, addr term)]
-    tidy: list
+    tidy: Any                             # list, or a function giving it (built only when needed)
     base: list = field(default_factory=list)  # shared by every query of the form
 
     def __post_init__(self) -> None:
@@ -280,15 +290,25 @@ class Engine:
         self.dep_s, self.extra_s = fr.dep_s, fr.extra_s
         self.dep_u, self.extra_u = fr.dep_u, fr.extra_u
         self.dep_r, self.extra_r = fr.dep_r, fr.extra_r
-        self.tidy_s = fr.tidy_s + tidy_memory(self.o)
-        self.session = Session(self.wf, timeout_ms)
+        if registry.is_derived(form.name):
+            # Derived forms share one solver per profile that holds the well-formedness
+            # constraints (asserted and preprocessed once): their own constraints are scoped.
+            self.session = _shared_session(fr, timeout_ms)
+            self._scoped = [self.o.assumed]
+        else:
+            self.session = Session(self.wf, timeout_ms)
+            self._scoped = []
 
     def check(self, constraints: list, timeout_ms: int) -> Result:
         """Constraints are checked together with the form's shared ones (``self.wf``)."""
-        return self.session.check(constraints, timeout_ms)
+        return self.session.check(self._scoped + constraints, timeout_ms)
 
     def run(self, s) -> Outcome:
         return self.form.run(s, features=self.profile.features)
+
+    def tidy_s(self) -> list:
+        """Readability constraints for witnesses (built only for a SAT answer's re-solve)."""
+        return self.frame.tidy_s + tidy_memory(self.o)
 
     def _one(self, name: str, constraints: list, goal: list, extra=()) -> Query:
         return Query(name, constraints, goal, {"state": self.s}, {"state": self.o},
@@ -302,12 +322,13 @@ class Engine:
                      [s.cpl == 0, self.frame.wf_u, self.ou.assumed, self.dep_u],
                      visible_parts(o, self.ou),
                      {"native": s, "deprivileged": self.u}, {"native": o, "deprivileged": self.ou},
-                     {"deprivileged": self.extra_u}, self.tidy_s + self.frame.tidy_u + tidy_memory(self.ou),
-                     self.wf)
+                     {"deprivileged": self.extra_u},
+                     lambda: self.tidy_s() + self.frame.tidy_u + tidy_memory(self.ou), self.wf)
         loc_base = [self.frame.wf_r, self.orr.assumed]
         loc_goal = visible_parts(o, self.orr)
         pair = ({"a": s, "b": self.r}, {"a": o, "b": self.orr})
-        loc_tidy = self.tidy_s + self.frame.tidy_r + tidy_memory(self.orr)
+        def loc_tidy():
+            return self.tidy_s() + self.frame.tidy_r + tidy_memory(self.orr)
         return {
             "user_runs": self._one("privileged.user_runs", [self.dep_s], runs, self.extra_s),
             "supervisor_runs": self._one("privileged.supervisor_runs", [s.cpl == 0], runs),
@@ -353,7 +374,8 @@ class Engine:
         """The witness of a SAT answer; ``readable`` re-solves within ``tidy`` first."""
         model, spent = r.model, 0.0
         if readable:
-            nice = self.check(chosen + q.tidy, min(self.timeout, TIDY_MS))
+            tidy = q.tidy() if callable(q.tidy) else q.tidy
+            nice = self.check(chosen + tidy, min(self.timeout, TIDY_MS))
             spent = nice.seconds
             if nice.verdict is Verdict.REFUTED:
                 model = nice.model
@@ -500,6 +522,8 @@ def classify_many(profile_names, forms=None, jobs: int | None = None,
     """Classify every form (or ``forms``) under each profile, all in one pool of ``jobs`` workers.
 
     ``progress`` is called with each finished form's name.  Results keep the registry's order.
+    Derived forms of one shape (``derived.forms.shape``: alpha-equivalent queries) are solved
+    once per profile; the others get that classification under their own name.
     """
     import multiprocessing as mp
     import os
@@ -510,7 +534,17 @@ def classify_many(profile_names, forms=None, jobs: int | None = None,
     names = [f if isinstance(f, str) else f.name for f in (forms or isa.FORMS)]
     for n in names:
         registry.get(n)  # unknown names fail before any work starts
-    work = [(n, p, timeout_ms) for p in profs for n in names]
+    work, alias = [], {}
+    for p in profs:
+        first: dict[str, str] = {}
+        for n in names:
+            key = shape_of(n, p)
+            if key is not None and key in first:
+                alias[(p.name, n)] = first[key]
+                continue
+            if key is not None:
+                first[key] = n
+            work.append((n, p, timeout_ms))
     prof_by = {p.name: p for p in profs}
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     done: dict[tuple[str, str], Classification] = {}
@@ -529,9 +563,21 @@ def classify_many(profile_names, forms=None, jobs: int | None = None,
             collect(_job(w))
     else:
         with mp.get_context("fork").Pool(jobs) as pool:
-            for item in pool.imap_unordered(_job, work):
+            for item in pool.imap_unordered(_job, work, chunksize=max(1, len(work) // (8 * jobs))):
                 collect(item)
+    for (pname, n), rep in alias.items():
+        c = done[(pname, rep)]
+        done[(pname, n)] = Classification(registry.get(n), c.profile, dict(c.answers), c.assumptions)
+        if progress:
+            progress(n)
     return {p.name: [done[(p.name, n)] for n in names] for p in profs}
+
+
+def shape_of(name: str, profile: Profile) -> str | None:
+    """The shape of a derived form under ``profile`` (None for a hand-written form)."""
+    if not registry.is_derived(name):
+        return None
+    return dforms.shape(registry.get(name).code, profile.features)
 
 
 def classify_all(profile: Profile | str, forms=None, jobs: int | None = None,

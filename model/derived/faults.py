@@ -121,9 +121,12 @@ def data_faults(x, rec: dict, cls: frozenset[str], name: str, inputs: list) -> N
     """Faults of the data: whether they happen is an uninterpreted function of the inputs
     (#DE for DIV/IDIV/AAM, #MF for a pending x87 error, #XM for an unmasked SIMD exception);
     which vector an SSE one takes is CR4.OSXMMEXCPT's (SDM Vol. 3A 13.4)."""
+    from .forms import function
+
     def happens(tag: str):
-        f = z3.Function(f"{name}.fault.{tag}", *[t.sort() for t in inputs], z3.BoolSort())
-        return f(*inputs) if inputs else z3.Bool(f"{name}.fault.{tag}")
+        if not inputs:
+            return z3.Bool(f"{name}.fault.{tag}")
+        return function(f"{name}.fault.{tag}", inputs, z3.BoolSort())(*inputs)
     mn = rec["mnemonic"]
     if mn in ("DIV", "IDIV", "AAM"):
         x.require(z3.Not(happens("DE")), DE, None, "divide error (quotient too large or divisor 0)")

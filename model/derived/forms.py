@@ -142,10 +142,22 @@ class _Plan:
             self.reads.append((key, term))
 
 
+_DECLS: dict[tuple, z3.FuncDeclRef] = {}
+
+
+def function(name: str, inputs: list, result: z3.SortRef) -> z3.FuncDeclRef:
+    """The uninterpreted function ``name`` over the inputs' sorts (declared once)."""
+    key = (name, tuple(t.sort().get_id() for t in inputs), result.get_id())
+    f = _DECLS.get(key)
+    if f is None:
+        f = _DECLS[key] = z3.Function(name, *[t.sort() for t in inputs], result)
+    return f
+
+
 def _uf(name: str, inputs: list, width: int):
     if not inputs:
         return z3.BitVec(name, width)
-    return z3.Function(name, *[t.sort() for t in inputs], z3.BitVecSort(width))(*inputs)
+    return function(name, inputs, z3.BitVecSort(width))(*inputs)
 
 
 def semantics(rec: dict):
@@ -337,3 +349,34 @@ def build(code: str) -> Form:
 
 def form_name(code: str) -> str:
     return code.lower()
+
+
+# The record fields ``semantics`` reads (besides the mnemonic, the CPUID features and the
+# instance, which ``shape`` adds by what they decide).
+USED = ("footprint", "flow", "lock", "string", "fpu_no_wait", "bcst_size")
+
+
+@lru_cache(maxsize=None)
+def shape(code: str, features: frozenset[str]) -> str:
+    """What the semantics of ``code``'s canonical instance are built from, without its names:
+    codes of one shape give alpha-equivalent outcomes (the same terms up to the names of their
+    uninterpreted functions), so their classifications are one.  ``features`` (the profile's
+    processor) decide which CPUID checks exist; the mnemonic enters through what ``semantics``
+    asks of it."""
+    import hashlib
+    import json
+
+    rec = table.codes()[code]
+    mn = rec["mnemonic"]
+    inst = decode(rec["layout"], rec["encoding"], bytes.fromhex(rec["bytes"]))
+    doc = {k: rec.get(k) for k in USED}
+    doc.update(
+        instance=inst.__dict__, classes=sorted(faults.classes(rec)),
+        widen=rec["encoding"] in ("vex", "evex", "xop"),
+        missing=sorted(f for f in rec["cpuid"] if f not in features),
+        mnemonic_rules=[mn in ("DIV", "IDIV", "AAM"), mn in faults.X87_CONTROL,
+                        mn in faults.SSE_UNALIGNED, mn in faults.AVX_ALIGNED,
+                        mn in ("LDMXCSR", "STMXCSR", "VLDMXCSR", "VSTMXCSR", "VZEROALL",
+                               "VZEROUPPER", "EMMS", "FEMMS", "WAIT"),
+                        mn.startswith(("CMPS", "SCAS"))])
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
