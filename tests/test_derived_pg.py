@@ -103,3 +103,35 @@ def test_registry_lookup_and_iteration():
         registry.get("no_such_form")
     names = registry.names()
     assert len(names) == len(set(names)) > 3500
+
+
+def _outcome_text(name: str) -> str:
+    f = registry.get(name)
+    o = f.run(st.fresh("s"), features=PENTIUM.features)
+    terms = [c.fails for c in o.checks] + [o.post[n] for n in o.effects] + \
+        [a for _, a in o.loads + o.stores] + [a for a, _ in o.assumptions]
+    text = "\n".join(t.sexpr() for t in terms) + "\n" + "\n".join(c.reason for c in o.checks)
+    # sexpr wraps lines by width, which the names change: compare token by token
+    return " ".join(text.replace(f.code, "CODE").split()) + repr(o.effects)
+
+
+def test_forms_of_one_shape_have_alpha_equivalent_outcomes():
+    """The classification cache shares one classification among the forms of a shape: their
+    outcomes must be the same terms up to the names of their uninterpreted functions."""
+    from collections import defaultdict
+
+    from pgvirt.model.derived import forms as dforms
+    groups = defaultdict(list)
+    for code in registry.derived_codes():
+        groups[dforms.shape(code, PENTIUM.features)].append(dforms.form_name(code))
+    multi = [g for g in groups.values() if len(g) > 1]
+    assert len(multi) > 100
+    for g in multi[::7]:
+        first = _outcome_text(g[0])
+        for other in g[1:4]:
+            assert _outcome_text(other) == first, (g[0], other)
+
+
+def test_forms_of_different_shapes_differ():
+    a, b = _outcome_text("add_rm8_r8"), _outcome_text("add_rm16_r16")
+    assert a != b
