@@ -20,11 +20,16 @@ HAND = ["popfd", "sgdt_m", "add_rm32_r32", "mov_r_cs"]
 DERIVED = ["add_rm8_r8", "adc_rm8_r8", "sbb_rm8_r8", "addps_xmm_xmmm128", "fadd_st0_sti"]
 
 
+def _edit(monkeypatch, form: str) -> None:
+    """As if ``form``'s definition had been edited: its digest changes, no other."""
+    real = C._hand_digest.__wrapped__
+    monkeypatch.setattr(C, "_hand_digest", lambda name: real(name) + ("edited" if name == form else ""))
+    monkeypatch.setattr(C, "_KEYS", {})
+
+
 def test_keys_change_with_the_definition_only(monkeypatch):
     keys = {n: C.form_key(n, PENTIUM) for n in HAND}
-    real = C._hand_digest.__wrapped__
-    C._hand_digest.cache_clear()
-    monkeypatch.setattr(C, "_hand_digest", lambda name: real(name) + ("edited" if name == "popfd" else ""))
+    _edit(monkeypatch, "popfd")
     after = {n: C.form_key(n, PENTIUM) for n in HAND}
     assert [n for n in HAND if keys[n] != after[n]] == ["popfd"]
 
@@ -49,9 +54,7 @@ def test_an_edit_rederives_one_form_fast(tmp_path, monkeypatch):
     assert sorted(first) == sorted(names)
     _, again = C.classifications(PENTIUM, names, cache, jobs=1)
     assert again == []
-    real = C._hand_digest.__wrapped__
-    C._hand_digest.cache_clear()
-    monkeypatch.setattr(C, "_hand_digest", lambda name: real(name) + ("edited" if name == "add_rm32_r32" else ""))
+    _edit(monkeypatch, "add_rm32_r32")
     t = time.perf_counter()
     _, edited = C.classifications(PENTIUM, names, cache, jobs=1)
     assert edited == ["add_rm32_r32"]

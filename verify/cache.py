@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
+import linecache
 import os
 import tempfile
 import types
@@ -92,9 +92,10 @@ def model_key() -> str:
     return _KEY
 
 
+@lru_cache(maxsize=64)
 def profile_digest(p: Profile) -> str:
-    doc = {k: (sorted(v) if isinstance(v, (set, frozenset)) else v)
-           for k, v in dataclasses.asdict(p).items()}
+    doc = {f.name: (sorted(v) if isinstance(v, (set, frozenset)) else v)
+           for f in dataclasses.fields(p) for v in [getattr(p, f.name)]}
     return _digest(json.dumps(doc, sort_keys=True, default=str))
 
 
@@ -105,10 +106,7 @@ def _reach(fn, out: dict, seen: set) -> None:
     if code is None or id(fn) in seen:
         return
     seen.add(id(fn))
-    try:
-        out[f"{fn.__module__}.{fn.__qualname__}"] = inspect.getsource(fn)
-    except (OSError, TypeError):
-        out[f"{fn.__module__}.{fn.__qualname__}"] = code.co_code.hex()
+    out[f"{fn.__module__}.{fn.__qualname__}"] = _source_of(code)
     names, stack = set(), [code]
     while stack:
         c = stack.pop()
@@ -123,6 +121,20 @@ def _reach(fn, out: dict, seen: set) -> None:
     for n in sorted(names):
         if n in fn.__globals__:
             _value(n, fn.__globals__[n], out, seen)
+
+
+def _source_of(code: types.CodeType) -> str:
+    """The lines a function's code spans (decorators included), read from its file; the
+    bytecode where there is no file."""
+    lines = linecache.getlines(code.co_filename)
+    if not lines:
+        return code.co_code.hex()
+    last, stack = code.co_firstlineno, [code]
+    while stack:
+        c = stack.pop()
+        last = max([last] + [ln for _, _, ln in c.co_lines() if ln])
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return "".join(lines[code.co_firstlineno - 1:last])
 
 
 def _value(name: str, v, out: dict, seen: set) -> None:
@@ -163,7 +175,26 @@ def definition_digest(form: Form, profile: Profile) -> str:
 
 def form_key(form: Form | str, profile: Profile) -> str:
     form = registry.get(form) if isinstance(form, str) else form
-    return _digest(model_key(), profile_digest(profile), definition_digest(form, profile))
+    return _keys(form, profile)[0]
+
+
+_KEYS: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def _keys(form: Form, profile: Profile) -> tuple[str, str]:
+    """(entry key, definition digest) of ``form`` under ``profile``, computed once a process
+    (definitions are source files and the table: they do not change under a running process)."""
+    pd = profile_digest(profile)
+    hit = _KEYS.get((form.name, pd))
+    if hit is None or registry.get(form.name) is not form:
+        d = definition_digest(form, profile)
+        hit = (_digest(model_key(), pd, d), d)
+        if registry.get(form.name) is form:
+            _KEYS[(form.name, pd)] = hit
+    return hit
+
+
+_CHECKED: dict[tuple[str, str], bool] = {}    # (entry key, entry digest) -> digests match
 
 
 def default_cache_root() -> Path:
@@ -238,14 +269,19 @@ class ClassificationCache:
 
     def _checked(self, prof: Profile, name: str, raw: dict, wits: dict | None) -> Classification | None:
         form = registry.get(name)
-        key = form_key(form, prof)
+        key, ddig = _keys(form, prof)
         entry = raw.get(key)
         if entry is None:
             return None
-        want = {"def": definition_digest(form, prof), "profile": profile_digest(prof),
+        want = {"def": ddig, "profile": profile_digest(prof),
                 "solver": z3.get_version_string()}
-        if not isinstance(entry, dict) or entry.get("digest") != _entry_digest(entry) or \
-                any(entry.get(k) != v for k, v in want.items()):
+        memo = (key, entry.get("digest") if isinstance(entry, dict) else None)
+        ok = _CHECKED.get(memo)
+        if ok is None:
+            # one entry serves every derived form of its shape: check it once
+            ok = _CHECKED[memo] = isinstance(entry, dict) and entry.get("digest") == _entry_digest(entry) \
+                and all(entry.get(k) == v for k, v in want.items())
+        if not ok:
             self.mismatched.append(name)
             warnings.warn(f"classification cache entry of {name} ({prof.name}) does not match its "
                           "digests: derived again", CacheWarning, stacklevel=3)
@@ -294,8 +330,8 @@ class ClassificationCache:
         answers, wits = {}, {}
         pdig, solver = profile_digest(prof), z3.get_version_string()
         for c in done:
-            key = form_key(c.form, prof)
-            entry = {"def": definition_digest(c.form, prof), "profile": pdig, "solver": solver,
+            key, ddig = _keys(c.form, prof)
+            entry = {"def": ddig, "profile": pdig, "solver": solver,
                      "answers": {k: dict(a.as_json(), witness=None) for k, a in c.answers.items()},
                      "assumptions": list(c.assumptions)}
             entry["digest"] = _entry_digest(entry)

@@ -356,13 +356,23 @@ def form_name(code: str) -> str:
 USED = ("footprint", "flow", "lock", "string", "fpu_no_wait", "bcst_size")
 
 
-@lru_cache(maxsize=None)
 def shape(code: str, features: frozenset[str]) -> str:
     """What the semantics of ``code``'s canonical instance are built from, without its names:
     codes of one shape give alpha-equivalent outcomes (the same terms up to the names of their
     uninterpreted functions), so their classifications are one.  ``features`` (the profile's
     processor) decide which CPUID checks exist; the mnemonic enters through what ``semantics``
     asks of it."""
+    rec = table.codes()[code]
+    missing = [f for f in rec["cpuid"] if f not in features]
+    base = _shape(code)
+    if not missing:
+        return base
+    import hashlib
+    return hashlib.sha256(f"{base}/{sorted(missing)}".encode()).hexdigest()[:32]
+
+
+@lru_cache(maxsize=None)
+def _shape(code: str) -> str:
     import hashlib
     import json
 
@@ -373,7 +383,6 @@ def shape(code: str, features: frozenset[str]) -> str:
     doc.update(
         instance=inst.__dict__, classes=sorted(faults.classes(rec)),
         widen=rec["encoding"] in ("vex", "evex", "xop"),
-        missing=sorted(f for f in rec["cpuid"] if f not in features),
         mnemonic_rules=[mn in ("DIV", "IDIV", "AAM"), mn in faults.X87_CONTROL,
                         mn in faults.SSE_UNALIGNED, mn in faults.AVX_ALIGNED,
                         mn in ("LDMXCSR", "STMXCSR", "VLDMXCSR", "VSTMXCSR", "VZEROALL",
