@@ -76,6 +76,9 @@ def test_operand_decoder_agrees_with_iced(chunk):
                         continue
                     want_base = REG[ins.memory_base]
                     want_index = REG[ins.memory_index]
+                    if kind.startswith("mem_vsib"):
+                        assert d.sib_index == iced.RegisterInfo(ins.memory_index).number & 7, (code, b.hex())
+                        want_index = "none" if d.index is None else st.GPRS[d.index]
                     got_base = "none" if d.base is None else (st.GPRS[d.base] if not d.addr16 else forms.GPR16[d.base])
                     got_index = "none" if d.index is None else (st.GPRS[d.index] if not d.addr16 else forms.GPR16[d.index])
                     assert (got_base, got_index) == (want_base, want_index), (code, b.hex())

@@ -113,7 +113,6 @@ SYSTEM_TOUCH = {
     "MCOMMIT": "commits stores to persistent memory (SEV-SNP; platform state)",
     "PCOMMIT": "commits stores to persistent memory (platform state)",
     "ENTER": "ENTER's nesting level (imm8) copies that many frame pointers: footprint varies with the instance",
-    "BOUND": "raises #BR: a fault with a saved-bounds handler convention, hand-written",
 }
 # Stores that write only the bytes a mask selects (SDM Vol. 2B MASKMOVQ, MASKMOVDQU; Vol. 2C
 # VMASKMOV, VPMASKMOV): iced lists their memory operand as written; the frame test showed the
@@ -303,8 +302,11 @@ def footprint(ins, o) -> dict:
                     if r != I.Register.NONE:
                         explicit_regs.add(r)
         operands.append(entry)
+    opmask = None
     if ins.op_mask != I.Register.NONE:
         explicit_regs.add(ins.op_mask)
+        opmask = next((ACC[u.access].lower() for u in info.used_registers() if u.register == ins.op_mask),
+                      "read")
     implicit = []
     # A VEX/EVEX write of XMMn/YMMn is listed again as a write of ZMMn (the upper bits are
     # zeroed): part of the explicit operand, which the model widens itself.
@@ -335,15 +337,33 @@ def footprint(ins, o) -> dict:
         memory.append({"explicit": mem_from, "seg": _reg_name(ins.memory_segment),
                        "base": None, "index": None, "scale": 1, "disp": 0, "size": 0,
                        "access": ACC[info.op_access(i)].lower(), "vsib": False})
+    if MNEM[ins.mnemonic] in BIT_STRING_REG and any(OPK[o.op_kind(i)].endswith("_REG")
+                                                    for i in range(o.op_count)):
+        for m in memory:
+            if m["explicit"] == "modrm":
+                m["bitstring"] = True
+                m["note"] = ("the register bit offset selects the operand: "
+                             "ea + size * (offset >> log2(8 * size)), signed (SDM Vol. 2A BT)")
     if MNEM[ins.mnemonic] in BYTE_MASKED_STORES:
         for m in memory:
             if m["access"] == "write":
                 m["access"] = "cond_write"
                 m["note"] = "byte-masked store: bytes whose mask bit is clear keep their value"
-    return {"operands": operands, "implicit": implicit, "memory": memory,
+    vsib = None
+    for i in range(o.op_count):
+        k = OPK[o.op_kind(i)]
+        if k.startswith("MEM_VSIB"):
+            vsib = {"index_width": 4 if "32" in k else 8,
+                    "index_bytes": {"X": 16, "Y": 32, "Z": 64}[k[-1]]}
+    out = {"operands": operands, "implicit": implicit, "memory": memory,
             "rflags": {"read": _flags(ins.rflags_read), "written": _flags(ins.rflags_written),
                        "cleared": _flags(ins.rflags_cleared), "set": _flags(ins.rflags_set),
                        "undefined": _flags(ins.rflags_undefined)}}
+    if opmask is not None:
+        out["opmask"] = opmask
+    if vsib is not None:
+        out["vsib"] = vsib
+    return out
 
 
 def _layout(o) -> dict:
@@ -423,19 +443,12 @@ def decide(rec: dict, o) -> tuple[bool, str]:
     sysf = sorted(touched & set(SYSTEM_FLAGS))
     if sysf:
         return False, f"reads or writes EFLAGS.{'/'.join(f.upper() for f in sysf)} (SYSTEM)"
-    if mn in BIT_STRING_REG and any(op["kind"].endswith("_or_mem") for op in fp["operands"]) \
-            and any(op["kind"].endswith("_reg") for op in fp["operands"]):
-        return False, "bit-string offset in a register addresses memory beyond the operand"
     for m in fp["memory"]:
-        if m["vsib"]:
-            return False, "VSIB gather/scatter: element addresses from a vector register (not modelled yet)"
         if m["size"] == 0 and m["access"] not in ("no_mem_access", "none"):
             return False, "memory operand of unknown size"
         if m["seg"] not in ("es", "cs", "ss", "ds", "fs", "gs"):
             return False, f"memory operand through {m['seg']}"
     for op in fp["operands"]:
-        if op["kind"].startswith("mem_vsib"):
-            return False, "VSIB gather/scatter: element addresses from a vector register (not modelled yet)"
         if op["kind"].startswith("mem_mpx") or op["kind"].startswith("bnd") or op["kind"] == "mem_mib":
             return False, "MPX operand (BNDCFGS is an MSR)"
     return True, ""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import z3
 
 from .. import state as st
-from ..outcome import AC, DE, GP, MF, NM, UD
+from ..outcome import AC, BR, DE, GP, MF, NM, UD
 
 XM = 19   # SIMD floating-point exception (SDM Vol. 3A 6.15, interrupt 19)
 
@@ -130,6 +130,8 @@ def data_faults(x, rec: dict, cls: frozenset[str], name: str, inputs: list) -> N
     mn = rec["mnemonic"]
     if mn in ("DIV", "IDIV", "AAM"):
         x.require(z3.Not(happens("DE")), DE, None, "divide error (quotient too large or divisor 0)")
+    if mn == "BOUND":
+        x.require(z3.Not(happens("BR")), BR, None, "BOUND range exceeded")
     if ("x87" in cls and not rec["fpu_no_wait"]) or "wait" in cls or "mmx" in cls:
         # With CR0.NE = 0 the error goes out on FERR# instead (MS-DOS compatibility mode).
         x.assume(st.bit(x.cr0, st.CR0_NE), "x87 errors reported natively: CR0.NE = 1")

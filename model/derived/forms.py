@@ -130,6 +130,25 @@ def _offset(x, d: Instance, base, index, scale: int, disp: int, index8: bool = F
     return off
 
 
+def _vsib_offsets(x, d: Instance, vsib: dict, elem: int, ops: list) -> list:
+    """Offsets of a VSIB operand's elements: base + sign-extended index lane * scale + disp,
+    for as many lanes as both the index and the data vector have."""
+    iw, ib = vsib["index_width"], vsib["index_bytes"]
+    data = max((op.get("size", 0) for op in ops if op["kind"].startswith(("xmm_reg", "ymm_reg", "zmm_reg"))),
+               default=ib)
+    lanes = min(ib // iw, data // elem)
+    vec = x.read(f"zmm{d.sib_index}")
+    out = []
+    for i in range(lanes):
+        lane = z3.Extract(8 * iw * (i + 1) - 1, 8 * iw * i, vec)
+        idx = z3.Extract(31, 0, lane) if iw == 8 else lane
+        off = z3.BitVecVal(d.disp, 32) + idx * d.scale
+        if d.base is not None:
+            off = off + x.read(st.GPRS[d.base])
+        out.append(off)
+    return out
+
+
 class _Plan:
     """What an instance reads and writes, before any term is built."""
 
@@ -174,18 +193,32 @@ def semantics(rec: dict):
     bcst = rec.get("bcst_size", 0)
     pointers = x87 and mn not in faults.X87_CONTROL
     flags = fp["rflags"]
+    vsib = fp.get("vsib")
+    opmask_access = fp.get("opmask", "read")
 
     def body(x) -> None:
         d: Instance = x.d
         p = _Plan()
         mem_ops = []                            # (linear, offset, size, access, seg)
         for m in fp["memory"]:
+            if m["explicit"] == "modrm" and vsib and d.is_mem and m["access"] != "no_mem_access":
+                # a gather/scatter: one element per index lane (SDM Vol. 2A 2.3.12)
+                seg = d.default_seg
+                for off in _vsib_offsets(x, d, vsib, m["size"], fp["operands"]):
+                    mem_ops.append((x.seg_base(seg) + off, off, m["size"], m["access"], seg))
+                continue
             if m["explicit"] == "modrm":
                 if not d.is_mem:
                     continue
                 seg = d.default_seg
                 off = _offset(x, d, d.base, d.index, d.scale, d.disp)
                 size = bcst if (d.b and bcst) else m["size"]
+                if m.get("bitstring"):
+                    # BT/BTS/BTR/BTC m, r: the bit offset is signed and reaches other words
+                    bits = z3.Extract(8 * size - 1, 0, x.read(st.GPRS[d.reg]))
+                    shift = {2: 4, 4: 5}[size]
+                    words = z3.SignExt(32 - 8 * size, bits >> shift) if size < 4 else bits >> shift
+                    off = off + words * size
             elif m["explicit"] == "moffs":
                 seg = d.seg or "ds"
                 off = z3.BitVecVal(d.moffs, 32)
@@ -311,6 +344,9 @@ def semantics(rec: dict):
             if wmask:
                 new = new | (value("flags", 32, old) & wmask)
             x.write("flags", new | setm)
+        if d.aaa and opmask_access in WRITES:
+            # gathers and scatters clear the mask as their elements complete
+            _write(x, (f"k{d.aaa}", 0, 64), value(f"k{d.aaa}", 64))
         if rec["string"] and d.rep is not None:
             x.write("ecx", value("ecx", 32))
             x.jump(value("eip", 32))
@@ -383,7 +419,7 @@ def _shape(code: str) -> str:
     doc.update(
         instance=inst.__dict__, classes=sorted(faults.classes(rec)),
         widen=rec["encoding"] in ("vex", "evex", "xop"),
-        mnemonic_rules=[mn in ("DIV", "IDIV", "AAM"), mn in faults.X87_CONTROL,
+        mnemonic_rules=[mn in ("DIV", "IDIV", "AAM"), mn == "BOUND", mn in faults.X87_CONTROL,
                         mn in faults.SSE_UNALIGNED, mn in faults.AVX_ALIGNED,
                         mn in ("LDMXCSR", "STMXCSR", "VLDMXCSR", "VSTMXCSR", "VZEROALL",
                                "VZEROUPPER", "EMMS", "FEMMS", "WAIT"),

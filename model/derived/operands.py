@@ -33,6 +33,7 @@ class Instance:
     rm: int | None = None
     base: int | None = None         # memory operand (GPR numbers)
     index: int | None = None
+    sib_index: int | None = None    # SIB.index as encoded (a VSIB operand's vector register)
     scale: int = 1
     disp: int = 0
     moffs: int | None = None        # MOV AL/AX/EAX, moffs: the offset
@@ -99,6 +100,7 @@ def _modrm(code: bytes, i: int, addr16: bool, disp8n: int):
         i += 1
         scale, idx, base = 1 << (sib >> 6), (sib >> 3) & 7, sib & 7
         index = None if idx == 4 else idx
+        f["sib_index"] = idx
         if base == 5 and mod == 0:
             base, dsz = None, 4
         else:

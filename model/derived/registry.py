@@ -65,3 +65,9 @@ def forms() -> Iterator[Form]:
     yield from isa.FORMS
     for c in derived_codes():
         yield dforms.build(c)
+
+
+def derived_features() -> tuple[str, ...]:
+    """The CPUID feature names derived forms check (iced CpuidFeature names, lower case): a
+    profile whose processor has them all runs every derived form."""
+    return tuple(sorted({f for c in derived_codes() for f in table.codes()[c]["cpuid"]}))
