@@ -83,3 +83,14 @@ def test_an_entry_under_another_profile_digest_is_not_used(tmp_path):
         warnings.simplefilter("error")
         _, derived = C.classifications(other, ["sgdt_m"], cache, jobs=1)
     assert derived == ["sgdt_m"]
+
+
+def test_entries_of_edited_definitions_are_dropped_when_the_cache_is_written(tmp_path, monkeypatch):
+    cache = C.ClassificationCache(tmp_path)
+    C.classifications(PENTIUM, ["popfd", "add_rm8_r8"], cache, jobs=1)
+    before = set(json.loads(cache.path(PENTIUM.name).read_text())["entries"])
+    _edit(monkeypatch, "popfd")
+    C.classifications(PENTIUM, ["popfd", "add_rm8_r8"], cache, jobs=1)
+    after = set(json.loads(cache.path(PENTIUM.name).read_text())["entries"])
+    assert len(after) == len(before) == 2 and after != before
+    assert set(json.loads(cache.path(PENTIUM.name, ".witnesses").read_text())["entries"]) == after

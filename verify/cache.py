@@ -331,7 +331,7 @@ class ClassificationCache:
         pdig, solver = profile_digest(prof), z3.get_version_string()
         for c in done:
             key, ddig = _keys(c.form, prof)
-            entry = {"def": ddig, "profile": pdig, "solver": solver,
+            entry = {"def": ddig, "profile": pdig, "solver": solver, "form": _owner(c.form),
                      "answers": {k: dict(a.as_json(), witness=None) for k, a in c.answers.items()},
                      "assumptions": list(c.assumptions)}
             entry["digest"] = _entry_digest(entry)
@@ -340,14 +340,46 @@ class ClassificationCache:
         try:
             self.path(prof.name).parent.mkdir(parents=True, exist_ok=True)
             # Witnesses first: an answer file never names an entry whose witnesses are missing.
+            old = self._read(prof.name)
+            keep = {k for k, e in old.items() if _current(e, k, prof)}
             for what, new in ((".witnesses", wits), ("", answers)):
-                entries = dict(self._read(prof.name, what))    # merge with what another process added
+                # merge with what another process added; drop entries of edited definitions
+                entries = {k: v for k, v in self._read(prof.name, what).items() if k in keep}
                 entries.update(new)
                 doc = {"format": CACHE_FORMAT, "key": model_key(), "z3": solver,
                        "profile": prof.name, "entries": entries}
-                atomic_write(self.path(prof.name, what), json.dumps(doc, sort_keys=True).encode())
+                atomic_write(self.path(prof.name, what), json.dumps(doc, separators=(",", ":")).encode())
         except OSError as e:
             self.note = f"classification cache not written ({self.path(prof.name)}: {e.strerror or e})"
+
+
+def _owner(form: Form) -> str:
+    """Whose entry it is: a hand-written form's name, or the derived layer's sources (one entry
+    serves every form of a shape)."""
+    return _owner_derived() if registry.is_derived(form.name) else form.name
+
+
+def _current(entry: Any, key: str, prof: Profile) -> bool:
+    """Whether an entry can still be asked for: the current key of its hand-written form, or a
+    derived entry made by the current derived layer."""
+    if not isinstance(entry, dict):
+        return False
+    who = entry.get("form", "")
+    if who.startswith("derived:"):
+        return who == _owner_derived()
+    return who in _hand_names() and form_key(who, prof) == key
+
+
+def _owner_derived() -> str:
+    global _DERIVED_SOURCES
+    if _DERIVED_SOURCES is None:
+        _DERIVED_SOURCES = _sources(DERIVED)
+    return "derived:" + _DERIVED_SOURCES
+
+
+@lru_cache(maxsize=1)
+def _hand_names() -> frozenset[str]:
+    return frozenset(f.name for f in isa.FORMS)
 
 
 def _entry(prof: Profile, form: Form, entry: Any, wits: dict) -> Classification | None:
