@@ -135,3 +135,9 @@ def test_forms_of_one_shape_have_alpha_equivalent_outcomes():
 def test_forms_of_different_shapes_differ():
     a, b = _outcome_text("add_rm8_r8"), _outcome_text("add_rm16_r16")
     assert a != b
+
+
+def test_code_of_names_the_decoders_code_for_every_form():
+    assert registry.code_of("sgdt_m") == "SGDT_M1632"
+    assert registry.code_of("addps_xmm_xmmm128") == "ADDPS_XMM_XMMM128"
+    assert registry.code_of("no_such_form") is None

@@ -71,3 +71,15 @@ def derived_features() -> tuple[str, ...]:
     """The CPUID feature names derived forms check (iced CpuidFeature names, lower case): a
     profile whose processor has them all runs every derived form."""
     return tuple(sorted({f for c in derived_codes() for f in table.codes()[c]["cpuid"]}))
+
+
+@lru_cache(maxsize=1)
+def _hand_code() -> dict[str, str]:
+    return {name: code for code, names in table.hand_codes().items() for name in names}
+
+
+def code_of(name: str) -> str | None:
+    """The iced-x86 Code a form's canonical bytes decode to (hand-written forms too)."""
+    if name in REGISTRY:
+        return _hand_code().get(name)
+    return _by_name().get(name)
