@@ -141,3 +141,13 @@ def test_code_of_names_the_decoders_code_for_every_form():
     assert registry.code_of("sgdt_m") == "SGDT_M1632"
     assert registry.code_of("addps_xmm_xmmm128") == "ADDPS_XMM_XMMM128"
     assert registry.code_of("no_such_form") is None
+
+
+def test_a_processor_that_zeroes_fcs_fds_makes_x87_forms_innocuous():
+    """With FCS/FDS deprecated (CPUID.(EAX=07H,ECX=0):EBX[13]) nothing an x87 instruction
+    leaves shows the CPL: the same forms are innocuous."""
+    p = dataclasses.replace(PENTIUM, name="pentium-zero-fcs-fds",
+                            features=PENTIUM.features | {"zero_fcs_fds"})
+    for name in ("fadd_st0_sti", "fld_m80fp", "fistp_m64int"):
+        assert classify(name, p)["innocuous"] is True, name
+        assert classify(name, PENTIUM)["mode_sensitive"] is True, name

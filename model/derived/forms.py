@@ -280,12 +280,6 @@ def semantics(rec: dict):
         if x87 or mmx:
             for f in X87_STATE:
                 p.read(("x87", f), x.read(f))
-        if pointers:
-            p.read(("eip",), x.read("eip"))
-            p.read(("cs",), x.read("cs"))
-            for k, (_, off, _, access, seg) in enumerate(mem_ops):
-                p.read(("ptr", k), off)
-                p.read(("sel", seg), x.read(seg))
         if simd:
             p.read(("mxcsr",), x.read("mxcsr"))
         if d.aaa:
@@ -303,8 +297,8 @@ def semantics(rec: dict):
         # --- outputs -----------------------------------------------------------------------
         cond_all = bool(d.aaa) or (rec["string"] and d.rep is not None)
 
-        def value(dest: str, width: int, old=None):
-            ins = inputs + ([old] if old is not None else [])
+        def value(dest: str, width: int, old=None, extra=()):
+            ins = inputs + ([old] if old is not None else []) + list(extra)
             return _uf(f"{name}.{dest}", ins, width)
 
         done = set()
@@ -330,8 +324,20 @@ def semantics(rec: dict):
             for f in outs:
                 _write(x, (f, 0, st.FIELD[f].width), value(f, st.FIELD[f].width))
             if pointers:
-                for f in X87_POINTERS:
-                    _write(x, (f, 0, st.FIELD[f].width), value(f, st.FIELD[f].width))
+                # The last-instruction pointers: CS:EIP of this instruction and the segment and
+                # offset of its memory operand (SDM Vol. 1 8.1.8).  A processor that deprecates
+                # FCS/FDS (CPUID.(EAX=07H,ECX=0):EBX[13], "zero_fcs_fds") stores 0 there.
+                where = [x.read("eip")] + [off for _, off, _, _, _ in mem_ops]
+                for f in ("fop", "fip", "fdp"):
+                    _write(x, (f, 0, st.FIELD[f].width), value(f, st.FIELD[f].width, extra=where))
+                sels = [x.read(seg) for _, _, _, _, seg in mem_ops]
+                zero = x.has("zero_fcs_fds")
+                if z3.is_true(zero) and mn not in ("FLDENV", "FRSTOR"):
+                    x.write("fcs", 0)
+                    x.write("fds", 0)
+                else:
+                    x.write("fcs", value("fcs", 16, extra=where + [x.read("cs")]))
+                    x.write("fds", value("fds", 16, extra=where + sels))
         if simd:
             _write(x, ("mxcsr", 0, 32), value("mxcsr", 32) & 0xFFFF)
         wmask = sum(1 << USER_FLAG_BITS[f] for f in flags["written"] + flags["undefined"]
@@ -401,10 +407,11 @@ def shape(code: str, features: frozenset[str]) -> str:
     rec = table.codes()[code]
     missing = [f for f in rec["cpuid"] if f not in features]
     base = _shape(code)
-    if not missing:
+    zero = "zero_fcs_fds" in features and "x87" in faults.classes(rec)
+    if not missing and not zero:
         return base
     import hashlib
-    return hashlib.sha256(f"{base}/{sorted(missing)}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{base}/{sorted(missing)}/{zero}".encode()).hexdigest()[:32]
 
 
 @lru_cache(maxsize=None)
