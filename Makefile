@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: verify test install bench crosscheck slow notebook guests clean lint
+.PHONY: verify test install bench crosscheck slow notebook guests clean lint footprints frame-status
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -55,3 +55,13 @@ notebook: $(STAMP)
 # the compiled model against Form.execute (tests marked slow in tests/test_crosscheck.py).
 crosscheck: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests/test_crosscheck.py
+
+# The derived forms' table from the installed iced-x86 (model/ never imports iced-x86; a test
+# requires the committed table to equal a fresh one).
+footprints: $(STAMP)
+	$(BIN)/python tools/footprints.py
+
+# Frame test of every derived form on Unicorn; rewrites emulator/frame_status.json (which forms
+# Unicorn ran) when no footprint lies.
+frame-status: $(STAMP)
+	$(BIN)/python -m pgvirt.emulator.frame

@@ -55,15 +55,31 @@ def build_parser() -> Parser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, exit_on_interrupt: bool = False) -> int:
+    """Run one command; ``exit_on_interrupt`` (the installed command) leaves the process at
+    once after Ctrl-C: tearing down half-built solver state only makes noise, and every file
+    pgvirt writes is written whole or not at all."""
+    from pgvirt.verify import solver
+
+    solver.interruptible()
+    solver.INTERRUPTED = False        # a command begins uninterrupted (tests run several)
     out, err = consoles(None)
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        out, err = consoles(getattr(args, "width", None))
-        if not args.command:
-            raise UsageError("a command is required: " + ", ".join(COMMANDS))
-        return COMMANDS[args.command](args, out, err)
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            out, err = consoles(getattr(args, "width", None))
+            if not args.command:
+                raise UsageError("a command is required: " + ", ".join(COMMANDS))
+            rc = COMMANDS[args.command](args, out, err)
+            solver.stop_if_interrupted()    # an interrupt a finalizer swallowed still counts
+            return rc
+        except Exception:
+            # Ctrl-C inside a ctypes call comes out as its ArgumentError, inside a library as
+            # whatever it made of it: once interrupted, every error is the interrupt.
+            if solver.INTERRUPTED:
+                raise KeyboardInterrupt from None
+            raise
     except UsageError as e:
         print(f"pgvirt: error: {e}", file=sys.stderr)
         return EXIT_BAD
@@ -73,15 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD
     except KeyboardInterrupt:
         print("pgvirt: interrupted", file=sys.stderr)
+        if exit_on_interrupt:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
 
 
 def entry() -> None:
-    rc = main()
-    if rc == EXIT_INTERRUPTED:
-        # Leave at once: tearing down a half-built solver state only prints z3's __del__ noise,
-        # and every file pgvirt writes is written whole or not at all.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(rc)
-    sys.exit(rc)
+    sys.exit(main(exit_on_interrupt=True))

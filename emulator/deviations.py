@@ -670,7 +670,34 @@ def _x_paging_fetch(o, d):
             and o.model_post is not None and o.model_post["cr0"] >> st.CR0_PG & 1)
 
 
+# --- found by the frame test of derived forms (emulator/frame.py) ---------------------------------
+TINY_X80 = (0x3BCD << 64) | (1 << 63)     # below the double range: rounds to the smallest denormal
+
+
+def _x87_ftz(m: Machine) -> bool:
+    def stored(mxcsr: int) -> bytes:
+        s = S.flat_state(3, fpr7=TINY_X80, fsw=7 << st.FSW_TOP_LO, ftw=0x80, fcw=0x37F,
+                         mxcsr=mxcsr, cr4=1 << st.CR4_OSFXSR, ebp=S.DATA)
+        out = m.run(s, bytes.fromhex("dd5500"))          # fst qword ptr [ebp]
+        return bytes(out.state["mem"][S.DATA + k] for k in range(8))
+    return stored(0x1F80) != stored(0x9F80)
+
+
+def _fnstsw_fip(m: Machine) -> bool:
+    out = m.run(S.flat_state(3, fcw=0x37F, fip=0x1234), bytes.fromhex("dfe0"))   # fnstsw ax
+    return out.state["fip"] != 0x1234
+
+
 DEVIATIONS: tuple[Deviation, ...] = (
+    Deviation(
+        "x87-reads-mxcsr", "x87 stores and transcendental instructions (FST m64fp, FSINCOS, ...)",
+        "x87 arithmetic rounds by FCW and never reads MXCSR (SDM Vol. 1 8.1.5, 10.2.3)",
+        "QEMU's conversions go through a softfloat status that MXCSR.FTZ reaches: a result "
+        "that is a double denormal is flushed to zero when MXCSR.FTZ = 1", _x87_ftz),
+    Deviation(
+        "fnstsw-updates-fip", "FNSTSW AX and other x87 control instructions",
+        "control instructions leave the last instruction pointer (SDM Vol. 1 8.1.8)",
+        "QEMU records CS:EIP of FNSTSW AX in FCS:FIP", _fnstsw_fip, fields=("fip", "fcs")),
     Deviation(
         "umip-not-implemented", "SGDT, SIDT, SLDT, SMSW, STR at CPL > 0 with CR4.UMIP = 1",
         "#GP(0) (SDM Vol. 3A 2.5, Vol. 2B SGDT)",

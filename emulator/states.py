@@ -143,7 +143,7 @@ def flat_state(cpl: int = 3, *, iopl: int = 0, interrupts: bool = True, **fields
     """
     if cpl not in (0, 1, 2, 3) or iopl not in (0, 1, 2, 3):
         raise ValueError(f"cpl and iopl must be 0..3, not {cpl}, {iopl}")
-    s: dict = {name: 0 for name in st.SCALARS}
+    s: dict = {name: st.FIELD[name].default for name in st.SCALARS}
     s.update(eax=DATA, ebx=DATA, esi=DATA + 0x100, edi=DATA + 0x200, esp=STACK_TOP[cpl], eip=CODE,
              flags=0, sysflags=(iopl << st.IOPL_LO) | ((1 << st.IF) if interrupts else 0), cpl=cpl)
     for seg in st.SREGS:

@@ -292,7 +292,7 @@ class Gen:
         d, t, form = self.draw, self.t, self.form
         p = self.profile
         cpl = d.pick((3, 0, 1, 2))
-        s: dict = {name: 0 for name in st.SCALARS}
+        s: dict = {name: st.FIELD[name].default for name in st.SCALARS}
         s["cpl"] = cpl
         # a few flat segments for every ring first: selectors in registers and frames hit them
         for r in range(4):
@@ -412,7 +412,7 @@ class Gen:
         s["cr0"] = cr0
         s["cr2"] = self.value()
         s["cr3"] = d.pick((0, d.bits(32), DATA))
-        cr4_ok = st.CR4_DEFINED & ~(0 if "umip" in p.features else (1 << st.CR4_UMIP))
+        cr4_ok = st.cr4_defined(p.features)
         cr4 = 0
         for b in range(12):
             if (1 << b) & cr4_ok and d.flag(0.25):

@@ -284,7 +284,7 @@ class Compiled:
         """Evaluate on a concrete state (the model's format: ints, ``mem``/``io`` dicts)."""
         if len(values) < len(st.FIELDS) and any(n not in values for n in st.SCALARS):
             # missing scalars read 0, as in ``state.concrete``
-            values = {**{n: 0 for n in st.SCALARS}, **values}
+            values = {**{n: st.FIELD[n].default for n in st.SCALARS}, **values}
         fails, codes, assumed, post, mem, io, loads, stores = self._fn(
             values, values.get("mem", {}), values.get("io", {}), uf or _default_uf)
         fault = None
@@ -293,7 +293,7 @@ class Compiled:
                 c = self.checks[k]
                 fault = Fault(c.vector, codes[k] if c.has_code else None, c.reason)
                 break
-        full = {n: values.get(n, 0) for n in st.SCALARS}
+        full = {n: values.get(n, st.FIELD[n].default) for n in st.SCALARS}
         full.update(post)
         return Run(fault, assumed, full, mem, io, loads, stores)
 
@@ -391,7 +391,7 @@ def compile_predicate(build: Callable[[st.State], Any]) -> Callable[[Mapping], A
 
     def pred(values: Mapping, uf: Callable | None = None):
         if len(values) < len(st.FIELDS) and any(n not in values for n in st.SCALARS):
-            values = {**{n: 0 for n in st.SCALARS}, **values}
+            values = {**{n: st.FIELD[n].default for n in st.SCALARS}, **values}
         return fn(values, values.get("mem", {}), values.get("io", {}), uf or _default_uf)
 
     pred.source = src  # type: ignore[attr-defined]

@@ -45,6 +45,22 @@ def _bv(v, width: int):
     return z3.Extract(width - 1, 0, v)
 
 
+def _byte_addresses(addr, size: int) -> list:
+    """``addr + k`` for k < size, built through the C API (the same terms as ``addr + k``:
+    numerals and applications are hash-consed); wide vector operands load 16-64 bytes."""
+    ctx = addr.ctx
+    c, a, srt = ctx.ref(), addr.as_ast(), addr.sort().ast
+    out = []
+    for k in range(size):
+        out.append(z3.BitVecRef(z3.Z3_mk_bvadd(c, a, z3.Z3_mk_unsigned_int64(c, k, srt)), ctx))
+    return out
+
+
+def _select(arr, a):
+    ctx = arr.ctx
+    return z3.BitVecRef(z3.Z3_mk_select(ctx.ref(), arr.as_ast(), a.as_ast()), ctx)
+
+
 class Exec:
     """The state of one symbolic execution of a form."""
 
@@ -163,10 +179,9 @@ class Exec:
         addr = _bv(addr, width)
         arr = self.s[array]
         parts = []
-        for k in range(size):
-            a = addr + k
+        for a in _byte_addresses(addr, size):
             self._loads.append((array, a))
-            parts.append(z3.Select(arr, a))
+            parts.append(_select(arr, a))
         return parts[0] if size == 1 else z3.Concat(*reversed(parts))
 
     def store(self, addr, size: int, value, array: str = "mem") -> None:
@@ -175,8 +190,7 @@ class Exec:
         value = _bv(value, 8 * size)
         arr = self.s[array]
         guarded = not z3.is_true(self.path)
-        for k in range(size):
-            a = addr + k
+        for k, a in enumerate(_byte_addresses(addr, size)):
             self._stores.append((array, a))
             byte = z3.Extract(8 * k + 7, 8 * k, value)
             if guarded:
@@ -274,13 +288,18 @@ class Form:
     cite: str
     theme: str
     semantics: Callable[[Exec], None]
+    decoder: Callable[[bytes], object] | None = None   # operands of an instance, if not ``enc``'s
+    code: str = ""                                      # the decoder's name for it (iced-x86 Code)
 
     @property
     def mnemonic(self) -> str:
         return self.asm.split()[0].upper() if self.asm else ""
 
     def decode(self, code: bytes | None = None) -> Decoded:
-        return decode(self.enc, self.bytes if code is None else code)
+        raw = self.bytes if code is None else code
+        if self.decoder is not None:
+            return self.decoder(raw)
+        return decode(self.enc, raw)
 
     def run(self, s: State, code: bytes | None = None, features: frozenset[str] = frozenset()) -> Outcome:
         """Execute on ``s`` (symbolic or concrete); ``code`` is a site's bytes (default: canonical)."""

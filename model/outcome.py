@@ -7,6 +7,7 @@ and ``Next`` are the concrete results read out of it under a Z3 model (SDM Vol. 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 import z3
@@ -94,18 +95,19 @@ class Outcome:
     stores: tuple[tuple[str, Any], ...]   # (array field, address term) written
     effects: tuple[str, ...] = field(default=())  # scalar fields the form may change
 
-    @property
+    # Computed once per outcome: the queries ask for them many times.
+    @cached_property
     def faults(self) -> z3.BoolRef:
         return z3.Or([c.fails for c in self.checks]) if self.checks else z3.BoolVal(False)
 
-    @property
+    @cached_property
     def vector(self) -> z3.BitVecRef:
         v = z3.BitVecVal(0, 8)
         for c in reversed(self.checks):
             v = z3.If(c.fails, z3.BitVecVal(c.vector, 8), v)
         return v
 
-    @property
+    @cached_property
     def code(self) -> z3.BitVecRef:
         """Error code, or 0xFFFFFFFF... never: faults without a code read as -1 (all ones)."""
         v = z3.BitVecVal(-1, 33)

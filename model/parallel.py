@@ -24,22 +24,31 @@ def _worker_init(init: Callable[[], None] | None) -> None:
         init()
 
 
+def _chunk(fn: Callable[[T], R], items: list[T]) -> list[R]:
+    return [fn(w) for w in items]
+
+
 def imap(fn: Callable[[T], R], work: Iterable[T], jobs: int, ordered: bool = True,
-         initializer: Callable[[], None] | None = None) -> Iterator[R]:
-    """``fn`` over ``work`` in ``jobs`` forked processes, results as they come (in order when
-    ``ordered``).  An exception in the parent (Ctrl-C among them) or leaving the loop early
-    terminates the workers at once; a worker that dies (an emulator or solver aborting its
-    process) raises ``BrokenProcessPool`` instead of leaving the loop waiting for ever."""
+         initializer: Callable[[], None] | None = None, chunksize: int = 1) -> Iterator[R]:
+    """``fn`` over ``work`` in ``jobs`` forked processes, ``chunksize`` items a task, results as
+    they come (in order when ``ordered``).  An exception in the parent (Ctrl-C among them) or
+    leaving the loop early terminates the workers at once; a worker that dies (an emulator or
+    solver aborting its process) raises ``BrokenProcessPool`` instead of leaving the loop
+    waiting for ever."""
     ex = ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork"), initializer=_worker_init,
                              initargs=(initializer,))
+    items = list(work)
     try:
-        futures = [ex.submit(fn, w) for w in work]
+        futures = [ex.submit(_chunk, fn, items[k:k + chunksize]) for k in range(0, len(items), chunksize)]
         for f in (futures if ordered else as_completed(futures)):
-            yield f.result()
+            yield from f.result()
     except BaseException:
         # The executor has no public way to stop running work: end its processes directly.
-        for proc in list(getattr(ex, "_processes", {}).values()):
+        procs = list(getattr(ex, "_processes", {}).values())
+        for proc in procs:
             proc.terminate()
+        for proc in procs:      # dead before the caller cleans up after them
+            proc.join(1.0)
         ex.shutdown(wait=False, cancel_futures=True)
         raise
     ex.shutdown()

@@ -2,8 +2,11 @@
 
 A profile is data.  ``features`` are facts of the processor (``umip``: CR4.UMIP exists).
 ``host`` is the real setting a trap-and-emulate monitor chooses while a guest runs: CPL 3, IOPL 0,
-CR4 bits, a TSS without an I/O permission bitmap.  The Popek-Goldberg *mode* of a state is its
-CPL together with exactly these host-chosen fields; every other SYSTEM field is *relocation*.
+CR4 and CR0 bits, a TSS without an I/O permission bitmap.  The Popek-Goldberg *mode* of a state
+is its CPL together with exactly these host-chosen fields.  ``passthrough`` names the SYSTEM bits
+the monitor loads with the guest's own values while the guest runs (its FPU/SIMD controls): they
+are equal in both states of a mode pair and of a location pair, like USER fields, though writing
+them stays privileged.  Every other SYSTEM field is *relocation*.
 """
 
 from __future__ import annotations
@@ -25,12 +28,36 @@ class Profile:
     cr4_clear: tuple[int, ...] = ()    # CR4 bits the monitor clears
     iopl: int = 0
     io_bitmap: bool = False            # False: the TSS has no I/O permission bitmap
+    cr0_set: tuple[int, ...] = ()      # CR0 bits the monitor sets while the guest runs
+    cr0_clear: tuple[int, ...] = ()    # CR0 bits the monitor clears
+    passthrough: tuple[tuple[str, int], ...] = ()   # (field, mask): the guest's own values
+    notes: tuple[str, ...] = ()        # why each host or passed-through setting, with its source
 
     @property
     def mode_bits(self) -> dict[str, int]:
         """Fields (and bit masks) that make up the *mode* besides CPL."""
         cr4 = sum(1 << b for b in self.cr4_set + self.cr4_clear)
-        return {"sysflags": 3 << st.IOPL_LO, "cr4": cr4}
+        out = {"sysflags": 3 << st.IOPL_LO, "cr4": cr4}
+        cr0 = sum(1 << b for b in self.cr0_set + self.cr0_clear)
+        if cr0:
+            out["cr0"] = cr0
+        return out
+
+    @property
+    def guest_bits(self) -> dict[str, int]:
+        """SYSTEM bits passed through from the guest (equal in mode and location pairs)."""
+        out: dict[str, int] = {}
+        for name, mask in self.passthrough:
+            out[name] = out.get(name, 0) | mask
+        return out
+
+    @property
+    def kept_bits(self) -> dict[str, int]:
+        """SYSTEM bits a location pair shares: the mode's and the passed-through ones."""
+        out = dict(self.mode_bits)
+        for name, mask in self.guest_bits.items():
+            out[name] = out.get(name, 0) | mask
+        return out
 
     def as_json(self) -> dict:
         return {"name": self.name, "description": self.description,
@@ -38,22 +65,60 @@ class Profile:
                 "host": {"cpl": 3, "iopl": self.iopl,
                          "cr4_set": [CR4_NAMES[b] for b in self.cr4_set],
                          "cr4_clear": [CR4_NAMES[b] for b in self.cr4_clear],
-                         "io_bitmap": self.io_bitmap}}
+                         "cr0_set": [CR0_NAMES[b] for b in self.cr0_set],
+                         "cr0_clear": [CR0_NAMES[b] for b in self.cr0_clear],
+                         "io_bitmap": self.io_bitmap},
+                "guest_passthrough": {f: _bit_names(f, m) for f, m in self.guest_bits.items()},
+                "notes": list(self.notes)}
 
 
 CR4_NAMES = {st.CR4_VME: "VME", st.CR4_PVI: "PVI", st.CR4_TSD: "TSD", st.CR4_DE: "DE",
              st.CR4_PSE: "PSE", st.CR4_PAE: "PAE", st.CR4_MCE: "MCE", st.CR4_PGE: "PGE",
              st.CR4_PCE: "PCE", st.CR4_OSFXSR: "OSFXSR", st.CR4_OSXMMEXCPT: "OSXMMEXCPT",
-             st.CR4_UMIP: "UMIP"}
+             st.CR4_UMIP: "UMIP", st.CR4_OSXSAVE: "OSXSAVE"}
+CR0_NAMES = {st.CR0_PE: "PE", st.CR0_MP: "MP", st.CR0_EM: "EM", st.CR0_TS: "TS", st.CR0_ET: "ET",
+             st.CR0_NE: "NE", st.CR0_WP: "WP", st.CR0_AM: "AM", st.CR0_NW: "NW", st.CR0_CD: "CD",
+             st.CR0_PG: "PG"}
+_NAMES = {"cr0": CR0_NAMES, "cr4": CR4_NAMES, "sysflags": {st.AC: "AC", st.IF: "IF"}}
 
+
+def _bit_names(field: str, mask: int) -> list[str] | str:
+    names = _NAMES.get(field)
+    if names is None or mask & ~sum(1 << b for b in names):
+        return f"{mask:#x}"
+    return [names[b] for b in sorted(names) if mask >> b & 1]
+
+
+# What a trap-and-emulate monitor does with the FPU/SIMD controls and alignment checking while a
+# guest runs.  The guest's own FPU, SSE and AVX state runs natively, so the real CR0.MP/EM/TS,
+# CR4.OSFXSR/OSXMMEXCPT/OSXSAVE and XCR0 hold the guest's values (a monitor that switches FPU
+# state lazily reflects the guest's TS in the real one and forwards the #NM); EFLAGS.AC is the
+# guest's (POPF writes it at any CPL).  CR0.AM is the monitor's: with AM = 1 every misaligned
+# access of a guest that sets AC would raise #AC at CPL 3 and not natively at CPL 0.
+PASSTHROUGH = (
+    ("cr0", (1 << st.CR0_MP) | (1 << st.CR0_EM) | (1 << st.CR0_TS)),
+    ("cr4", (1 << st.CR4_OSFXSR) | (1 << st.CR4_OSXMMEXCPT) | (1 << st.CR4_OSXSAVE)),
+    ("xcr0", (1 << 64) - 1),
+    ("sysflags", 1 << st.AC),
+)
+NOTES = (
+    "CR0.MP/EM/TS: the guest's, loaded into the real CR0 while it runs (SDM Vol. 3A 2.5, "
+    "Table 2-2; 13.4: the OS-side handling of #NM)",
+    "CR4.OSFXSR/OSXMMEXCPT/OSXSAVE and XCR0: the guest's (SDM Vol. 3A 2.5, 13.1-13.3; "
+    "Vol. 1 13.3: XSETBV sets XCR0)",
+    "EFLAGS.AC: the guest's, POPF/POPFD write it at any CPL (SDM Vol. 1 3.4.3.3, Vol. 2B POPF)",
+    "CR0.AM = 0 imposed: no #AC in the deprivileged guest (SDM Vol. 3A 2.5; 6.15 interrupt 17)",
+)
 PENTIUM = Profile(
     "pentium",
     "Pentium-class IA-32: no UMIP; guest runs at CPL 3, IOPL 0, CR4.TSD=1, CR4.PCE=0, no I/O bitmap",
-    frozenset(), cr4_set=(st.CR4_TSD,), cr4_clear=(st.CR4_PCE, st.CR4_PVI, st.CR4_VME))
+    frozenset(), cr4_set=(st.CR4_TSD,), cr4_clear=(st.CR4_PCE, st.CR4_PVI, st.CR4_VME),
+    cr0_clear=(st.CR0_AM,), passthrough=PASSTHROUGH, notes=NOTES)
 UMIP = Profile(
     "umip",
     "as pentium, with CR4.UMIP implemented and set by the monitor",
-    frozenset({"umip"}), cr4_set=(st.CR4_TSD, st.CR4_UMIP), cr4_clear=(st.CR4_PCE, st.CR4_PVI, st.CR4_VME))
+    frozenset({"umip"}), cr4_set=(st.CR4_TSD, st.CR4_UMIP), cr4_clear=(st.CR4_PCE, st.CR4_PVI, st.CR4_VME),
+    cr0_clear=(st.CR0_AM,), passthrough=PASSTHROUGH, notes=NOTES)
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (PENTIUM, UMIP)}
 
@@ -108,7 +173,7 @@ def wellformed(s: State, profile: Profile) -> z3.BoolRef:
     ss_data = z3.And(seg_attr_s(s.ss_attr), z3.Extract(3, 3, s.ss_attr) == 0,
                      z3.Extract(1, 1, s.ss_attr) == 1, seg_attr_p(s.ss_attr),
                      z3.Extract(14, 14, s.ss_attr) == 1)
-    cr4_ok = st.CR4_DEFINED & ~(0 if "umip" in profile.features else (1 << st.CR4_UMIP))
+    cr4_ok = st.cr4_defined(profile.features)
     attrs_ok = [z3.Extract(11, 8, s[f"{r}_attr"]) == 0 for r in st.SREGS] + [
         z3.Extract(11, 8, s.tr_attr) == 0]
     # A loaded segment's cache has its accessed bit: the load itself set it (SDM 3A 3.4.5.1).
@@ -128,8 +193,20 @@ def wellformed(s: State, profile: Profile) -> z3.BoolRef:
         z3.If(cs_conf, z3.ULE(seg_attr_dpl(s.cs_attr), s.cpl), seg_attr_dpl(s.cs_attr) == s.cpl),
         z3.Extract(7, 0, s.tr_attr) & 0x9F == 0x8B,
         z3.ULE(z3.BitVecVal(0x67, 32), s.tr_limit),
-        s.halted == 0, *attrs_ok, *accessed, null_ldt,
+        s.halted == 0, *attrs_ok, *accessed, null_ldt, *xstate_ok(s, profile),
     )
+
+
+def xstate_ok(s: State, profile: Profile) -> list:
+    """XCR0 as XSETBV leaves it (SDM Vol. 2D XSETBV: bit 0 set, AVX needs SSE, the AVX-512 bits
+    together and with AVX), MXCSR without reserved bits (LDMXCSR #GP), an 11-bit FOP."""
+    x = s.xcr0
+    avx512 = z3.Extract(st.XCR0_HI16_ZMM, st.XCR0_OPMASK, x)
+    return [x & ~st.xcr0_supported(profile.features) == 0, z3.Extract(0, 0, x) == 1,
+            z3.Implies(st.bit(x, st.XCR0_AVX), st.bit(x, st.XCR0_SSE)),
+            z3.Or(avx512 == 0, z3.And(avx512 == 7, st.bit(x, st.XCR0_AVX))),
+            st.bit(x, st.XCR0_BNDREGS) == st.bit(x, st.XCR0_BNDCSR),
+            s.mxcsr & ~0xFFFF == 0, s.fop & ~0x7FF == 0]
 
 
 def io_map_base(s: State):
@@ -149,6 +226,10 @@ def deprivileged(s: State, profile: Profile):
         conds.append(st.bit(s.cr4, b))
     for b in profile.cr4_clear:
         conds.append(z3.Not(st.bit(s.cr4, b)))
+    for b in profile.cr0_set:
+        conds.append(st.bit(s.cr0, b))
+    for b in profile.cr0_clear:
+        conds.append(z3.Not(st.bit(s.cr0, b)))
     addrs = []
     if not profile.io_bitmap:
         base, addrs = io_map_base(s)
@@ -173,4 +254,11 @@ def with_mode(s: State, cpl, profile: Profile, host: bool) -> State:
         for b in profile.cr4_clear:
             cr4 = cr4 & ~(1 << b)
         new.update(sysflags=sysflags, cr4=cr4)
+        if profile.cr0_set or profile.cr0_clear:
+            cr0 = s.cr0
+            for b in profile.cr0_set:
+                cr0 = cr0 | (1 << b)
+            for b in profile.cr0_clear:
+                cr0 = cr0 & ~(1 << b)
+            new["cr0"] = cr0
     return s.replace(**new)

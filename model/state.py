@@ -3,7 +3,8 @@
 Every field carries a tag that says who owns it under a trap-and-emulate monitor:
 
 * ``USER``  - what a guest reads and writes directly: general registers, EIP, the arithmetic
-  flags, the visible segment selectors and memory.  Popek and Goldberg's *E* and *P*.
+  flags, the visible segment selectors, the x87/MMX, SSE/AVX and AVX-512 registers and memory.
+  Popek and Goldberg's *E* and *P*.
 * ``SYSTEM`` - what the monitor must own: CPL, the system EFLAGS bits, the hidden descriptor
   caches, GDTR/IDTR/LDTR/TR, control and debug registers, MSRs, I/O ports.  Their *M* and *R*.
 
@@ -42,7 +43,44 @@ CR0_DEFINED = sum(1 << b for b in (CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_N
                                    CR0_AM, CR0_NW, CR0_CD, CR0_PG))
 CR4_VME, CR4_PVI, CR4_TSD, CR4_DE, CR4_PSE, CR4_PAE, CR4_MCE, CR4_PGE, CR4_PCE = range(9)
 CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_UMIP = 9, 10, 11
-CR4_DEFINED = (1 << 12) - 1  # the IA-32 bits up to UMIP; higher ones (VMXE, SMXE, ...) reserved here
+CR4_OSXSAVE = 18
+# The IA-32 bits up to UMIP, and OSXSAVE; the others (VMXE, SMXE, FSGSBASE, PKE, CET, ...) are
+# reserved here.  UMIP and OSXSAVE exist only on processors with the feature (``cr4_defined``).
+CR4_DEFINED = ((1 << 12) - 1) | (1 << CR4_OSXSAVE)
+
+# XCR0 state components (SDM Vol. 1 13.1): x87, SSE, AVX, MPX (2 bits), AVX-512 (3 bits).
+XCR0_X87, XCR0_SSE, XCR0_AVX, XCR0_BNDREGS, XCR0_BNDCSR = 0, 1, 2, 3, 4
+XCR0_OPMASK, XCR0_ZMM_HI256, XCR0_HI16_ZMM = 5, 6, 7
+XCR0_AVX512 = (1 << XCR0_OPMASK) | (1 << XCR0_ZMM_HI256) | (1 << XCR0_HI16_ZMM)
+
+FPRS = tuple(f"fpr{i}" for i in range(8))     # x87 physical registers R0-R7 (ST(i) = R[(TOP+i) % 8])
+ZMMS = tuple(f"zmm{i}" for i in range(8))     # XMMi/YMMi are the low 128/256 bits
+KREGS = tuple(f"k{i}" for i in range(8))
+FSW_TOP_LO = 11                               # FSW bits 13:11 hold TOP (SDM Vol. 1 8.1.3)
+
+
+def cr4_defined(features) -> int:
+    """CR4 bits this processor has: UMIP with "umip", OSXSAVE with "xsave" (SDM Vol. 3A 2.5)."""
+    bits = CR4_DEFINED
+    if "umip" not in features:
+        bits &= ~(1 << CR4_UMIP)
+    if "xsave" not in features:
+        bits &= ~(1 << CR4_OSXSAVE)
+    return bits
+
+
+def xcr0_supported(features) -> int:
+    """XCR0 bits this processor supports (SDM Vol. 1 13.3; CPUID.(EAX=0DH,ECX=0))."""
+    if "xsave" not in features:
+        return 1 << XCR0_X87
+    bits = (1 << XCR0_X87) | (1 << XCR0_SSE)
+    if "avx" in features:
+        bits |= 1 << XCR0_AVX
+        if "avx512f" in features:
+            bits |= XCR0_AVX512
+    if "mpx" in features:
+        bits |= (1 << XCR0_BNDREGS) | (1 << XCR0_BNDCSR)
+    return bits
 
 MSR_TSC, MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x10, 0x174, 0x175, 0x176
 
@@ -54,6 +92,7 @@ class Field:
     owner: str          # USER or SYSTEM
     doc: str
     index_width: int = 0  # for arrays: address width
+    default: int = 0      # the value of a scalar a concrete state leaves out (its reset value where 0 is not legal)
 
 
 def _fields() -> tuple[Field, ...]:
@@ -90,9 +129,23 @@ def _fields() -> tuple[Field, ...]:
         Field("sysenter_cs", 32, SYSTEM, "IA32_SYSENTER_CS, MSR 0x174"),
         Field("sysenter_esp", 32, SYSTEM, "IA32_SYSENTER_ESP, MSR 0x175"),
         Field("sysenter_eip", 32, SYSTEM, "IA32_SYSENTER_EIP, MSR 0x176"),
+        Field("xcr0", 64, SYSTEM, "XCR0: the state components XSAVE and AVX may use (SDM Vol. 1 13.3)",
+              default=1),
         Field("halted", 1, SYSTEM, "processor halted by HLT"),
         Field("caches", 1, SYSTEM, "1 while cache lines may hold data not yet in memory (INVD drops them)"),
         Field("tlb", 1, SYSTEM, "1 while the TLB may hold translations (INVLPG drops them)"),
+        *[Field(r, 80, USER, f"x87 physical register R{r[3]}; MM{r[3]} is bits 63:0") for r in FPRS],
+        Field("fcw", 16, USER, "x87 control word"),
+        Field("fsw", 16, USER, "x87 status word (TOP in bits 13:11)"),
+        Field("ftw", 8, USER, "x87 tag word, abridged as FXSAVE stores it: bit i = 1 when R_i is not empty"),
+        Field("fop", 16, USER, "x87 last instruction opcode (11 bits)"),
+        Field("fip", 32, USER, "x87 last instruction pointer offset"),
+        Field("fcs", 16, USER, "x87 last instruction pointer selector"),
+        Field("fdp", 32, USER, "x87 last data pointer offset"),
+        Field("fds", 16, USER, "x87 last data pointer selector"),
+        Field("mxcsr", 32, USER, "SSE control and status"),
+        *[Field(r, 512, USER, f"ZMM{r[3]}: XMM{r[3]} is bits 127:0, YMM{r[3]} bits 255:0") for r in ZMMS],
+        *[Field(r, 64, USER, f"AVX-512 opmask register {r.upper()}") for r in KREGS],
         Field("io", 8, SYSTEM, "I/O port space, byte per port", index_width=16),
         Field("mem", 8, USER, "memory, byte addressed (linear = physical: no paging)", index_width=32),
     ]
@@ -140,17 +193,23 @@ class State:
 
 def fresh(prefix: str = "s") -> State:
     """A fully symbolic state whose fields are Z3 constants named ``prefix.field``."""
-    return State({f.name: z3.Const(f"{prefix}.{f.name}", sort_of(f)) for f in FIELDS})
+    out = {}
+    for f in FIELDS:
+        c = out[f.name] = z3.Const(f"{prefix}.{f.name}", sort_of(f))
+        if not f.index_width:
+            _FRESH[c.get_id()] = (c, f"{prefix}.{f.name}")
+    return State(out)
 
 
 def concrete(values: Mapping[str, Any]) -> State:
-    """A state of Z3 literals from plain integers; missing scalars are 0, arrays default to 0."""
+    """A state of Z3 literals from plain integers; missing scalars take their field's default
+    (0 but for XCR0, whose bit 0 is always set), arrays default to 0."""
     unknown = set(values) - set(FIELD)
     if unknown:
         raise KeyError(f"no such state field: {', '.join(sorted(unknown))}")
     out = {}
     for f in FIELDS:
-        v = values.get(f.name, {} if f.index_width else 0)
+        v = values.get(f.name, {} if f.index_width else f.default)
         if f.index_width:
             arr = z3.K(z3.BitVecSort(f.index_width), z3.BitVecVal(0, f.width))
             for a, b in sorted(dict(v).items()):
@@ -194,6 +253,16 @@ def _select(arr: z3.ArrayRef, address: int) -> z3.BitVecRef:
     return z3.BitVecRef(z3.Z3_mk_select(ctx.ref(), arr.as_ast(), idx), ctx)
 
 
+# Constants made by ``fresh``, by AST id (held here, so an id is never reused for another term).
+_FRESH: dict[int, tuple[z3.ExprRef, str]] = {}
+
+
+def _free_const(term) -> str | None:
+    """The name of ``term`` if it is a constant ``fresh`` made, else None."""
+    hit = _FRESH.get(term.get_id())
+    return hit[1] if hit is not None else None
+
+
 def eval_many(model: z3.ModelRef, terms: list) -> list[int]:
     """Evaluate bit-vector terms under ``model`` with one solver call (Concat, then slice)."""
     if not terms:
@@ -221,8 +290,19 @@ def evaluate(s: State, model: z3.ModelRef, addresses: Mapping[str, set] | None =
     addresses = addresses or {}
     terms, slots = [], []
     out: dict[str, Any] = {f.name: {} for f in FIELDS if f.index_width}
+    # A free constant the model does not mention is 0 under model completion: most fields of
+    # a witness are such constants (registers the instruction never touches), and evaluating
+    # them in one concatenation would cost more than the rest of the witness.
+    mentioned = None
     for f in FIELDS:
         term = s.values[f.name]
+        free = None if f.index_width else _free_const(term)
+        if free is not None:
+            if mentioned is None:
+                mentioned = {d.name() for d in model.decls()}
+            if free not in mentioned:
+                out[f.name] = 0
+                continue
         if f.index_width:
             same = known is not None and term is known[0].values[f.name]
             for a in sorted(addresses.get(f.name, ())):

@@ -354,3 +354,33 @@ def test_model_and_unicorn_agree(m, name, cpl):
     emu = m.run(s, form.bytes, mem=model.state["mem"] if isinstance(model, Next) else ())
     assert disagreements(model, emu, TABLE_CASES[name].get("deviations", ())) == []
     assert isinstance(emu, Fault) == (cpl == 3 and name[0] == "l")   # loads are CPL-0 only
+
+
+# --- x87 / SSE / AVX registers -------------------------------------------------------------------
+def test_fpu_and_vector_registers_round_trip(m):
+    s = S.flat_state(3, fpr3=(0x4001 << 64) | 0xC000000000000000, fpr5=(0x3FFF << 64) | (1 << 63),
+                     fsw=3 << st.FSW_TOP_LO, ftw=0xA5, fcw=0x37F, mxcsr=0x1F80, fop=0x123,
+                     fip=0x1234, fcs=0x1B, fdp=0x5678, fds=0x23,
+                     zmm2=(7 << 300) | (5 << 130) | 9, k3=0x55)
+    out = m.run(s, NOP)
+    assert isinstance(out, Next)
+    for k in ("fpr3", "fpr5", "fsw", "ftw", "fcw", "mxcsr", "zmm2", "k3", "fop", "fip", "fcs", "fdp", "fds"):
+        assert out.state[k] == s[k], k
+
+
+def test_fld_pushes_onto_the_physical_register_below_top(m):
+    """UC_X86_REG_FPi is physical register R_i: with TOP = 3, FLD ST(0) copies R3 into R2."""
+    v = (0x4001 << 64) | 0xC000000000000000
+    s = S.flat_state(3, fpr3=v, fsw=3 << st.FSW_TOP_LO, ftw=1 << 3, fcw=0x37F)
+    out = m.run(s, bytes.fromhex("d9c0"))
+    assert out.state["fpr2"] == v
+    assert (out.state["fsw"] >> st.FSW_TOP_LO) & 7 == 2
+    assert out.state["ftw"] == (1 << 3) | (1 << 2)
+
+
+def test_sse_write_changes_xmm_and_carries_the_bits_unicorn_does_not_hold(m):
+    """Bits 511:128 of ZMMi are not held on Unicorn (no AVX there): carried unchanged."""
+    z = (3 << 400) | (1 << 200) | 1
+    s = S.flat_state(3, zmm2=z, cr4=1 << st.CR4_OSFXSR, mxcsr=0x1F80)
+    out = m.run(s, bytes.fromhex("0f57d2"))       # xorps xmm2, xmm2
+    assert out.state["zmm2"] == z & ~((1 << 128) - 1)

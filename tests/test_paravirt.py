@@ -401,7 +401,10 @@ def test_damaged_or_stale_cache_is_derived_again(tmp_path, guest, monkeypatch):
     cache.path("pentium").write_text("{not json")
     assert len(P.scan_guest(g, "pentium", cache).derived) == 11
     doc = json.loads(cache.path("pentium").read_text())
-    doc["forms"]["popfd"]["answers"]["privileged"]["value"] = None     # an unknown is not an answer
+    key = C.form_key("popfd", profiles.PENTIUM)
+    entry = doc["entries"][key]
+    entry["answers"]["privileged"]["value"] = None     # an unknown is not an answer
+    entry["digest"] = C._entry_digest(entry)
     cache.path("pentium").write_text(json.dumps(doc))
     assert P.scan_guest(g, "pentium", cache).derived == ["popfd"]
     # Another Z3 (or model source) gives another key, so another, empty cache.

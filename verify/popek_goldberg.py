@@ -29,6 +29,7 @@ from typing import Any
 import z3
 
 from pgvirt.model import isa, profiles, state as st
+from pgvirt.model.derived import forms as dforms, registry
 from pgvirt.model.form import Form
 from pgvirt.model.outcome import Fault, Next, Outcome, changes_json
 from pgvirt.model.profiles import Profile
@@ -151,14 +152,17 @@ def system_change_parts(o: Outcome) -> list:
 
 
 def relocated(s, profile: Profile, tag: str):
-    """A twin of ``s`` equal in USER fields, mode and address space, free in relocation."""
+    """A twin of ``s`` equal in USER fields, mode, address space and the SYSTEM bits the
+    profile's monitor passes through from the guest; free in the rest of the relocation."""
     changes = {}
-    mode = profile.mode_bits
+    kept = profile.kept_bits
     for f in st.FIELDS:
         if f.owner != st.SYSTEM or f.name == "cpl" or f.name in SEG_SPACE:
             continue
+        m = kept.get(f.name, 0)
+        if not f.index_width and m & ((1 << f.width) - 1) == (1 << f.width) - 1:
+            continue
         fresh = z3.Const(f"{tag}.{f.name}", st.sort_of(f))
-        m = mode.get(f.name, 0)
         changes[f.name] = (s[f.name] & m) | (fresh & ~m) if m else fresh
     return s.replace(**changes)
 
@@ -207,11 +211,11 @@ class Frame:
     tidy_r: list
 
 
-_FRAMES: dict[str, Frame] = {}
+_FRAMES: dict[Profile, Frame] = {}
 
 
 def frame(profile: Profile) -> Frame:
-    f = _FRAMES.get(profile.name)
+    f = _FRAMES.get(profile)
     if f is None:
         s = st.fresh("s")
         u = profiles.with_mode(s, 3, profile, host=True)
@@ -219,8 +223,18 @@ def frame(profile: Profile) -> Frame:
         (ds, es), (du, eu), (dr, er) = (profiles.deprivileged(x, profile) for x in (s, u, r))
         f = Frame(s, u, r, *(profiles.wellformed(x, profile) for x in (s, u, r)), ds, du, dr,
                   es, eu, er, *(tidy_state(x) for x in (s, u, r)))
-        _FRAMES[profile.name] = f
+        _FRAMES[profile] = f
     return f
+
+
+_SESSIONS: dict[int, Session] = {}
+
+
+def _shared_session(fr: Frame, timeout_ms: int) -> Session:
+    s = _SESSIONS.get(id(fr))
+    if s is None:
+        s = _SESSIONS[id(fr)] = Session([fr.wf_s], timeout_ms)
+    return s
 
 
 @dataclass
@@ -233,7 +247,7 @@ class Query:
     states: dict[str, Any]                # label -> symbolic state
     outcomes: dict[str, Outcome]
     extra_addrs: dict[str, list]          # label -> [(array, addr term)]
-    tidy: list
+    tidy: Any                             # list, or a function giving it (built only when needed)
     base: list = field(default_factory=list)  # shared by every query of the form
 
     def __post_init__(self) -> None:
@@ -283,15 +297,25 @@ class Engine:
         self.dep_s, self.extra_s = fr.dep_s, fr.extra_s
         self.dep_u, self.extra_u = fr.dep_u, fr.extra_u
         self.dep_r, self.extra_r = fr.dep_r, fr.extra_r
-        self.tidy_s = fr.tidy_s + tidy_memory(self.o)
-        self.session = Session(self.wf, timeout_ms)
+        if registry.is_derived(form.name):
+            # Derived forms share one solver per profile that holds the well-formedness
+            # constraints (asserted and preprocessed once): their own constraints are scoped.
+            self.session = _shared_session(fr, timeout_ms)
+            self._scoped = [self.o.assumed]
+        else:
+            self.session = Session(self.wf, timeout_ms)
+            self._scoped = []
 
     def check(self, constraints: list, timeout_ms: int) -> Result:
         """Constraints are checked together with the form's shared ones (``self.wf``)."""
-        return self.session.check(constraints, timeout_ms)
+        return self.session.check(self._scoped + constraints, timeout_ms)
 
     def run(self, s) -> Outcome:
         return self.form.run(s, features=self.profile.features)
+
+    def tidy_s(self) -> list:
+        """Readability constraints for witnesses (built only for a SAT answer's re-solve)."""
+        return self.frame.tidy_s + tidy_memory(self.o)
 
     def _one(self, name: str, constraints: list, goal: list, extra=()) -> Query:
         return Query(name, constraints, goal, {"state": self.s}, {"state": self.o},
@@ -305,12 +329,13 @@ class Engine:
                      [s.cpl == 0, self.frame.wf_u, self.ou.assumed, self.dep_u],
                      visible_parts(o, self.ou),
                      {"native": s, "deprivileged": self.u}, {"native": o, "deprivileged": self.ou},
-                     {"deprivileged": self.extra_u}, self.tidy_s + self.frame.tidy_u + tidy_memory(self.ou),
-                     self.wf)
+                     {"deprivileged": self.extra_u},
+                     lambda: self.tidy_s() + self.frame.tidy_u + tidy_memory(self.ou), self.wf)
         loc_base = [self.frame.wf_r, self.orr.assumed]
         loc_goal = visible_parts(o, self.orr)
         pair = ({"a": s, "b": self.r}, {"a": o, "b": self.orr})
-        loc_tidy = self.tidy_s + self.frame.tidy_r + tidy_memory(self.orr)
+        def loc_tidy():
+            return self.tidy_s() + self.frame.tidy_r + tidy_memory(self.orr)
         return {
             "user_runs": self._one("privileged.user_runs", [self.dep_s], runs, self.extra_s),
             "supervisor_runs": self._one("privileged.supervisor_runs", [s.cpl == 0], runs),
@@ -356,7 +381,8 @@ class Engine:
         """The witness of a SAT answer; ``readable`` re-solves within ``tidy`` first."""
         model, spent = r.model, 0.0
         if readable:
-            nice = self.check(chosen + q.tidy, min(self.timeout, TIDY_MS))
+            tidy = q.tidy() if callable(q.tidy) else q.tidy
+            nice = self.check(chosen + tidy, min(self.timeout, TIDY_MS))
             spent = nice.seconds
             if nice.verdict is Verdict.REFUTED:
                 model = nice.model
@@ -374,7 +400,7 @@ def _sat_answer(cls: str, r: Result, w: dict | None, dt: float) -> Answer:
 
 def classify(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Classification:
     """Every Popek-Goldberg class of ``form`` under ``profile``, each derived by Z3."""
-    form = isa.get(form) if isinstance(form, str) else form
+    form = registry.get(form) if isinstance(form, str) else form
     profile = profiles.get(profile) if isinstance(profile, str) else profile
     eng = Engine(form, profile, timeout_ms)
     qs = eng.queries()
@@ -493,11 +519,13 @@ def theorem(number: str, results: list[Classification]) -> Theorem:
 # --- whole-ISA runs -----------------------------------------------------------------------------
 
 def _job(args) -> tuple[str, str, dict[str, Answer], tuple[str, ...], int, float]:
+    """Classify one (form name, Profile, timeout): the profile goes whole, so profiles that are
+    not in ``profiles.PROFILES`` (a test's, a benchmark's) work too."""
     from .solver import STATS
-    name, pname, timeout = args
+    name, prof, timeout = args
     q0, s0 = STATS.queries, STATS.seconds
-    c = classify(name, pname, timeout)
-    return name, pname, c.answers, c.assumptions, STATS.queries - q0, STATS.seconds - s0
+    c = classify(name, prof, timeout)
+    return name, prof.name, c.answers, c.assumptions, STATS.queries - q0, STATS.seconds - s0
 
 
 def classify_many(profile_names, forms=None, jobs: int | None = None,
@@ -505,6 +533,8 @@ def classify_many(profile_names, forms=None, jobs: int | None = None,
     """Classify every form (or ``forms``) under each profile, all in one pool of ``jobs`` workers.
 
     ``progress`` is called with each finished form's name.  Results keep the registry's order.
+    Derived forms of one shape (``derived.forms.shape``: alpha-equivalent queries) are solved
+    once per profile; the others get that classification under their own name.
     """
     import os
 
@@ -515,14 +545,25 @@ def classify_many(profile_names, forms=None, jobs: int | None = None,
     profs = [profiles.get(p) if isinstance(p, str) else p for p in profile_names]
     names = [f if isinstance(f, str) else f.name for f in (forms or isa.FORMS)]
     for n in names:
-        isa.get(n)  # unknown names fail before any work starts
-    work = [(n, p.name, timeout_ms) for p in profs for n in names]
+        registry.get(n)  # unknown names fail before any work starts
+    work, alias = [], {}
+    for p in profs:
+        first: dict[str, str] = {}
+        for n in names:
+            key = shape_of(n, p)
+            if key is not None and key in first:
+                alias[(p.name, n)] = first[key]
+                continue
+            if key is not None:
+                first[key] = n
+            work.append((n, p, timeout_ms))
+    prof_by = {p.name: p for p in profs}
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     done: dict[tuple[str, str], Classification] = {}
 
     def collect(item):
         name, pname, answers, assumptions, nq, secs = item
-        done[(pname, name)] = Classification(isa.get(name), profiles.get(pname), answers, assumptions)
+        done[(pname, name)] = Classification(registry.get(name), prof_by[pname], answers, assumptions)
         if jobs > 1:  # worker processes kept their own counters
             STATS.queries += nq
             STATS.seconds += secs
@@ -533,9 +574,22 @@ def classify_many(profile_names, forms=None, jobs: int | None = None,
         for w in work:
             collect(_job(w))
     else:
-        for item in parallel.imap(_job, work, jobs, ordered=False, initializer=in_worker):
+        for item in parallel.imap(_job, work, jobs, ordered=False, initializer=in_worker,
+                                  chunksize=max(1, len(work) // (8 * jobs))):
             collect(item)
+    for (pname, n), rep in alias.items():
+        c = done[(pname, rep)]
+        done[(pname, n)] = Classification(registry.get(n), c.profile, dict(c.answers), c.assumptions)
+        if progress:
+            progress(n)
     return {p.name: [done[(p.name, n)] for n in names] for p in profs}
+
+
+def shape_of(name: str, profile: Profile) -> str | None:
+    """The shape of a derived form under ``profile`` (None for a hand-written form)."""
+    if not registry.is_derived(name):
+        return None
+    return dforms.shape(registry.get(name).code, profile.features)
 
 
 def classify_all(profile: Profile | str, forms=None, jobs: int | None = None,

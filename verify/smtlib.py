@@ -45,8 +45,15 @@ def export_smt(outdir: str | os.PathLike, profile_names: list[str], forms: list[
     jobs = jobs or min(len(work), os.cpu_count() or 1)
     done = []
     results = map(_export_one, work) if jobs <= 1 else parallel.imap(_export_one, work, jobs, initializer=in_worker)
-    for item in results:
-        done.extend(item)
-        if progress:
-            progress(item[0][0] if item else "")
+    try:
+        for item in results:
+            done.extend(item)
+            if progress:
+                progress(item[0][0] if item else "")
+    except BaseException:
+        # A worker stopped mid-write leaves its temporary file: the finished files stay, whole.
+        for p in profile_names:
+            for tmp in Path(outdir, p).glob(".pgvirt-*"):
+                tmp.unlink(missing_ok=True)
+        raise
     return done

@@ -15,17 +15,63 @@ import z3
 
 DEFAULT_TIMEOUT_MS = 20_000
 SEED = 0
-# Z3 answers Ctrl-C by cancelling the running check ("interrupted from keyboard"); the parent
-# process turns that into KeyboardInterrupt (never an unknown verdict), and worker processes,
-# which the parent stops itself, let Z3 ignore it (``in_worker``).
-CTRL_C = True
-INTERRUPTED = "interrupted from keyboard"
+# Ctrl-C.  Z3's own handler would cancel a check and swallow the signal when the check still
+# ends sat or unsat, so Z3 never sees it (ctrl_c = false).  ``interruptible`` installs pgvirt's:
+# it records the interrupt, raises KeyboardInterrupt as Python's does, and a watcher thread
+# that learns of SIGINT the moment it arrives (signal.set_wakeup_fd) interrupts the solvers
+# checking then.  A KeyboardInterrupt raised while Python runs a finalizer is swallowed there,
+# so every check raises it again while the interrupt is recorded (``stop_if_interrupted``), and
+# the finalizers' complaints about objects half-built when it struck are silenced.  Worker
+# processes ignore SIGINT: the parent stops them (``in_worker``, ``pgvirt.model.parallel``).
+_CHECKING: set = set()
+_WATCHING = False
+INTERRUPTED = False
 
 
 def in_worker() -> None:
     """Initializer of a solving worker process: Ctrl-C is the parent's to handle."""
-    global CTRL_C
-    CTRL_C = False
+    global _WATCHING
+    _WATCHING = True      # nothing to watch: SIGINT is ignored here
+
+
+def stop_if_interrupted() -> None:
+    if INTERRUPTED:
+        raise KeyboardInterrupt
+
+
+def interruptible() -> None:
+    """Make Ctrl-C stop a running check at once (call once, from the main thread)."""
+    global _WATCHING
+    import os
+    import signal
+    import sys
+    import threading
+
+    if _WATCHING or threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_sigint(signum, frame):
+        global INTERRUPTED
+        INTERRUPTED = True
+        sys.unraisablehook = lambda unraisable: None
+        raise KeyboardInterrupt
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.set_wakeup_fd(w)
+
+    def watch() -> None:
+        while True:
+            got = os.read(r, 64)
+            if not got:
+                return
+            if signal.SIGINT in got:
+                for s in list(_CHECKING):
+                    s.interrupt()
+
+    threading.Thread(target=watch, name="pgvirt-interrupt", daemon=True).start()
+    _WATCHING = True
 
 
 class Verdict(enum.Enum):
@@ -61,7 +107,7 @@ def make_solver(timeout_ms: int) -> z3.Solver:
     s = z3.SolverFor("QF_ABV")
     s.set("timeout", int(timeout_ms))
     s.set("random_seed", SEED)
-    s.set("ctrl_c", CTRL_C)
+    s.set("ctrl_c", False)
     return s
 
 
@@ -74,18 +120,21 @@ def check(constraints, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Result:
 
 def _run(s: z3.Solver) -> Result:
     """Check ``s`` once, timed and counted."""
+    stop_if_interrupted()
     t0 = time.perf_counter()
-    r = s.check()
+    _CHECKING.add(s)
+    try:
+        r = s.check()
+    finally:
+        _CHECKING.discard(s)
+    stop_if_interrupted()
     dt = time.perf_counter() - t0
     STATS.add(dt)
     if r == z3.unsat:
         return Result(Verdict.PROVED, None, dt)
     if r == z3.sat:
         return Result(Verdict.REFUTED, s.model(), dt)
-    reason = s.reason_unknown()
-    if reason == INTERRUPTED:
-        raise KeyboardInterrupt
-    return Result(Verdict.UNKNOWN, None, dt, reason)
+    return Result(Verdict.UNKNOWN, None, dt, s.reason_unknown())
 
 
 LOGIC = "QF_ABV"

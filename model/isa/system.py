@@ -125,8 +125,7 @@ def mov_cr4_r(x):
     """Bits above UMIP are reserved here; UMIP itself is reserved unless the processor has it."""
     checks.require_cpl0(x, "MOV to CR4")
     v = x.rm(4)
-    defined = z3.If(x.has("umip"), z3.BitVecVal(st.CR4_DEFINED, 32),
-                    z3.BitVecVal(st.CR4_DEFINED & ~(1 << st.CR4_UMIP), 32))
+    defined = z3.BitVecVal(st.cr4_defined(x.features), 32)
     x.require(v & ~defined == 0, GP, 0, "reserved CR4 bit set")
     old = x.cr4
     with x.when(z3.And(st.bit(x.cr0, st.CR0_PG), st.bit(v, st.CR4_PAE),

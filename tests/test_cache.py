@@ -1,0 +1,96 @@
+"""The proof cache keys on each form's definition: an edit re-derives that form alone; an entry
+that does not match its digests is derived again, with a warning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import warnings
+
+import pytest
+
+from pgvirt.model import profiles
+from pgvirt.model.derived import registry, table
+from pgvirt.verify import cache as C
+
+PENTIUM = dataclasses.replace(profiles.PENTIUM, name="pentium-cachetest",
+                              features=profiles.PENTIUM.features | frozenset(table.features()) | {"xsave"})
+HAND = ["popfd", "sgdt_m", "add_rm32_r32", "mov_r_cs"]
+DERIVED = ["add_rm8_r8", "adc_rm8_r8", "sbb_rm8_r8", "addps_xmm_xmmm128", "fadd_st0_sti"]
+
+
+def _edit(monkeypatch, form: str) -> None:
+    """As if ``form``'s definition had been edited: its digest changes, no other."""
+    real = C._hand_digest.__wrapped__
+    monkeypatch.setattr(C, "_hand_digest", lambda name: real(name) + ("edited" if name == form else ""))
+    monkeypatch.setattr(C, "_KEYS", {})
+
+
+def test_keys_change_with_the_definition_only(monkeypatch):
+    keys = {n: C.form_key(n, PENTIUM) for n in HAND}
+    _edit(monkeypatch, "popfd")
+    after = {n: C.form_key(n, PENTIUM) for n in HAND}
+    assert [n for n in HAND if keys[n] != after[n]] == ["popfd"]
+
+
+def test_hand_definition_reaches_helpers_it_calls():
+    """A form's digest covers the model helpers it calls (MOV CR4's PDPTE check), not only its
+    own body: editing the helper re-derives the form."""
+    out: dict = {}
+    C._reach(registry.get("mov_cr4_r").semantics, out, set())
+    assert any(k.endswith("._require_pdptes") for k in out), sorted(out)
+
+
+def test_derived_forms_of_one_shape_share_an_entry():
+    assert C.form_key("adc_rm8_r8", PENTIUM) == C.form_key("sbb_rm8_r8", PENTIUM)
+    assert C.form_key("add_rm8_r8", PENTIUM) != C.form_key("adc_rm8_r8", PENTIUM)   # ADD reads no CF
+
+
+def test_an_edit_rederives_one_form_fast(tmp_path, monkeypatch):
+    cache = C.ClassificationCache(tmp_path)
+    names = HAND + DERIVED
+    _, first = C.classifications(PENTIUM, names, cache, jobs=1)
+    assert sorted(first) == sorted(names)
+    _, again = C.classifications(PENTIUM, names, cache, jobs=1)
+    assert again == []
+    _edit(monkeypatch, "add_rm32_r32")
+    t = time.perf_counter()
+    _, edited = C.classifications(PENTIUM, names, cache, jobs=1)
+    assert edited == ["add_rm32_r32"]
+    assert time.perf_counter() - t < 5     # bench/derived.py measures it; this only bounds a hang
+
+
+def test_a_tampered_entry_is_derived_again_with_a_warning(tmp_path):
+    cache = C.ClassificationCache(tmp_path)
+    C.classifications(PENTIUM, ["popfd", "sgdt_m"], cache, jobs=1)
+    path = cache.path(PENTIUM.name)
+    doc = json.loads(path.read_text())
+    key = C.form_key("popfd", PENTIUM)
+    doc["entries"][key]["answers"]["privileged"]["note"] = "edited by hand"
+    path.write_text(json.dumps(doc))
+    fresh = C.ClassificationCache(tmp_path)
+    with pytest.warns(C.CacheWarning, match="popfd"):
+        _, derived = C.classifications(PENTIUM, ["popfd", "sgdt_m"], fresh, jobs=1)
+    assert derived == ["popfd"] and fresh.mismatched == ["popfd"]
+
+
+def test_an_entry_under_another_profile_digest_is_not_used(tmp_path):
+    cache = C.ClassificationCache(tmp_path)
+    C.classifications(PENTIUM, ["sgdt_m"], cache, jobs=1)
+    other = dataclasses.replace(PENTIUM, cr0_clear=())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, derived = C.classifications(other, ["sgdt_m"], cache, jobs=1)
+    assert derived == ["sgdt_m"]
+
+
+def test_entries_of_edited_definitions_are_dropped_when_the_cache_is_written(tmp_path, monkeypatch):
+    cache = C.ClassificationCache(tmp_path)
+    C.classifications(PENTIUM, ["popfd", "add_rm8_r8"], cache, jobs=1)
+    before = set(json.loads(cache.path(PENTIUM.name).read_text())["entries"])
+    _edit(monkeypatch, "popfd")
+    C.classifications(PENTIUM, ["popfd", "add_rm8_r8"], cache, jobs=1)
+    after = set(json.loads(cache.path(PENTIUM.name).read_text())["entries"])
+    assert len(after) == len(before) == 2 and after != before
+    assert set(json.loads(cache.path(PENTIUM.name, ".witnesses").read_text())["entries"]) == after
