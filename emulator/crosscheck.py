@@ -175,7 +175,7 @@ class Checker:
     """Checks states on one Machine (one per process)."""
 
     def __init__(self, machine: Machine | None = None, seconds: float = 2.0):
-        self.m = machine or Machine()
+        self.m = machine or Machine(rep_once=True)
         self.bounded = Watchdog(self.m, seconds)
         self.cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
 

@@ -27,6 +27,7 @@ import z3
 
 from . import state as st
 from .encoding import Decoded, Encoding, EncodingError, decode
+from .features import FEATURES
 from .outcome import UD, Check, Outcome
 from .state import State
 
@@ -63,7 +64,9 @@ class Exec:
         self._effects: set[str] = set()
 
     def has(self, feature: str) -> z3.BoolRef:
-        """Whether the processor has ``feature`` (a profile fact, e.g. "umip")."""
+        """Whether the processor has ``feature`` (a profile fact, e.g. "umip"; ``features``)."""
+        if feature not in FEATURES:
+            raise ModelError(f"{self.form.name}: unknown processor feature {feature!r}")
         return z3.BoolVal(feature in self.features)
 
     # --- faults and assumptions -------------------------------------------------------------
@@ -322,7 +325,11 @@ class Form:
 
     @property
     def mnemonic(self) -> str:
-        return self.asm.split()[0].upper() if self.asm else ""
+        """The instruction's mnemonic, without a REP/REPE/REPNE prefix word ("rep insb" is INSB)."""
+        words = self.asm.split()
+        while len(words) > 1 and words[0] in ("rep", "repe", "repne"):
+            words = words[1:]
+        return words[0].upper() if words else ""
 
     def decode(self, code: bytes | None = None) -> Decoded:
         return decode(self.enc, self.bytes if code is None else code)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import z3
 
 from . import state as st
+from .features import check as _check_features
 from .state import State
 
 
@@ -25,6 +26,9 @@ class Profile:
     cr4_clear: tuple[int, ...] = ()    # CR4 bits the monitor clears
     iopl: int = 0
     io_bitmap: bool = False            # False: the TSS has no I/O permission bitmap
+
+    def __post_init__(self) -> None:
+        _check_features(self.features)     # every name is one of ``features.FEATURES``
 
     @property
     def mode_bits(self) -> dict[str, int]:
@@ -78,7 +82,8 @@ ASSUMPTIONS = (
     "no debug breakpoints armed: DR7 enables none of DR0-DR3",
     "CS.RPL = SS.RPL = SS.DPL = CPL; CS holds code (DPL = CPL unless conforming), SS writable data",
     "loaded segment caches have the accessed bit set; a null LDTR has an empty cache",
-    "TR holds a busy 32-bit TSS; reserved EFLAGS/CR0/CR4 bits are clear; the CPU is not halted",
+    "TR holds a busy 32-bit TSS; reserved EFLAGS/CR0/CR4/EFER/XCR0 bits are clear; the CPU is not halted",
+    "not in SMM, VMX operation, SMX operation, an SGX enclave or an SVM guest; CET disabled (CR4.CET = 0 where it exists)",
     "memory accesses are inside their segments: limit and paging faults (Popek-Goldberg's memory traps) are out of scope",
 )
 
@@ -108,7 +113,7 @@ def wellformed(s: State, profile: Profile) -> z3.BoolRef:
     ss_data = z3.And(seg_attr_s(s.ss_attr), z3.Extract(3, 3, s.ss_attr) == 0,
                      z3.Extract(1, 1, s.ss_attr) == 1, seg_attr_p(s.ss_attr),
                      z3.Extract(14, 14, s.ss_attr) == 1)
-    cr4_ok = st.CR4_DEFINED & ~(0 if "umip" in profile.features else (1 << st.CR4_UMIP))
+    cr4_ok = st.cr4_defined(profile.features)
     attrs_ok = [z3.Extract(11, 8, s[f"{r}_attr"]) == 0 for r in st.SREGS] + [
         z3.Extract(11, 8, s.tr_attr) == 0]
     # A loaded segment's cache has its accessed bit: the load itself set it (SDM 3A 3.4.5.1).
@@ -129,6 +134,11 @@ def wellformed(s: State, profile: Profile) -> z3.BoolRef:
         z3.Extract(7, 0, s.tr_attr) & 0x9F == 0x8B,
         z3.ULE(z3.BitVecVal(0x67, 32), s.tr_limit),
         s.halted == 0, *attrs_ok, *accessed, null_ldt,
+        # XCR0 as XSETBV leaves it (x87 always, AVX needs SSE, nothing unsupported), IA32_EFER
+        # with only the bits the processor defines, GIF = 1 where there is no SVM to clear it
+        s.xcr0 & ~st.XCR0_SUPPORTED == 0, st.bit(s.xcr0, st.XCR0_X87),
+        s.efer & ~st.efer_defined(profile.features) == 0,
+        *(() if "svm" in profile.features else (s.gif == 1,)),
     )
 
 

@@ -148,7 +148,7 @@ def test_every_transfer_form_is_registered():
         "call_far_ptr", "call_far_m", "jmp_far_ptr", "jmp_far_m", "retf", "retf_imm",
         "int_imm", "int3", "into", "iretd", "sysenter", "sysexit",
         "call_far_ptr16", "call_far_m16", "jmp_far_ptr16", "jmp_far_m16", "retf_o16",
-        "retf_imm_o16", "iretw"}
+        "retf_imm_o16", "iretw", "syscall", "sysret"}
 
 
 @pytest.mark.parametrize("form", TRANSFER_FORMS, ids=lambda f: f.name)

@@ -32,7 +32,7 @@ from .. import state as st
 from ..checks import (Descriptor, descriptor, gate_descriptor, is_null, load_cache, load_null, rpl,
                       sel_code, set_accessed)
 from ..form import form
-from ..outcome import BP, GP, NP, OF, SS, TS
+from ..outcome import BP, GP, NP, OF, SS, TS, UD
 
 CALL_GATE16, TASK_GATE, INT_GATE16, TRAP_GATE16 = 0x4, 0x5, 0x6, 0x7
 CALL_GATE32, INT_GATE32, TRAP_GATE32 = 0xC, 0xE, 0xF
@@ -73,7 +73,9 @@ def _push_frame(x, values, wide) -> None:
     def push(n):
         for v in values:
             x.push(_sized(v, n), n)
-    w = z3.simplify(z3.BoolVal(wide) if isinstance(wide, bool) else wide)
+    # Only a constant condition picks one size: a state-dependent one (the gate's type) keeps
+    # both, so every run lists the same accesses whether its state is symbolic or concrete.
+    w = z3.BoolVal(wide) if isinstance(wide, bool) else wide
     if z3.is_true(w):
         push(4)
     elif z3.is_false(w):
@@ -566,3 +568,49 @@ def sysexit(x):
     _load_flat(x, "ss", new_cs + 8, 0x3, 3)
     x.write("cpl", 3)
     x.jump(x.edx)
+
+
+# --- SYSCALL, SYSRET outside 64-bit mode -----------------------------------------------------------
+#
+# On Intel processors both are #UD outside 64-bit mode (SDM Vol. 2B SYSCALL, SYSRET: "IF (CS.L
+# != 1) or (IA32_EFER.LMA != 1) or (IA32_EFER.SCE != 1) THEN #UD").  AMD processors run them in
+# legacy mode with EFER.SCE = 1 (feature ``syscall``): CS and SS from STAR, flat segments as
+# SYSENTER's (AMD APM Vol. 3 SYSCALL, SYSRET, legacy-mode Operation).
+
+
+def _syscall_enabled(x, what: str) -> bool:
+    x.require(z3.And(x.has("syscall"), st.bit(x.efer, st.EFER_SCE)), UD, None,
+              f"{what} outside 64-bit mode without the AMD legacy-mode SYSCALL and EFER.SCE")
+    return "syscall" in x.features
+
+
+@form("syscall", enc="0F 05", bytes="0f05", asm="syscall", cite="SDM Vol. 2B SYSCALL; AMD APM Vol. 3 SYSCALL")
+def syscall(x):
+    """Legacy-mode SYSCALL: ECX := the next EIP; CS := STAR[47:32] AND FFFCH and SS := that + 8,
+    flat ring-0 segments; IF, VM, RF := 0; CPL := 0; EIP := STAR[31:0]."""
+    if not _syscall_enabled(x, "SYSCALL"):
+        return
+    cs = z3.Extract(47, 32, x.star) & 0xFFFC
+    x.write("ecx", x.next_eip)
+    x.write("sysflags", x.sysflags & ~((1 << st.VM) | (1 << st.IF) | (1 << st.RF)))
+    _load_flat(x, "cs", cs, 0xB, 0)
+    _load_flat(x, "ss", cs + 8, 0x3, 0)
+    x.write("cpl", 0)
+    x.jump(z3.Extract(31, 0, x.star))
+
+
+@form("sysret", enc="0F 07", bytes="0f07", asm="sysret", cite="SDM Vol. 2B SYSRET; AMD APM Vol. 3 SYSRET")
+def sysret(x):
+    """Legacy-mode SYSRET: #GP(0) at CPL > 0; CS := STAR[63:48] OR 3 as a flat ring-3 code
+    segment; the SS selector := (STAR[63:48] + 8) OR 3 with SS's base, limit and attributes left
+    as they were (AMD APM: "SS base, limit, attributes unchanged"); IF := 1; CPL := 3;
+    EIP := ECX."""
+    if not _syscall_enabled(x, "SYSRET"):
+        return
+    x.require(x.cpl == 0, GP, 0, "SYSRET at CPL > 0")
+    base = z3.Extract(63, 48, x.star)
+    x.write("sysflags", x.sysflags | (1 << st.IF))
+    _load_flat(x, "cs", base | 3, 0xB, 3)
+    x.write("ss", (base + 8) | 3)
+    x.write("cpl", 3)
+    x.jump(x.ecx)
