@@ -28,7 +28,9 @@ def assumed(name, cpl=0, feats=frozenset(), **fields) -> bool:
 
 
 @pytest.mark.parametrize("form", [f for f in GATED if f.name not in ("salc", "wbnoinvd", "rdsspd",
-                                                                      "endbr32", "endbr64", "int1")],
+                                                                      "endbr32", "endbr64", "int1",
+                                                                      "pause", "bound_r32",
+                                                                      "bound_r16")],
                          ids=lambda f: f.name)
 @pytest.mark.parametrize("cpl", [0, 3])
 def test_without_the_features_every_gated_form_is_ud(form, cpl):
@@ -249,3 +251,14 @@ def test_xgetbv_and_rdpid_are_violations_on_a_modern_processor():
     for name in ("xsetbv", "clac", "stgi"):
         c = classify(name, MODERN)
         assert c["privileged"] is True and theorem("1", [c]).verdict == "holds", name
+
+
+def test_pause_and_bound():
+    s = S.flat_state(3)
+    assert ok(run("pause", 3))["eip"] == s["eip"] + 2
+    mem = {S.DATA + k: b for k, b in enumerate((0xF6, 0xFF, 0xFF, 0xFF, 10, 0, 0, 0))}  # -10..10
+    for idx, inside in ((0, True), (10, True), (0xFFFFFFF6, True), (11, False), (0xFFFFFFF5, False)):
+        out = run("bound_r32", 3, code=bytes.fromhex("6208"), ecx=idx, eax=S.DATA, mem=mem)
+        assert isinstance(out, Next) == inside, idx
+        if not inside:
+            assert out.vector == 5

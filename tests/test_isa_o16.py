@@ -151,15 +151,12 @@ def test_far_call_o16_through_a_32_bit_gate_pushes_dwords():
     assert dword(s, TSS_ESP0 - 4) == 0x23 and dword(s, TSS_ESP0 - 8) == STACK
 
 
-def test_far_call_o32_through_a_16_bit_gate_pushes_words():
-    """No longer assumed away: a 16-bit call gate's frame is words and its offset 16 bits."""
-    code = bytes([0x9A]) + (0).to_bytes(4, "little") + (0x3B).to_bytes(2, "little")
-    out = REGISTRY["call_far_ptr"].run(st.concrete(machine()), code)
-    assert z3.is_true(z3.simplify(out.assumed))
-    s = ok(run("call_far_ptr", machine(), code))
-    assert s["cpl"] == 0 and s["eip"] == 0x5678 and s["esp"] == TSS_ESP0 - 8
-    assert word(s, TSS_ESP0 - 2) == 0x23 and word(s, TSS_ESP0 - 4) == STACK & 0xFFFF
-    assert word(s, TSS_ESP0 - 6) == 0x1B and word(s, TSS_ESP0 - 8) == EIP + 7
+def test_far_call_through_a_16_bit_gate_is_assumed_away_at_either_operand_size():
+    """Word frames through 16-bit call gates stay outside the model (transfers.py says why)."""
+    for name, code in (("call_far_ptr", bytes([0x9A]) + bytes(4) + (0x3B).to_bytes(2, "little")),
+                       ("call_far_ptr16", bytes.fromhex("669a0000") + (0x3B).to_bytes(2, "little"))):
+        out = REGISTRY[name].run(st.concrete(machine()), code)
+        assert z3.is_false(z3.simplify(out.assumed)), name
 
 
 def test_far_jmp_ptr16_and_through_a_16_bit_gate():
@@ -202,12 +199,9 @@ def test_pushfw_popfw():
     assert s["esp"] == STACK + 2 and s["sysflags"] == IF | AC      # CPL 3: IOPL, IF dropped
 
 
-def test_int_through_a_16_bit_interrupt_gate():
-    s = ok(run("int_imm", machine(eip=0x10FFF0), bytes.fromhex("cd90")))
-    assert (s["cpl"], s["eip"], s["esp"]) == (0, 0x6400, TSS_ESP0 - 10)
-    assert not s["sysflags"] & IF
-    assert word(s, TSS_ESP0 - 2) == 0x23 and word(s, TSS_ESP0 - 6) & IF
-    assert word(s, TSS_ESP0 - 10) == (0x10FFF0 + 2) & 0xFFFF
+def test_int_through_a_16_bit_interrupt_gate_is_assumed_away():
+    out = REGISTRY["int_imm"].run(st.concrete(machine()), bytes.fromhex("cd90"))
+    assert z3.is_false(z3.simplify(out.assumed))
 
 
 # --- port I/O --------------------------------------------------------------------------------------

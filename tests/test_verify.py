@@ -77,6 +77,9 @@ def test_umip_privileges_exactly_the_five_store_instructions(classified):
     gone = pent - umip
     assert {isa.get(n).mnemonic for n in gone} == UMIP_FIVE
     assert umip <= pent
+    # the 16-bit operand-size forms move with their 32-bit siblings
+    assert {"sgdt_m_o16", "sidt_m_o16", "sldt_r16", "sldt_m_o16", "str_r16", "str_m_o16",
+            "smsw_r16", "smsw_m_o16"} <= gone
     for c in classified("umip"):
         if c.form.mnemonic in UMIP_FIVE:
             assert c["privileged"] is True

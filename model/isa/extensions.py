@@ -15,7 +15,7 @@ import z3
 from .. import checks
 from .. import state as st
 from ..form import form
-from ..outcome import DB, GP, UD
+from ..outcome import BR, DB, GP, UD
 
 
 def _need(x, feature: str, what: str) -> bool:
@@ -359,3 +359,31 @@ def enclu(x):
         return
     x.require(x.cpl == 3, UD, None, "ENCLU below CPL 3 is #UD")
     x.assume(x.cpl != 3, "ENCLU leaves (enclave entry and exit) are not modelled")
+
+
+# --- PAUSE, BOUND ---------------------------------------------------------------------------------
+
+@form("pause", enc="F3 90", bytes="f390", asm="pause", cite="SDM Vol. 2B PAUSE")
+def pause(x):
+    """A spin-wait hint: no architectural effect but EIP (what VT-x's PAUSE exiting watches)."""
+
+
+def _bound(x, size: int) -> None:
+    """#BR unless lower <= index <= upper, signed, with the bounds at m and m + size (SDM Vol. 2A
+    BOUND).  A register operand is no instance (62 with mod = 11b begins an EVEX prefix)."""
+    index = x.reg(size)
+    lower = x.load(x.ea(), size)
+    upper = x.load(x.ea(size), size)
+    x.require(z3.And(index >= lower, index <= upper), BR, None, "BOUND: index outside the bounds")
+
+
+@form("bound_r32", enc="o32 62 /r mem", bytes="6200", asm="bound eax, qword ptr [eax]",
+      cite="SDM Vol. 2A BOUND")
+def bound_r32(x):
+    _bound(x, 4)
+
+
+@form("bound_r16", enc="o16 62 /r mem", bytes="666200", asm="bound ax, dword ptr [eax]",
+      cite="SDM Vol. 2A BOUND")
+def bound_r16(x):
+    _bound(x, 2)

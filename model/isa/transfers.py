@@ -2,8 +2,8 @@
 
 Far CALL/JMP, RETF, INT n/INT3/INTO, IRET/IRETD, SYSENTER and SYSEXIT in protected mode, with
 32- and 16-bit operand size.  The size of a frame is the operand size for a direct transfer and a
-return, and the gate's size (16- or 32-bit call, interrupt or trap gate) through a gate; a 16-bit
-transfer truncates EIP to 16 bits.  They are the protection-system references of Robin and Irvine: gate and segment
+return, and the gate's size through a gate (32 bits: 16-bit gates are assumed away, below); a
+16-bit transfer truncates EIP to 16 bits.  They are the protection-system references of Robin and Irvine: gate and segment
 DPLs are checked against CPL and RPL, a call gate or an interrupt moves to an inner ring on the
 stack the TSS names, and a return to an outer ring reloads SS:ESP and drops data segments the outer
 ring may not use.  IRETD restores IF only when CPL <= IOPL and IOPL only at CPL 0, dropping any
@@ -14,6 +14,10 @@ What is assumed away (each listed with the verdicts):
 
 * task switches: a far CALL/JMP to a task gate or TSS that passes its own DPL and present checks,
   INT n through a task gate, IRETD with EFLAGS.NT = 1 (SDM Vol. 3A 7.3);
+* 16-bit call, interrupt and trap gates for far CALL and INT n (a frame of words whatever the
+  operand size); far JMP through a 16-bit call gate is modelled (it only truncates the offset).
+  Modelling the word frames beside the doubleword ones doubled the stores every query of the
+  32-bit forms reasons about (2-4x the solver time) for gates no 32-bit system uses;
 * call gates with a non-zero parameter count on an inter-privilege far CALL (the parameter copy);
 * IRETD to virtual-8086 mode (popped VM = 1 at CPL 0).
 
@@ -226,13 +230,16 @@ def _drop_inner_segments(x, cpl) -> None:
 def _far_call(x, sel, off, size: int = 4) -> None:
     """CALL ptr16:32 / m16:32 (``size`` 4) or ptr16:16 / m16:16 (2) in protected mode (SDM Vol. 2A
     CALL, Operation; Vol. 3A 5.8.4-5.8.5).  A direct call pushes CS and the return (E)IP with the
-    operand size and, with 16 bits, EIP := offset AND FFFFH; a call through a call gate pushes a
-    frame of the gate's size whatever the operand size, and a 16-bit gate's offset is 16 bits."""
+    operand size and, with 16 bits, EIP := offset AND FFFFH; a call through a (32-bit) call gate
+    pushes doublewords whatever the operand size ("IF CallGateSize = 32")."""
     what = "far CALL"
     cpl = x.cpl
     ret_cs, ret_eip, old_ss, old_esp = x.cs, x.next_eip, x.ss, x.esp
     d = _far_target(x, sel, what)
-    gate = d.system_type(CALL_GATE16, CALL_GATE32)
+    with x.when(z3.And(z3.Not(is_null(sel)), d.in_limit)):
+        x.assume(z3.Not(d.system_type(CALL_GATE16)),
+                 "far CALL through a 16-bit call gate (16-bit return frame) is not modelled")
+    gate = d.system_type(CALL_GATE32)
     with x.when(d.is_code):
         _direct_code_checks(x, sel, d, what)
     with x.when(gate):
@@ -248,11 +255,9 @@ def _far_call(x, sel, off, size: int = 4) -> None:
                  "copying parameters between stacks is not modelled")
         new_ss, new_esp, sd = _tss_stack(x, cd.dpl)
     target = _either(gate, cd, d)
-    gate16 = d.type == CALL_GATE16
-    gate_eip = z3.If(gate16, _ip16(d.gate_offset), d.gate_offset)
-    eip = z3.If(gate, gate_eip, off if size == 4 else _ip16(off))
+    eip = z3.If(gate, d.gate_offset, off if size == 4 else _ip16(off))
     x.require(z3.ULE(eip, target.limit), GP, 0, f"{what}: target offset beyond the code segment limit")
-    wide = z3.If(gate, z3.Not(gate16), z3.BoolVal(size == 4))
+    wide = True if size == 4 else gate       # a 32-bit gate pushes doublewords
     with x.when(inner):
         _switch_stack(x, new_ss, new_esp, sd)
         _push_frame(x, (old_ss, old_esp), wide)
@@ -397,11 +402,9 @@ def retf_imm_o16(x):
 # --- INT n, INT3, INTO ---------------------------------------------------------------------------
 
 def _software_interrupt(x, vector: int) -> None:
-    """Deliver ``vector`` as a software interrupt through an interrupt or trap gate (SDM Vol. 2A
-    INT n/INTO/INT3, Operation; Vol. 3A 6.12.1).  Gate faults carry the IDT error code
-    vector*8+2 (IDT = 1, EXT = 0); the gate's DPL is checked because the event is an instruction.
-    A 16-bit gate pushes a frame of words (FLAGS, CS, IP; SS, SP to an inner ring) and its offset
-    is 16 bits ("IF 16-bit gate ... EIP := ... AND 0000FFFFH")."""
+    """Deliver ``vector`` as a software interrupt through a 32-bit interrupt or trap gate (SDM
+    Vol. 2A INT n/INTO/INT3, Operation; Vol. 3A 6.12.1).  Gate faults carry the IDT error code
+    vector*8+2 (IDT = 1, EXT = 0); the gate's DPL is checked because the event is an instruction."""
     cpl = x.cpl
     ret_cs, ret_eip, old_ss, old_esp, flags = x.cs, x.next_eip, x.ss, x.esp, x.eflags()
     vcode = vector * 8 + 2
@@ -412,8 +415,8 @@ def _software_interrupt(x, vector: int) -> None:
     x.require(z3.UGE(g.dpl, cpl), GP, vcode, "software interrupt through a gate of DPL < CPL")
     x.require(g.present, NP, vcode, "IDT gate not present")
     x.assume(z3.Implies(z3.And(g.in_limit, kinds, z3.UGE(g.dpl, cpl), g.present),
-                        z3.Not(g.system_type(TASK_GATE))),
-             "INT n through a task gate switches tasks: task switches are not modelled")
+                        g.system_type(INT_GATE32, TRAP_GATE32)),
+             "INT n through a task gate (task switch) or a 16-bit interrupt/trap gate is not modelled")
     csel = g.gate_selector
     x.require(z3.Not(is_null(csel)), GP, 0, "gate names a null code selector")
     cd = descriptor(x, csel)
@@ -427,15 +430,16 @@ def _software_interrupt(x, vector: int) -> None:
     inner = z3.And(z3.Not(cd.conforming), z3.ULT(cd.dpl, cpl))
     with x.when(inner):
         new_ss, new_esp, sd = _tss_stack(x, cd.dpl)
-    wide = g.system_type(INT_GATE32, TRAP_GATE32)
-    eip = z3.If(wide, g.gate_offset, _ip16(g.gate_offset))
+    eip = g.gate_offset
     x.require(z3.ULE(eip, cd.limit), GP, 0, "handler offset beyond the code segment limit")
     with x.when(inner):
         _switch_stack(x, new_ss, new_esp, sd)
-        _push_frame(x, (old_ss, old_esp), wide)
-    _push_frame(x, (flags, ret_cs, ret_eip), wide)
-    interrupt_gate = z3.Or(g.type == INT_GATE32, g.type == INT_GATE16)
-    clears = z3.If(interrupt_gate, z3.BitVecVal(_ENTRY_CLEARS | (1 << st.IF), 32),
+        x.push(_dword(old_ss))
+        x.push(old_esp)
+    x.push(flags)
+    x.push(_dword(ret_cs))
+    x.push(ret_eip)
+    clears = z3.If(g.type == INT_GATE32, z3.BitVecVal(_ENTRY_CLEARS | (1 << st.IF), 32),
                    z3.BitVecVal(_ENTRY_CLEARS, 32))
     x.write("sysflags", x.sysflags & ~clears)
     _enter(x, csel, cd, eip, z3.If(inner, cd.dpl, cpl))
