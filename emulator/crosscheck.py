@@ -17,7 +17,8 @@ compared; they are counted.
 
 CPUID's result is an uninterpreted function in the model (a fixed property of the processor):
 here it is read from Unicorn's answer for the same (EAX, ECX), and the answers are required to be
-a function of (EAX, ECX) across all states of the run (the model's claim).
+a function of (EAX, ECX) across all states of the run (the model's claim).  RDRAND's and RDSEED's
+numbers are uninterpreted too; each check takes Unicorn's number and CF as the answer.
 
 ``crosscheck(forms, samples, seed, jobs)`` runs the sweep in ``jobs`` worker processes, each with
 one Machine; the report has per-form counts and the rate in checks per second.
@@ -157,6 +158,24 @@ class Watchdog:
         return out
 
 
+# RDRAND/RDSEED's numbers come from outside the state (``isa.extensions._RANDOM``): the model's
+# answer for one check is Unicorn's number and CF, so what is compared is everything else the
+# instruction does (the destination's width, the other flags, faults).
+_RANDOM_UFS = {"rdrand16": 16, "rdrand32": 32, "rdseed16": 16, "rdseed32": 32}
+
+
+def _random_answer(form: Form, compiled: concrete.Compiled, emu) -> Callable:
+    (name,) = compiled.ufs
+    width = _RANDOM_UFS[name]
+    reg = st.GPRS[form.bytes[-1] & 7]           # 0F C7 /6 or /7 with mod = 11b: the r/m register
+    value = emu.state[reg] & ((1 << width) - 1)
+    cf = emu.state["flags"] >> st.CF & 1
+
+    def uf(_name, *args):
+        return cf << width | value
+    return uf
+
+
 # --- one check --------------------------------------------------------------------------------
 @dataclass
 class Check:
@@ -174,18 +193,20 @@ class Checker:
     """Checks states on one Machine (one per process)."""
 
     def __init__(self, machine: Machine | None = None, seconds: float = 2.0):
-        self.m = machine or Machine()
+        self.m = machine or Machine(rep_once=True)
         self.bounded = Watchdog(self.m, seconds)
         self.cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
 
-    def _uf(self, form: Form, state: Mapping, emu) -> Callable | None:
-        c = concrete.compiled(form)
+    def _uf(self, form: Form, c: concrete.Compiled, state: Mapping, emu) -> Callable | None:
         if not c.ufs:
             return None
-        if c.ufs != {"cpuid"}:
-            raise concrete.CompileError(f"no treatment of uninterpreted {sorted(c.ufs)} in cross-checks")
+        unknown = c.ufs - {"cpuid"} - set(_RANDOM_UFS)
+        if unknown:
+            raise concrete.CompileError(f"no treatment of uninterpreted {sorted(unknown)} in cross-checks")
         if not isinstance(emu, Next):
             return None
+        if c.ufs <= set(_RANDOM_UFS):
+            return _random_answer(form, c, emu)
         key = (state["eax"], state["ecx"])
         got = tuple(emu.state[r] for r in ("eax", "ebx", "ecx", "edx"))
         seen = self.cpuid.setdefault(key, got)
@@ -211,7 +232,7 @@ class Checker:
             return Check(name, profile.name, "skipped", f"the Machine refuses it: {e}")
         except IncompleteRun as e:
             return Check(name, profile.name, "skipped", str(e))
-        uf = self._uf(form, state, emu)
+        uf = self._uf(form, comp, state, emu)
         if uf is not None:
             run = comp.evaluate(state, uf)
         model = ModelResult.from_run(run)

@@ -20,9 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from pgvirt.model import concrete
 from pgvirt.model import state as st
+from pgvirt.model.features import KNOWN
 from pgvirt.model.form import Form
-from pgvirt.model.outcome import BP, DB, DF, GP, NP, OF, SS, UD, Fault, Next
+from pgvirt.model.outcome import BP, DB, DF, GP, NM, NP, OF, SS, UD, Fault, Next
 
 from . import states as S
 from .machine import NOT_HELD, Machine, error_codes_observable
@@ -438,14 +440,62 @@ def _esp_high(m: Machine) -> bool:
     return _completes(out) and out.state["esp"] == 0x40000 | (0x9000 - 16)
 
 
+def _sxdt16(m: Machine) -> bool:
+    """66 0F 01 00 (sgdt [eax], 16-bit operand size) with GDTR.base = 12345678H."""
+    s = S.flat_state(0, eax=S.DATA, gdtr_base=0x12345678)
+    out = m.run(s, bytes.fromhex("660f0100"), mem=range(S.DATA, S.DATA + 6))
+    return _completes(out) and out.state["mem"][S.DATA + 5] == 0 and out.state["mem"][S.DATA + 4] == 0x34
+
+
+def _int1(m: Machine) -> bool:
+    """INT1 (F1) at CPL 3: #DB on the SDM's processor."""
+    return _vector(m.run(S.flat_state(3), b"\xf1"), UD)
+
+
+# Features every profile's processor has and Unicorn's default CPU model lacks (its CPUID clears
+# them and TCG raises #UD), with one instruction that needs each.
+UNICORN_LACKS = {"rdpid": "f30fc7f8", "smap": "0f01ca", "monitor": "0f01c8", "invpcid": "660f388200"}
+
+
+def _cpu_lacks(m: Machine) -> bool:
+    """RDPID, CLAC, MONITOR and INVPCID at CPL 0 raise #UD on Unicorn."""
+    return all(_vector(m.run(S.flat_state(0, eax=S.DATA), bytes.fromhex(h)), UD)
+               for h in UNICORN_LACKS.values())
+
+
+def _pcide(m: Machine) -> bool:
+    """MOV CR4, EAX setting CR4.PCIDE in 32-bit protected mode completes on Unicorn."""
+    s = S.flat_state(0)
+    return _completes(m.run(dict(s, eax=s["cr4"] | 1 << st.CR4_PCIDE), bytes.fromhex("0f22e0")))
+
+
+def _ts_before_ud(m: Machine) -> bool:
+    """INVEPT outside VMX operation with CR0.TS = 1: #UD on the SDM's processor, #NM here."""
+    s = S.flat_state(0, cr0=S.flat_state(0)["cr0"] | 1 << st.CR0_TS)
+    return _vector(m.run(s, bytes.fromhex("660f388000")), NM)
+
+
+def _xsetbv_cpl(m: Machine) -> bool:
+    """XSETBV at CPL 3 with CR4.OSXSAVE = 0: #UD (CR4 first), Unicorn #GP (CPL first)."""
+    return _vector(m.run(S.flat_state(3, ecx=0, eax=1, edx=0), bytes.fromhex("0f01d1")), GP)
+
+
+def _incssp(m: Machine) -> bool:
+    """INCSSPD EAX with CR4.CET = 0: #UD; Unicorn runs F3 0F AE E8 as LFENCE."""
+    return _completes(m.run(S.flat_state(3), bytes.fromhex("f30faee8")))
+
+
 from unicorn import x86_const as _X  # noqa: E402  (for the raw EIP read above)
 
 
 # --- predicates: does an entry account for one observed difference? ------------------------------
 _UMIP_MN = ("SGDT", "SIDT", "SLDT", "SMSW", "STR")
-_IO_MN = ("IN", "OUT", "INSB", "INSD", "OUTSB", "OUTSD")
+_IO_MN = ("IN", "OUT", "INSB", "INSW", "INSD", "OUTSB", "OUTSW", "OUTSD")
 _INT_FORMS = ("int_imm", "int3", "into")
-_FAR_FORMS = ("call_far_ptr", "call_far_m", "jmp_far_ptr", "jmp_far_m", "retf", "retf_imm", "iretd")
+_CALLS = ("call_far_ptr", "call_far_m", "call_far_ptr16", "call_far_m16")
+_JMPS = ("jmp_far_ptr", "jmp_far_m", "jmp_far_ptr16", "jmp_far_m16")
+_RETURNS = ("retf", "retf_imm", "retf_o16", "retf_imm_o16", "iretd", "iretw")
+_FAR_FORMS = _CALLS + _JMPS + _RETURNS
 _PUSH_SREG = ("push_cs", "push_ss", "push_ds", "push_es", "push_fs", "push_gs")
 _DR_WRITE = tuple(f"mov_dr{n}_r" for n in range(8))
 _DR_ALL = _DR_WRITE + tuple(f"mov_r_dr{n}" for n in range(8))
@@ -544,7 +594,7 @@ def _x_dr_reserved(o, d):
 
 
 def _x_ltr_null(o, d):
-    return (o.name == "ltr_r" and _outcome(o, d) and _model_reason(o, "null selector")
+    return (o.name in ("ltr_r", "ltr_r_o16") and _outcome(o, d) and _model_reason(o, "null selector")
             and isinstance(o.emu, Next))
 
 
@@ -608,13 +658,13 @@ def _x_iret_vip(o, d):
 
 
 def _x_gate_conforming(o, d):
-    return (o.name in ("call_far_ptr", "call_far_m") and o.model is None and d.kind == "reg"
+    return (o.name in _CALLS and o.model is None and d.kind == "reg"
             and d.key == "cs" and (d.model ^ d.emu) & ~3 == 0 and d.model & 3 == o.cpl
             and d.emu & 3 < o.cpl)
 
 
 def _x_return_ss_np(o, d):
-    return (o.name in ("retf", "retf_imm", "iretd") and _outcome(o, d) and o.model_faults(SS)
+    return (o.name in _RETURNS and _outcome(o, d) and o.model_faults(SS)
             and _model_reason(o, "return stack segment not present") and o.emu_faults(NP))
 
 
@@ -624,7 +674,7 @@ def _x_nw_without_cd(o, d):
 
 
 def _x_jmp_gate_np(o, d):
-    return (o.name in ("jmp_far_ptr", "jmp_far_m") and _outcome(o, d) and o.model_faults(NP)
+    return (o.name in _JMPS and _outcome(o, d) and o.model_faults(NP)
             and _model_reason(o, "call gate target not present") and o.emu_faults(GP))
 
 
@@ -644,7 +694,7 @@ def _x_own_bytes(o, d):
 
 
 def _x_fs_gs_null(o, d):
-    return (o.name in ("retf", "retf_imm", "iretd") and o.model is None and d.kind == "reg"
+    return (o.name in _RETURNS and o.model is None and d.kind == "reg"
             and d.key in ("fs", "gs") and d.model == 0 and d.emu == o.state[d.key]
             and d.emu & 0xFFFC == 0)
 
@@ -663,6 +713,60 @@ def _x_tsc_aux(o, d):
 def _x_pg_without_pe(o, d):
     return (o.name == "mov_cr0_r" and _outcome(o, d) and _model_reason(o, "PG = 1 with CR0.PE = 0")
             and (isinstance(o.emu, Next) or o.emu_faults(14)))
+
+
+def _x_sxdt16(o, d):
+    if o.name not in ("sgdt_m_o16", "sidt_m_o16") or o.model is not None or d.kind != "mem":
+        return False
+    top = o.state["gdtr_base" if o.name == "sgdt_m_o16" else "idtr_base"] >> 24
+    return d.emu == 0 and d.model == top
+
+
+def _x_int1(o, d):
+    return o.name == "int1" and _outcome(o, d) and o.model_faults(DB) and o.emu_faults(UD)
+
+
+def _lacking_ud(o) -> bool:
+    """The model of a processor without Unicorn's missing features raises #UD, for a missing
+    feature, on this state."""
+    without = concrete.compiled(o.form, KNOWN - set(UNICORN_LACKS)).evaluate(o.state).fault
+    return without is not None and without.vector == UD and "lacks" in without.reason
+
+
+def _x_cpu_lacks(o, d):
+    """Unicorn raised #UD where the model, whose processor has the feature, did not."""
+    return _outcome(o, d) and o.emu_faults(UD) and not o.model_faults(UD) and _lacking_ud(o)
+
+
+def _x_pcide(o, d):
+    return o.name == "mov_cr4_r" and _outcome(o, d) and _model_reason(o, "PCIDE", "outside IA-32e")
+
+
+_MAP_0F38 = ("invept", "invvpid", "invpcid", "wrssd", "wrussd")
+
+
+def _x_ts_before_ud(o, d):
+    return (o.name in _MAP_0F38 and _outcome(o, d) and o.emu_faults(NM)
+            and o.state["cr0"] >> st.CR0_TS & 1 and (o.model_faults(UD) or _lacking_ud(o)))
+
+
+def _x_xsetbv_cpl(o, d):
+    return (o.name == "xsetbv" and _outcome(o, d) and o.model_faults(UD) and o.emu_faults(GP)
+            and o.cpl > 0)
+
+
+def _x_incssp(o, d):
+    post = o.emu_post
+    return (o.name == "incsspd" and _outcome(o, d) and o.model_faults(UD) and post is not None
+            and post["eip"] == (o.state["eip"] + len(o.form.bytes)) & 0xFFFFFFFF)
+
+
+def _x_syscall(o, d):
+    post = o.emu_post
+    if o.name not in ("syscall", "sysret") or not o.model_faults(UD) or post is None:
+        return False
+    same = all(post[n] == o.state[n] for n in st.SCALARS if n != "eip" and n not in NOT_HELD)
+    return same and post["eip"] == (o.state["eip"] + 2) & 0xFFFFFFFF
 
 
 def _x_paging_fetch(o, d):
@@ -734,7 +838,8 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "syscall-only-advances-eip", "SYSCALL in 32-bit protected mode",
         "#UD with IA32_EFER.SCE = 0 (and on Intel outside 64-bit mode) (SDM Vol. 2B SYSCALL)",
-        "only EIP advances by 2 (handed to Unicorn's UC_HOOK_INSN hook)", _syscall),
+        "only EIP advances by 2 (handed to Unicorn's UC_HOOK_INSN hook)", _syscall,
+        explains=_x_syscall),
     Deviation(
         "rdmsr-unknown-reads-zero", "RDMSR at CPL 0 of an unimplemented MSR",
         "#GP(0) (SDM Vol. 2B RDMSR)", "EDX:EAX = 0", _rdmsr_unknown, explains=_x_rdmsr_unknown),
@@ -924,6 +1029,46 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "Unicorn translates the next instruction through the new page tables before the Machine "
         "can stop it, and reports that fetch's #PF (EIP at the next instruction) in this run",
         _paging_fetch, kind="api", explains=_x_paging_fetch),
+    Deviation(
+        "sxdt-o16-24-bit-base", "SGDT, SIDT with 16-bit operand size (66 0F 01 /0, /1)",
+        "the limit and the full 32-bit base are stored, as with 32-bit operand size (current SDM "
+        "Vol. 2B SGDT/SIDT; editions before the 64-bit era stored 24 bits and a zero byte)",
+        "the base is masked to 24 bits: the sixth byte is written 0 (QEMU's gen_sxdt, "
+        "dflag == MO_16)", _sxdt16, explains=_x_sxdt16),
+    Deviation(
+        "int1-as-ud", "INT1 (ICEBP, F1)",
+        "a debug exception #DB, delivered without the gate-DPL check (SDM Vol. 2A INT1)",
+        "#UD (UC_ERR_INSN_INVALID): QEMU's debug exception is taken over by Unicorn", _int1,
+        explains=_x_int1),
+    Deviation(
+        "cpu-lacks-features", "RDPID, CLAC/STAC (SMAP), MONITOR/MWAIT, INVPCID",
+        "the profiles' processors have the features, and the instructions run (SDM Vol. 2B RDPID, "
+        "Vol. 2A CLAC, STAC, INVPCID, MONITOR, MWAIT)",
+        "#UD: Unicorn's default CPU model does not report the features, and TCG refuses them",
+        _cpu_lacks, kind="api", explains=_x_cpu_lacks),
+    Deviation(
+        "pcide-outside-ia32e", "MOV CR4 setting CR4.PCIDE outside IA-32e mode",
+        "#GP(0) (SDM Vol. 2B MOV-Move to/from Control Registers, Protected Mode Exceptions)",
+        "the write completes: QEMU 5.0 checks PCIDE only against the CPUID feature", _pcide,
+        explains=_x_pcide),
+    Deviation(
+        "nm-before-ud-0f38", "undefined 0F 38 opcodes (INVEPT, INVVPID outside VMX operation; "
+        "INVPCID, WRSSD, WRUSSD without their features, and INVPCID on Unicorn's CPU, which lacks "
+        "it) with CR0.TS = 1",
+        "#UD: an opcode the processor does not run raises #UD whatever CR0.TS says (SDM Vol. 3A "
+        "6.15, interrupt 7 lists only x87/MMX/SSE instructions)",
+        "#NM: QEMU decodes the 0F 38 map as SSE and tests CR0.TS first", _ts_before_ud,
+        explains=_x_ts_before_ud),
+    Deviation(
+        "xsetbv-cpl-before-cr4", "XSETBV at CPL > 0 with CR4.OSXSAVE = 0 (or no XSAVE)",
+        "#UD: the CR4.OSXSAVE test (and the feature) come before the CPL test (SDM Vol. 2C "
+        "XSETBV, Protected Mode Exceptions)",
+        "#GP(0): QEMU tests the CPL first", _xsetbv_cpl, explains=_x_xsetbv_cpl),
+    Deviation(
+        "incssp-as-lfence", "INCSSPD r32 with CET shadow stacks disabled",
+        "#UD (SDM Vol. 2A INCSSPD: CR4.CET = 0 or shadow stacks disabled)",
+        "QEMU has no CET and runs F3 0F AE /5 (mod = 11b) as LFENCE", _incssp,
+        explains=_x_incssp),
 )
 
 BY_ID: dict[str, Deviation] = {d.id: d for d in DEVIATIONS}

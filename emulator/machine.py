@@ -64,8 +64,10 @@ ZERO_PAGE = bytes(PAGE)
 #   tsc: QEMU 5.0 has no IA32_TSC MSR (RDMSR 0x10 reads 0, WRMSR 0x10 is dropped) and RDTSC
 #        reads host time (deviations "tsc-msr-unimplemented", "rdtsc-host-time").
 #   xcr0: Unicorn's API has no XCR0 register (QEMU 5.0 keeps one, but nothing writes it here).
+#   efer, star, gif: the profiles' processors have no EFER or SVM (features.py), so their reset
+#        values are all the states hold; Unicorn's own are not consulted.
 #   k0-k7: QEMU 5.0 TCG implements no AVX-512; Unicorn's K registers are no-ops.
-NOT_HELD = ("caches", "tlb", "pmc0", "pmc1", "tsc", "xcr0") + st.KREGS
+NOT_HELD = ("caches", "tlb", "pmc0", "pmc1", "tsc", "xcr0", "efer", "star", "gif") + st.KREGS
 # ZMMi holds XMMi in bits 127:0.  Unicorn's CPU has no AVX, so nothing architectural reads
 # bits 255:128 there, and QEMU 5.0's SSE helpers that end in ``*d = r`` copy a whole ZMMReg,
 # leaving stack garbage in them (PSHUFB with a memory operand, found by the frame test): bits
@@ -99,6 +101,7 @@ _READ_IDS = [r for _, r in _SCALAR_REGS] + [X.UC_X86_REG_EFLAGS, X.UC_X86_REG_GD
 # Legacy prefixes (SDM Vol. 2A 2.1.1): to find a REP string instruction and HLT's opcode.
 _PREFIXES = frozenset((0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67))
 _HLT = 0xF4
+ASIZE = 0x67
 
 # CR0 bits (SDM Vol. 3A 2.5).
 _PE, _PG, _NW, _CD = 1 << st.CR0_PE, 1 << st.CR0_PG, 1 << st.CR0_NW, 1 << st.CR0_CD
@@ -376,12 +379,15 @@ class Machine:
     """
 
     def __init__(self, *, max_iterations: int = 1 << 16, cached_configs: int = 256,
-                 map_all: bool = True):
+                 map_all: bool = True, rep_once: bool = False):
         """``map_all``: map the whole 4 GiB once (the host commits pages only when touched);
         if the host refuses, or with False, pages are mapped as they are first touched.
-        ``memory_mode`` says which; the semantics are the same, the first is faster."""
+        ``memory_mode`` says which; the semantics are the same, the first is faster.
+        ``rep_once``: a REP string instruction stops after its first iteration, with EIP on
+        the instruction, as the model's REP forms describe one execution (``Exec.repeat``)."""
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
         self.max_iterations = max_iterations
+        self.rep_once = rep_once
         self._cached_configs = cached_configs
         self._mapped: set[int] = set()       # page numbers (on-demand mode)
         self._all_mapped = False
@@ -399,6 +405,7 @@ class Machine:
         self._vector: int | None = None
         self._stopped_early = False
         self._rep = False
+        self._prefix_len = 0
         self._linear = 0
         self._pc = 0
         self._io_in: Mapping[int, int] = {}
@@ -439,10 +446,18 @@ class Machine:
         # A REP string instruction re-enters itself once per iteration (QEMU loops via a jump
         # back to the same EIP); anything else at this point is the next instruction.
         if address == self._pc and self._rep:
+            if self.rep_once and self._count_left(uc):
+                uc.emu_stop()       # one iteration done, more to go: EIP stays here
+                return
             if self._steps <= self.max_iterations:
                 return
             self._stopped_early = True
         uc.emu_stop()
+
+    def _count_left(self, uc) -> bool:
+        """(E)CX != 0: the count register by the instruction's address size."""
+        ecx = uc.reg_read(X.UC_X86_REG_ECX)
+        return bool(ecx & (0xFFFF if ASIZE in self._code[:self._prefix_len] else MASK32))
 
     def _on_intr(self, uc, intno, _):
         if self._vector is None:
@@ -753,6 +768,7 @@ class Machine:
         while i < len(code) and code[i] in _PREFIXES:
             i += 1
         self._rep = any(b in (0xF2, 0xF3) for b in code[:i])
+        self._prefix_len = i
         halts = i < len(code) and code[i] == _HLT
         self._mode, self._steps, self._vector, self._stopped_early = "run", 0, None, False
         self.stats["runs"] += 1

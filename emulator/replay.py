@@ -126,7 +126,7 @@ class Replayer:
     """Replays counterexamples on one Machine (create one per process)."""
 
     def __init__(self, machine: Machine | None = None, seconds: float = 2.0):
-        self.m = machine or Machine()
+        self.m = machine or Machine(rep_once=True)
         self.bounded = Watchdog(self.m, seconds)
 
     def _run(self, form: Form, label: str, state: dict, pred: Mapping, strict: bool) -> Run:

@@ -159,7 +159,7 @@ def flat_state(cpl: int = 3, *, iopl: int = 0, interrupts: bool = True, **fields
              cr0=(1 << st.CR0_PE) | (1 << st.CR0_ET), cr2=0, cr3=0, cr4=0,
              dr6=0xFFFF0FF0, dr7=0x400,   # the architectural reset values (SDM Vol. 3B 17.2)
              sysenter_cs=code_selector(0), sysenter_esp=STACK_TOP[0], sysenter_eip=HANDLERS + 0x1000,
-             caches=1, tlb=1, halted=0)
+             caches=1, tlb=1, halted=0, xcr0=1, efer=0, star=0, gif=1)
     mem: dict = {}
     put(mem, GDT_BASE, gdt_bytes())
     put(mem, IDT_BASE, idt_bytes())

@@ -311,8 +311,10 @@ class Gen:
             s[reg], s[f"{reg}_base"], s[f"{reg}_limit"], s[f"{reg}_attr"] = sel, base, limit, attr
         # selectors the instruction itself names (far pointer immediates) get a descriptor
         dec = form.decode()
-        if "cp" in form.enc.immediates and dec.imm2 is not None:
-            sel = dec.imm2
+        far_ptr = form.enc.opcode in (b"\x9a", b"\xea") and dec.imm is not None
+        if far_ptr:
+            # ptr16:32 (cp): the selector is the second immediate; ptr16:16 (cd): the high word
+            sel = dec.imm2 if "cp" in form.enc.immediates else dec.imm >> 16
             tab = t.table((sel >> 2) & 1)
             if (sel >> 3) not in tab and sel & 0xFFF8:
                 ti = (sel >> 2) & 1
@@ -414,7 +416,7 @@ class Gen:
         s["cr3"] = d.pick((0, d.bits(32), DATA))
         cr4_ok = st.cr4_defined(p.features)
         cr4 = 0
-        for b in range(12):
+        for b in range(24):
             if (1 << b) & cr4_ok and d.flag(0.25):
                 cr4 |= 1 << b
         s["cr4"] = cr4
@@ -430,6 +432,8 @@ class Gen:
         s["sysenter_eip"] = self.value()
         s["caches"], s["tlb"] = d.int(0, 1), d.int(0, 1)
         s["halted"] = 0
+        s["xcr0"], s["efer"], s["gif"] = 1, 0, 1      # the reset values (no XSAVE, EFER or SVM)
+        s["star"] = d.bits(64)
 
         # general registers, EIP, stack and data
         for r in st.GPRS:
@@ -439,10 +443,10 @@ class Gen:
                                st.MSR_TSC, 0xC0000103, self.value()))
         if form.name == "rdpmc":
             s["ecx"] = d.pick((0, 1, self.value()))
-        if form.name in ("insb", "insd", "outsb", "outsd"):
-            s["ecx"] = d.pick((1, 1, self.value()))
-        if form.name in ("in_al_dx", "in_eax_dx", "out_dx_al", "out_dx_eax", "insb", "insd",
-                         "outsb", "outsd"):
+        if form.enc.mandatory in (0xF2, 0xF3) and form.enc.implicit_mem:   # REP string forms
+            s["ecx"] = d.pick((1, 2, 0, self.value()))
+        if form.mnemonic in ("IN", "OUT", "INSB", "INSW", "INSD", "OUTSB", "OUTSW", "OUTSD") \
+                and not form.enc.immediates:
             s["edx"] = (s["edx"] & ~0xFFFF) | d.pick((0x60, 0x61, d.bits(16)))
         s["esp"] = STACKS[cpl] - 4 * d.int(0, 8) if not d.flag(0.1) else self.value()
         # the stack: return frames (EIP, CS, EFLAGS, ESP, SS) or pool values
@@ -451,15 +455,18 @@ class Gen:
             code = d.pick(t.code) | d.int(0, 3)
             data = d.pick(t.data) | d.int(0, 3)
             outer = [STACKS[d.int(0, 3)] - 0x20, data]
-            if form.name == "iretd":
+            w = 2 if form.enc.osize == 16 else 4          # a frame of words for IRET, RETF o16
+            if form.mnemonic in ("IRETD", "IRET"):
                 frame = [CODE_LO + d.int(0, 0x100), code, self.eflags_image()] + outer
-            elif form.name.startswith("retf"):
-                skip = (dec.imm or 0) // 4 if form.name == "retf_imm" else 0
+            elif form.mnemonic == "RETF":
+                skip = (dec.imm or 0) // w
                 frame = [CODE_LO + d.int(0, 0x100), code] + [self.value() for _ in range(skip)] + outer
             else:
                 frame = [self.value(), code, self.eflags_image()] + outer
+                w = 4
             for k, v in enumerate(frame):
-                self.put(esp_lin + 4 * k, (v if not d.flag(0.05) else self.value()).to_bytes(4, "little"))
+                v = v if not d.flag(0.05) else self.value()
+                self.put(esp_lin + w * k, (v & ((1 << 8 * w) - 1)).to_bytes(w, "little"))
         else:
             self.put_values(esp_lin, 6)
         self.put_values(esp_lin - 16, 4)

@@ -565,13 +565,11 @@ class EquivalenceQuery:
 
 
 def host_mode(r: st.State, profile: Profile) -> z3.BoolRef:
-    """R is the real processor running a deprivileged guest: well-formed, CPL 3, the profile's
-    IOPL and CR4 bits.  The TSS's I/O bitmap (in ``profiles.deprivileged``) is left out: its
-    bytes would constrain the guest's memory, and the handler never reads it."""
-    conds = [profiles.wellformed(r, profile), r.cpl == 3, st.iopl(r) == profile.iopl]
-    conds += [st.bit(r.cr4, b) for b in profile.cr4_set]
-    conds += [z3.Not(st.bit(r.cr4, b)) for b in profile.cr4_clear]
-    return z3.And(conds)
+    """R is the real processor running a deprivileged guest: well-formed, CPL 3 and the profile's
+    host settings (``profiles.host_constraints``, the one list every query reads).  The TSS's
+    I/O bitmap (in ``profiles.deprivileged``) is left out: its bytes would constrain the guest's
+    memory, and the handler never reads it."""
+    return z3.And(profiles.wellformed(r, profile), profiles.host_constraints(r, profile))
 
 
 def equivalence_query(site: monitor.Site, profile: Profile | str,

@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from pgvirt.model.encoding import REP_PREFIX, SEG_PREFIX, instance_length
+from pgvirt.model.encoding import LEGACY_PREFIXES, REP_PREFIX, instance_length
 from pgvirt.model.form import REGISTRY, Form
 
 from .decode import _IDLE, _handle, _sweep, _text_at
@@ -19,7 +19,7 @@ __all__ = ["FormConflict", "match_form", "scan", "ScanResult", "Site", "Unmodell
 
 # --- matching instances to forms -----------------------------------------------------------------
 
-_PASS_PREFIX = frozenset(SEG_PREFIX) | frozenset(REP_PREFIX)
+_PASS_PREFIX = LEGACY_PREFIXES   # segment, REP, 66, 67 and LOCK: the encodings judge them
 _PASS_T = np.zeros(256, bool)
 _PASS_T[list(_PASS_PREFIX)] = True
 _SIB_T = np.zeros(256, bool)
@@ -176,9 +176,10 @@ class FormConflict(Exception):
 def match_form(code: bytes) -> Form | None:
     """The model form that ``code`` (exactly one instruction) is an instance of, or None.
 
-    Segment and REP prefixes pass through ``encoding.decode``; any other prefix (0x66, 0x67,
-    LOCK) that a form's opcode does not spell out leaves the instance unmodelled.  A REP prefix
-    that turns the bytes into another instruction (F3 90 is PAUSE) is caught by asking Capstone.
+    Every legacy prefix passes through ``encoding.decode``, which decides what it means for the
+    form (``o16``/``o32``, 16-bit addressing, mandatory and REP prefixes, LOCK); bytes with a
+    prefix a form does not admit are no instance of it.  A REP prefix that turns the bytes into
+    another instruction no form describes is caught by asking Capstone.
     """
     return _current()(bytes(code))
 

@@ -27,7 +27,8 @@ import z3
 
 from . import state as st
 from .encoding import Decoded, Encoding, EncodingError, decode
-from .outcome import Check, Outcome
+from .features import KNOWN
+from .outcome import UD, Check, Outcome
 from .state import State
 
 
@@ -79,7 +80,9 @@ class Exec:
         self._effects: set[str] = set()
 
     def has(self, feature: str) -> z3.BoolRef:
-        """Whether the processor has ``feature`` (a profile fact, e.g. "umip")."""
+        """Whether the processor has ``feature`` (a profile fact, e.g. "umip"; ``features``)."""
+        if feature not in KNOWN:
+            raise ModelError(f"{self.form.name}: unknown processor feature {feature!r}")
         return z3.BoolVal(feature in self.features)
 
     # --- faults and assumptions -------------------------------------------------------------
@@ -204,10 +207,18 @@ class Exec:
         return self.s[f"{seg}_base"]
 
     def offset(self):
-        """Effective offset of the ModRM memory operand (SDM Vol. 2A 2.1.5)."""
+        """Effective offset of the ModRM memory operand (SDM Vol. 2A 2.1.5): with a 16-bit
+        address size the sum of BX/BP/SI/DI and the displacement, modulo 64 KiB (Table 2-1)."""
         d = self.d
         if not d.is_mem:
             raise ModelError(f"{self.form.name}: no memory operand")
+        if d.asize == 16:
+            off = z3.BitVecVal(d.disp, 16)
+            if d.base is not None:
+                off = off + self.gpr(d.base, 2)
+            if d.index is not None:
+                off = off + self.gpr(d.index, 2)
+            return z3.ZeroExt(16, off)
         off = z3.BitVecVal(d.disp, 32)
         if d.base is not None:
             off = off + self.gpr(d.base)
@@ -216,15 +227,52 @@ class Exec:
         return off
 
     def default_seg(self) -> str:
+        """The override, else SS for ESP/EBP-based (BP-based under a16) modes, else DS."""
         if self.d.seg:
             return self.d.seg
-        if self.d.base in (4, 5) and not (self.d.base == 5 and self.d.mod == 0):
+        if self.d.base in (4, 5):     # a disp32/disp16-only operand has no base at all
             return "ss"
         return "ds"
 
+    def wrap(self, offset):
+        """An offset reduced to the address size (64 KiB under a16, SDM Vol. 3A 3.3)."""
+        if self.d.asize == 16:
+            return z3.ZeroExt(16, z3.Extract(15, 0, _bv(offset, 32)))
+        return _bv(offset, 32)
+
     def ea(self, extra: int = 0):
-        """Linear address of the memory operand (segment base + offset)."""
-        return self.seg_base(self.default_seg()) + self.offset() + extra
+        """Linear address of the memory operand (segment base + offset); ``extra`` moves to a
+        later part of the operand, the offset wrapping at the address size as Bochs does."""
+        if self.d.asize == 32:
+            return self.seg_base(self.default_seg()) + self.offset() + extra
+        return self.seg_base(self.default_seg()) + self.wrap(self.offset() + extra)
+
+    # --- address-size registers of string and other implicit-memory forms --------------------
+    def areg(self, n: int):
+        """Register ``n`` as an address or count: (E)SI, (E)DI, (E)CX by the address size."""
+        return z3.ZeroExt(16, self.gpr(n, 2)) if self.d.asize == 16 else self.gpr(n)
+
+    def set_areg(self, n: int, value) -> None:
+        self.set_gpr(n, 2 if self.d.asize == 16 else 4, value)
+
+    def repeat(self, body: Callable[[], None], stop: Callable[[], object] | None = None) -> None:
+        """One iteration of a REP-prefixed string instruction (SDM Vol. 2B REP/REPE/REPZ/REPNE/
+        REPNZ, Operation).  With the count register (E)CX = 0 nothing happens.  Otherwise
+        ``body`` runs once and the count drops by one; while it is not 0 (and ``stop``, the
+        REPE/REPNE termination test read after the body, does not hold) EIP stays on the
+        instruction, which the processor executes again: the state an interrupt between two
+        iterations leaves, from which the operation resumes (SDM Vol. 2B REP, Description).
+        A whole loop is these steps in a row."""
+        count = self.areg(1)
+        with self.when(count != 0):
+            body()
+            left = count - 1
+            self.set_areg(1, left)
+            again = left != 0
+            if stop is not None:
+                again = z3.And(again, z3.Not(stop()))
+            with self.when(again):
+                self.jump(self.pre.eip)
 
     def rm(self, size: int):
         if self.d.is_mem:
@@ -293,7 +341,11 @@ class Form:
 
     @property
     def mnemonic(self) -> str:
-        return self.asm.split()[0].upper() if self.asm else ""
+        """The instruction's mnemonic, without a REP/REPE/REPNE prefix word ("rep insb" is INSB)."""
+        words = self.asm.split()
+        while len(words) > 1 and words[0] in ("rep", "repe", "repne"):
+            words = words[1:]
+        return words[0].upper() if words else ""
 
     def decode(self, code: bytes | None = None) -> Decoded:
         raw = self.bytes if code is None else code
@@ -303,8 +355,15 @@ class Form:
 
     def run(self, s: State, code: bytes | None = None, features: frozenset[str] = frozenset()) -> Outcome:
         """Execute on ``s`` (symbolic or concrete); ``code`` is a site's bytes (default: canonical)."""
-        x = Exec(self, s, self.decode(code), frozenset(features))
-        self.semantics(x)
+        d = self.decode(code)
+        x = Exec(self, s, d, frozenset(features))
+        if d.lock and not (self.enc.lockable and d.is_mem):
+            # Decoded before anything executes: the one generic LOCK rule (SDM Vol. 2A LOCK;
+            # Vol. 3A 8.1.2.2).  The instance is #UD in every state; nothing else happens.
+            x.fault(UD, None, "LOCK prefix on an instruction that is not lockable or has no "
+                              "memory destination")
+        else:
+            self.semantics(x)
         return x.finish()
 
 

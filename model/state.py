@@ -43,10 +43,13 @@ CR0_DEFINED = sum(1 << b for b in (CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_N
                                    CR0_AM, CR0_NW, CR0_CD, CR0_PG))
 CR4_VME, CR4_PVI, CR4_TSD, CR4_DE, CR4_PSE, CR4_PAE, CR4_MCE, CR4_PGE, CR4_PCE = range(9)
 CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_UMIP = 9, 10, 11
-CR4_OSXSAVE = 18
-# The IA-32 bits up to UMIP, and OSXSAVE; the others (VMXE, SMXE, FSGSBASE, PKE, CET, ...) are
-# reserved here.  UMIP and OSXSAVE exist only on processors with the feature (``cr4_defined``).
-CR4_DEFINED = ((1 << 12) - 1) | (1 << CR4_OSXSAVE)
+CR4_VMXE, CR4_SMXE, CR4_FSGSBASE, CR4_PCIDE, CR4_OSXSAVE = 13, 14, 16, 17, 18
+CR4_SMEP, CR4_SMAP, CR4_PKE, CR4_CET = 20, 21, 22, 23
+CR4_DEFINED = (1 << 12) - 1  # the IA-32 bits up to UMIP; the later ones only with their feature
+# CR4 bits that exist only on a processor with the feature (SDM Vol. 3A 2.5).
+CR4_FEATURE_BITS = {CR4_UMIP: "umip", CR4_VMXE: "vmx", CR4_SMXE: "smx", CR4_FSGSBASE: "fsgsbase",
+                    CR4_PCIDE: "pcid", CR4_OSXSAVE: "xsave", CR4_SMEP: "smep", CR4_SMAP: "smap",
+                    CR4_PKE: "pku", CR4_CET: "cet_ss"}
 
 # XCR0 state components (SDM Vol. 1 13.1): x87, SSE, AVX, MPX (2 bits), AVX-512 (3 bits).
 XCR0_X87, XCR0_SSE, XCR0_AVX, XCR0_BNDREGS, XCR0_BNDCSR = 0, 1, 2, 3, 4
@@ -60,13 +63,12 @@ FSW_TOP_LO = 11                               # FSW bits 13:11 hold TOP (SDM Vol
 
 
 def cr4_defined(features) -> int:
-    """CR4 bits this processor has: UMIP with "umip", OSXSAVE with "xsave" (SDM Vol. 3A 2.5)."""
-    bits = CR4_DEFINED
-    if "umip" not in features:
-        bits &= ~(1 << CR4_UMIP)
-    if "xsave" not in features:
-        bits &= ~(1 << CR4_OSXSAVE)
-    return bits
+    """The CR4 bits a processor with ``features`` defines; every other bit is reserved."""
+    mask = CR4_DEFINED & ~(1 << CR4_UMIP)
+    for b, f in CR4_FEATURE_BITS.items():
+        if f in features:
+            mask |= 1 << b
+    return mask
 
 
 def xcr0_supported(features) -> int:
@@ -81,6 +83,23 @@ def xcr0_supported(features) -> int:
     if "mpx" in features:
         bits |= (1 << XCR0_BNDREGS) | (1 << XCR0_BNDCSR)
     return bits
+
+
+# IA32_EFER (MSR C0000080H; SDM Vol. 4 Table 2-2, AMD APM Vol. 2 3.1.7): SCE with AMD's
+# legacy-mode SYSCALL, SVME with SVM.  LME/LMA/NXE belong to IA-32e mode and paging, which the
+# model's states do not use; they stay 0.
+MSR_EFER, MSR_STAR = 0xC0000080, 0xC0000081
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE, EFER_SVME = 0, 8, 10, 11, 12
+
+
+def efer_defined(features) -> int:
+    return ((1 << EFER_SCE) if "syscall" in features else 0) | \
+        ((1 << EFER_SVME) if "svm" in features else 0)
+
+
+def has_efer(features) -> bool:
+    """IA32_EFER exists (RDMSR/WRMSR of C0000080H) on the processors the model gives it to."""
+    return "syscall" in features or "svm" in features
 
 MSR_TSC, MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x10, 0x174, 0x175, 0x176
 
@@ -131,6 +150,9 @@ def _fields() -> tuple[Field, ...]:
         Field("sysenter_eip", 32, SYSTEM, "IA32_SYSENTER_EIP, MSR 0x176"),
         Field("xcr0", 64, SYSTEM, "XCR0: the state components XSAVE and AVX may use (SDM Vol. 1 13.3)",
               default=1),
+        Field("efer", 64, SYSTEM, "IA32_EFER, MSR C0000080H (SCE, SVME; SDM Vol. 4, AMD APM Vol. 2 3.1.7)"),
+        Field("star", 64, SYSTEM, "STAR, MSR C0000081H: SYSCALL/SYSRET CS and EIP (AMD APM Vol. 2 6.1.1)"),
+        Field("gif", 1, SYSTEM, "AMD SVM global interrupt flag (STGI/CLGI; AMD APM Vol. 2 15.17)"),
         Field("halted", 1, SYSTEM, "processor halted by HLT"),
         Field("caches", 1, SYSTEM, "1 while cache lines may hold data not yet in memory (INVD drops them)"),
         Field("tlb", 1, SYSTEM, "1 while the TLB may hold translations (INVLPG drops them)"),

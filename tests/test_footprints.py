@@ -23,9 +23,12 @@ def table() -> dict:
 
 
 def test_committed_table_is_what_the_installed_iced_gives():
-    """Stale data fails loudly: `make footprints` rewrites it."""
-    assert gen.dump(gen.build()) == gen.OUT.read_bytes(), \
+    """Stale data fails loudly: `make footprints` rewrites it (and the feature names beside it)."""
+    doc = gen.build()
+    assert gen.dump(doc) == gen.OUT.read_bytes(), \
         "model/derived/footprints.json.gz is stale: run `make footprints`"
+    assert gen.feature_names(doc) == gen.FEATURES_OUT.read_bytes(), \
+        "model/derived/cpuid_features.txt is stale: run `make footprints`"
 
 
 def test_every_code_valid_in_32_bit_mode_is_listed(table):

@@ -15,14 +15,23 @@ def capstone_text(code: bytes) -> str:
     return f"{insn.mnemonic} {insn.op_str}".strip()
 
 
+# Capstone 5 reads UD0 and UD1 without the ModRM byte the SDM gives them (and iced-x86 reads):
+# their asm is Capstone's text of the first two bytes.
+SHORT_IN_CAPSTONE = {"ud0_r32", "ud0_r16", "ud1_r32", "ud1_r16"}
+
+
 @pytest.mark.parametrize("form", isa.FORMS, ids=lambda f: f.name)
 def test_asm_is_capstones(form):
+    if form.name in SHORT_IN_CAPSTONE:
+        insn = next(MD.disasm(form.bytes, 0))
+        assert insn.size == len(form.bytes) - 1 and form.asm == insn.mnemonic
+        return
     assert form.asm == capstone_text(form.bytes)
 
 
 @pytest.mark.parametrize("form", isa.FORMS, ids=lambda f: f.name)
 def test_form_has_citation_and_runs_symbolically(form):
-    assert form.cite.startswith("SDM Vol.")
+    assert form.cite.startswith(("SDM Vol.", "AMD APM Vol."))   # AMD's own: the SVM forms
     out = form.run(st.fresh())
     assert "eip" in out.effects
 

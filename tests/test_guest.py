@@ -277,13 +277,15 @@ def test_prefixes():
     sgdt = isa.get("sgdt_m")
     assert match_form(bytes.fromhex("0f0100")) is sgdt
     assert match_form(bytes.fromhex("2e0f0100")) is sgdt        # segment override: decoded
-    assert match_form(bytes.fromhex("0f01c1")) is None          # VMCALL, not SGDT (mod = 3)
-    for pfx in ("66", "67", "f0"):                               # forms do not describe these
-        assert match_form(bytes.fromhex(pfx + "0f0100")) is None, pfx
+    assert match_form(bytes.fromhex("0f01c1")) is isa.get("vmcall")   # not SGDT (mod = 3)
+    assert match_form(bytes.fromhex("660f0100")) is isa.get("sgdt_m_o16")   # operand size
+    assert match_form(bytes.fromhex("670f0100")) is sgdt        # 16-bit addressing: [bx+si]
+    assert match_form(bytes.fromhex("f00f0100")) is sgdt        # LOCK: decoded, then #UD
+    assert match_form(bytes.fromhex("f30f0100")) is None        # REP: reserved, no instance
+    assert match_form(bytes.fromhex("67fa")) is None            # 67 without memory: reserved
     assert match_form(bytes.fromhex("0f010000")) is None        # one byte too many
     assert match_form(b"") is None
-    if match_form(b"\x90") is not None:
-        assert match_form(b"\xf3\x90") is None                  # PAUSE, not a REP NOP
+    assert match_form(b"\xf3\x90") is isa.get("pause")          # PAUSE, not a REP NOP
 
 
 def brute_force(code: bytes):

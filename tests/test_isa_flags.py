@@ -58,7 +58,9 @@ def test_flag_forms_registered():
     assert {f.name for f in FLAG_FORMS} == {
         "pushfd", "popfd", "cli", "sti", "in_al_imm8", "in_eax_imm8", "out_imm8_al",
         "out_imm8_eax", "in_al_dx", "in_eax_dx", "out_dx_al", "out_dx_eax",
-        "insb", "insd", "outsb", "outsd"}
+        "insb", "insd", "outsb", "outsd",
+        "pushfw", "popfw", "in_ax_imm8", "out_imm8_ax", "in_ax_dx", "out_dx_ax", "insw", "outsw",
+        "rep_insb", "rep_insw", "rep_insd", "rep_outsb", "rep_outsw", "rep_outsd"}
 
 
 # --- PUSHFD / POPFD ----------------------------------------------------------------------------
@@ -286,17 +288,40 @@ def test_ins_writes_es_and_outs_reads_overridable_segment():
     assert s["io"][0x60] == 0x77 and s["esi"] == BUF + 1
 
 
-def test_rep_string_io_is_one_iteration_by_assumption():
-    f = REGISTRY["insb"]
-    out = f.run(st.concrete(machine(0, edx=0x60, edi=BUF, ecx=1, io=PORTS)), bytes.fromhex("f36c"))
-    assert any("REP" in why for _, why in out.assumptions)
-    assert z3.is_true(z3.simplify(out.assumed))
-    assert z3.simplify(out.post.ecx).as_long() == 0
-    out = f.run(st.concrete(machine(0, edx=0x60, ecx=5)), bytes.fromhex("f36c"))
-    assert z3.is_false(z3.simplify(out.assumed))
-    # Without a prefix nothing is assumed and ECX is untouched.
-    out = f.run(st.concrete(machine(0, edx=0x60, ecx=5)))
-    assert not out.assumptions and z3.simplify(out.post.ecx).as_long() == 5
+def test_rep_ins_runs_one_iteration_and_stays_on_the_instruction():
+    """REP INSB: one iteration per execution; EIP stays until ECX reaches 0 (Exec.repeat)."""
+    f = REGISTRY["rep_insb"]
+    s = ok(f.execute(machine(0, edx=0x60, edi=BUF, ecx=3, eip=0x100, io=PORTS)))
+    assert s["mem"][BUF] == 0xA1 and s["edi"] == BUF + 1 and s["ecx"] == 2 and s["eip"] == 0x100
+    s = ok(f.execute(machine(0, edx=0x60, edi=BUF, ecx=1, eip=0x100, io=PORTS)))
+    assert s["ecx"] == 0 and s["eip"] == 0x102
+    # ECX = 0: nothing is transferred, EIP moves on
+    s = ok(f.execute(machine(0, edx=0x60, edi=BUF, ecx=0, eip=0x100, io=PORTS)))
+    assert s["ecx"] == 0 and s["edi"] == BUF and s["eip"] == 0x102 and s["mem"].get(BUF, 0) == 0
+    assert not f.run(st.fresh()).assumptions
+
+
+def test_rep_io_checks_permission_even_with_a_zero_count():
+    """As Bochs (REP_INSB_YbDX) and QEMU: the I/O check precedes the count test."""
+    for name in ("rep_insb", "rep_outsd"):
+        gp0(REGISTRY[name].execute(machine(3, edx=0x60, ecx=0)))
+
+
+def test_rep_ins_with_16_bit_addressing_uses_di_and_cx():
+    f = REGISTRY["rep_insw"]
+    out = f.execute(machine(0, edx=0x60, edi=0x1234FFFF, ecx=0xABCD0002, io=PORTS),
+                    bytes.fromhex("6766f36d"))
+    s = ok(out)
+    assert s["edi"] == 0x12340001 and s["ecx"] == 0xABCD0001      # DI wraps, CX counts
+    assert s["mem"][0xFFFF] == 0xA1 and s["mem"][0x10000] == 0xA2
+
+
+def test_rep_prefix_is_no_instance_of_the_plain_form_nor_f2_of_the_rep_form():
+    from pgvirt.model.encoding import matches
+    assert matches(REGISTRY["insb"].enc, bytes.fromhex("f36c")) is None
+    assert matches(REGISTRY["rep_insb"].enc, bytes.fromhex("f26c")) is None
+    assert matches(REGISTRY["rep_insb"].enc, bytes.fromhex("f26c")) is None
+    assert matches(REGISTRY["rep_insb"].enc, bytes.fromhex("f2f36c")) is not None   # last wins
 
 
 def test_regression_tss_type_read_from_cache_layout():
@@ -305,6 +330,3 @@ def test_regression_tss_type_read_from_cache_layout():
     assert_effect("in_al_dx", ok(port_run("in_al_dx", bitmap=CLEAR, cpl=3)))
 
 
-def test_rep_ins_is_an_instance_and_runs_one_iteration():
-    from pgvirt.model.encoding import matches
-    assert matches(REGISTRY["insb"].enc, bytes.fromhex("f36c")) is not None

@@ -14,7 +14,7 @@ from pgvirt.model.state import AF, CF, DF, OF, PF, SF, ZF
 
 M32 = 0xFFFFFFFF
 ARITH = (CF, PF, AF, ZF, SF, OF)
-MINE = [f for f in FORMS if f.semantics.__module__ == ordinary.__name__]
+MINE = [f for f in FORMS if f.theme == "ordinary"]   # ordinary and ordinary16
 
 
 def run(name: str, code: str | None = None, **values) -> dict:

@@ -87,7 +87,13 @@ def test_all_forms_present():
                 | {f"mov_{s}_{k}" for s in st.SREGS if s != "cs" for k in "rm"}
                 | {f"{i}_{k}" for i in ("lar", "lsl", "verr", "verw", "arpl") for k in "rm"}
                 | {f"l{s}_m" for s in ("ds", "es", "fs", "gs", "ss")})
-    assert names == expected
+    o16 = ({f"push_{s}_o16" for s in st.SREGS} | {f"pop_{s}_o16" for s in st.SREGS if s != "cs"}
+           | {f"mov_{k}16_{s}" for s in st.SREGS for k in "rm"}
+           | {f"mov_{s}_{k}16" for s in st.SREGS if s != "cs" for k in "rm"}
+           | {f"{i}_{k}16" for i in ("lar", "lsl") for k in "rm"}
+           | {f"{i}_{k}_o16" for i in ("verr", "verw", "arpl") for k in "rm"}
+           | {f"l{s}_m16" for s in ("ds", "es", "fs", "gs", "ss")})
+    assert names == expected | o16
 
 
 # --- PUSH / MOV from segment registers ----------------------------------------------------------

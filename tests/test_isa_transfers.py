@@ -146,7 +146,9 @@ def ptr_mem(addr, sel, offset):
 def test_every_transfer_form_is_registered():
     assert {f.name for f in TRANSFER_FORMS} == {
         "call_far_ptr", "call_far_m", "jmp_far_ptr", "jmp_far_m", "retf", "retf_imm",
-        "int_imm", "int3", "into", "iretd", "sysenter", "sysexit"}
+        "int_imm", "int3", "into", "iretd", "sysenter", "sysexit",
+        "call_far_ptr16", "call_far_m16", "jmp_far_ptr16", "jmp_far_m16", "retf_o16",
+        "retf_imm_o16", "iretw", "syscall", "sysret"}
 
 
 @pytest.mark.parametrize("form", TRANSFER_FORMS, ids=lambda f: f.name)

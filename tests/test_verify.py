@@ -9,6 +9,7 @@ import pytest
 import z3
 
 from pgvirt.model import isa, state as st
+from pgvirt.model.encoding import matches
 from pgvirt.model.outcome import GP
 from pgvirt.verify import literature
 from pgvirt.verify.popek_goldberg import CLASSES, classify, recheck, theorem
@@ -26,6 +27,27 @@ def test_pentium_violations_cover_every_robin_irvine_mnemonic(classified):
              for c in violations(classified("pentium"))}
     wanted = {e[2] for e in literature.ROBIN_IRVINE}
     assert wanted <= found, f"not derived: {sorted(wanted - found)}"
+
+
+def test_pentium_violations_include_every_16_bit_robin_irvine_form(classified):
+    """The 66-prefixed forms of the paper's instructions: every paper entry (INT n has no 16-bit
+    form) has 16-bit forms among the violations, and each 16-bit form is a violation exactly
+    when its 32-bit sibling is (the sibling is iced-x86's code of the bytes without the 66)."""
+    iced = pytest.importorskip("iced_x86")
+    bad = {c.form.name for c in violations(classified("pentium"))}
+    forms16 = [f for f in isa.FORMS if f.enc.osize == 16
+               and literature.robin_irvine_entry(f.mnemonic, f.asm)]
+    words = {literature.robin_irvine_entry(f.mnemonic, f.asm) for f in forms16 if f.name in bad}
+    assert words == {e[2] for e in literature.ROBIN_IRVINE} - {"INT n"}
+
+    def code(raw):
+        return iced.Decoder(32, raw + bytes(8)).decode().code
+
+    for f in forms16:
+        rest = f.bytes[1:] + bytes(8)
+        (sib,) = [g.name for g in isa.FORMS if g.enc.osize == 32 and code(g.bytes) == code(rest)
+                  and matches(g.enc, rest) is not None]
+        assert (f.name in bad) == (sib in bad), (f.name, sib)
 
 
 def test_pentium_theorem1_fails_and_theorem3_fails(classified):
@@ -55,6 +77,9 @@ def test_umip_privileges_exactly_the_five_store_instructions(classified):
     gone = pent - umip
     assert {isa.get(n).mnemonic for n in gone} == UMIP_FIVE
     assert umip <= pent
+    # the 16-bit operand-size forms move with their 32-bit siblings
+    assert {"sgdt_m_o16", "sidt_m_o16", "sldt_r16", "sldt_m_o16", "str_r16", "str_m_o16",
+            "smsw_r16", "smsw_m_o16"} <= gone
     for c in classified("umip"):
         if c.form.mnemonic in UMIP_FIVE:
             assert c["privileged"] is True

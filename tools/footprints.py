@@ -28,6 +28,9 @@ from pathlib import Path
 import iced_x86 as I
 
 OUT = Path(__file__).resolve().parent.parent / "model" / "derived" / "footprints.json.gz"
+# The CPUID feature names the table's codes need, one per line: pgvirt.model.features reads
+# this small file, not the table, to know them (the table is read on first use only).
+FEATURES_OUT = OUT.with_name("cpuid_features.txt")
 FORMAT = 1
 
 
@@ -507,6 +510,8 @@ def build() -> dict:
     hand: dict[str, list[str]] = {}
     for f in hand_forms():
         ins = I.Decoder(32, f.bytes).decode()
+        if ins.is_invalid and f.bytes in _INVALID_HERE:
+            continue        # a form of bytes that are #UD in 32-bit mode: no code to cover
         if ins.is_invalid or ins.len != len(f.bytes):
             raise SystemExit(f"tools/footprints.py: hand form {f.name}'s bytes {f.bytes.hex()} "
                              "do not decode as one instruction")
@@ -515,6 +520,11 @@ def build() -> dict:
         raise SystemExit("tools/footprints.py: no synthesized instance decodes back to: " + ", ".join(missing))
     return {"format": FORMAT, "iced_x86": _iced_version(), "codes": codes,
             "hand": {k: sorted(v) for k, v in sorted(hand.items())}}
+
+
+# Hand forms whose canonical bytes no decoder takes in 32-bit mode: instructions valid only in
+# 64-bit mode that the model defines as #UD here (SDM Vol. 2B SWAPGS: #UD outside 64-bit mode).
+_INVALID_HERE = {bytes.fromhex("0f01f8")}
 
 
 def hand_forms():
@@ -534,16 +544,22 @@ def dump(doc: dict) -> bytes:
     return gzip.compress(raw, compresslevel=9, mtime=0)
 
 
+def feature_names(doc: dict) -> bytes:
+    names = sorted({f for rec in doc["codes"].values() for f in rec.get("cpuid", ())})
+    return ("\n".join(names) + "\n").encode()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--output", default=str(OUT))
     args = ap.parse_args(argv)
-    data = dump(build())
+    doc = build()
     out = Path(args.output)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
-    print(f"{out}: {len(data)} bytes", file=sys.stderr)
+    for path, data in ((out, dump(doc)), (out.with_name(FEATURES_OUT.name), feature_names(doc))):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        print(f"{path}: {len(data)} bytes", file=sys.stderr)
     return 0
 
 

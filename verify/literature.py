@@ -18,6 +18,7 @@ ROBIN_IRVINE: tuple[tuple[str, str | None, str], ...] = (
     ("SGDT", None, "SGDT"), ("SIDT", None, "SIDT"), ("SLDT", None, "SLDT"),
     ("SMSW", None, "SMSW"), ("STR", None, "STR"),
     ("PUSHFD", None, "PUSHF"), ("POPFD", None, "POPF"),
+    ("PUSHF", None, "PUSHF"), ("POPF", None, "POPF"),       # the 16-bit operand-size forms
     ("LAR", None, "LAR"), ("LSL", None, "LSL"), ("VERR", None, "VERR"), ("VERW", None, "VERW"),
     ("PUSH", rf"^{_SREG}$", "PUSH (segment register)"),
     ("POP", rf"^{_SREG}$", "POP (segment register)"),

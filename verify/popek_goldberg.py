@@ -375,6 +375,20 @@ class Engine:
         chosen = q.constraints + [z3.Or(pending) if parts else z3.Or(q.goal)]
         r = self.check(chosen, self.timeout)
         r.seconds += spent
+        if r.verdict is Verdict.UNKNOWN and len(pending) > 1:
+            # A disjunction can be harder than every one of its parts (a loaded machine also
+            # makes the short first tries miss): each undecided part gets a share of the budget.
+            share = max(min(self.timeout, QUICK_MS), self.timeout // len(pending))
+            proved = 0
+            for part in pending:
+                rp = self.check(q.constraints + [part], share)
+                r.seconds += rp.seconds
+                if rp.verdict is Verdict.REFUTED:
+                    rp.seconds = r.seconds
+                    return rp, q.constraints + [part]
+                proved += rp.verdict is Verdict.PROVED
+            if proved == len(pending):
+                return Result(Verdict.PROVED, None, r.seconds, "every disjunct UNSAT"), None
         return r, (chosen if r.verdict is Verdict.REFUTED else None)
 
     def witness(self, q: Query, r: Result, chosen: list, readable: bool) -> tuple[dict, float]:

@@ -11,6 +11,9 @@ from . import transfers  # noqa: F401
 from . import flags  # noqa: F401
 from . import system  # noqa: F401
 from . import ordinary  # noqa: F401
+from . import ordinary16  # noqa: F401
+from . import extensions  # noqa: F401
+from . import virtualization  # noqa: F401
 
 FORMS: tuple[Form, ...] = tuple(REGISTRY.values())
 

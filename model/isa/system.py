@@ -87,6 +87,9 @@ def mov_cr0_r(x):
               GP, 0, "CR0.PG = 1 with CR0.PE = 0")
     x.require(z3.Not(z3.And(st.bit(v, st.CR0_NW), z3.Not(st.bit(v, st.CR0_CD)))),
               GP, 0, "CR0.NW = 1 with CR0.CD = 0")
+    if "cet_ss" in x.features:
+        x.require(z3.Not(z3.And(st.bit(x.cr4, st.CR4_CET), z3.Not(st.bit(v, st.CR0_WP)))),
+                  GP, 0, "CR0.WP = 0 with CR4.CET = 1")
     old = x.cr0
     new = (v & st.CR0_DEFINED) | (1 << st.CR0_ET)
     # PAE paging in use afterwards and PG/CD/NW changed: the PDPTEs are reloaded from CR3.
@@ -122,11 +125,16 @@ def mov_cr3_r(x):
 @form("mov_cr4_r", enc="0F 22 /4 reg", bytes="0f22e0", asm="mov cr4, eax",
       cite="SDM Vol. 2B MOV (control registers); Vol. 3A 2.5, 4.4.1, 4.10.4.1")
 def mov_cr4_r(x):
-    """Bits above UMIP are reserved here; UMIP itself is reserved unless the processor has it."""
+    """The bits the processor's features define (``state.cr4_defined``); others are reserved.
+    CR4.PCIDE cannot be set outside IA-32e mode, CR4.CET not while CR0.WP = 0."""
     checks.require_cpl0(x, "MOV to CR4")
     v = x.rm(4)
-    defined = z3.BitVecVal(st.cr4_defined(x.features), 32)
-    x.require(v & ~defined == 0, GP, 0, "reserved CR4 bit set")
+    x.require(v & ~st.cr4_defined(x.features) == 0, GP, 0, "reserved CR4 bit set")
+    if "pcid" in x.features:
+        x.require(z3.Not(st.bit(v, st.CR4_PCIDE)), GP, 0, "CR4.PCIDE = 1 outside IA-32e mode")
+    if "cet_ss" in x.features:
+        x.require(z3.Or(z3.Not(st.bit(v, st.CR4_CET)), st.bit(x.cr0, st.CR0_WP)), GP, 0,
+                  "CR4.CET = 1 with CR0.WP = 0")
     old = x.cr4
     with x.when(z3.And(st.bit(x.cr0, st.CR0_PG), st.bit(v, st.CR4_PAE),
                        _changes(old, v, CR4_PAGING))):
@@ -322,8 +330,19 @@ _SYSENTER = {st.MSR_SYSENTER_CS: "sysenter_cs", st.MSR_SYSENTER_ESP: "sysenter_e
 _MSR32 = {**_SYSENTER, MSR_TSC_AUX: "tsc_aux"}
 
 
-def _msr_known(ecx):
-    return z3.Or([ecx == k for k in (st.MSR_TSC, *_MSR32)])
+def _msr64(x) -> dict[int, str]:
+    """The 64-bit MSRs the processor has: the TSC; IA32_EFER and STAR with the features that
+    define them (``state.has_efer``)."""
+    out = {st.MSR_TSC: "tsc"}
+    if st.has_efer(x.features):
+        out[st.MSR_EFER] = "efer"
+    if "syscall" in x.features:
+        out[st.MSR_STAR] = "star"
+    return out
+
+
+def _msr_known(x, ecx):
+    return z3.Or([ecx == k for k in (*_msr64(x), *_MSR32)])
 
 
 def _set_edx_eax(x, value64) -> None:
@@ -335,8 +354,11 @@ def _set_edx_eax(x, value64) -> None:
 def rdmsr(x):
     checks.require_cpl0(x, "RDMSR")
     ecx = x.ecx
-    x.require(_msr_known(ecx), GP, 0, "ECX names no implemented MSR")
+    x.require(_msr_known(x, ecx), GP, 0, "ECX names no implemented MSR")
     value = x.tsc
+    for k, name in _msr64(x).items():
+        if name != "tsc":
+            value = z3.If(ecx == k, x.read(name), value)
     for k, name in _MSR32.items():
         value = z3.If(ecx == k, z3.ZeroExt(32, x.read(name)), value)
     _set_edx_eax(x, value)
@@ -345,15 +367,21 @@ def rdmsr(x):
 @form("wrmsr", enc="0F 30", bytes="0f30", asm="wrmsr", cite="SDM Vol. 2B WRMSR; Vol. 4 Table 2-2")
 def wrmsr(x):
     """The TSC takes all 64 bits (current processors; the P6 family cleared bits 63:32,
-    Vol. 3B 17.17).  IA32_TSC_AUX bits 63:32 are reserved: #GP(0)."""
+    Vol. 3B 17.17).  IA32_TSC_AUX bits 63:32 are reserved: #GP(0); so are the IA32_EFER bits the
+    processor's features do not define (``state.efer_defined``)."""
     checks.require_cpl0(x, "WRMSR")
     ecx, edx, eax = x.ecx, x.edx, x.eax
-    x.require(_msr_known(ecx), GP, 0, "ECX names no implemented MSR")
+    x.require(_msr_known(x, ecx), GP, 0, "ECX names no implemented MSR")
     x.require(z3.Or(ecx != MSR_TSC_AUX, edx == 0), GP, 0, "reserved bit of IA32_TSC_AUX set")
+    value = z3.Concat(edx, eax)
+    if st.has_efer(x.features):
+        x.require(z3.Or(ecx != st.MSR_EFER, value & ~st.efer_defined(x.features) == 0), GP, 0,
+                  "reserved IA32_EFER bit set")
     with x.when(z3.And(x.cpl == 0, z3.Or([ecx == k for k in _SYSENTER]))):
         x.assume(edx == 0, "WRMSR to a SYSENTER MSR writes EDX = 0 (the state keeps bits 31:0)")
-    with x.when(ecx == st.MSR_TSC):
-        x.write("tsc", z3.Concat(edx, eax))
+    for k, name in _msr64(x).items():
+        with x.when(ecx == k):
+            x.write(name, value)
     for k, name in _MSR32.items():
         with x.when(ecx == k):
             x.write(name, eax)

@@ -1,7 +1,9 @@
 """Far transfers, software interrupts and fast system calls (SDM Vol. 2A/2B; Vol. 3A 5.8, 6.12).
 
-Far CALL/JMP, RETF, INT n/INT3/INTO, IRETD, SYSENTER and SYSEXIT with 32-bit operand size in
-protected mode.  They are the protection-system references of Robin and Irvine: gate and segment
+Far CALL/JMP, RETF, INT n/INT3/INTO, IRET/IRETD, SYSENTER and SYSEXIT in protected mode, with
+32- and 16-bit operand size.  The size of a frame is the operand size for a direct transfer and a
+return, and the gate's size through a gate (32 bits: 16-bit gates are assumed away, below); a
+16-bit transfer truncates EIP to 16 bits.  They are the protection-system references of Robin and Irvine: gate and segment
 DPLs are checked against CPL and RPL, a call gate or an interrupt moves to an inner ring on the
 stack the TSS names, and a return to an outer ring reloads SS:ESP and drops data segments the outer
 ring may not use.  IRETD restores IF only when CPL <= IOPL and IOPL only at CPL 0, dropping any
@@ -12,8 +14,10 @@ What is assumed away (each listed with the verdicts):
 
 * task switches: a far CALL/JMP to a task gate or TSS that passes its own DPL and present checks,
   INT n through a task gate, IRETD with EFLAGS.NT = 1 (SDM Vol. 3A 7.3);
-* 16-bit call, interrupt and trap gates for far CALL and INT n (a 16-bit frame); far JMP through a
-  16-bit call gate is modelled (it only truncates the offset);
+* 16-bit call, interrupt and trap gates for far CALL and INT n (a frame of words whatever the
+  operand size); far JMP through a 16-bit call gate is modelled (it only truncates the offset).
+  Modelling the word frames beside the doubleword ones doubled the stores every query of the
+  32-bit forms reasons about (2-4x the solver time) for gates no 32-bit system uses;
 * call gates with a non-zero parameter count on an inter-privilege far CALL (the parameter copy);
 * IRETD to virtual-8086 mode (popped VM = 1 at CPL 0).
 
@@ -32,7 +36,7 @@ from .. import state as st
 from ..checks import (Descriptor, descriptor, gate_descriptor, is_null, load_cache, load_null, rpl,
                       sel_code, set_accessed)
 from ..form import form
-from ..outcome import BP, GP, NP, OF, SS, TS
+from ..outcome import BP, GP, NP, OF, SS, TS, UD
 
 CALL_GATE16, TASK_GATE, INT_GATE16, TRAP_GATE16 = 0x4, 0x5, 0x6, 0x7
 CALL_GATE32, INT_GATE32, TRAP_GATE32 = 0xC, 0xE, 0xF
@@ -58,6 +62,37 @@ def _cpl_sel(sel, cpl):
 
 def _dword(sel):
     return z3.ZeroExt(16, sel)
+
+
+def _sized(v, n: int):
+    """``v`` as an ``n``-byte stack item: selectors zero-extended, (E)IP/(E)SP/FLAGS truncated."""
+    w = 8 * n
+    return z3.ZeroExt(w - v.size(), v) if v.size() < w else z3.Extract(w - 1, 0, v)
+
+
+def _push_frame(x, values, wide) -> None:
+    """Push ``values`` in order as doublewords where ``wide`` holds, else as words: the frame size
+    of a far transfer is the operand size, or through a gate the gate's size (SDM Vol. 2A CALL
+    and INT n, Operation: "IF CallGateSize = 32 ... ELSE (* CallGateSize = 16 *)")."""
+    def push(n):
+        for v in values:
+            x.push(_sized(v, n), n)
+    # Only a constant condition picks one size: a state-dependent one (the gate's type) keeps
+    # both, so every run lists the same accesses whether its state is symbolic or concrete.
+    w = z3.BoolVal(wide) if isinstance(wide, bool) else wide
+    if z3.is_true(w):
+        push(4)
+    elif z3.is_false(w):
+        push(2)
+    else:
+        with x.when(w):
+            push(4)
+        with x.when(z3.Not(w)):
+            push(2)
+
+
+def _ip16(v):
+    return v & 0xFFFF
 
 
 # --- shared protection steps ---------------------------------------------------------------------
@@ -192,8 +227,11 @@ def _drop_inner_segments(x, cpl) -> None:
 
 # --- far CALL ------------------------------------------------------------------------------------
 
-def _far_call(x, sel, off) -> None:
-    """CALL ptr16:32 / m16:32 in protected mode (SDM Vol. 2A CALL, Operation; Vol. 3A 5.8.4-5.8.5)."""
+def _far_call(x, sel, off, size: int = 4) -> None:
+    """CALL ptr16:32 / m16:32 (``size`` 4) or ptr16:16 / m16:16 (2) in protected mode (SDM Vol. 2A
+    CALL, Operation; Vol. 3A 5.8.4-5.8.5).  A direct call pushes CS and the return (E)IP with the
+    operand size and, with 16 bits, EIP := offset AND FFFFH; a call through a (32-bit) call gate
+    pushes doublewords whatever the operand size ("IF CallGateSize = 32")."""
     what = "far CALL"
     cpl = x.cpl
     ret_cs, ret_eip, old_ss, old_esp = x.cs, x.next_eip, x.ss, x.esp
@@ -217,35 +255,48 @@ def _far_call(x, sel, off) -> None:
                  "copying parameters between stacks is not modelled")
         new_ss, new_esp, sd = _tss_stack(x, cd.dpl)
     target = _either(gate, cd, d)
-    eip = z3.If(gate, d.gate_offset, off)
+    eip = z3.If(gate, d.gate_offset, off if size == 4 else _ip16(off))
     x.require(z3.ULE(eip, target.limit), GP, 0, f"{what}: target offset beyond the code segment limit")
+    wide = True if size == 4 else gate       # a 32-bit gate pushes doublewords
     with x.when(inner):
         _switch_stack(x, new_ss, new_esp, sd)
-        x.push(_dword(old_ss))
-        x.push(old_esp)
-    x.push(_dword(ret_cs))
-    x.push(ret_eip)
+        _push_frame(x, (old_ss, old_esp), wide)
+    _push_frame(x, (ret_cs, ret_eip), wide)
     _enter(x, z3.If(gate, csel, sel), target, eip, z3.If(inner, cd.dpl, cpl))
 
 
-@form("call_far_ptr", enc="9A cp", bytes="9a785634123412", asm="lcall 0x1234, 0x12345678",
-      cite="SDM Vol. 2A CALL; Vol. 3A 5.8.4-5.8.5")
+_CALL = "SDM Vol. 2A CALL; Vol. 3A 5.8.4-5.8.5"
+
+
+@form("call_far_ptr", enc="o32 9A cp", bytes="9a785634123412", asm="lcall 0x1234, 0x12345678",
+      cite=_CALL)
 def call_far_ptr(x):
     _far_call(x, z3.BitVecVal(x.d.imm2, 16), z3.BitVecVal(x.d.imm, 32))
 
 
-@form("call_far_m", enc="FF /3 mem", bytes="ff18", asm="call ptr [eax]",
-      cite="SDM Vol. 2A CALL; Vol. 3A 5.8.4-5.8.5")
+@form("call_far_m", enc="o32 FF /3 mem", bytes="ff18", asm="call ptr [eax]", cite=_CALL)
 def call_far_m(x):
-    a = x.ea()
-    _far_call(x, x.load(a + 4, 2), x.load(a, 4))
+    _far_call(x, x.load(x.ea(4), 2), x.load(x.ea(), 4))
+
+
+@form("call_far_ptr16", enc="o16 9A cd", bytes="669a78563412", asm="lcall 0x1234, 0x5678",
+      cite=_CALL)
+def call_far_ptr16(x):
+    """CALL ptr16:16: the four immediate bytes are the offset word, then the selector."""
+    _far_call(x, z3.BitVecVal(x.d.imm >> 16, 16), z3.BitVecVal(x.d.imm & 0xFFFF, 32), 2)
+
+
+@form("call_far_m16", enc="o16 FF /3 mem", bytes="66ff18", asm="lcall [eax]", cite=_CALL)
+def call_far_m16(x):
+    _far_call(x, x.load(x.ea(2), 2), z3.ZeroExt(16, x.load(x.ea(), 2)), 2)
 
 
 # --- far JMP -------------------------------------------------------------------------------------
 
-def _far_jmp(x, sel, off) -> None:
-    """JMP ptr16:32 / m16:32 in protected mode: through a call gate the CPL never changes, so the
-    target code must be conforming with DPL <= CPL or nonconforming with DPL = CPL
+def _far_jmp(x, sel, off, size: int = 4) -> None:
+    """JMP ptr16:32 / m16:32 (or ptr16:16 / m16:16: EIP := offset AND FFFFH) in protected mode:
+    through a call gate the CPL never changes, so the target code must be conforming with
+    DPL <= CPL or nonconforming with DPL = CPL, and the gate's size sets the offset's
     (SDM Vol. 2A JMP, Operation; Vol. 3A 5.8.4)."""
     what = "far JMP"
     cpl = x.cpl
@@ -261,58 +312,91 @@ def _far_jmp(x, sel, off) -> None:
                   f"{what}: call gate target is not code a jump may reach without a ring change")
         x.require(cd.present, NP, ccode, f"{what}: call gate target not present")
     target = _either(gate, cd, d)
-    gate_eip = z3.If(d.type == CALL_GATE16, d.gate_offset & 0xFFFF, d.gate_offset)
-    eip = z3.If(gate, gate_eip, off)
+    gate_eip = z3.If(d.type == CALL_GATE16, _ip16(d.gate_offset), d.gate_offset)
+    eip = z3.If(gate, gate_eip, off if size == 4 else _ip16(off))
     x.require(z3.ULE(eip, target.limit), GP, 0, f"{what}: target offset beyond the code segment limit")
     _enter(x, z3.If(gate, csel, sel), target, eip, cpl)
 
 
-@form("jmp_far_ptr", enc="EA cp", bytes="ea785634123412", asm="ljmp 0x1234:0x12345678",
+@form("jmp_far_ptr", enc="o32 EA cp", bytes="ea785634123412", asm="ljmp 0x1234:0x12345678",
       cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
 def jmp_far_ptr(x):
     _far_jmp(x, z3.BitVecVal(x.d.imm2, 16), z3.BitVecVal(x.d.imm, 32))
 
 
-@form("jmp_far_m", enc="FF /5 mem", bytes="ff28", asm="jmp ptr [eax]",
+@form("jmp_far_m", enc="o32 FF /5 mem", bytes="ff28", asm="jmp ptr [eax]",
       cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
 def jmp_far_m(x):
-    a = x.ea()
-    _far_jmp(x, x.load(a + 4, 2), x.load(a, 4))
+    _far_jmp(x, x.load(x.ea(4), 2), x.load(x.ea(), 4))
+
+
+@form("jmp_far_ptr16", enc="o16 EA cd", bytes="66ea78563412", asm="ljmp 0x1234:0x5678",
+      cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
+def jmp_far_ptr16(x):
+    """JMP ptr16:16 (tboot's 16-bit far jumps): offset word, then selector."""
+    _far_jmp(x, z3.BitVecVal(x.d.imm >> 16, 16), z3.BitVecVal(x.d.imm & 0xFFFF, 32), 2)
+
+
+@form("jmp_far_m16", enc="o16 FF /5 mem", bytes="66ff28", asm="ljmp [eax]",
+      cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
+def jmp_far_m16(x):
+    _far_jmp(x, x.load(x.ea(2), 2), z3.ZeroExt(16, x.load(x.ea(), 2)), 2)
 
 
 # --- RETF ----------------------------------------------------------------------------------------
 
-def _far_return(x, imm: int) -> None:
-    """RETF [imm16] in protected mode: EIP and CS from the stack; to an outer ring also ESP and SS
-    (read above the ``imm`` parameter bytes), ``imm`` released on both stacks, and segment
-    registers the outer ring may not use nulled (SDM Vol. 2A RET, Operation; Vol. 3A 5.8.6)."""
+def _far_return(x, imm: int, size: int = 4) -> None:
+    """RETF [imm16] in protected mode: (E)IP and CS from the stack; to an outer ring also (E)SP
+    and SS (read above the ``imm`` parameter bytes), ``imm`` released on both stacks, and segment
+    registers the outer ring may not use nulled (SDM Vol. 2A RET, Operation; Vol. 3A 5.8.6).
+    With 16-bit operand size every item is a word and EIP, ESP are the popped words zero-extended
+    (the new stack is 32-bit; Bochs ``return_protected``)."""
     what = "RETF"
+    w = size
     cpl, esp, base = x.cpl, x.esp, x.ss_base
-    eip = x.load(base + esp, 4)
-    sel = x.load(base + esp + 4, 2)
+
+    def item(at, n=w):
+        v = x.load(base + esp + at, n)
+        return z3.ZeroExt(32 - v.size(), v) if n == w and v.size() < 32 else v
+
+    eip = item(0)
+    sel = x.load(base + esp + w, 2)
     d = _return_code(x, sel, what)
     r = rpl(sel)
     outer = z3.UGT(r, cpl)
     with x.when(outer):
-        new_esp = x.load(base + esp + 8 + imm, 4)
-        new_ss = x.load(base + esp + 12 + imm, 2)
+        new_esp = item(2 * w + imm)
+        new_ss = x.load(base + esp + 3 * w + imm, 2)
         sd = _return_stack(x, new_ss, r, what)
     x.require(z3.ULE(eip, d.limit), GP, 0, f"{what}: return offset beyond the code segment limit")
     _enter(x, sel, d, eip, r)
-    x.write("esp", esp + 8 + imm)
+    x.write("esp", esp + 2 * w + imm)
     with x.when(outer):
         _switch_stack(x, new_ss, new_esp + imm, sd)
         _drop_inner_segments(x, r)
 
 
-@form("retf", enc="CB", bytes="cb", asm="retf", cite="SDM Vol. 2A RET; Vol. 3A 5.8.6")
+_RET = "SDM Vol. 2A RET; Vol. 3A 5.8.6"
+
+
+@form("retf", enc="o32 CB", bytes="cb", asm="retf", cite=_RET)
 def retf(x):
     _far_return(x, 0)
 
 
-@form("retf_imm", enc="CA iw", bytes="ca0800", asm="retf 8", cite="SDM Vol. 2A RET; Vol. 3A 5.8.6")
+@form("retf_imm", enc="o32 CA iw", bytes="ca0800", asm="retf 8", cite=_RET)
 def retf_imm(x):
     _far_return(x, x.d.imm)
+
+
+@form("retf_o16", enc="o16 CB", bytes="66cb", asm="retf", cite=_RET)
+def retf_o16(x):
+    _far_return(x, 0, 2)
+
+
+@form("retf_imm_o16", enc="o16 CA iw", bytes="66ca0800", asm="retf 8", cite=_RET)
+def retf_imm_o16(x):
+    _far_return(x, x.d.imm, 2)
 
 
 # --- INT n, INT3, INTO ---------------------------------------------------------------------------
@@ -379,50 +463,69 @@ def into(x):
         _software_interrupt(x, OF)
 
 
-# --- IRETD ---------------------------------------------------------------------------------------
+# --- IRET, IRETD -----------------------------------------------------------------------------------
 
-def _iret_flags(x, popped, cpl) -> None:
-    """EFLAGS from an IRETD frame, judged by the CPL and IOPL before the return: the arithmetic
+def _iret_flags(x, popped, cpl, size: int) -> None:
+    """EFLAGS from an IRET frame, judged by the CPL and IOPL before the return: the arithmetic
     flags, TF, NT, RF, AC and ID always; IF only when CPL <= IOPL; IOPL, VIF and VIP only at CPL 0.
-    VM never changes here (a return to virtual-8086 mode is assumed away).  Denied changes are
-    dropped without a fault (SDM Vol. 2A IRET, Operation)."""
+    With 16-bit operand size only FLAGS[15:0] is loaded.  VM never changes here (a return to
+    virtual-8086 mode is assumed away).  Denied changes are dropped without a fault (SDM Vol. 2A
+    IRET, Operation)."""
     always = (1 << st.TF) | (1 << st.NT) | (1 << st.RF) | (1 << st.AC) | (1 << st.ID)
     at0 = (3 << st.IOPL_LO) | (1 << st.VIF) | (1 << st.VIP)
+    low = 0xFFFFFFFF if size == 4 else 0xFFFF
     zero = z3.BitVecVal(0, 32)
-    mask = (z3.BitVecVal(always, 32)
+    mask = (z3.BitVecVal(always & low, 32)
             | z3.If(z3.ULE(cpl, st.iopl(x.s)), z3.BitVecVal(1 << st.IF, 32), zero)
-            | z3.If(cpl == 0, z3.BitVecVal(at0, 32), zero))
-    x.write("flags", popped & st.USER_FLAGS_MASK)
+            | z3.If(cpl == 0, z3.BitVecVal(at0 & low, 32), zero))
+    x.write("flags", popped & st.USER_FLAGS_MASK)      # the arithmetic flags and DF: bits 11:0
     x.write("sysflags", (x.sysflags & ~mask) | (popped & mask))
 
 
-@form("iretd", enc="CF", bytes="cf", asm="iretd", cite="SDM Vol. 2A IRET/IRETD; Vol. 3A 6.12.1")
-def iretd(x):
-    """IRETD in protected mode: same-ring return (EIP, CS, EFLAGS) or return to an outer ring (also
-    ESP, SS; segment registers the outer ring may not use are nulled) (SDM Vol. 2A IRET)."""
-    what = "IRETD"
+def _iret(x, size: int) -> None:
+    """IRET/IRETD in protected mode: same-ring return ((E)IP, CS, (E)FLAGS) or return to an outer
+    ring (also (E)SP, SS; segment registers the outer ring may not use are nulled) (SDM Vol. 2A
+    IRET).  With 16-bit operand size the frame is of words, EIP and ESP the popped words
+    zero-extended (the stacks are 32-bit; Bochs ``iret_protected``)."""
+    what = "IRETD" if size == 4 else "IRET"
     x.assume(z3.Not(st.bit(x.sysflags, st.NT)),
-             "IRETD with EFLAGS.NT = 1 returns from a nested task: task switches are not modelled")
+             f"{what} with EFLAGS.NT = 1 returns from a nested task: task switches are not modelled")
+    w = size
     cpl, esp, base = x.cpl, x.esp, x.ss_base
-    eip = x.load(base + esp, 4)
-    sel = x.load(base + esp + 4, 2)
-    popped = x.load(base + esp + 8, 4)
+
+    def item(at):
+        v = x.load(base + esp + at, w)
+        return v if w == 4 else z3.ZeroExt(16, v)
+
+    eip = item(0)
+    sel = x.load(base + esp + w, 2)
+    popped = item(2 * w)
     x.assume(z3.Or(cpl != 0, z3.Not(st.bit(popped, st.VM))),
-             "IRETD at CPL 0 with VM = 1 in the popped EFLAGS returns to virtual-8086 mode: not modelled")
+             f"{what} at CPL 0 with VM = 1 in the popped EFLAGS returns to virtual-8086 mode: not modelled")
     d = _return_code(x, sel, what)
     r = rpl(sel)
     outer = z3.UGT(r, cpl)
     with x.when(outer):
-        new_esp = x.load(base + esp + 12, 4)
-        new_ss = x.load(base + esp + 16, 2)
+        new_esp = item(3 * w)
+        new_ss = x.load(base + esp + 4 * w, 2)
         sd = _return_stack(x, new_ss, r, what)
     x.require(z3.ULE(eip, d.limit), GP, 0, f"{what}: return offset beyond the code segment limit")
-    _iret_flags(x, popped, cpl)
+    _iret_flags(x, popped, cpl, size)
     _enter(x, sel, d, eip, r)
-    x.write("esp", esp + 12)
+    x.write("esp", esp + 3 * w)
     with x.when(outer):
         _switch_stack(x, new_ss, new_esp, sd)
         _drop_inner_segments(x, r)
+
+
+@form("iretd", enc="o32 CF", bytes="cf", asm="iretd", cite="SDM Vol. 2A IRET/IRETD; Vol. 3A 6.12.1")
+def iretd(x):
+    _iret(x, 4)
+
+
+@form("iretw", enc="o16 CF", bytes="66cf", asm="iret", cite="SDM Vol. 2A IRET/IRETD; Vol. 3A 6.12.1")
+def iretw(x):
+    _iret(x, 2)
 
 
 # --- SYSENTER, SYSEXIT ---------------------------------------------------------------------------
@@ -469,3 +572,49 @@ def sysexit(x):
     _load_flat(x, "ss", new_cs + 8, 0x3, 3)
     x.write("cpl", 3)
     x.jump(x.edx)
+
+
+# --- SYSCALL, SYSRET outside 64-bit mode -----------------------------------------------------------
+#
+# On Intel processors both are #UD outside 64-bit mode (SDM Vol. 2B SYSCALL, SYSRET: "IF (CS.L
+# != 1) or (IA32_EFER.LMA != 1) or (IA32_EFER.SCE != 1) THEN #UD").  AMD processors run them in
+# legacy mode with EFER.SCE = 1 (feature ``syscall``): CS and SS from STAR, flat segments as
+# SYSENTER's (AMD APM Vol. 3 SYSCALL, SYSRET, legacy-mode Operation).
+
+
+def _syscall_enabled(x, what: str) -> bool:
+    x.require(z3.And(x.has("syscall"), st.bit(x.efer, st.EFER_SCE)), UD, None,
+              f"{what} outside 64-bit mode without the AMD legacy-mode SYSCALL and EFER.SCE")
+    return "syscall" in x.features
+
+
+@form("syscall", enc="0F 05", bytes="0f05", asm="syscall", cite="SDM Vol. 2B SYSCALL; AMD APM Vol. 3 SYSCALL")
+def syscall(x):
+    """Legacy-mode SYSCALL: ECX := the next EIP; CS := STAR[47:32] AND FFFCH and SS := that + 8,
+    flat ring-0 segments; IF, VM, RF := 0; CPL := 0; EIP := STAR[31:0]."""
+    if not _syscall_enabled(x, "SYSCALL"):
+        return
+    cs = z3.Extract(47, 32, x.star) & 0xFFFC
+    x.write("ecx", x.next_eip)
+    x.write("sysflags", x.sysflags & ~((1 << st.VM) | (1 << st.IF) | (1 << st.RF)))
+    _load_flat(x, "cs", cs, 0xB, 0)
+    _load_flat(x, "ss", cs + 8, 0x3, 0)
+    x.write("cpl", 0)
+    x.jump(z3.Extract(31, 0, x.star))
+
+
+@form("sysret", enc="0F 07", bytes="0f07", asm="sysret", cite="SDM Vol. 2B SYSRET; AMD APM Vol. 3 SYSRET")
+def sysret(x):
+    """Legacy-mode SYSRET: #GP(0) at CPL > 0; CS := STAR[63:48] OR 3 as a flat ring-3 code
+    segment; the SS selector := (STAR[63:48] + 8) OR 3 with SS's base, limit and attributes left
+    as they were (AMD APM: "SS base, limit, attributes unchanged"); IF := 1; CPL := 3;
+    EIP := ECX."""
+    if not _syscall_enabled(x, "SYSRET"):
+        return
+    x.require(x.cpl == 0, GP, 0, "SYSRET at CPL > 0")
+    base = z3.Extract(63, 48, x.star)
+    x.write("sysflags", x.sysflags | (1 << st.IF))
+    _load_flat(x, "cs", base | 3, 0xB, 3)
+    x.write("ss", (base + 8) | 3)
+    x.write("cpl", 3)
+    x.jump(x.ecx)

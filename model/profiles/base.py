@@ -1,4 +1,5 @@
-"""Profiles: which features a processor has and what a monitor imposes on a deprivileged guest.
+"""What every profile is made of: the processor's features and what a monitor imposes on a
+deprivileged guest, the well-formed states, and the mode and relocation the queries read.
 
 A profile is data.  ``features`` are facts of the processor (``umip``: CR4.UMIP exists).
 ``host`` is the real setting a trap-and-emulate monitor chooses while a guest runs: CPL 3, IOPL 0,
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 
 import z3
 
-from . import state as st
-from .state import State
+from .. import state as st
+from ..features import check as _check_features
+from ..state import State
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class Profile:
     cr0_clear: tuple[int, ...] = ()    # CR0 bits the monitor clears
     passthrough: tuple[tuple[str, int], ...] = ()   # (field, mask): the guest's own values
     notes: tuple[str, ...] = ()        # why each host or passed-through setting, with its source
+
+    def __post_init__(self) -> None:
+        _check_features(self.features)     # every name is one of ``features.FEATURES``
 
     @property
     def mode_bits(self) -> dict[str, int]:
@@ -89,38 +94,14 @@ def _bit_names(field: str, mask: int) -> list[str] | str:
     return [names[b] for b in sorted(names) if mask >> b & 1]
 
 
-# What a trap-and-emulate monitor does with the FPU/SIMD controls and alignment checking while a
-# guest runs.  The guest's own FPU, SSE and AVX state runs natively, so the real CR0.MP/EM/TS,
-# CR4.OSFXSR/OSXMMEXCPT/OSXSAVE and XCR0 hold the guest's values (a monitor that switches FPU
-# state lazily reflects the guest's TS in the real one and forwards the #NM); EFLAGS.AC is the
-# guest's (POPF writes it at any CPL).  CR0.AM is the monitor's: with AM = 1 every misaligned
-# access of a guest that sets AC would raise #AC at CPL 3 and not natively at CPL 0.
-PASSTHROUGH = (
-    ("cr0", (1 << st.CR0_MP) | (1 << st.CR0_EM) | (1 << st.CR0_TS)),
-    ("cr4", (1 << st.CR4_OSFXSR) | (1 << st.CR4_OSXMMEXCPT) | (1 << st.CR4_OSXSAVE)),
-    ("xcr0", (1 << 64) - 1),
-    ("sysflags", 1 << st.AC),
-)
-NOTES = (
-    "CR0.MP/EM/TS: the guest's, loaded into the real CR0 while it runs (SDM Vol. 3A 2.5, "
-    "Table 2-2; 13.4: the OS-side handling of #NM)",
-    "CR4.OSFXSR/OSXMMEXCPT/OSXSAVE and XCR0: the guest's (SDM Vol. 3A 2.5, 13.1-13.3; "
-    "Vol. 1 13.3: XSETBV sets XCR0)",
-    "EFLAGS.AC: the guest's, POPF/POPFD write it at any CPL (SDM Vol. 1 3.4.3.3, Vol. 2B POPF)",
-    "CR0.AM = 0 imposed: no #AC in the deprivileged guest (SDM Vol. 3A 2.5; 6.15 interrupt 17)",
-)
-PENTIUM = Profile(
-    "pentium",
-    "Pentium-class IA-32: no UMIP; guest runs at CPL 3, IOPL 0, CR4.TSD=1, CR4.PCE=0, no I/O bitmap",
-    frozenset(), cr4_set=(st.CR4_TSD,), cr4_clear=(st.CR4_PCE, st.CR4_PVI, st.CR4_VME),
-    cr0_clear=(st.CR0_AM,), passthrough=PASSTHROUGH, notes=NOTES)
-UMIP = Profile(
-    "umip",
-    "as pentium, with CR4.UMIP implemented and set by the monitor",
-    frozenset({"umip"}), cr4_set=(st.CR4_TSD, st.CR4_UMIP), cr4_clear=(st.CR4_PCE, st.CR4_PVI, st.CR4_VME),
-    cr0_clear=(st.CR0_AM,), passthrough=PASSTHROUGH, notes=NOTES)
+PROFILES: dict[str, Profile] = {}
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (PENTIUM, UMIP)}
+
+def register(p: Profile) -> Profile:
+    if p.name in PROFILES:
+        raise ValueError(f"profile {p.name!r} defined twice")
+    PROFILES[p.name] = p
+    return p
 
 
 class UnknownProfile(KeyError):
@@ -143,7 +124,8 @@ ASSUMPTIONS = (
     "no debug breakpoints armed: DR7 enables none of DR0-DR3",
     "CS.RPL = SS.RPL = SS.DPL = CPL; CS holds code (DPL = CPL unless conforming), SS writable data",
     "loaded segment caches have the accessed bit set; a null LDTR has an empty cache",
-    "TR holds a busy 32-bit TSS; reserved EFLAGS/CR0/CR4 bits are clear; the CPU is not halted",
+    "TR holds a busy 32-bit TSS; reserved EFLAGS/CR0/CR4/EFER/XCR0 bits are clear; the CPU is not halted",
+    "not in SMM, VMX operation, SMX operation, an SGX enclave or an SVM guest; CET disabled (CR4.CET = 0 where it exists)",
     "memory accesses are inside their segments: limit and paging faults (Popek-Goldberg's memory traps) are out of scope",
 )
 
@@ -194,6 +176,9 @@ def wellformed(s: State, profile: Profile) -> z3.BoolRef:
         z3.Extract(7, 0, s.tr_attr) & 0x9F == 0x8B,
         z3.ULE(z3.BitVecVal(0x67, 32), s.tr_limit),
         s.halted == 0, *attrs_ok, *accessed, null_ldt, *xstate_ok(s, profile),
+        # IA32_EFER with only the bits the processor defines, GIF = 1 where there is no SVM to clear it
+        s.efer & ~st.efer_defined(profile.features) == 0,
+        *(() if "svm" in profile.features else (s.gif == 1,)),
     )
 
 
@@ -216,20 +201,30 @@ def io_map_base(s: State):
     return v, [("mem", a), ("mem", a + 1)]
 
 
-def deprivileged(s: State, profile: Profile):
-    """Constraints that ``s`` is a guest state as the monitor really runs it, and the memory read.
+def host_settings(profile: Profile) -> list[tuple[str, int, int]]:
+    """What the monitor imposes on a deprivileged guest, as (field, mask, value): IOPL and the
+    CR4 and CR0 bits of the profile (the CPL is the mode itself).  ``host_constraints``,
+    ``with_mode`` and the check-patch proofs all read this one list."""
+    out = [("sysflags", 3 << st.IOPL_LO, profile.iopl << st.IOPL_LO)]
+    for name, sets, clears in (("cr4", profile.cr4_set, profile.cr4_clear),
+                               ("cr0", profile.cr0_set, profile.cr0_clear)):
+        mask = sum(1 << b for b in sets + clears)
+        if mask:
+            out.append((name, mask, sum(1 << b for b in sets)))
+    return out
 
-    Returns (constraint, addresses) so witnesses carry the TSS bytes the constraint reads.
+
+def host_constraints(s: State, profile: Profile) -> z3.BoolRef:
+    """``s`` runs as the monitor runs its guest: CPL 3 and every host setting."""
+    return z3.And([s.cpl == 3] + [s[f] & m == v for f, m, v in host_settings(profile)])
+
+
+def deprivileged(s: State, profile: Profile):
+    """Constraints that ``s`` is a guest state as the monitor really runs it, and the memory read:
+    the host settings and, without an I/O permission bitmap, a TSS whose map base lies past its
+    limit.  Returns (constraint, addresses) so witnesses carry the TSS bytes it reads.
     """
-    conds = [s.cpl == 3, st.iopl(s) == profile.iopl]
-    for b in profile.cr4_set:
-        conds.append(st.bit(s.cr4, b))
-    for b in profile.cr4_clear:
-        conds.append(z3.Not(st.bit(s.cr4, b)))
-    for b in profile.cr0_set:
-        conds.append(st.bit(s.cr0, b))
-    for b in profile.cr0_clear:
-        conds.append(z3.Not(st.bit(s.cr0, b)))
+    conds = [host_constraints(s, profile)]
     addrs = []
     if not profile.io_bitmap:
         base, addrs = io_map_base(s)
@@ -247,18 +242,6 @@ def with_mode(s: State, cpl, profile: Profile, host: bool) -> State:
     new = dict(cpl=cpl, cs=(s.cs & ~3) | c16, ss=(s.ss & ~3) | c16,
                ss_attr=(s.ss_attr & ~0x60) | (c16 << 5), cs_attr=cs_attr)
     if host:
-        sysflags = (s.sysflags & ~(3 << st.IOPL_LO)) | (profile.iopl << st.IOPL_LO)
-        cr4 = s.cr4
-        for b in profile.cr4_set:
-            cr4 = cr4 | (1 << b)
-        for b in profile.cr4_clear:
-            cr4 = cr4 & ~(1 << b)
-        new.update(sysflags=sysflags, cr4=cr4)
-        if profile.cr0_set or profile.cr0_clear:
-            cr0 = s.cr0
-            for b in profile.cr0_set:
-                cr0 = cr0 | (1 << b)
-            for b in profile.cr0_clear:
-                cr0 = cr0 & ~(1 << b)
-            new["cr0"] = cr0
+        for f, m, v in host_settings(profile):
+            new[f] = (s[f] & ~m) | v
     return s.replace(**new)
