@@ -144,6 +144,7 @@ class _Layout:
     # QEMU records about the event it raised, before Unicorn's hook replaces the delivery.
     error_code: int = 0
     is_int: int = 0
+    tsc_aux: int = 0
 
 
 def _find(blob: bytes, pattern: bytes, what: str) -> int:
@@ -168,8 +169,10 @@ def _calibrate(uc: Uc, scratch: int) -> _Layout:
     uc.msr_write(st.MSR_SYSENTER_ESP, 0x4D4D_4D4D)
     uc.msr_write(st.MSR_SYSENTER_EIP, 0x6E6E_6E6E)
     uc.msr_write(st.MSR_SYSENTER_CS, 0x1B1B)
+    uc.msr_write(M.MSRS["tsc_aux"], 0x7A5C_0A11)
     blob = bytes(uc.context_save())
     q = lambda v: struct.pack("<Q", v)
+    tsc_aux = _find(blob, q(0x7A5C_0A11), "IA32_TSC_AUX")
     reg_at = _find(blob, b"".join(q(v) for v in regs), "the general registers")
     eip_at = reg_at + 16 * 8          # regs[CPU_NB_REGS = 16], then eip
     if blob[eip_at:eip_at + 8] != q(0x2468_ACE0):
@@ -214,7 +217,8 @@ def _calibrate(uc: Uc, scratch: int) -> _Layout:
             or struct.unpack_from("<Q", blob, next_eip)[0] != scratch + 2:
         raise LayoutError("QEMU's exception_is_int / exception_next_eip are not where "
                           "CPUX86State puts them")
-    return _Layout(reg_at, eip_at, segs, cr2 - 16, dr, sesp - 8, cands[0], dr - 16, is_int)
+    return _Layout(reg_at, eip_at, segs, cr2 - 16, dr, sesp - 8, cands[0], dr - 16, is_int,
+                   tsc_aux)
 
 
 _SEG = M._SEGCACHE   # u32 selector; u64 base; u32 limit, flags
@@ -223,8 +227,8 @@ _SEG = M._SEGCACHE   # u32 selector; u64 base; u32 limit, flags
 class Memory:
     """Guest RAM for the model's concrete evaluation: ``get(address, default)`` reads a byte.
 
-    Pages are read once per ``Memory`` (make a new one after the guest ran).  Bytes outside RAM
-    read 0: a form also evaluates loads of branches it does not take (a stack switch it does
+    Pages are read once per ``Memory`` (make a new one after the guest ran).  The monitor's
+    pages read as they are (the real CPU reads its tables there); other bytes outside RAM read 0: a form also evaluates loads of branches it does not take (a stack switch it does
     not make), and those must not fail; ``outside`` records them for the monitor.
     ``overlay`` holds bytes the guest must see instead of RAM's (a patched site's original).
     """
@@ -241,7 +245,7 @@ class Memory:
         v = self.overlay.get(a)
         if v is not None:
             return v
-        if not 0 <= a < self._vm.ram_size:
+        if not 0 <= a < self._vm.ram_size and not MONITOR_BASE <= a < MONITOR_BASE + MONITOR_SIZE:
             self.outside.add(a)
             return 0
         p = a >> 12
@@ -283,6 +287,9 @@ class VM:
         uc.mem_protect(scratch, PAGE, UC_PROT_READ)
         self._reset = uc.context_save()
         self._probe = uc.context_save()
+        L = self._layout
+        self._blob_size = max(L.old_exception, L.tsc_aux + 8, L.sysenter + 24) + 4
+        self._cs_base = 0
         self._configs: OrderedDict[tuple, object] = OrderedDict()
         self._cached_configs = cached_configs
         self._config_key: tuple | None = None
@@ -322,29 +329,34 @@ class VM:
     def _on_intr(self, uc, intno, _):
         self._set_stop(Stop("event", 0, uc.reg_read(X.UC_X86_REG_EIP), vector=intno))
 
-    def _io_trap(self, uc, port: int, kind: str) -> None:
-        """Undo the port access (the processor would have raised #GP(0) before it) and stop."""
-        if self._stop is None:
-            eip = uc.reg_read(X.UC_X86_REG_EIP)
-            self._trap_regs = {r: uc.reg_read(r) for r in (X.UC_X86_REG_EAX, X.UC_X86_REG_ECX,
-                                                           X.UC_X86_REG_ESI, X.UC_X86_REG_EDI)}
-            self._trap_regs[X.UC_X86_REG_EIP] = eip
-            self._hook_ctr = self._counter()
-            self._set_stop(Stop("io-trap", 0, eip, vector=13, address=port,
-                                detail=f"port {kind} {port:#x} at CPL 3 with IOPL 0 and no I/O bitmap"))
+    def _io_trap(self, uc, port: int, kind: str) -> int | None:
+        """Undo the port access (the processor would have raised #GP(0) before it) and stop.
+        For IN, the hook returns the destination's current value, so nothing changes but EIP
+        (and, for INS/OUTS, the index and count registers, saved here and put back)."""
+        if self._stop is not None:
+            return None
+        eip = uc.reg_read(X.UC_X86_REG_EIP)
+        regs = {X.UC_X86_REG_EIP: eip}
+        op = self._opcode(eip)
+        if op in (0x6C, 0x6D, 0x6E, 0x6F):
+            for r in (X.UC_X86_REG_ECX, X.UC_X86_REG_ESI, X.UC_X86_REG_EDI):
+                regs[r] = uc.reg_read(r)
+        self._trap_regs = regs
+        self._hook_ctr = self._ctr.value
+        self._set_stop(Stop("io-trap", 0, eip, vector=13, address=port,
+                            detail=f"port {kind} {port:#x} at CPL 3 with IOPL 0 and no I/O bitmap"))
+        return op
 
     def _on_in(self, uc, port, size, _):
         if self.io_traps:
-            self._io_trap(uc, port, "read")
-            eip = self._trap_regs[X.UC_X86_REG_EIP]
-            op = self._opcode(eip)
+            op = self._io_trap(uc, port, "read")
             if op in (0x6C, 0x6D):          # INS stores the value at ES:EDI: store what is there
                 es = self._caches()["es_base"]
                 at = (es + self._trap_regs[X.UC_X86_REG_EDI]) & MASK32
                 if 0 <= at and at + size <= self.ram_size:
                     return int.from_bytes(uc.mem_read(at, size), "little")
                 return 0
-            return self._trap_regs[X.UC_X86_REG_EAX] & ((1 << 8 * size) - 1)
+            return uc.reg_read(X.UC_X86_REG_EAX) & ((1 << 8 * size) - 1)
         when = self.retired + self._ctr.value - 1
         if size == 1:
             return self.ports.port_in(port, when) & 0xFF
@@ -365,8 +377,9 @@ class VM:
             self._set_stop(Stop("io", 0, 0))
 
     def _opcode(self, eip: int) -> int | None:
-        """The opcode byte of the instruction at CS:EIP, past legacy prefixes."""
-        pc = (self._caches()["cs_base"] + eip) & MASK32
+        """The opcode byte of the instruction at CS:EIP, past legacy prefixes (CS.base as the
+        last ``state``/``load`` saw it: at CPL 3 only a far transfer changes it)."""
+        pc = (self._cs_base + eip) & MASK32
         if not 0 <= pc < self.ram_size:
             return None
         code = bytes(self.uc.mem_read(pc, min(15, self.ram_size - pc)))
@@ -488,7 +501,7 @@ class VM:
     def _blob(self) -> bytes:
         self.uc.context_update(self._probe)
         ptr = ctypes.cast(self._probe.context, ctypes.c_void_p).value
-        return ctypes.string_at(ptr, self._layout.old_exception + 4)
+        return ctypes.string_at(ptr, self._blob_size)
 
     def _caches(self, blob: bytes | None = None) -> dict:
         blob = self._blob() if blob is None else blob
@@ -533,10 +546,11 @@ class VM:
         scs = struct.unpack_from("<I", blob, L.sysenter)[0]
         sesp, seip = struct.unpack_from("<QQ", blob, L.sysenter + 8)
         out.update(sysenter_cs=scs & 0xFFFF, sysenter_esp=sesp & MASK32, sysenter_eip=seip & MASK32,
-                   tsc_aux=self.uc.msr_read(M.MSRS["tsc_aux"]) & MASK32)
+                   tsc_aux=struct.unpack_from("<Q", blob, L.tsc_aux)[0] & MASK32)
         out.update(self.extra)
         self._known = {n: out[n] for n in st.SCALARS}
         self._config_key = M._seg_key(out)
+        self._cs_base = out["cs_base"]
         return {**self._known, "mem": Memory(self), "io": {}}
 
     def load(self, values: Mapping) -> None:
@@ -545,13 +559,16 @@ class VM:
         A new CPL or segment configuration goes through the set-up stub (its context is kept
         per configuration); otherwise only the fields that differ are written.
         """
-        s = M.check({n: values[n] for n in st.SCALARS if n != "halted"})
-        s["halted"] = 0
+        s = {n: values[n] for n in st.SCALARS}
         key = M._seg_key(s)
         uc = self.uc
         if self._config_key is not None and self._known is None:
             self.state()                # the guest may have loaded segments since
         known = self._known
+        if key != self._config_key or known is None:
+            # A state not derived from the one on the CPU: check it can exist (one line if not).
+            s = M.check({n: values[n] for n in st.SCALARS if n != "halted"})
+            s["halted"] = 0
         if key != self._config_key:
             uc.context_restore(self._config(s))
             self._config_key = key
@@ -582,6 +599,7 @@ class VM:
         self.extra["halted"] = values["halted"]
         self._known = {n: s[n] for n in st.SCALARS}
         self._known["halted"] = values["halted"]
+        self._cs_base = s["cs_base"]
 
     def _config(self, s: Mapping[str, int]):
         """The context holding ``s``'s CPL and segment caches, reached by ``machine``'s stub."""

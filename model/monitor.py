@@ -43,6 +43,8 @@ ADDRESS_SPACE = tuple(f"{r}_{k}" for r in st.SREGS for k in ("base", "limit"))
 RPL_COUPLED = ("cs", "ss")   # their RPL is the CPL (SDM Vol. 3A 5.5), so it is mode, not storage
 SCALAR_USER = tuple(n for n in st.users() if not st.FIELD[n].index_width)
 SCALAR_SYSTEM = tuple(n for n in st.systems() if not st.FIELD[n].index_width)
+_USERS, _SYSTEMS = st.users(), st.systems()
+_BACK_TO_REAL = SCALAR_USER + ADDRESS_SPACE
 
 
 def replacement(length: int) -> bytes:
@@ -80,18 +82,13 @@ def _replace(s, changes: dict):
     return s.replace(**changes) if isinstance(s, State) else {**s, **changes}
 
 
-def _has(s, name: str) -> bool:
-    """A ``State`` holds every field; a concrete result may leave out the arrays."""
-    return isinstance(s, State) or name in s
-
-
 def view(real, vcpu):
     """The state the guest believes it runs in: USER fields of R (EIP = the trapping site), every
     SYSTEM field of C, and CS/SS showing the virtual CPL as their RPL.
 
     ``real`` and ``vcpu`` are both ``State`` values (the proofs) or both plain-integer mappings
     (a running monitor; ``mem`` may be any object with ``get(address, default)``)."""
-    user = {n: real[n] for n in st.users()}
+    user = {n: real[n] for n in _USERS}
     for n in RPL_COUPLED:
         user[n] = _with_rpl(real[n], vcpu["cpl"])
     return _replace(vcpu, user)
@@ -105,11 +102,21 @@ def write_back(real, vcpu, after):
     other real SYSTEM field stays the monitor's.  C' gets every SYSTEM field.  Works on
     ``State`` values and on plain-integer mappings alike (as ``view``).
     """
-    user = {n: after[n] for n in st.users() if _has(after, n)}
+    if not isinstance(after, State):          # a concrete result: scalars (arrays written apart)
+        r2 = dict(real)
+        for n in _BACK_TO_REAL:
+            r2[n] = after[n]
+        for n in RPL_COUPLED:
+            r2[n] = _with_rpl(after[n], real["cpl"])
+        c2 = dict(vcpu)
+        for n in SCALAR_SYSTEM:
+            c2[n] = after[n]
+        return r2, c2
+    user = {n: after[n] for n in _USERS}
     for n in RPL_COUPLED:
         user[n] = _with_rpl(after[n], real["cpl"])
     user.update({n: after[n] for n in ADDRESS_SPACE})
-    return _replace(real, user), _replace(vcpu, {n: after[n] for n in st.systems() if _has(after, n)})
+    return _replace(real, user), _replace(vcpu, {n: after[n] for n in _SYSTEMS})
 
 
 @dataclass(frozen=True)
@@ -220,7 +227,7 @@ def emulate(form: Form, code: bytes, real: Mapping, vcpu: Mapping | None = None,
     from .concrete import compiled
 
     guest = real if vcpu is None else view(real, vcpu)
-    run = compiled(form, frozenset(features), code).evaluate(guest, uf)
+    run = compiled(form, frozenset(features), code).evaluate(guest, uf, complete=False)
     if run.fault is not None or not run.assumed:
         same = {n: real[n] for n in st.SCALARS}
         return Step(form, run.fault, run.assumed, same,
@@ -238,7 +245,8 @@ def emulate(form: Form, code: bytes, real: Mapping, vcpu: Mapping | None = None,
             io_out[a] = v             # OUT always writes its port: a port write is an event
         elif v != mem_in.get(a, 0):
             mem[a] = v                # a store guarded off (a branch not taken) changes nothing
-    after = {n: run.post[n] for n in st.SCALARS}
+    after = {n: guest[n] for n in st.SCALARS}
+    after.update(run.post)
     if vcpu is None:
         return Step(form, None, True, after, {}, mem, io_out, tuple(io_in))
     r2, c2 = write_back({n: real[n] for n in st.SCALARS}, {n: vcpu[n] for n in st.SCALARS}, after)
