@@ -141,6 +141,18 @@ class Monitor:
         """Guest memory as the guest reads it."""
         return self.vm.read(address, n)
 
+    def compare_overlay(self) -> dict:
+        """Bytes that stand for RAM's when this run is compared with native (paravirt: the
+        original bytes of its sites, the one difference the patch makes by design)."""
+        return {}
+
+    def compare_read(self, address: int, n: int) -> bytes:
+        data = bytearray(self.guest_read(address, n))
+        for a, v in self.compare_overlay().items():
+            if address <= a < address + n:
+                data[a - address] = v
+        return bytes(data)
+
     def interrupts_enabled(self) -> bool:
         raise NotImplementedError
 
@@ -310,10 +322,14 @@ class Monitor:
     def read_guest_mem(self, overlay=None) -> Memory:
         return Memory(self.vm, overlay)
 
+    mem_log: set | None = None      # addresses the monitor stored for the guest (lock step)
+
     def write_guest(self, stores: dict) -> None:
         """Bytes an emulated instruction or a delivery stored, into guest RAM."""
         for a, v in sorted(stores.items()):
             self.vm.write(a, bytes([v]))
+        if self.mem_log is not None:
+            self.mem_log.update(stores)
 
     # --- results ----------------------------------------------------------------------------------
     def run(self, steps: int) -> "RunResult":

@@ -194,7 +194,9 @@ def gdt_bytes() -> bytes:
             + layout.descriptor(0, 0xFFFFFFFF, layout.data_attr(0)))
 
 
-def load(path: str | os.PathLike, ram_size: int) -> Image:
+def load(path: str | os.PathLike, ram_size: int, cmdline: str | None = None) -> Image:
+    """``cmdline`` is the command line the kernel receives (default: the file's name; a
+    patched guest is given its original's, so that the two boot alike)."""
     path = os.fspath(path)
     data = _read(path)
     off, flags = _find_header(path, data)
@@ -221,7 +223,8 @@ def load(path: str | os.PathLike, ram_size: int) -> Image:
                             "(0xA0000-0xFFFFF)")
     if not any(s.address <= entry < s.address + len(s.data) for s in segs):
         raise LoadError(f"{path}: the entry point {entry:#x} lies outside the loaded bytes")
-    boot = {GDT_AT: gdt_bytes(), **_info(ram_size, os.path.basename(path))}
+    boot = {GDT_AT: gdt_bytes(), **_info(ram_size, os.path.basename(path) if cmdline is None
+                                         else cmdline)}
     return Image(path, os.path.basename(path), hashlib.sha256(data).hexdigest(), entry, segs, boot,
                  initial_state(INFO_AT, entry), off, flags, notes)
 

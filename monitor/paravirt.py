@@ -31,6 +31,9 @@ class Paravirt(Trap):
             return None
         return "hypercall", s.form, s.code
 
+    def compare_overlay(self) -> dict:
+        return {s.address + k: b for s in self.sites.values() for k, b in enumerate(s.code)}
+
     def patched_ranges(self) -> list[tuple[int, int]]:
         """Where the patched guest's bytes differ from the original's (the sites)."""
         return [(s.address, s.address + s.length) for s in self.sites.values()]

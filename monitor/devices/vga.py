@@ -47,8 +47,9 @@ class Frame:
         return (self.text, self.palette, self.dac, self.blink, self.cursor, self.start)
 
     def rows(self) -> list[str]:
-        """The characters as text (code page 437), one string per row."""
-        chars = self.text[0::2]
+        """The characters as text (code page 437; NUL, which the VGA shows as a blank, as a
+        space), one string per row."""
+        chars = self.text[0::2].replace(b"\0", b" ")
         return [chars[r * COLS:(r + 1) * COLS].decode("cp437") for r in range(ROWS)]
 
 
