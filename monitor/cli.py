@@ -156,7 +156,7 @@ def _single(args, kw) -> int:
     if args.screens:
         screens.write_run(result, args.screens, final)
     if result.end.error:
-        print(f"pgvirt: {args.guest}: {result.end.message}", file=sys.stderr)
+        print(f"pgvirt: {args.guest}: {result.end.line()}", file=sys.stderr)
         return EXIT_BAD
     return EXIT_OK
 
@@ -174,7 +174,7 @@ def _compare(args, services: Services, names: list[str], kw) -> int:
     if args.screens:
         _comparison_screens(args, c, kw)
     if c.reference.end.error and c.reference.end.reason != "steps":
-        print(f"pgvirt: {args.guest}: native: {c.reference.end.message}", file=sys.stderr)
+        print(f"pgvirt: {args.guest}: native: {c.reference.end.line()}", file=sys.stderr)
         return EXIT_BAD
     if c.unexplained:
         print(f"pgvirt: unexplained divergence under {', '.join(v.monitor for v in c.unexplained)}",
@@ -201,18 +201,25 @@ def _comparison_screens(args, c: Comparison, kw) -> None:
         screens.write_comparison(finals, marks, args.screens)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):            # one line, exit 2, no usage dump
+        raise _ArgumentsError(message)
+
+
+class _ArgumentsError(Exception):
+    pass
+
+
 def main(argv=None, services: Services | None = None) -> int:
     """Run the commands of this module on their own (tests, and the lead's wiring)."""
-    p = argparse.ArgumentParser(prog="pgvirt", exit_on_error=False)
-    sub = p.add_subparsers(dest="command")
+    p = _Parser(prog="pgvirt")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
     commands: dict = {}
     register(sub, commands, services)
     try:
         args = p.parse_args(argv)
-    except (argparse.ArgumentError, SystemExit) as e:
-        if isinstance(e, SystemExit) and e.code == 0:
-            return EXIT_OK
-        return _fail(str(e) if isinstance(e, argparse.ArgumentError) else "bad arguments")
+    except _ArgumentsError as e:
+        return _fail(str(e))
     if not args.command:
         return _fail("a command is required: run, demo-guest")
     return commands[args.command](args, None, None)

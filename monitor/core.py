@@ -70,9 +70,15 @@ class End:
     eip: int
     message: str
     error: bool
+    where: str = ""         # the instruction at EIP: "0x101005: int3 (cc)"
 
     def as_json(self) -> dict:
-        return {"reason": self.reason, "eip": self.eip, "message": self.message, "error": self.error}
+        return {"reason": self.reason, "eip": self.eip, "message": self.message,
+                "error": self.error, "where": self.where}
+
+    def line(self) -> str:
+        """One line for a person: what happened and where."""
+        return f"{self.message}; at {self.where}" if self.where else self.message
 
 
 @dataclass
@@ -207,15 +213,16 @@ class Monitor:
     # --- the loop ---------------------------------------------------------------------------------
     def finish(self, reason: str, message: str, error: bool = False) -> None:
         if self.end is None:
-            eip = self.guest_eip()
-            self.end = End(reason, eip, message, error)
+            eip, where = self._where()
+            self.end = End(reason, eip, message, error, where)
         raise GuestEnded(reason)
 
-    def guest_eip(self) -> int:
+    def _where(self) -> tuple[int, str]:
         try:
-            return self.guest_state()["eip"]
+            g = self.guest_state()
+            return g["eip"], self.describe(g["eip"], g)
         except Exception:                 # the end of a broken run still gets its line
-            return 0
+            return 0, ""
 
     def advance(self, until: int) -> bool:
         """Run until the guest has retired ``until`` instructions or ended; False once ended."""
@@ -228,7 +235,7 @@ class Monitor:
         except GuestEnded:
             pass
         except GuestMemoryError as e:
-            self.end = End("outside memory", self.guest_eip(), str(e), True)
+            self.end = End("outside memory", *self._where()[:1], str(e), True, self._where()[1])
         finally:
             self.wall += _time.perf_counter() - t0
         return self.end is None
@@ -275,10 +282,11 @@ class Monitor:
         return True
 
     # --- helpers for subclasses -------------------------------------------------------------------
-    def entry(self, kind: str, detail: str, form: str | None) -> None:
+    def entry(self, kind: str, detail: str, form: str | None, view: dict | None = None) -> None:
+        """Record a monitor entry; ``view`` is the guest's state if the caller has it."""
         self.record.counts[kind] = self.record.counts.get(kind, 0) + 1
         if len(self.record.entries) < MAX_ENTRIES:
-            g = self.guest_state()
+            g = self.guest_state() if view is None else view
             self.record.entries.append(Entry(self.clock, kind, g["eip"], detail, form,
                                              {k: g[k] for k in _ENTRY_FIELDS}))
 
@@ -335,9 +343,8 @@ class Monitor:
     def run(self, steps: int) -> "RunResult":
         self.advance(steps)
         if self.end is None:
-            st_ = self.guest_state()
-            self.end = End("steps", st_["eip"],
-                           f"ran past --steps {steps} at {self.describe(st_['eip'], st_)}", True)
+            eip, where = self._where()
+            self.end = End("steps", eip, f"ran past --steps {steps}", True, where)
         return self.result(steps)
 
     def result(self, steps: int) -> "RunResult":

@@ -75,6 +75,11 @@ class Asm:
             raise AsmError(f"label {name} defined twice")
         self.labels[name] = self.base + self.size
 
+    def here(self, name: str, offset: int) -> None:
+        """A label ``offset`` bytes past the current position (inside the next instruction:
+        an immediate a program rewrites)."""
+        self.labels[name] = self.base + self.size + offset
+
     def i(self, form: str, *, reg: int | None = None, rm: int | None = None,
           mem: tuple | int | None = None, imm=None, imm2: int | None = None) -> None:
         """Emit ``form``.  ``reg``: the register of a +r opcode or of ModRM.reg; ``rm``: a
@@ -454,14 +459,15 @@ def _fill_tables(data: bytearray, names: dict[str, int]) -> None:
         data[off:off + 4] = names[table].to_bytes(4, "little")
 
 
-def kernel() -> tuple[bytes, bytes, dict[str, int], int]:
-    """(text, data, symbols, entry)."""
+def kernel(program=None) -> tuple[bytes, bytes, dict[str, int], int]:
+    """(text, data, symbols, entry) of ``program(asm, data)`` (default: the demonstration)."""
     a, d = Asm(TEXT), Data(DATA)
-    _program(a, d)
+    (program or _program)(a, d)
     names = {**a.labels, **d.labels}
     text = a.link(names)
     data = bytearray(d.link(names))
-    _fill_tables(data, names)
+    if "gdt_desc" in names:
+        _fill_tables(data, names)
     if TEXT + len(text) > DATA or DATA + len(data) > BSS:
         raise AsmError("the kernel outgrew its layout")
     return text, bytes(data), names, a.labels["_start"]
@@ -473,9 +479,11 @@ def _multiboot_header() -> bytes:
     return struct.pack("<III", magic, flags, (-(magic + flags)) & 0xFFFFFFFF)
 
 
-def image() -> bytes:
-    """The demonstration kernel as an ELF32 executable with a multiboot header."""
-    text, data, names, entry = kernel()
+def image(program=None) -> bytes:
+    """The demonstration kernel (or ``program``'s) as an ELF32 executable with a multiboot
+    header; ``program(asm, data)`` emits the code at ``TEXT`` and the data at ``DATA``, and its
+    entry point is the label ``_start``."""
+    text, data, names, entry = kernel(program)
     header = _multiboot_header()
     # File: ELF header, program headers, then each section at a file offset congruent to its
     # address modulo 4 KiB (so the PT_LOAD segments map them), then the section headers.
@@ -525,12 +533,12 @@ def image() -> bytes:
     return bytes(body)
 
 
-def write(path: str | os.PathLike) -> str:
-    """Write the demonstration guest to ``path`` (atomically) and return the path."""
+def write(path: str | os.PathLike, program=None) -> str:
+    """Write the demonstration guest (or ``program``'s) to ``path`` atomically; its path."""
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
-        f.write(image())
+        f.write(image(program))
     os.replace(tmp, path)
     return path
 

@@ -77,7 +77,7 @@ class Native(Monitor):
             return
         s = self.vm.state()
         self.finish("outside memory" if k == "outside" else k,
-                    f"{stop.detail or k} at {self.describe(s['eip'], s)}", True)
+                    stop.detail or k, True)
 
     def _event(self, stop: Stop) -> None:
         s = self.vm.state()
@@ -100,15 +100,14 @@ class Native(Monitor):
                         "INT instruction is", True)
         m = decode.instruction(self.code_at(eip, s))
         if m is None:
-            self.finish("unmodelled", f"{vector_name(stop.vector)} at "
-                        f"{self.describe(eip, s)}: no form models the instruction, so its error "
-                        "code is unknown", True)
+            self.finish("unmodelled", f"{vector_name(stop.vector)}: no form models the "
+                        "instruction, so its error code is unknown", True)
         form, code = m
         step = mon.emulate(form, code, s, None, self.features)
         if step.fault is None or step.fault.vector != stop.vector:
             said = "completes" if step.fault is None else f"raises {step.fault}"
-            self.finish("model", f"Unicorn raised {vector_name(stop.vector)} at "
-                        f"{self.describe(eip, s)} but the model's {form.name} {said}", True)
+            self.finish("model", f"Unicorn raised {vector_name(stop.vector)} but the "
+                        f"model's {form.name} {said}", True)
         self.inject(step.fault.vector, step.fault.code, f"{form.name}: {step.fault.reason}")
 
     def _execute(self, form, code: bytes, vector: int) -> None:

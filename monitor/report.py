@@ -48,7 +48,7 @@ def _end_line(r: RunResult) -> str:
         return f"halted after {r.retired} instructions: {e.message}"
     if e.reason == "reset":
         return f"reset after {r.retired} instructions: {e.message}"
-    return f"{e.reason}: {e.message}"
+    return f"{e.reason}: {e.line()}"
 
 
 def run_text(r: RunResult, screen=None) -> str:

@@ -178,11 +178,30 @@ class Scan(Trap):
             if page not in self.code_pages:
                 super().other_stop(stop)
             self._invalidate(page)
+            self._retry_write()
             return
         if stop.kind == "read-watch":
             self._read_original(stop.address)
             return
         super().other_stop(stop)
+
+    def _retry_write(self) -> None:
+        """Run the writing instruction once more, now that its target page is writable.
+
+        It may lie in the page it writes (then undecoded since the invalidation, and watched):
+        the watch is lifted for that one instruction, unless the instruction is itself one to
+        patch - then it is left to the scan, and its store is emulated (``write_guest``)."""
+        real = self._real_state()
+        code = self._original(real["cs_base"] + real["eip"], 15)
+        ins = next(_cs.disasm(code, real["eip"], 1), None)
+        if ins is None or self.sensitive(code[:ins.size]) is not None:
+            return
+        self.vm.watch([])
+        try:
+            stop = self.vm.run(1)
+        finally:
+            self._rewatch()
+        self.handle(stop)
 
     def _read_original(self, site: int) -> None:
         """Run the one instruction that reads ``site`` with the original byte in place."""

@@ -276,7 +276,7 @@ class Trap(Monitor):
     def other_stop(self, stop: Stop) -> None:
         g = self.guest_state()
         self.finish("outside memory" if stop.kind == "outside" else stop.kind,
-                    f"{stop.detail or stop.kind} at {self.describe(g['eip'], g)}", True)
+                    stop.detail or stop.kind, True)
 
     def _trap(self, stop: Stop) -> None:
         real = self._real_state()
@@ -296,9 +296,8 @@ class Trap(Monitor):
             kind = "trap"
             m = decode.instruction(self.code_at(eip, real))
             if m is None:
-                self.finish("unmodelled", f"{vector_name(stop.vector)} at "
-                            f"{self.describe(eip, real)}: no form models the trapped "
-                            "instruction, so the monitor cannot emulate it", True)
+                self.finish("unmodelled", f"{vector_name(stop.vector)}: no form models the "
+                            "trapped instruction, so the monitor cannot emulate it", True)
             form, code = m
             # Port I/O was undone by the VM because the profile's R makes it #GP(0) (checked by
             # the model in ``setup``); every other trap is confirmed by the model here.
@@ -307,12 +306,12 @@ class Trap(Monitor):
             if judged is not None and (judged.fault is None or (
                     not stop.software and judged.fault.vector != stop.vector)):
                 said = "completes" if judged.fault is None else f"raises {judged.fault}"
-                self.finish("model", f"the real CPU trapped at {self.describe(eip, real)} "
-                            f"({vector_name(stop.vector)}) but the model's {form.name} {said} "
-                            "at CPL 3", True)
+                self.finish("model", f"the real CPU trapped ({vector_name(stop.vector)}) but "
+                            f"the model's {form.name} {said} at CPL 3", True)
         self.counts[_COUNTER[kind]] += 1
-        self.entry(kind, f"{form.name} at CPL 3", form.name)
-        step = mon.emulate(form, code, real, self._vcpu(), self.features)
+        vcpu = self._vcpu()
+        self.entry(kind, f"{form.name} at CPL 3", form.name, mon.view(real, vcpu))
+        step = mon.emulate(form, code, real, vcpu, self.features)
         if not step.assumed:
             self.finish("model", f"{form.name} at {eip:#x} lies outside the model's stated "
                         "assumptions", True)
