@@ -222,6 +222,8 @@ def _calibrate(uc: Uc, scratch: int) -> _Layout:
 
 
 _SEG = M._SEGCACHE   # u32 selector; u64 base; u32 limit, flags
+_SEGS6 = struct.Struct("<" + "IxxxxQII" * 6)
+_SEG_NAMES = tuple((r, f"{r}_base", f"{r}_limit", f"{r}_attr") for r in st.SREGS)
 
 
 class Memory:
@@ -506,13 +508,14 @@ class VM:
     def _caches(self, blob: bytes | None = None) -> dict:
         blob = self._blob() if blob is None else blob
         off = self._layout.segs
+        v = _SEGS6.unpack_from(blob, off)
         out = {"cpl": struct.unpack_from("<I", blob, off - 8)[0] & 3}
-        for i, r in enumerate(st.SREGS):
-            sel, base, limit, flags = _SEG.unpack_from(blob, off + i * _SEG.size)
-            out[r] = sel & 0xFFFF
-            out[f"{r}_base"] = base & MASK32
-            out[f"{r}_limit"] = limit & MASK32
-            out[f"{r}_attr"] = (flags >> 8) & 0xF0FF
+        for i, names in enumerate(_SEG_NAMES):
+            sel, base, limit, flags = v[4 * i:4 * i + 4]
+            out[names[0]] = sel & 0xFFFF
+            out[names[1]] = base & MASK32
+            out[names[2]] = limit & MASK32
+            out[names[3]] = (flags >> 8) & 0xF0FF
         return out
 
     def state(self) -> dict:
