@@ -1,6 +1,7 @@
 """Unicorn 2.1.4 as a concrete IA-32 machine: put any model state into it, run one instruction.
 
-This is the only module that knows Unicorn.  A ``Machine`` keeps ONE ``Uc(UC_ARCH_X86,
+With ``vm.py`` (whole-guest runs for the monitors) and ``bare.py`` (their baseline), this is the
+only module that knows Unicorn.  A ``Machine`` keeps ONE ``Uc(UC_ARCH_X86,
 UC_MODE_32)`` and, for every call of ``run(state, code)``:
 
 1. checks the state can exist on the hardware (``ImpossibleState``) and can be reproduced here

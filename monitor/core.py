@@ -26,6 +26,7 @@ from typing import Callable
 
 import capstone
 
+from pgvirt.emulator.machine import StateError
 from pgvirt.emulator.vm import VM, GuestMemoryError, Memory, Stop
 from pgvirt.model import events, monitor as mon, state as st
 from pgvirt.model.outcome import DF, GP, UD, Fault, vector_name
@@ -42,6 +43,10 @@ _ENTRY_FIELDS = ("eip", "esp", "eax", "cpl", "sysflags", "cs", "ss")
 
 class GuestEnded(Exception):
     """Raised inside the loop to end the run; the reason is in ``Monitor.end``."""
+
+
+class MonitorLimit(Exception):
+    """The guest did something this monitor cannot reproduce (one line): the run ends."""
 
 
 @dataclass(frozen=True)
@@ -234,8 +239,14 @@ class Monitor:
                 self._slice(until)
         except GuestEnded:
             pass
+        except (MonitorLimit, StateError) as e:
+            # e.g. an LDT selector the shadow tables do not hold, or a segment configuration
+            # the VM's set-up stub cannot reach: stated, not guessed around.
+            eip, where = self._where()
+            self.end = End("unsupported", eip, str(e), True, where)
         except GuestMemoryError as e:
-            self.end = End("outside memory", *self._where()[:1], str(e), True, self._where()[1])
+            eip, where = self._where()
+            self.end = End("outside memory", eip, str(e), True, where)
         finally:
             self.wall += _time.perf_counter() - t0
         return self.end is None
@@ -375,5 +386,6 @@ class RunResult:
         return self.retired / self.wall if self.wall else 0.0
 
 
-__all__ = ["Monitor", "RunResult", "Record", "Entry", "End", "GuestEnded", "TICK", "DEFAULT_RAM",
+__all__ = ["Monitor", "RunResult", "Record", "Entry", "End", "GuestEnded", "MonitorLimit", "TICK",
+           "DEFAULT_RAM",
            "asm", "HZ"]

@@ -31,7 +31,7 @@ from pgvirt.model import events, isa, monitor as mon, profiles, state as st
 from pgvirt.model.outcome import GP, UD, Fault, vector_name
 
 from . import decode
-from .core import Monitor
+from .core import Monitor, MonitorLimit
 
 SHADOW_GDT = MONITOR_BASE                  # up to 8192 guest entries + the monitor's three
 MONITOR_IDT = MONITOR_BASE + 0x20000
@@ -44,7 +44,7 @@ _COUNTER = {"trap": "traps", "hypercall": "hypercalls", "patched": "patched"}
 _SEGMENT_FIELDS = tuple(f"{r}{k}" for r in st.SREGS for k in ("", "_base", "_limit"))
 
 
-class ShadowError(Exception):
+class ShadowError(MonitorLimit):
     """A guest this monitor's shadow tables cannot hold (one line)."""
 
 

@@ -98,7 +98,7 @@ def test_native_grub_invaders_draws_the_invaders_and_reads_the_keys():
 @pytest.mark.guests
 def test_grub_invaders_matches_native_under_every_monitor(predicate, tmp_path):
     need(INVADERS)
-    c = api.compare(INVADERS, ("trap", "paravirt", "scan"), steps=150_000, input="left space",
+    c = api.compare(INVADERS, ("trap", "paravirt", "scan"), steps=60_000, input="left space",
                     sensitive=predicate, paravirt=run_joins.patch(str(INVADERS), str(tmp_path)))
     assert [(v.monitor, v.matches) for v in c.verdicts] == [("trap", True), ("paravirt", True),
                                                             ("scan", True)]
@@ -257,3 +257,37 @@ def test_the_pgvirt_command_has_run(tmp_path, demo_guest):
 def test_sensitive_predicate_names_violations_only(predicate):
     assert predicate(b"\x9d") == "popfd" and predicate(b"\x8c\xc8") == "mov_r_cs"
     assert predicate(b"\x90") is None and predicate(b"\xf4") is None    # HLT is privileged
+
+
+def test_an_ldt_selector_under_trap_ends_the_run_in_one_line(tmp_path):
+    from pgvirt.emulator import states as L
+    ldt = demo.BSS                                      # the guest writes its LDT there
+    entry = L.descriptor(0, 0xFFFFFFFF, L.data_attr(0))
+
+    def body(a, i, d):
+        d.align(8)
+        d.label("gdt")
+        d.bytes(bytes(8) + L.descriptor(0, 0xFFFFFFFF, L.code_attr(0))
+                + L.descriptor(0, 0xFFFFFFFF, L.data_attr(0)) + L.descriptor(ldt, 0xF, L.LDT_ATTR))
+        d.label("gdtr")
+        d.bytes(struct.pack("<HI", 4 * 8 - 1, 0))       # base filled below
+        i("mov_r32_imm32", reg=EAX, imm="gdt")
+        i("mov_rm32_r32", reg=EAX, mem="gdtr_base_at")
+        i("lgdt_m", mem="gdtr")
+        for k in range(2):
+            i("mov_rm32_imm32", mem=ldt + 8 + 4 * k, imm=int.from_bytes(entry[4 * k:4 * k + 4], "little"))
+        i("mov_r32_imm32", reg=EAX, imm=0x18)
+        i("lldt_r", rm=EAX)
+        i("mov_r32_imm32", reg=EAX, imm=0x0C)          # TI = 1: index 1 of the LDT
+        i("mov_ds_r", rm=EAX)
+        i("out_imm8_al", imm=0xE9)
+
+    def program(a, d):
+        _program(body)(a, d)
+        a.labels["gdtr_base_at"] = d.labels["gdtr"] + 2
+    guest = demo.write(tmp_path / "ldt.elf", program)
+    native = api.run(guest, "native", steps=100)
+    assert native.end.reason == "halted" and bytes(native.record.console) == b"\x0c"
+    r = api.run(guest, "trap", steps=100)
+    assert (r.end.reason, r.end.error) == ("unsupported", True) and "LDT" in r.end.message
+    assert "mov" in r.end.where or "out" in r.end.where
