@@ -135,6 +135,8 @@ def cmd_run(args, services: Services) -> int:
             return _single(args, kw)
     except api.RunError as e:
         return _fail(str(e))
+    except KeyError as e:                    # an unknown profile or form, named by the model
+        return _fail(str(e.args[0]) if type(e) is KeyError and e.args else str(e))
     except (ValueError, OSError) as e:       # the patcher's bad-input errors, unwritable files
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except RuntimeError as e:                # a fault in Unicorn or in a monitor: one line

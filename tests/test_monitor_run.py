@@ -226,7 +226,9 @@ def test_cli_run_and_compare_exit_codes(demo_guest, tmp_path, capsys):
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, demo_guest, capsys):
     cases = [["run", "/etc/passwd"], ["run", str(tmp_path / "missing.elf")],
              ["run", demo_guest, "--input", "nosuchkey"], ["run", demo_guest, "--steps", "0"],
-             ["run", demo_guest, "--monitor", "scan"], ["run", demo_guest, "--steps", "300"]]
+             ["run", demo_guest, "--monitor", "scan"], ["run", demo_guest, "--steps", "300"],
+             ["run", demo_guest, "--monitor", "trap", "--profile", "nosuch"],
+             ["run", demo_guest, "--monitor", "trap", "--profile", "umip"]]
     for argv in cases:
         services = mcli.Services() if "scan" in argv else SERVICES
         assert mcli.main(argv, services) == 2, argv
