@@ -40,6 +40,7 @@ bench: $(STAMP) guests
 	$(BIN)/python bench/scan.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/crosscheck.py
+	$(BIN)/python bench/monitor.py
 
 slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -1,6 +1,7 @@
 """Unicorn 2.1.4 as a concrete IA-32 machine: put any model state into it, run one instruction.
 
-This is the only module that knows Unicorn.  A ``Machine`` keeps ONE ``Uc(UC_ARCH_X86,
+With ``vm.py`` (whole-guest runs for the monitors) and ``bare.py`` (their baseline), this is the
+only module that knows Unicorn.  A ``Machine`` keeps ONE ``Uc(UC_ARCH_X86,
 UC_MODE_32)`` and, for every call of ``run(state, code)``:
 
 1. checks the state can exist on the hardware (``ImpossibleState``) and can be reproduced here
@@ -105,6 +106,40 @@ ASIZE = 0x67
 
 # CR0 bits (SDM Vol. 3A 2.5).
 _PE, _PG, _NW, _CD = 1 << st.CR0_PE, 1 << st.CR0_PG, 1 << st.CR0_NW, 1 << st.CR0_CD
+
+
+def load_user(uc, s: Mapping[str, int]) -> None:
+    """The x87, SSE and AVX registers of ``s`` onto the CPU.  FPSW is written after the
+    registers: it sets TOP."""
+    for i, r in enumerate(_FP_IDS):
+        v = s[st.FPRS[i]]
+        uc.reg_write(r, (v & ((1 << 64) - 1), v >> 64))
+    tags = 0
+    for i in range(8):
+        if not s["ftw"] >> i & 1:
+            tags |= 3 << (2 * i)      # empty
+    uc.reg_write_batch([(r, s[name]) for name, r in _X87_IDS] + [(X.UC_X86_REG_FPTAG, tags)])
+    for i, r in enumerate(_YMM_IDS):
+        uc.reg_write(r, s[st.ZMMS[i]] & ((1 << ZMM_HELD_BITS) - 1))
+
+
+def read_user(uc, before: Mapping[str, int]) -> dict:
+    """The x87, SSE and AVX registers on the CPU; ZMM bits Unicorn does not hold come from
+    ``before``."""
+    out: dict = {}
+    for i, r in enumerate(_FP_IDS):
+        mant, exp = uc.reg_read(r)
+        out[st.FPRS[i]] = ((exp & 0xFFFF) << 64) | (mant & ((1 << 64) - 1))
+    vals = uc.reg_read_batch([r for _, r in _X87_IDS] + [X.UC_X86_REG_FPTAG])
+    for (name, _), v in zip(_X87_IDS, vals):
+        out[name] = v & ((1 << st.FIELD[name].width) - 1)
+    tags = vals[-1]
+    out["ftw"] = sum(1 << i for i in range(8) if (tags >> (2 * i)) & 3 != 3)
+    hi = ~((1 << ZMM_HELD_BITS) - 1)
+    for i, r in enumerate(_YMM_IDS):
+        z = st.ZMMS[i]
+        out[z] = (before.get(z, 0) & hi & ((1 << 512) - 1)) | uc.reg_read(r)
+    return out
 
 
 class StateError(ValueError):
@@ -687,33 +722,10 @@ class Machine:
         self._io_out = {}
 
     def _load_fpu(self, s: Mapping[str, int]) -> None:
-        """x87, SSE and AVX registers.  FPSW is written after the registers: it sets TOP."""
-        uc = self.uc
-        for i, r in enumerate(_FP_IDS):
-            v = s[st.FPRS[i]]
-            uc.reg_write(r, (v & ((1 << 64) - 1), v >> 64))
-        tags = 0
-        for i in range(8):
-            if not s["ftw"] >> i & 1:
-                tags |= 3 << (2 * i)      # empty
-        uc.reg_write_batch([(r, s[name]) for name, r in _X87_IDS] + [(X.UC_X86_REG_FPTAG, tags)])
-        for i, r in enumerate(_YMM_IDS):
-            uc.reg_write(r, s[st.ZMMS[i]] & ((1 << ZMM_HELD_BITS) - 1))
+        load_user(self.uc, s)
 
     def _read_fpu(self, out: dict) -> None:
-        uc = self.uc
-        for i, r in enumerate(_FP_IDS):
-            mant, exp = uc.reg_read(r)
-            out[st.FPRS[i]] = ((exp & 0xFFFF) << 64) | (mant & ((1 << 64) - 1))
-        vals = uc.reg_read_batch([r for _, r in _X87_IDS] + [X.UC_X86_REG_FPTAG])
-        for (name, _), v in zip(_X87_IDS, vals):
-            out[name] = v & ((1 << st.FIELD[name].width) - 1)
-        tags = vals[-1]
-        out["ftw"] = sum(1 << i for i in range(8) if (tags >> (2 * i)) & 3 != 3)
-        hi = ~((1 << ZMM_HELD_BITS) - 1)
-        for i, r in enumerate(_YMM_IDS):
-            z = st.ZMMS[i]
-            out[z] = (self._input.get(z, 0) & hi & ((1 << 512) - 1)) | uc.reg_read(r)
+        out.update(read_user(self.uc, self._input))
 
     def read(self, mem: Iterable[int] = (), io: Iterable[int] = ()) -> dict:
         """The CPU's state in the model's concrete format; ``mem`` at the state's own addresses,

@@ -23,7 +23,6 @@ import gzip
 import hashlib
 import json
 import os
-import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -32,8 +31,10 @@ from typing import Any, Iterable
 import z3
 
 from pgvirt.model import isa, monitor, profiles, state as st
+from pgvirt.model.manifest import (MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestError,
+                                   ManifestSite, load_manifest)
 from pgvirt.model.outcome import GP, Fault
-from pgvirt.model.files import InputError, atomic_write as _atomic_write, read_regular
+from pgvirt.model.files import atomic_write as _atomic_write
 from pgvirt.model.profiles import Profile
 
 from . import decode as D, image as G, scan as S
@@ -51,13 +52,7 @@ __all__ = ["ClassificationCache", "classifications", "violation", "reason", "Sca
 DEFAULT_PROFILE = "pentium"
 UNDECIDED = "undecided"
 VIOLATED = ("control_sensitive", "mode_sensitive", "location_sensitive", "user_sensitive")
-MANIFEST_FORMAT = "pgvirt-paravirt-manifest"
-MANIFEST_VERSION = 1
 QUICK_MS = 300          # budget for one disjunct of an equivalence goal before the rest go together
-
-
-class ManifestError(ValueError):
-    """The manifest is not one this tool wrote (not JSON, a key missing, a wrong type)."""
 
 
 class PatchError(ValueError):
@@ -370,113 +365,7 @@ def patch_guest(path: str | os.PathLike, out: str | os.PathLike, manifest_path: 
     return PatchResult(rep, patched, allowed, out, manifest_path, doc)
 
 
-# --- manifests -----------------------------------------------------------------------------------
-
-@dataclass
-class ManifestSite:
-    hypercall: int
-    address: int
-    section: str
-    file_offset: int
-    length: int
-    original: bytes
-    replacement: bytes
-    form: str
-    symbol: str | None
-    asm: str
-
-
-@dataclass
-class Manifest:
-    path: str
-    doc: dict
-    profile: str
-    allow: tuple[str, ...]
-    original_path: str
-    original_sha256: str
-    raw: bool
-    base: int | None
-    symbols: str | None
-    symbols_sha256: str | None
-    sites: list[ManifestSite]
-
-
-def _get(d: dict, key: str, types, where: str):
-    if not isinstance(d, dict) or key not in d:
-        raise ManifestError(f"missing key {where}{key!r}")
-    v = d[key]
-    if not isinstance(v, types) or (isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,))):
-        raise ManifestError(f"{where}{key!r} has the wrong type ({type(v).__name__})")
-    return v
-
-
-def _hex(text: str, where: str) -> bytes:
-    if not re.fullmatch(r"(?:[0-9a-fA-F]{2})*", text):
-        raise ManifestError(f"{where} is not hex bytes")
-    return bytes.fromhex(text)
-
-
-def load_manifest(path: str | os.PathLike) -> Manifest:
-    """Parse a manifest written by ``patch_guest``; anything else is a ManifestError (bad input).
-
-    Only the shape is checked here; whether its contents describe the guests is what
-    ``check_patch`` judges (a tampered manifest fails the check, it is not bad input).
-    """
-    path = os.fspath(path)
-    try:
-        text = read_regular(path, "manifest", 64 << 20)
-    except InputError as e:
-        raise ManifestError(str(e)) from None
-    try:
-        doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise ManifestError(f"{path}: not JSON ({str(e).splitlines()[0][:120]})") from None
-    if not isinstance(doc, dict):
-        raise ManifestError(f"{path}: not a manifest (top level is {type(doc).__name__})")
-    try:
-        if doc.get("format") != MANIFEST_FORMAT:
-            raise ManifestError(f"not a {MANIFEST_FORMAT} (format {doc.get('format')!r})")
-        if doc.get("version") != MANIFEST_VERSION:
-            raise ManifestError(f"manifest version {doc.get('version')!r}, expected {MANIFEST_VERSION}")
-        prof = _get(doc, "profile", str, "")
-        allow = _get(doc, "allow", list, "")
-        if not all(isinstance(a, str) for a in allow):
-            raise ManifestError("'allow' must list form names")
-        orig = _get(doc, "original", dict, "")
-        opath = _get(orig, "path", str, "original.")
-        osha = _get(orig, "sha256", str, "original.")
-        if not re.fullmatch(r"[0-9a-f]{64}", osha):
-            raise ManifestError("'original.sha256' is not a sha256 digest")
-        gdoc = _get(doc, "guest", dict, "")
-        raw = _get(gdoc, "raw", bool, "guest.")
-        base = gdoc.get("base")
-        if raw and (not isinstance(base, int) or isinstance(base, bool) or base < 0):
-            raise ManifestError("'guest.base' must be a non-negative integer for a raw guest")
-        syms = gdoc.get("symbols")
-        spath = ssha = None
-        if syms is not None:
-            spath = _get(syms, "path", str, "guest.symbols.")
-            ssha = _get(syms, "sha256", str, "guest.symbols.")
-        sites = []
-        for i, s in enumerate(_get(doc, "sites", list, "")):
-            w = f"sites[{i}]."
-            ints = {k: _get(s, k, int, w) for k in ("hypercall", "address", "file_offset", "length")}
-            for k, v in ints.items():
-                if v < 0 or v >= 1 << 40:
-                    raise ManifestError(f"{w}{k} = {v} is out of range")
-            sym = s.get("symbol") if isinstance(s, dict) else None
-            sites.append(ManifestSite(
-                ints["hypercall"], ints["address"], _get(s, "section", str, w), ints["file_offset"],
-                ints["length"], _hex(_get(s, "original", str, w), f"{w}original"),
-                _hex(_get(s, "replacement", str, w), f"{w}replacement"), _get(s, "form", str, w),
-                sym if isinstance(sym, str) else None, str(s.get("asm", ""))))
-    except ManifestError as e:
-        raise ManifestError(f"{path}: {e}") from None
-    if not os.path.isabs(opath):
-        opath = os.path.join(os.path.dirname(os.path.abspath(path)), opath)
-    return Manifest(path, doc, prof, tuple(allow), opath, osha, raw, base if raw else None,
-                    spath, ssha, sites)
-
+# --- manifests: read by pgvirt.model.manifest (shared with the monitors) -------------------------
 
 # --- proofs: the hypercall traps -------------------------------------------------------------------
 
@@ -1034,7 +923,7 @@ def _byte_failure(of: GuestFile, off: int, a: bytes, b: bytes) -> Obligation:
 
 def sites_from_manifest(m: Manifest) -> list[monitor.Site]:
     """The monitor's site table for a manifest (forms by name; ``check_patch`` verifies them)."""
-    return [monitor.Site(s.hypercall, s.address, s.original, isa.get(s.form)) for s in m.sites]
+    return m.monitor_sites()
 
 
 def group_by_function(sites: Iterable[Site]) -> dict[str, list[Site]]:

@@ -280,8 +280,11 @@ class Compiled:
     source: str
     _fn: Callable
 
-    def evaluate(self, values: Mapping, uf: Callable | None = None) -> Run:
-        """Evaluate on a concrete state (the model's format: ints, ``mem``/``io`` dicts)."""
+    def evaluate(self, values: Mapping, uf: Callable | None = None, complete: bool = True) -> Run:
+        """Evaluate on a concrete state (the model's format: ints, ``mem``/``io`` dicts).
+
+        With ``complete`` False, ``Run.post`` holds only the fields the form wrote (a caller
+        that has the state before merges them: a monitor emulating thousands of traps)."""
         if len(values) < len(st.FIELDS) and any(n not in values for n in st.SCALARS):
             # missing scalars read 0, as in ``state.concrete``
             values = {**{n: st.FIELD[n].default for n in st.SCALARS}, **values}
@@ -293,6 +296,8 @@ class Compiled:
                 c = self.checks[k]
                 fault = Fault(c.vector, codes[k] if c.has_code else None, c.reason)
                 break
+        if not complete:
+            return Run(fault, assumed, post, mem, io, loads, stores)
         full = {n: values.get(n, st.FIELD[n].default) for n in st.SCALARS}
         full.update(post)
         return Run(fault, assumed, full, mem, io, loads, stores)

@@ -43,6 +43,8 @@ ADDRESS_SPACE = tuple(f"{r}_{k}" for r in st.SREGS for k in ("base", "limit"))
 RPL_COUPLED = ("cs", "ss")   # their RPL is the CPL (SDM Vol. 3A 5.5), so it is mode, not storage
 SCALAR_USER = tuple(n for n in st.users() if not st.FIELD[n].index_width)
 SCALAR_SYSTEM = tuple(n for n in st.systems() if not st.FIELD[n].index_width)
+_USERS, _SYSTEMS = st.users(), st.systems()
+_BACK_TO_REAL = SCALAR_USER + ADDRESS_SPACE
 
 
 def replacement(length: int) -> bytes:
@@ -71,30 +73,50 @@ class Site:
 
 
 def _with_rpl(sel, cpl):
+    if isinstance(sel, int):                  # a concrete state (plain integers)
+        return (sel & 0xFFFC) | cpl
     return (sel & ~3) | z3.ZeroExt(14, cpl)
 
 
-def view(real: State, vcpu: State) -> State:
+def _replace(s, changes: dict):
+    return s.replace(**changes) if isinstance(s, State) else {**s, **changes}
+
+
+def view(real, vcpu):
     """The state the guest believes it runs in: USER fields of R (EIP = the trapping site), every
-    SYSTEM field of C, and CS/SS showing the virtual CPL as their RPL."""
-    user = {n: real[n] for n in st.users()}
+    SYSTEM field of C, and CS/SS showing the virtual CPL as their RPL.
+
+    ``real`` and ``vcpu`` are both ``State`` values (the proofs) or both plain-integer mappings
+    (a running monitor; ``mem`` may be any object with ``get(address, default)``)."""
+    user = {n: real[n] for n in _USERS}
     for n in RPL_COUPLED:
-        user[n] = _with_rpl(real[n], vcpu.cpl)
-    return vcpu.replace(**user)
+        user[n] = _with_rpl(real[n], vcpu["cpl"])
+    return _replace(vcpu, user)
 
 
-def write_back(real: State, vcpu: State, after: State) -> tuple[State, State]:
+def write_back(real, vcpu, after):
     """R' and C' from the guest's view ``after`` the emulated instruction.
 
     R' gets every USER field (CS/SS keep the real CPL as RPL: the guest stays deprivileged) and
     the address space, so the guest's next instructions run where the original would; every
-    other real SYSTEM field stays the monitor's.  C' gets every SYSTEM field.
+    other real SYSTEM field stays the monitor's.  C' gets every SYSTEM field.  Works on
+    ``State`` values and on plain-integer mappings alike (as ``view``).
     """
-    user = {n: after[n] for n in st.users()}
+    if not isinstance(after, State):          # a concrete result: scalars (arrays written apart)
+        r2 = dict(real)
+        for n in _BACK_TO_REAL:
+            r2[n] = after[n]
+        for n in RPL_COUPLED:
+            r2[n] = _with_rpl(after[n], real["cpl"])
+        c2 = dict(vcpu)
+        for n in SCALAR_SYSTEM:
+            c2[n] = after[n]
+        return r2, c2
+    user = {n: after[n] for n in _USERS}
     for n in RPL_COUPLED:
-        user[n] = _with_rpl(after[n], real.cpl)
+        user[n] = _with_rpl(after[n], real["cpl"])
     user.update({n: after[n] for n in ADDRESS_SPACE})
-    return real.replace(**user), vcpu.replace(**{n: after[n] for n in st.systems()})
+    return _replace(real, user), _replace(vcpu, {n: after[n] for n in _SYSTEMS})
 
 
 @dataclass(frozen=True)
@@ -171,6 +193,66 @@ def run(site: Site, real: Mapping, vcpu: Mapping, features: Iterable[str] = froz
     return Resumed(st.evaluate(h.real, model, addrs), st.evaluate(h.vcpu, model, addrs))
 
 
+@dataclass(frozen=True)
+class Step:
+    """One instruction emulated concretely with its compiled form (``concrete.compiled``).
+
+    ``fault`` is the original instruction's fault (inject it into the guest; nothing changed), or
+    None: then ``real``/``vcpu`` hold the scalar fields afterwards, ``mem`` the bytes it stored
+    (address -> byte, only those that change), ``io_out`` the port bytes it wrote and ``io_in``
+    the ports it read (a device read has side effects: the caller commits them in this order).
+    ``assumed`` is False when the state lies outside the form's stated assumptions: the model
+    does not describe that run, and a monitor must not pretend it does.
+    """
+
+    form: Form
+    fault: Fault | None
+    assumed: bool
+    real: dict
+    vcpu: dict
+    mem: dict
+    io_out: dict
+    io_in: tuple
+
+
+def emulate(form: Form, code: bytes, real: Mapping, vcpu: Mapping | None = None,
+            features: Iterable[str] = frozenset(), uf: Callable | None = None) -> Step:
+    """``form`` (instance ``code``) on the guest's view of (``real``, ``vcpu``), compiled.
+
+    ``vcpu`` None: the guest runs on the real machine (no monitor between), so the view is
+    ``real`` itself and the result is written to ``real`` only (``Step.vcpu`` is empty).
+    The memory and ports of the view are read through their ``get``, so a running machine can
+    hand over lazy readers; stores come back as values, never written here.
+    """
+    from .concrete import compiled
+
+    guest = real if vcpu is None else view(real, vcpu)
+    run = compiled(form, frozenset(features), code).evaluate(guest, uf, complete=False)
+    if run.fault is not None or not run.assumed:
+        same = {n: real[n] for n in st.SCALARS}
+        return Step(form, run.fault, run.assumed, same,
+                    {} if vcpu is None else {n: vcpu[n] for n in st.SCALARS}, {}, {}, ())
+    mem_in = guest["mem"]
+    mem: dict = {}
+    io_out: dict = {}
+    io_in: list = []
+    for arr, a in run.loads:
+        if arr == "io" and a not in io_in:
+            io_in.append(a)
+    for arr, a in run.stores:
+        v = run.read(arr, a)          # the last store to ``a`` wins
+        if arr == "io":
+            io_out[a] = v             # OUT always writes its port: a port write is an event
+        elif v != mem_in.get(a, 0):
+            mem[a] = v                # a store guarded off (a branch not taken) changes nothing
+    after = {n: guest[n] for n in st.SCALARS}
+    after.update(run.post)
+    if vcpu is None:
+        return Step(form, None, True, after, {}, mem, io_out, tuple(io_in))
+    r2, c2 = write_back({n: real[n] for n in st.SCALARS}, {n: vcpu[n] for n in st.SCALARS}, after)
+    return Step(form, None, True, r2, c2, mem, io_out, tuple(io_in))
+
+
 class Monitor:
     """The site table: hypercall number = index; the trapping EIP selects the site."""
 
@@ -199,4 +281,5 @@ class Monitor:
 
 
 __all__ = ["HYPERCALL", "PAD", "ADDRESS_SPACE", "Site", "replacement", "view", "write_back",
-           "HandlerOutcome", "Handler", "handle", "Injected", "Resumed", "run", "Monitor"]
+           "HandlerOutcome", "Handler", "handle", "Injected", "Resumed", "run", "Monitor",
+           "Step", "emulate"]

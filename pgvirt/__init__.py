@@ -8,15 +8,16 @@ The verbs (``pgvirt/api.py``) are here, loaded on first use::
     pgvirt.classify(["popfd", "lgdt_m"])      # every class of two forms, derived by Z3
 
 ``classify``, ``theorems``, ``theorem``, ``scan``, ``patch``, ``check_patch``, ``replay``,
-``crosscheck``.  The packages: ``pgvirt.model`` (machine state and instruction semantics,
+``crosscheck``, ``run`` and ``compare`` (guests under monitors).  The packages: ``pgvirt.model`` (machine state and instruction semantics,
 imports only z3), ``pgvirt.verify`` (the queries and theorems), ``pgvirt.guest`` (scan, patch,
-check-patch), ``pgvirt.emulator`` (Unicorn), ``pgvirt.report`` (every output format),
+check-patch), ``pgvirt.emulator`` (Unicorn), ``pgvirt.monitor`` (monitors running guests), ``pgvirt.report`` (every output format),
 ``pgvirt.cli`` and ``pgvirt.notebook``.
 """
 
 __version__ = "0.1.0"
 
-_VERBS = ("classify", "theorems", "theorem", "scan", "patch", "check_patch", "replay", "crosscheck")
+_VERBS = ("classify", "theorems", "theorem", "scan", "patch", "check_patch", "replay", "crosscheck",
+          "run", "compare")
 __all__ = list(_VERBS)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Iterable
 
 from pgvirt.report import html as H
@@ -25,7 +26,8 @@ from pgvirt.report import html as H
 DEFAULT_PROFILE = "pentium"
 
 __all__ = ["classify", "theorems", "theorem", "scan", "patch", "check_patch", "replay", "crosscheck",
-           "Result", "ReplayRun"]
+           "run", "compare", "monitor_sensitive", "monitor_patch", "explain_divergence", "Result",
+           "ReplayRun"]
 
 
 class Result:
@@ -272,3 +274,112 @@ def crosscheck(forms=None, samples: int = 200, seed: int = 0, *, jobs: int | Non
     summary = (f"{rep.checks} checks of {len(rep.forms)} form(s), seed {seed}: "
                f"{rep.unexplained} unexplained")
     return Result("crosscheck", rep, summary, lambda: H.crosscheck(rep))
+
+
+# --- monitors: the verifier's part handed to pgvirt.monitor (which imports only model/emulator) ----
+@lru_cache(maxsize=8)
+def _violations(profile_name: str) -> dict:
+    """form name -> Classification for every form that violates Theorem 1 under the profile."""
+    from pgvirt.guest.paravirt import violation
+    from pgvirt.model import isa
+    from pgvirt.verify.cache import classifications
+
+    got, _ = classifications(profile_name, [f.name for f in isa.FORMS])
+    return {n: c for n, c in got.items() if violation(c)}
+
+
+def monitor_sensitive(profile=DEFAULT_PROFILE) -> Callable[[bytes], str | None]:
+    """The scan monitor's predicate: bytes of one instruction -> its form's name when the form
+    violates Theorem 1 under ``profile`` (the scanner's matcher names it, the solver judges)."""
+    from pgvirt.guest.scan import match_form
+
+    table = _violations(_profile(profile).name)
+
+    @lru_cache(maxsize=1 << 16)
+    def predicate(code: bytes) -> str | None:
+        f = match_form(code)
+        return f.name if f is not None and f.name in table else None
+
+    return predicate
+
+
+def monitor_patch(original, directory, profile=DEFAULT_PROFILE) -> tuple[str, str]:
+    """``pgvirt patch ORIGINAL`` into ``directory``: (the patched guest, its manifest)."""
+    from pgvirt.guest.paravirt import patch_guest
+
+    base = os.path.join(os.fspath(directory), os.path.basename(os.fspath(original)))
+    out, manifest = base + ".patched", base + ".manifest.json"
+    patch_guest(os.fspath(original), out, manifest, profile=_profile(profile).name)
+    return out, manifest
+
+
+def explain_divergence(div: dict, profile=DEFAULT_PROFILE, witness: bool = True) -> dict | None:
+    """The Theorem-1 verdict explaining a first divergence (``monitor.compare`` JSON): the
+    diverging form's violated classes, the reason ``pgvirt scan`` gives, and a witness; None
+    when the form is no violation (such a divergence is a bug)."""
+    from pgvirt.guest.paravirt import reason, violation
+    from pgvirt.verify.cache import classifications
+
+    form = div.get("form")
+    name = _profile(profile).name
+    if form is None or form not in _violations(name):
+        return None
+    got, _ = classifications(name, [form], witnesses=witness)
+    c = got[form]
+    out = {"form": form, "profile": name, "classes": list(violation(c)), "reason": reason(c)}
+    if witness:
+        for cls in ("control_sensitive", "mode_sensitive", "location_sensitive"):
+            a = c.answers.get(cls)
+            if a is not None and a.value and a.witness is not None:
+                out["witness"] = {"class": cls, "states": a.witness}
+                break
+    return out
+
+
+def _monitor_setup(guest, monitors: Iterable[str], profile, tmp: str, paravirt) -> dict:
+    kw: dict = {"profile": _profile(profile).name}
+    if "scan" in monitors:
+        kw["sensitive"] = monitor_sensitive(profile)
+    if "paravirt" in monitors:
+        kw["paravirt"] = paravirt if paravirt is not None else monitor_patch(guest, tmp, profile)
+    return kw
+
+
+def run(guest, monitor: str = "native", *, profile=DEFAULT_PROFILE, steps: int | None = None,
+        input: str = "", paravirt: tuple[str, str] | None = None) -> Result:
+    """Run a multiboot guest under ``monitor`` (native, trap, paravirt, scan) on Unicorn;
+    ``paravirt`` = (patched, manifest), else the guest is patched into a temporary directory."""
+    import tempfile
+
+    from pgvirt.monitor import api as M
+    from pgvirt.report import monitor as R
+
+    with tempfile.TemporaryDirectory(prefix="pgvirt-run-") as tmp:
+        kw = _monitor_setup(guest, [monitor], profile, tmp, paravirt)
+        setup = M.Setup(guest, input=input, **kw)
+        mon = setup.build(monitor)
+        res = mon.run(steps or M.DEFAULT_STEPS)
+        final = mon.final_frame()
+    text = R.run_text(res, final)
+    return Result(f"run [{monitor}]", res, text.splitlines()[-1] if text else monitor,
+                  lambda: H.pre(text))
+
+
+def compare(guest, monitors: Iterable[str] = ("trap", "paravirt", "scan"), *, profile=DEFAULT_PROFILE,
+            steps: int | None = None, input: str = "", paravirt: tuple[str, str] | None = None,
+            witness: bool = True) -> Result:
+    """Each monitor against native in lock step: match, or the first divergence and the
+    Theorem-1 verdict that explains it; the slowdown table."""
+    import tempfile
+
+    from pgvirt.monitor import api as M
+    from pgvirt.report import monitor as R
+
+    names = list(monitors)
+    with tempfile.TemporaryDirectory(prefix="pgvirt-run-") as tmp:
+        kw = _monitor_setup(guest, names, profile, tmp, paravirt)
+        c = M.compare(guest, names, steps=steps or M.DEFAULT_STEPS, input=input,
+                      explain=lambda d: explain_divergence(d, profile, witness), **kw)
+    summary = ", ".join(f"{v.monitor}: {'match' if v.divergence is None else 'diverged'}"
+                        for v in c.verdicts) + (f"; {len(c.unexplained)} unexplained" if c.unexplained else "")
+    return Result("compare", c, summary, lambda: H.pre(R.compare_text(c)))

@@ -23,6 +23,11 @@ def _e(x) -> str:
     return html.escape(str(x))
 
 
+def pre(text: str) -> str:
+    """Preformatted text (a monitor run's report) as it prints."""
+    return f'<pre style="font-size:12px">{_e(text)}</pre>'
+
+
 _TABLE = 'style="border-collapse:collapse;font-family:monospace;font-size:12px"'
 _TD = 'style="border:1px solid #ccc;padding:2px 6px;text-align:left;{}"'
 

@@ -91,15 +91,21 @@ def _outputs(tmp: Path) -> dict[str, str]:
     return {k: normalize(v, str(tmp)) for k, v in out.items()}
 
 
+@pytest.fixture
+def fixed_length_tmp():
+    """A temporary directory whose path always has the same length: rich wraps text around the
+    real path before ``normalize`` replaces it, so pytest's growing ``pytest-N`` counter changed
+    the wrapping of check-patch's title (``tmp_path`` made the test fail after pytest-9)."""
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="pgvirt-golden-", dir="/tmp"))
+    yield tmp
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 @pytest.mark.guests
-def test_outputs_equal_the_golden_files():
+def test_outputs_equal_the_golden_files(fixed_length_tmp):
     need(INVADERS, TBOOT, TBOOT_SYMS)
-    # A temporary directory whose name always has the same length: text tables wrap by width.
-    tmp = Path(tempfile.mkdtemp(prefix="pgvirt-golden-"))
-    try:
-        got = _outputs(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    got = _outputs(fixed_length_tmp)
     if UPDATE:
         shutil.rmtree(GOLDEN, ignore_errors=True)
         GOLDEN.mkdir()

@@ -74,6 +74,10 @@ def test_notebook_executes(path):
         state = doc.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
         values = [m["state"].get("value") for m in state.values() if m["model_name"] == "HTMLModel"]
         assert any('data-form="sgdt_m"' in v for v in values if isinstance(v, str))
+    if path.name.startswith("06"):
+        kinds = [k for c in code for o in c.outputs for k in o.get("data", {})]
+        assert kinds.count("image/png") == 1 and WIDGET_VIEW in kinds      # the screens, the frames
+        assert "diverged" in text and "explained:" in text and "UNEXPLAINED" not in text
 
 
 # --- helpers without a front end -------------------------------------------------------------------

@@ -143,18 +143,24 @@ def _gate_code(x, sel, gate: Descriptor, what: str):
     return csel, cd
 
 
-def _tss_stack(x, dpl):
+def _with_ext(code, ext: int):
+    """An error code with the EXT bit (bit 0) of an external event (SDM Vol. 3A 6.13)."""
+    return code | ext if ext else code
+
+
+def _tss_stack(x, dpl, ext: int = 0):
     """SS:ESP for privilege ``dpl`` from the 32-bit TSS (ESPn at 4+8n, SSn at 8+8n) and the checks
     of the stack switch: #TS for a bad selector or descriptor, #SS when it is not present
-    (SDM Vol. 3A 5.8.5, 6.12.1; Vol. 2A CALL and INT n, Operation)."""
+    (SDM Vol. 3A 5.8.5, 6.12.1; Vol. 2A CALL and INT n, Operation).  ``ext`` is the EXT bit of
+    the error codes: 1 while an event external to the program is delivered (Vol. 3A 6.13)."""
     at = z3.ZeroExt(30, dpl) * 8 + 4
-    x.require(z3.ULE(at + 5, x.tr_limit), TS, sel_code(x.tr),
+    x.require(z3.ULE(at + 5, x.tr_limit), TS, _with_ext(sel_code(x.tr), ext),
               "TSS limit does not cover the stack pointer for the new privilege level")
     esp = x.load(x.tr_base + at, 4)
     ss = x.load(x.tr_base + at + 4, 2)
-    x.require(z3.Not(is_null(ss)), TS, 0, "TSS names a null stack selector")
+    x.require(z3.Not(is_null(ss)), TS, ext, "TSS names a null stack selector")
     sd = descriptor(x, ss)
-    code = sel_code(ss)
+    code = _with_ext(sel_code(ss), ext)
     x.require(sd.in_limit, TS, code, "TSS stack selector outside its descriptor table")
     x.require(z3.And(rpl(ss) == dpl, sd.dpl == dpl, sd.writable), TS, code,
               "TSS stack segment is not writable data with RPL = DPL = new CPL")
@@ -401,26 +407,41 @@ def retf_imm_o16(x):
 
 # --- INT n, INT3, INTO ---------------------------------------------------------------------------
 
-def _software_interrupt(x, vector: int) -> None:
-    """Deliver ``vector`` as a software interrupt through a 32-bit interrupt or trap gate (SDM
-    Vol. 2A INT n/INTO/INT3, Operation; Vol. 3A 6.12.1).  Gate faults carry the IDT error code
-    vector*8+2 (IDT = 1, EXT = 0); the gate's DPL is checked because the event is an instruction."""
+def deliver(x, vector: int, *, software: bool = True, error_code=None) -> None:
+    """Deliver ``vector`` through a 32-bit interrupt or trap gate of the IDT (SDM Vol. 3A 6.12.1;
+    Vol. 2A INT n/INTO/INT3, Operation).  The one definition of event delivery, for every source:
+
+    * ``software`` (INT n, INT3, INTO): the gate's DPL is checked against CPL, because the event
+      is an instruction; the return address is the next instruction; delivery faults carry
+      EXT = 0 (the IDT error code is vector*8+2);
+    * otherwise an event external to the program (Vol. 3A 6.12.1.1, 6.13): a maskable interrupt
+      from the INTR pin, or an exception.  The gate's DPL is ignored, the return address is the
+      current EIP (the state is at the instruction boundary, or at the faulting instruction),
+      and delivery faults carry EXT = 1.  An exception with an error code (``error_code``, Vol.
+      3A 6.13 and Table 6-1) pushes it after the return address; an interrupt pushes none.
+
+    Whether a maskable interrupt may be delivered at all (EFLAGS.IF, Vol. 3A 6.8.1) is the
+    caller's question: ``pgvirt.model.events`` asks it before delivering one."""
+    ext = 0 if software else 1
     cpl = x.cpl
     ret_cs, ret_eip, old_ss, old_esp, flags = x.cs, x.next_eip, x.ss, x.esp, x.eflags()
-    vcode = vector * 8 + 2
+    vcode = vector * 8 + 2 + ext
     g = gate_descriptor(x, vector)
     x.require(g.in_limit, GP, vcode, "vector beyond the IDT limit")
     kinds = g.system_type(TASK_GATE, INT_GATE16, TRAP_GATE16, INT_GATE32, TRAP_GATE32)
     x.require(kinds, GP, vcode, "IDT entry is not an interrupt, trap or task gate")
-    x.require(z3.UGE(g.dpl, cpl), GP, vcode, "software interrupt through a gate of DPL < CPL")
+    dpl_ok = z3.UGE(g.dpl, cpl) if software else z3.BoolVal(True)
+    if software:
+        x.require(dpl_ok, GP, vcode, "software interrupt through a gate of DPL < CPL")
     x.require(g.present, NP, vcode, "IDT gate not present")
-    x.assume(z3.Implies(z3.And(g.in_limit, kinds, z3.UGE(g.dpl, cpl), g.present),
+    what = "INT n" if software else "an interrupt or exception"
+    x.assume(z3.Implies(z3.And(g.in_limit, kinds, dpl_ok, g.present),
                         g.system_type(INT_GATE32, TRAP_GATE32)),
-             "INT n through a task gate (task switch) or a 16-bit interrupt/trap gate is not modelled")
+             f"{what} through a task gate (task switch) or a 16-bit interrupt/trap gate is not modelled")
     csel = g.gate_selector
-    x.require(z3.Not(is_null(csel)), GP, 0, "gate names a null code selector")
+    x.require(z3.Not(is_null(csel)), GP, ext, "gate names a null code selector")
     cd = descriptor(x, csel)
-    ccode = sel_code(csel)
+    ccode = _with_ext(sel_code(csel), ext)
     x.require(cd.in_limit, GP, ccode, "gate code selector outside its table")
     x.require(z3.And(cd.is_code, z3.ULE(cd.dpl, cpl)), GP, ccode,
               "gate target is not code of DPL <= CPL")
@@ -429,9 +450,9 @@ def _software_interrupt(x, vector: int) -> None:
     # DPL = CPL, stays on the current stack and ring (DPL > CPL faulted above).
     inner = z3.And(z3.Not(cd.conforming), z3.ULT(cd.dpl, cpl))
     with x.when(inner):
-        new_ss, new_esp, sd = _tss_stack(x, cd.dpl)
+        new_ss, new_esp, sd = _tss_stack(x, cd.dpl, ext)
     eip = g.gate_offset
-    x.require(z3.ULE(eip, cd.limit), GP, 0, "handler offset beyond the code segment limit")
+    x.require(z3.ULE(eip, cd.limit), GP, ext, "handler offset beyond the code segment limit")
     with x.when(inner):
         _switch_stack(x, new_ss, new_esp, sd)
         x.push(_dword(old_ss))
@@ -439,6 +460,8 @@ def _software_interrupt(x, vector: int) -> None:
     x.push(flags)
     x.push(_dword(ret_cs))
     x.push(ret_eip)
+    if error_code is not None:
+        x.push(error_code)
     clears = z3.If(g.type == INT_GATE32, z3.BitVecVal(_ENTRY_CLEARS | (1 << st.IF), 32),
                    z3.BitVecVal(_ENTRY_CLEARS, 32))
     x.write("sysflags", x.sysflags & ~clears)
@@ -448,19 +471,19 @@ def _software_interrupt(x, vector: int) -> None:
 @form("int_imm", enc="CD ib", bytes="cd80", asm="int 0x80",
       cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
 def int_imm(x):
-    _software_interrupt(x, x.d.imm)
+    deliver(x, x.d.imm)
 
 
 @form("int3", enc="CC", bytes="cc", asm="int3", cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
 def int3(x):
-    _software_interrupt(x, BP)
+    deliver(x, BP)
 
 
 @form("into", enc="CE", bytes="ce", asm="into", cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
 def into(x):
     """INTO raises #OF (vector 4) as a software interrupt only when OF = 1; otherwise it does nothing."""
     with x.when(x.flag(st.OF)):
-        _software_interrupt(x, OF)
+        deliver(x, OF)
 
 
 # --- IRET, IRETD -----------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Monitors that run a real guest on Unicorn: native, trap-and-emulate, paravirtual, scan-and-trap."""

@@ -1,0 +1,223 @@
+"""Scan-and-trap, VMware's way before VT-x: the guest file unchanged, its code rewritten in memory.
+
+Before code first runs, the monitor decodes it by recursive descent from the entry point the
+guest reached: fall-through, direct jumps, branches and calls are followed, indirect transfers,
+returns and undecodable bytes end a path.  Data that no path reaches (the multiboot header, a
+switch table inside .text) is never taken for code, unlike a linear sweep.  Each instruction the
+injected ``sensitive`` predicate names (sensitive but unprivileged under the profile: the top
+layer builds it from the verifier's classification) gets a faulting byte in place of its first
+byte: HLT (F4), which raises #GP(0) at CPL 3 (SDM Vol. 2A HLT), so the trap reports the site's
+own EIP.  The original bytes are kept; the trap is served by emulating the original instruction
+with its form, as ``trap`` emulates any trapped instruction.
+
+How the monitor sees what the guest does (all through ``emulator.vm``):
+
+* new entry points: every guest address that is not the start of a decoded run of instructions
+  is watched (a block hook stops before a translated block starting there runs), so a jump
+  through a table or a function pointer into unscanned code is caught before it executes;
+* self-modifying code: pages holding decoded instructions are write-protected; a guest write
+  there (or a store the monitor makes for the guest) restores the page's original bytes, drops
+  its decoded instructions and unprotects it, and the write is retried; the page is decoded
+  again when its code next runs ("rescans");
+* reads of patched bytes: a read hook on each site's byte stops before the read; the original
+  byte is put back for exactly that one instruction, so the guest reads its own code.
+
+Not caught: a jump into the middle of a decoded instruction (its bytes decode differently there).
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Callable
+
+import capstone
+from capstone import x86_const as CX
+
+from pgvirt.emulator.vm import Stop
+from pgvirt.model import isa
+
+from .core import GuestEnded
+from .trap import Trap
+
+PAGE = 0x1000
+TRAP_BYTE = 0xF4          # HLT: #GP(0) at CPL 3, with EIP at the site
+
+Sensitive = Callable[[bytes], "str | None"]
+
+_cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+_cs.detail = True
+_ENDS = {capstone.CS_GRP_RET, capstone.CS_GRP_IRET}
+
+
+class Scan(Trap):
+    name = "scan"
+
+    def __init__(self, image, sensitive: Sensitive, **kw):
+        self.sensitive = sensitive
+        self.decoded: dict[int, int] = {}          # instruction start -> length
+        self.patches: dict[int, tuple[str, bytes]] = {}   # site -> (form, original instruction)
+        self.code_pages: dict[int, set[int]] = {}  # page -> decoded instruction starts in it
+        self.ever_scanned: set[int] = set()
+        super().__init__(image, **kw)
+
+    def setup(self) -> None:
+        super().setup()
+        self._rewatch()
+
+    # --- what the guest sees ------------------------------------------------------------------
+    def overlay(self) -> dict:
+        return {a: orig[0] for a, (_f, orig) in self.patches.items()}
+
+    def site(self, eip: int):
+        p = self.patches.get(eip)
+        if p is None:
+            return None
+        form, orig = p
+        return "patched", isa.get(form), orig
+
+    # --- decoding -------------------------------------------------------------------------------
+    def _original(self, a: int, n: int) -> bytes:
+        n = max(0, min(n, self.ram_size - a))
+        return self.guest_read(a, n) if n else b""
+
+    def _scan(self, entry: int) -> None:
+        """Recursive descent from ``entry``; patch what ``sensitive`` names; protect and watch."""
+        work = [entry]
+        touched: set[int] = set()
+        while work:
+            a = work.pop()
+            while 0 <= a < self.ram_size and a not in self.decoded:
+                code = self._original(a, 15)
+                ins = next(_cs.disasm(code, a, 1), None)
+                if ins is None:
+                    break                              # undecodable: the CPU will say #UD
+                n = ins.size
+                self.decoded[a] = n
+                for p in range(a // PAGE, (a + n - 1) // PAGE + 1):
+                    self.code_pages.setdefault(p, set()).add(a)
+                    touched.add(p)
+                form = self.sensitive(code[:n])
+                if form is not None:
+                    self.patches[a] = (form, code[:n])
+                    self.vm.write(a, bytes([TRAP_BYTE]))
+                groups = set(ins.groups)
+                target = None
+                if ins.operands and ins.operands[0].type == CX.X86_OP_IMM and len(ins.operands) == 1:
+                    target = ins.operands[0].imm & 0xFFFFFFFF
+                if capstone.CS_GRP_JUMP in groups:
+                    if target is not None:
+                        work.append(target)
+                    if ins.id == CX.X86_INS_JMP or ins.id == CX.X86_INS_LJMP:
+                        break                          # unconditional: no fall-through
+                elif capstone.CS_GRP_CALL in groups:
+                    if target is not None and ins.id == CX.X86_INS_CALL:
+                        work.append(target)
+                elif groups & _ENDS or ins.id in (CX.X86_INS_UD2,):
+                    break
+                a += n
+        for p in touched:
+            self.vm.protect(p, False)
+            self.vm.forget_code(p * PAGE, (p + 1) * PAGE)
+        new = touched - self.ever_scanned
+        self.ever_scanned |= touched
+        self.counts["scanned_pages"] += len(new)
+        self._rewatch()
+
+    def _intervals(self) -> list[tuple[int, int]]:
+        out: list[list[int]] = []
+        for a in sorted(self.decoded):
+            end = a + self.decoded[a]
+            if out and a <= out[-1][1]:
+                out[-1][1] = max(out[-1][1], end)
+            else:
+                out.append([a, end])
+        return [(a, b) for a, b in out]
+
+    def _rewatch(self) -> None:
+        gaps, at = [], 0
+        for a, b in self._intervals():
+            if a > at:
+                gaps.append((at, a))
+            at = max(at, b)
+        if at < self.ram_size:
+            gaps.append((at, self.ram_size))
+        # A block starting inside a decoded instruction is not a new entry we can tell apart
+        # from one starting at it; only the gaps between decoded runs are watched.
+        self.vm.watch(gaps)
+        self.vm.watch_reads(self.patches)
+
+    def _invalidate(self, page: int) -> None:
+        """Self-modifying code: the page goes back to its original bytes, undecoded, writable."""
+        starts = self.code_pages.pop(page, set())
+        for a in starts:
+            self.decoded.pop(a, None)
+            p = self.patches.pop(a, None)
+            if p is not None:
+                self.vm.write(a, p[1][:1])
+            for q in range(a // PAGE, (a + 16) // PAGE + 1):
+                if q != page and q in self.code_pages:
+                    self.code_pages[q].discard(a)
+        self.vm.protect(page, True)
+        self.vm.forget_code(page * PAGE, (page + 1) * PAGE)
+        self.counts["rescans"] += 1
+        self._rewatch()
+
+    # --- stops of the scan machinery ----------------------------------------------------------
+    def write_guest(self, stores: dict) -> None:
+        for a in stores:
+            if a // PAGE in self.code_pages:
+                self._invalidate(a // PAGE)
+        super().write_guest(stores)
+
+    def other_stop(self, stop: Stop) -> None:
+        if stop.kind == "watch":
+            self._scan(stop.address)
+            return
+        if stop.kind == "write-protect":
+            page = stop.address // PAGE
+            if page not in self.code_pages:
+                super().other_stop(stop)
+            self._invalidate(page)
+            self._retry_write()
+            return
+        if stop.kind == "read-watch":
+            self._read_original(stop.address)
+            return
+        super().other_stop(stop)
+
+    def _retry_write(self) -> None:
+        """Run the writing instruction once more, now that its target page is writable.
+
+        It may lie in the page it writes (then undecoded since the invalidation, and watched):
+        the watch is lifted for that one instruction, unless the instruction is itself one to
+        patch - then it is left to the scan, and its store is emulated (``write_guest``)."""
+        real = self._real_state()
+        code = self._original(real["cs_base"] + real["eip"], 15)
+        ins = next(_cs.disasm(code, real["eip"], 1), None)
+        if ins is None or self.sensitive(code[:ins.size]) is not None:
+            return
+        self.vm.watch([])
+        try:
+            stop = self.vm.run(1)
+        finally:
+            self._rewatch()
+        self.handle(stop)
+
+    def _read_original(self, site: int) -> None:
+        """Run the one instruction that reads ``site`` with the original byte in place."""
+        form, orig = self.patches[site]
+        others = {a: v for a, v in self.patches.items() if a != site}
+        self.vm.watch_reads(others)
+        self.vm.write(site, orig[:1])
+        self.vm.forget_code(site, site + 1)
+        try:
+            stop = self.vm.run(1)
+        finally:
+            if site in self.patches:
+                self.vm.write(site, bytes([TRAP_BYTE]))
+                self.vm.forget_code(site, site + 1)
+            self.vm.watch_reads(self.patches)
+        self.handle(stop)
+
+
+__all__ = ["Scan", "Sensitive", "TRAP_BYTE"]
