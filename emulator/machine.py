@@ -53,6 +53,8 @@ from pgvirt.model import state as st
 from pgvirt.model.outcome import UD, Fault, Next, vector_name
 
 from . import states as layout
+from .validity import (ImpossibleState, StateError, UnsupportedState, _is_tss,  # noqa: F401
+                       check)
 
 PAGE = 0x1000
 MASK32 = 0xFFFFFFFF
@@ -87,18 +89,6 @@ _HLT = 0xF4
 
 # CR0 bits (SDM Vol. 3A 2.5).
 _PE, _PG, _NW, _CD = 1 << st.CR0_PE, 1 << st.CR0_PG, 1 << st.CR0_NW, 1 << st.CR0_CD
-
-
-class StateError(ValueError):
-    """The state cannot be put on the Machine; the message is one line."""
-
-
-class ImpossibleState(StateError):
-    """No IA-32 processor can be in this state (it breaks an architectural invariant)."""
-
-
-class UnsupportedState(StateError):
-    """A legal state this Machine (or Unicorn) cannot reproduce faithfully."""
 
 
 class IncompleteRun(RuntimeError):
@@ -791,130 +781,15 @@ def error_codes_observable() -> bool:
     return intr_args != 3 or named
 
 
-# --- what a state must satisfy ------------------------------------------------------------------
-def check(state: Mapping) -> dict:
-    """``state`` completed (missing scalars are 0, as ``state.concrete``) and validated."""
-    unknown = set(state) - set(st.FIELD)
-    if unknown:
-        raise StateError(f"no such state field: {', '.join(sorted(unknown))}")
-    s: dict = {}
-    for name in st.SCALARS:
-        v = state.get(name, 0)
-        width = st.FIELD[name].width
-        if not isinstance(v, int) or not 0 <= v < 1 << width:
-            raise StateError(f"{name} = {v!r} is not a {width}-bit unsigned integer")
-        s[name] = v
-    for arr in ("mem", "io"):
-        cells = state.get(arr, {})
-        if not isinstance(cells, Mapping):
-            raise StateError(f"{arr} must be a dict {{address: byte}}, not {type(cells).__name__}")
-        s[arr] = cells
-    for a, b in s["io"].items():   # mem is validated when its page image is built
-        if not (type(a) is int and 0 <= a <= 0xFFFF and type(b) is int and 0 <= b <= 0xFF):
-            raise StateError(f"io[{a!r}] = {b!r} is not a byte at a 16-bit port")
-    _check_architecture(s)
-    return s
-
-
 # TR's cache: the SDM's processor keeps the busy type a TSS gets when it is loaded (LTR, task
 # switch); QEMU keeps the *available* type there (its LTR marks only the GDT entry busy) and reads
 # TR with that convention: get_ss_esp_from_tss calls cpu_abort() - killing the process - on a
 # busy type, so any call gate to an inner ring aborted (found by ``pgvirt crosscheck``).  The
 # Machine therefore hands QEMU TR in QEMU's convention and reads it back in the SDM's: busy bit
 # (type bit 1) cleared on the way in, set on the way out, for the TSS types 1/3 and 9/B.
-def _is_tss(attr: int) -> bool:
-    return not attr & 0x10 and attr & 0x5 == 0x1
-
-
 def _tr_to_qemu(attr: int) -> int:
     return attr & ~0x2 if _is_tss(attr) else attr
 
 
 def _tr_from_qemu(attr: int) -> int:
     return attr | 0x2 if _is_tss(attr) else attr
-
-
-def _fail(cls, msg: str):
-    raise cls(msg)
-
-
-def _check_architecture(s: dict) -> None:
-    cpl, cr0 = s["cpl"], s["cr0"]
-    if not cr0 & _PE:
-        _fail(ImpossibleState if cpl else UnsupportedState,
-              f"CPL {cpl} with CR0.PE = 0: real mode runs at CPL 0" if cpl
-              else "CR0.PE = 0 (real mode) is outside the protected-mode model")
-    if cr0 & _NW and not cr0 & _CD:
-        _fail(ImpossibleState, "CR0.NW = 1 with CR0.CD = 0 (MOV CR0 refuses it, SDM Vol. 3A 2.5)")
-    if cr0 & _PG:
-        _fail(UnsupportedState, "CR0.PG = 1: paging is outside the model (linear = physical)")
-    if s["flags"] & ~st.USER_FLAGS_MASK or s["sysflags"] & ~st.SYS_FLAGS_MASK:
-        _fail(StateError, "flags/sysflags hold bits outside their EFLAGS masks")
-    if s["sysflags"] & (1 << st.VM):
-        _fail(UnsupportedState, "EFLAGS.VM = 1: virtual-8086 mode is outside the model")
-    if s["dr7"] & 0xFF:
-        _fail(UnsupportedState, "DR7 enables breakpoints: Unicorn does not arm breakpoints "
-                                "written through its register API")
-    if s["sysenter_cs"] > 0xFFFF:
-        _fail(UnsupportedState, "sysenter_cs has bits 31:16 set: Unicorn keeps only bits 15:0 of "
-                                "IA32_SYSENTER_CS")
-    if s["halted"]:
-        _fail(UnsupportedState, "halted = 1: a halted processor runs no instruction")
-    if s["tr_attr"] & 0x0F00:
-        _fail(ImpossibleState, f"tr_attr {s['tr_attr']:#x} has bits in the limit[19:16] position")
-    if _is_tss(s["tr_attr"]) and not s["tr_attr"] & 0x2:
-        _fail(ImpossibleState, f"tr_attr {s['tr_attr']:#x} is an available TSS: LTR and task switches "
-                               "leave TR holding a busy one (SDM Vol. 3A 7.2.2)")
-    if s["ldtr"] & 0xFFFC == 0 and (s["ldtr_base"] or s["ldtr_limit"]):
-        _fail(UnsupportedState, "null LDTR with a non-empty cache: Unicorn would still use it")
-    if s["cs"] & 3 != cpl:
-        _fail(ImpossibleState,
-              f"CPL {cpl} with CS.RPL {s['cs'] & 3}: CPL is CS.RPL (SDM Vol. 3A 5.5)")
-    if s["ss"] & 3 != cpl:
-        _fail(ImpossibleState,
-              f"CPL {cpl} with SS.RPL {s['ss'] & 3}: SS.RPL equals CPL (SDM Vol. 3A 5.7)")
-    for seg in st.SREGS:
-        sel, limit, attr = s[seg], s[f"{seg}_limit"], s[f"{seg}_attr"]
-        null = sel & 0xFFFC == 0
-        if null:
-            if seg in ("cs", "ss"):
-                _fail(ImpossibleState, f"{seg.upper()} holds a null selector in protected mode")
-            if s[f"{seg}_base"] or limit or attr:
-                _fail(UnsupportedState, f"{seg.upper()} is null but its cache is not empty: Unicorn "
-                                        "loads a null selector with base 0, limit 0, attr 0")
-            continue
-        try:
-            layout.descriptor(s[f"{seg}_base"], limit, attr)
-        except layout.EncodingError as e:
-            _fail(ImpossibleState, f"{seg}_attr/{seg}_limit: {e}; caches come from descriptors")
-        typ, dpl = attr & 0xF, (attr >> 5) & 3
-        is_code = bool(typ & 8)
-        what = seg.upper()
-        if not attr & 0x10 or not attr & 0x80:
-            _fail(ImpossibleState, f"{what} cache is not a present code/data segment "
-                                   f"(attr {attr:#x}); loads check S and P")
-        if not typ & 1:
-            _fail(ImpossibleState, f"{what} cache has the accessed bit clear; every segment load "
-                                   "sets it (SDM Vol. 3A 3.4.5.1)")
-        if seg == "cs":
-            if not is_code:
-                _fail(ImpossibleState, f"CS cache is a data segment (attr {attr:#x})")
-            if (typ & 4 and dpl > cpl) or (not typ & 4 and dpl != cpl):
-                kind = "conforming" if typ & 4 else "non-conforming"
-                _fail(ImpossibleState, f"CS DPL {dpl} at CPL {cpl} ({kind} code)")
-            if s["eip"] > limit:
-                _fail(ImpossibleState, f"EIP {s['eip']:#x} lies beyond the CS limit {limit:#x}")
-        elif seg == "ss":
-            if is_code or not typ & 2 or dpl != cpl:
-                _fail(ImpossibleState,
-                      f"SS cache must be writable data with DPL = CPL (attr {attr:#x})")
-        else:
-            if is_code and not typ & 2:
-                _fail(ImpossibleState,
-                      f"{what} cache is execute-only code; loads need readable segments")
-            if (sel & 3) > dpl and not (is_code and typ & 4):
-                _fail(ImpossibleState, f"{what} selector RPL {sel & 3} above its cache DPL {dpl}; "
-                                       "loads refuse it (SDM Vol. 3A 5.6)")
-            if dpl < cpl and not (is_code and typ & 4):
-                _fail(UnsupportedState, f"{what} cache DPL {dpl} < CPL {cpl}: only SYSEXIT reaches this, "
-                                        "and the IRETD the Machine enters through would null it")
