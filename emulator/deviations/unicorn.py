@@ -1,4 +1,4 @@
-"""Where Unicorn 2.1.4 (QEMU 5.0 TCG) departs from the SDM: ONE table, each entry reproducible.
+"""Where Unicorn 2.1.4 (QEMU 5.0 TCG) departs from the SDM: its table, each entry reproducible.
 
 Every ``Deviation`` names what it affects, what the SDM says, what Unicorn does, and a
 ``reproduce(machine)`` that runs a minimal case on a ``Machine`` and returns True while Unicorn
@@ -17,103 +17,13 @@ predicates never change what the model says: they only name where Unicorn is kno
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
-
 from pgvirt.model import state as st
-from pgvirt.model.form import Form
 from pgvirt.model.outcome import BP, DB, DF, GP, NP, OF, SS, UD, Fault, Next
 
-from . import states as S
-from .machine import NOT_HELD, Machine, error_codes_observable
-
-
-@dataclass(frozen=True)
-class Diff:
-    """One difference between the model's result and Unicorn's.
-
-    ``kind``: "outcome" (fault versus completion, or different vectors), "reg" (a scalar field;
-    ``key`` is its name), "mem" or "io" (``key`` is the address or port).
-    """
-
-    kind: str
-    key: Any
-    model: Any
-    emu: Any
-
-    def __str__(self) -> str:
-        if self.kind == "outcome":
-            return f"model {self.model}, Unicorn {self.emu}"
-        where = f"{self.kind}[{self.key:#x}]" if self.kind in ("mem", "io") else str(self.key)
-        def h(v):
-            return f"{v:#x}" if isinstance(v, int) else str(v)
-        return f"{where}: model {h(self.model)}, Unicorn {h(self.emu)}"
-
-    def as_json(self) -> dict:
-        return {"kind": self.kind, "key": self.key, "model": self.model, "emu": self.emu}
-
-
-@dataclass
-class Observation:
-    """A form run on ``state`` by the model (``model``: its Fault, or None with ``model_post``
-    holding every scalar field afterwards) and by Unicorn (``emu``: Fault or Next)."""
-
-    form: Form
-    state: Mapping
-    model: Fault | None
-    model_post: Mapping | None
-    emu: Fault | Next
-    diffs: list = field(default_factory=list)
-    model_stores: set = field(default_factory=set)   # memory addresses the model wrote
-
-    # --- helpers the predicates share -----------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self.form.name
-
-    @property
-    def cpl(self) -> int:
-        return self.state["cpl"]
-
-    @property
-    def iopl(self) -> int:
-        return (self.state["sysflags"] >> st.IOPL_LO) & 3
-
-    def cr4(self, bit: int) -> bool:
-        return bool(self.state["cr4"] >> bit & 1)
-
-    @property
-    def emu_post(self) -> Mapping | None:
-        return self.emu.state if isinstance(self.emu, Next) else None
-
-    def model_faults(self, *vectors: int) -> bool:
-        return self.model is not None and (not vectors or self.model.vector in vectors)
-
-    def emu_faults(self, *vectors: int) -> bool:
-        return isinstance(self.emu, Fault) and (not vectors or self.emu.vector in vectors)
-
-    def dword(self, address: int) -> int:
-        mem = self.state["mem"]
-        return int.from_bytes(bytes(mem.get((address + k) & 0xFFFFFFFF, 0) for k in range(4)), "little")
-
-
-@dataclass(frozen=True)
-class Deviation:
-    id: str
-    affects: str           # instructions / conditions
-    sdm: str               # what the SDM specifies (with the citation)
-    unicorn: str           # what Unicorn 2.1.4 does instead
-    reproduce: Callable[[Machine], bool]
-    kind: str = "semantics"
-    fields: tuple[str, ...] = ()
-    explains: Callable[[Observation, Diff], bool] | None = None
-
-    def present(self, machine: Machine | None = None) -> bool:
-        return self.reproduce(machine or Machine())
-
-    def applies(self, obs: Observation, diff: Diff) -> bool:
-        """Whether this entry accounts for ``diff`` observed in ``obs``."""
-        return self.explains is not None and bool(self.explains(obs, diff))
+from .. import states as S
+from ..machine import NOT_HELD, Machine, error_codes_observable
+from .base import Deviation, Diff, Observation
+from .base import explain as _explain
 
 
 def _vector(outcome, vector: int) -> bool:
@@ -911,13 +821,4 @@ def present(machine: Machine | None = None) -> dict[str, bool]:
 
 def explain(obs: Observation) -> tuple[list[str], list[Diff]]:
     """(ids of the entries that account for ``obs.diffs``, the differences none accounts for)."""
-    used: list[str] = []
-    left: list[Diff] = []
-    for diff in obs.diffs:
-        hit = [d.id for d in DEVIATIONS if d.applies(obs, diff)]
-        for i in hit:
-            if i not in used:
-                used.append(i)
-        if not hit:
-            left.append(diff)
-    return used, left
+    return _explain(DEVIATIONS, obs)

@@ -1,0 +1,33 @@
+"""Deviation tables: where each oracle departs from the SDM, one table per oracle.
+
+``unicorn`` (Unicorn 2.1.4), ``bochs`` (Bochs 2.7) and ``qemu`` (QEMU TCG): each entry with a
+minimal reproduction the tests run (``base`` has the shared classes).  ``table(oracle)`` is an
+oracle's table.  The names this package exported before the tables were split - ``DEVIATIONS``,
+``BY_ID``, ``explain``, ``present``, ``Diff``, ``Observation``, ``Deviation`` - are Unicorn's, so
+existing callers keep working.
+"""
+
+from __future__ import annotations
+
+from .base import Deviation, Diff, Observation
+from .unicorn import BY_ID, DEVIATIONS, explain, present
+
+__all__ = ["BY_ID", "DEVIATIONS", "Deviation", "Diff", "Observation", "explain", "present",
+           "table", "by_id"]
+
+
+def table(oracle: str) -> tuple[Deviation, ...]:
+    """The deviation table of ``oracle`` ("unicorn", "bochs", "qemu")."""
+    if oracle == "unicorn":
+        return DEVIATIONS
+    if oracle == "bochs":
+        from .bochs import DEVIATIONS as t
+        return t
+    if oracle == "qemu":
+        from .qemu import DEVIATIONS as t
+        return t
+    raise KeyError(f"no deviation table for oracle {oracle!r}")
+
+
+def by_id(oracle: str) -> dict[str, Deviation]:
+    return {d.id: d for d in table(oracle)}

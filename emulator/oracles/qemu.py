@@ -1,0 +1,49 @@
+"""QEMU (``qemu-system-i386``, TCG) as an oracle: the test kernel booted from a floppy.
+
+``-display none -nodefaults`` (no VGA, network or serial devices), the floppy as drive A,
+``-debugcon stdio`` (port 0xE9 to our pipe), ``isa-debug-exit`` at 0xF4 (the kernel's last
+write ends the process), ``-no-reboot`` (a triple fault ends it too).  The CPU model per
+profile: ``pentium`` for pentium, ``max`` (which has UMIP) for umip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from .fullsystem import FullSystem
+
+BINARY = "qemu-system-i386"
+CPUS = {"pentium": "pentium", "umip": "max"}
+# IA32_SYSENTER_* and IA32_TSC_AUX: TCG implements them whatever the CPU model says
+MSRS = (("sysenter_cs", 0x174), ("sysenter_esp", 0x175), ("sysenter_eip", 0x176),
+        ("tsc_aux", 0xC0000103), ("tsc", 0x10))
+
+
+class Qemu(FullSystem):
+    name = "qemu"
+    binary = BINARY
+
+    @classmethod
+    def cpu_for(cls, profile: str) -> str:
+        return CPUS[profile]
+
+    @classmethod
+    def msrs(cls, cpu: str):
+        return MSRS
+
+    @classmethod
+    def missing(cls) -> str | None:
+        if shutil.which(BINARY) is None:
+            from . import INSTALL
+            return f"{BINARY} is not installed: run {INSTALL}"
+        return None
+
+    def command(self, image: str) -> list[str]:
+        return [BINARY, "-nodefaults", "-display", "none", "-no-reboot", "-machine", "pc,accel=tcg",
+                "-cpu", self.cpu, "-m", str(self.ram_mb), "-debugcon", "stdio",
+                "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+                "-drive", f"file={image},format=raw,if=floppy", "-boot", "a"]
+
+    def log_tail(self) -> str:
+        return self._tail(os.path.join(self.work, "stderr.txt"))
