@@ -78,12 +78,17 @@ class _Emitter:
         self.names: dict[int, str] = {}
         self.scalars = scalars           # constant name -> python expression
         self.ufs: set[str] = set()
+        # Names are keyed by Z3 AST id, and Z3 reuses the id of a freed AST: every root stays
+        # referenced here, so a term built afresh later (a property's And) never inherits the
+        # name of a dead one (found by Outcome.in_segments, compiled after Outcome.assumed).
+        self._alive: list = []
 
     def name(self, e) -> str:
         return self.names[e.get_id()]
 
     def compile(self, root) -> str:
         """Emit code for ``root`` and everything below it (iteratively, post-order)."""
+        self._alive.append(root)
         stack = [(root, False)]
         while stack:
             e, ready = stack.pop()
@@ -243,6 +248,7 @@ class Run:
     io: Any
     loads: tuple
     stores: tuple
+    in_segments: bool = True     # Outcome.in_segments: no access of the run is a memory trap
 
     def read(self, array: str, address: int) -> int:
         return _sel(self.mem if array == "mem" else self.io, address)
@@ -285,7 +291,7 @@ class Compiled:
         if len(values) < len(st.FIELDS) and any(n not in values for n in st.SCALARS):
             # missing scalars read 0, as in ``state.concrete``
             values = {**{n: 0 for n in st.SCALARS}, **values}
-        fails, codes, assumed, post, mem, io, loads, stores = self._fn(
+        fails, codes, assumed, post, mem, io, loads, stores, segs = self._fn(
             values, values.get("mem", {}), values.get("io", {}), uf or _default_uf)
         fault = None
         for k, f in enumerate(fails):
@@ -295,7 +301,7 @@ class Compiled:
                 break
         full = {n: values.get(n, 0) for n in st.SCALARS}
         full.update(post)
-        return Run(fault, assumed, full, mem, io, loads, stores)
+        return Run(fault, assumed, full, mem, io, loads, stores, segs)
 
     def run(self, values: Mapping, uf: Callable | None = None) -> Fault | Next:
         """The same answer as ``form.execute(values, code, features)``."""
@@ -324,6 +330,7 @@ def compile_outcome(form: Form, features: frozenset = frozenset(), code: bytes |
     io = em.compile(o.post.io)
     loads = [(arr, em.compile(a)) for arr, a in o.loads]
     stores = [(arr, em.compile(a)) for arr, a in o.stores]
+    segs = em.compile(o.in_segments)
 
     def tup(items):
         return "(" + "".join(f"{i}, " for i in items) + ")"
@@ -332,7 +339,8 @@ def compile_outcome(form: Form, features: frozenset = frozenset(), code: bytes |
     src = (f"def _f(V, MEM, IO, UF):\n{body}\n"
            f"    return ({tup(fails)}, {tup(codes)}, {assumed}, "
            f"{{{', '.join(f'{n!r}: {v}' for n, v in post)}}}, {mem}, {io}, "
-           f"{tup(f'({a!r}, {v})' for a, v in loads)}, {tup(f'({a!r}, {v})' for a, v in stores)})\n")
+           f"{tup(f'({a!r}, {v})' for a, v in loads)}, {tup(f'({a!r}, {v})' for a, v in stores)}, "
+           f"{segs})\n")
     env = {"SEL": _sel, "CONST": _Const, "min": min, "len": len}
     exec(compile(src, f"<compiled {form.name}>", "exec"), env)
     checks = tuple(CheckInfo(c.vector, c.reason, c.code is not None) for c in o.checks)

@@ -61,6 +61,7 @@ class Exec:
         self._stores: list[tuple[str, object]] = []
         self._jumped: z3.BoolRef = z3.BoolVal(False)
         self._effects: set[str] = set()
+        self._segmented: list[tuple] = []
 
     def has(self, feature: str) -> z3.BoolRef:
         """Whether the processor has ``feature`` (a profile fact, e.g. "umip")."""
@@ -189,6 +190,22 @@ class Exec:
     def seg_base(self, seg: str):
         return self.s[f"{seg}_base"]
 
+    def _through(self, seg: str, offset, size: int, write: bool, linear=None):
+        """Note a ``seg``-relative access (``Outcome.in_segments``); return its linear address
+        (``linear`` when the caller has the term already, so the terms stay as they were)."""
+        offset = _bv(offset, 32)
+        s = self.s
+        self._segmented.append((self.path, s[seg], s[f"{seg}_limit"], s[f"{seg}_attr"], offset,
+                                size, write, s.cpl, s.cr0, s.sysflags, seg))
+        return s[f"{seg}_base"] + offset if linear is None else linear
+
+    def seg_load(self, seg: str, offset, size: int, linear=None):
+        """Load ``size`` bytes at ``seg``:``offset`` (no limit or type checks: see README)."""
+        return self.load(self._through(seg, offset, size, False, linear), size)
+
+    def seg_store(self, seg: str, offset, size: int, value, linear=None) -> None:
+        self.store(self._through(seg, offset, size, True, linear), size, value)
+
     def offset(self):
         """Effective offset of the ModRM memory operand (SDM Vol. 2A 2.1.5)."""
         d = self.d
@@ -214,12 +231,12 @@ class Exec:
 
     def rm(self, size: int):
         if self.d.is_mem:
-            return self.load(self.ea(), size)
+            return self.seg_load(self.default_seg(), self.offset(), size, self.ea())
         return self.gpr(self.d.rm, size)
 
     def set_rm(self, size: int, value) -> None:
         if self.d.is_mem:
-            self.store(self.ea(), size, value)
+            self.seg_store(self.default_seg(), self.offset(), size, value, self.ea())
         else:
             self.set_gpr(self.d.rm, size, value)
 
@@ -232,11 +249,11 @@ class Exec:
     # --- stack and control flow -----------------------------------------------------------------
     def push(self, value, size: int = 4) -> None:
         esp = self.s.esp - size
-        self.store(self.s.ss_base + esp, size, value)
+        self.seg_store("ss", esp, size, value)
         self.write("esp", esp)
 
     def pop(self, size: int = 4):
-        v = self.load(self.s.ss_base + self.s.esp, size)
+        v = self.seg_load("ss", self.s.esp, size)
         self.write("esp", self.s.esp + size)
         return v
 
@@ -259,7 +276,7 @@ class Exec:
         post = self.s.replace(eip=eip)
         effects = tuple(sorted(self._effects | {"eip"}))
         return Outcome(self.pre, tuple(self._checks), post, tuple(self._assumptions),
-                       tuple(self._loads), tuple(self._stores), effects)
+                       tuple(self._loads), tuple(self._stores), effects, tuple(self._segmented))
 
 
 @dataclass(frozen=True)

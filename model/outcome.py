@@ -93,6 +93,9 @@ class Outcome:
     loads: tuple[tuple[str, Any], ...]    # (array field, address term) read
     stores: tuple[tuple[str, Any], ...]   # (array field, address term) written
     effects: tuple[str, ...] = field(default=())  # scalar fields the form may change
+    # segment-relative accesses, for ``in_segments``: (path, selector, limit, attr, offset,
+    # size, write, cpl, cr0, sysflags, register name), each term as it stood at the access
+    segmented: tuple = field(default=())
 
     @property
     def faults(self) -> z3.BoolRef:
@@ -113,6 +116,36 @@ class Outcome:
             cv = z3.BitVecVal(-1, 33) if c.code is None else z3.ZeroExt(1, c.code)
             v = z3.If(c.fails, cv, v)
         return v
+
+    @property
+    def in_segments(self) -> z3.BoolRef:
+        """No access of the run is a *memory trap*: every segment-relative access lies inside its
+        segment (limit, expand-down bounds), goes through a usable segment of the right type
+        (not null, no write to code or read-only data, no read of execute-only code) and is
+        aligned where CPL 3 with CR0.AM = EFLAGS.AC = 1 asks for it (SDM Vol. 3A 5.3-5.6, 6.15
+        #AC).  The model assumes these away (README: memory traps are outside Popek and
+        Goldberg's definitions); an emulator that checks them is compared only where this holds.
+        Recorded accesses never change what the run computes."""
+        oks = []
+        for path, sel, limit, attr, off, size, write, cpl, cr0, sysflags, reg in self.segmented:
+            code = z3.Extract(3, 3, attr) == 1
+            bit1 = z3.Extract(1, 1, attr) == 1
+            down = z3.And(z3.Not(code), z3.Extract(2, 2, attr) == 1)
+            first = z3.ZeroExt(1, off)
+            last = first + (size - 1)
+            lim = z3.ZeroExt(1, limit)
+            upper = z3.If(z3.Extract(14, 14, attr) == 1, z3.BitVecVal(0xFFFFFFFF, 33),
+                          z3.BitVecVal(0xFFFF, 33))
+            inside = z3.If(down, z3.And(z3.UGT(first, lim), z3.ULE(last, upper)), z3.ULE(last, lim))
+            typed = z3.If(code, z3.BoolVal(False) if write else bit1,
+                          bit1 if write else z3.BoolVal(True))
+            usable = z3.BoolVal(True) if reg in ("cs", "ss") else z3.Extract(15, 2, sel) != 0
+            aligned = z3.BoolVal(True)
+            if size > 1:
+                aligned = z3.Or(cpl != 3, z3.Extract(18, 18, cr0) == 0,
+                                z3.Extract(18, 18, sysflags) == 0, (off & (size - 1)) == 0)
+            oks.append(z3.Implies(path, z3.And(usable, typed, inside, aligned)))
+        return z3.And(oks) if oks else z3.BoolVal(True)
 
     @property
     def assumed(self) -> z3.BoolRef:

@@ -31,7 +31,9 @@ INSTALL = "bash tests/setup-emulators.sh  (apt-get install qemu-system-x86 bochs
 class Case:
     """One instruction on one state.  ``mem``/``stores``/``io``: the addresses the instruction
     may read or write, those it may write, the ports it may access (the model's footprint);
-    ``expect``: the model's outcome, used only to place catch points, never compared here."""
+    ``expect``: the model's outcome, and ``landings``: linear addresses where the instruction
+    could go were a check of the model skipped - both used only to place catch points, never
+    compared here."""
 
     state: Mapping
     code: bytes
@@ -39,6 +41,18 @@ class Case:
     stores: frozenset = frozenset()
     io: frozenset = frozenset()
     expect: Fault | Next | None = None
+    landings: tuple = ()
+
+
+def model_case(form, state: Mapping, run) -> Case:
+    """The Case of ``form`` on ``state`` with the compiled model's ``run`` of it
+    (``concrete.Compiled.evaluate``): its footprint, its outcome, and the landing it would have
+    without its checks (``run.post`` is computed as if no check fired)."""
+    addrs = run.addresses()
+    stores = frozenset(a for arr, a in run.stores if arr == "mem")
+    landing = (run.post["cs_base"] + run.post["eip"]) & 0xFFFFFFFF
+    return Case(state, form.bytes, frozenset(addrs.get("mem", ())), stores,
+                frozenset(addrs.get("io", ())), run.outcome(), (landing,))
 
 
 @dataclass
@@ -79,7 +93,7 @@ def unavailable(name: str) -> str | None:
     if name == "unicorn":
         return None
     from . import bochs, qemu
-    return (bochs if name == "bochs" else qemu).missing()
+    return (bochs.Bochs if name == "bochs" else qemu.Qemu).missing()
 
 
 def make(name: str, profile="pentium", **options) -> Oracle:

@@ -51,16 +51,18 @@ class FullSystem:
 
     name = ""
     binary = ""
+    cannot = None           # state -> why this emulator cannot hold it, or None
 
-    def __init__(self, profile: str = "pentium", *, cpu: str | None = None, ram_mb: int = 512,
-                 boot_seconds: float = 30.0, case_seconds: float = 0.02, stall_seconds: float = 8.0,
+    def __init__(self, profile: str = "pentium", *, cpu: str | None = None, ram_mb: int = 1024,
+                 boot_seconds: float = 30.0, case_seconds: float = 0.02, stall_seconds: float = 2.0,
                  max_cases: int = 4000, log_lines: int = 12):
         self.profile = profile
         self.cpu = cpu or self.cpu_for(profile)
         self.ram_mb = ram_mb
         self.boot_seconds, self.case_seconds = boot_seconds, case_seconds
         self.stall_seconds, self.max_cases, self.log_lines = stall_seconds, max_cases, log_lines
-        self.target = T.Target(self.name, ram_mb << 20, self.msrs(self.cpu), IO_UNSAFE)
+        self.target = T.Target(self.name, ram_mb << 20, self.msrs(self.cpu), IO_UNSAFE,
+                               cannot=self.cannot)
         self.work = tempfile.mkdtemp(prefix=f"pgvirt-{self.name}-")
         self.stats = {"boots": 0, "cases": 0, "retries": 0, "errors": 0}
 

@@ -3,7 +3,8 @@
 ``-display none -nodefaults`` (no VGA, network or serial devices), the floppy as drive A,
 ``-debugcon stdio`` (port 0xE9 to our pipe), ``isa-debug-exit`` at 0xF4 (the kernel's last
 write ends the process), ``-no-reboot`` (a triple fault ends it too).  The CPU model per
-profile: ``pentium`` for pentium, ``max`` (which has UMIP) for umip.
+profile: ``max,-umip`` for pentium, ``max`` (which has UMIP) for umip - the P6-and-later
+features the model's states use (CR4.PGE/PAE/PCE/OSFXSR/OSXMMEXCPT, SYSENTER, RDTSCP).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import shutil
 from .fullsystem import FullSystem
 
 BINARY = "qemu-system-i386"
-CPUS = {"pentium": "pentium", "umip": "max"}
-# IA32_SYSENTER_* and IA32_TSC_AUX: TCG implements them whatever the CPU model says
-MSRS = (("sysenter_cs", 0x174), ("sysenter_esp", 0x175), ("sysenter_eip", 0x176),
-        ("tsc_aux", 0xC0000103), ("tsc", 0x10))
+# "max": every feature TCG implements, so every CR4 bit the model's states use can be set;
+# pentium has no UMIP.
+CPUS = {"pentium": "max,-umip", "umip": "max"}
+# IA32_SYSENTER_* and the TSC; IA32_TSC_AUX only exists in QEMU's 64-bit builds (deviation
+# tsc-aux-unimplemented), so qemu-system-i386 can neither set nor read it.
+MSRS = (("sysenter_cs", 0x174), ("sysenter_esp", 0x175), ("sysenter_eip", 0x176), ("tsc", 0x10))
 
 
 class Qemu(FullSystem):

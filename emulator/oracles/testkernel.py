@@ -76,6 +76,12 @@ KSTACK = 0x318000
 CATCH_TOP = 0x31C000
 OUTBUF = 0x320000
 KERNEL_LO, KERNEL_HI = IMAGE_BASE, 0x340000
+FILL_TOP = 0x1000000
+FILLED = ((0, 0xA0000), (KERNEL_HI, FILL_TOP))
+# What memory no case has set holds: INT1 (ICEBP), a one-byte trap that needs no gate privilege,
+# so a run that goes somewhere no landing pad is stops at its first instruction (#DB, caught).
+# The instruction under test never sees it: every byte it reads is written before the run.
+FILL = 0xF1
 FLOPPY = 1474560
 TRACK = 18 * 512
 VERSION = 1
@@ -89,6 +95,8 @@ ESSENTIAL = frozenset((1, 6, 8, 10, 11, 12, 13, 17))   # what the forms and the 
 # kernel variables (VARS + offset)
 V_CUR, V_ESP, V_GROUP, V_PHASE, V_GD, V_TR = 0, 4, 8, 9, 10, 12
 V_GDTR, V_IDTR, V_REGS = 16, 24, 32           # V_REGS: cr0 cr2 cr3 cr4 dr0 dr1 dr2 dr3 dr6 dr7
+V_VIFESP = 80
+V86_STACK = 0x31A000                           # SS0:ESP0 of the main TSS: the way back from v86
 REG_NAMES = ("cr0", "cr2", "cr3", "cr4", "dr0", "dr1", "dr2", "dr3", "dr6", "dr7")
 
 # the old task's save area in a 32-bit TSS (SDM Vol. 3A 7.2.1): EIP at 0x20 up to GS at 0x5C
@@ -208,7 +216,11 @@ def kernel(groups: int = NCATCH // 4) -> Kernel:
     c.label("init")
     _kernel_segments(c)
     c(b"\x31\xc0\xbf" + d32(VARS) + b"\xb9" + d32((KERNEL_HI - VARS) // 4) + b"\xf3\xab")
-    c(b"\xbf" + d32(0) + b"\xb9" + d32(0xA0000 // 4) + b"\xf3\xab")     # zero low memory
+    # every byte a case does not set holds FILL (a one-byte trap): a run that goes astray stops at
+    # once instead of executing zeros
+    c(b"\xb8" + bytes([FILL]) * 4)
+    for lo, hi in FILLED:
+        c(b"\xbf" + d32(lo) + b"\xb9" + d32((hi - lo) // 4) + b"\xf3\xab")
     c(x86.mov_r_imm("esp", KSTACK))
     c(b"\x66\xb8" + w16(KTSS) + b"\x0f\x00\xd8")                        # ltr ax
     c(b"\xb0\xff\xe6\x21\xe6\xa1\xb0\x80\xe6\x70")                      # mask both PICs, NMI
@@ -227,7 +239,7 @@ def kernel(groups: int = NCATCH // 4) -> Kernel:
     c(b"\xa1" + d32(v(V_CUR)) + b"\xff\x60\x08")                        # jmp [record+8]
 
     c.label("after")                                                    # the case is done
-    c(b"\xa1" + d32(v(V_CUR)) + b"\x8b\x70\x14"); c.call("zero_runs")   # esi = [rec+20]
+    c(b"\xa1" + d32(v(V_CUR)) + b"\x8b\x70\x14"); c.call("fill_runs")   # esi = [rec+20]
     c(b"\x8b\x35" + d32(v(V_CUR)) + b"\x8b\x36"); c.jmp("record")       # esi = [rec]
 
     c.label("finish")
@@ -244,10 +256,10 @@ def kernel(groups: int = NCATCH // 4) -> Kernel:
     c(A.LODSD, b"\x89\xc7", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "copy_done")
     c(A.REP_MOVSB); c.jmp("copy_runs")
     c.label("copy_done"); c(b"\xc3")
-    # zero_runs: esi -> (addr, len) ... until len 0
-    c.label("zero_runs")
+    # fill_runs: esi -> (addr, len) ... until len 0: the bytes get FILL back
+    c.label("fill_runs")
     c(A.LODSD, b"\x89\xc7", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "zero_done")
-    c(b"\x31\xc0", A.REP_STOSB); c.jmp("zero_runs")
+    c(b"\xb0" + bytes([FILL]), A.REP_STOSB); c.jmp("fill_runs")
     c.label("zero_done"); c(b"\xc3")
     # dump_runs: esi -> (addr, len) ... until len 0; appended at edi
     c.label("dump_runs")
@@ -318,6 +330,8 @@ def kernel(groups: int = NCATCH // 4) -> Kernel:
     # faults of the stub itself (kernel IDT, interrupt gates): vector, code, EIP -> an 'S' frame
     for vec in range(32):
         c.label(f"fault{vec}")
+        if vec == 6:        # the UD2 that ends the v86 round trip of ``vif``
+            c(b"\x2e\x80\x3d" + d32(v(V_PHASE)) + b"\x03"); c.jcc(x86.JE, "vif_back")
         if vec == 1:        # DR7.GD left set by the case: the #DB clears it; note it, re-run the MOV
             c(b"\x2e\x80\x3d" + d32(v(V_PHASE)) + b"\x01"); c.jcc(x86.JNE, "fault1b")
             c(b"\xc6\x05" + d32(v(V_GD)) + b"\x01", A.IRETD)
@@ -336,9 +350,29 @@ def kernel(groups: int = NCATCH // 4) -> Kernel:
     c(b"\xb0\x53"); c.call("send")                                      # 'S'
     c.jmp("after")
 
+    # vif: EFLAGS.VIF/VIP := EAX's.  QEMU loads them only on an IRETD to virtual-8086 mode, so
+    # every case takes that path: IRETD to a UD2 in v86 mode (at FFFF:xxxx, in the image above
+    # 1 MiB), whose #UD comes back through the kernel's IDT with VIF/VIP as the frame had them.
+    c.label("vif")
+    c(b"\x89\xc3\x31\xc0", A.mov_cr_eax(4), b"\x89\xd8")                     # CR4 = 0 (no VME)
+    c(b"\x80\x25" + d32(KGDT + KTSS + 5) + bytes([0xFD]))                      # main TSS available
+    c(b"\x66\xb9" + w16(KTSS) + b"\x0f\x00\xd9")                            # ltr cx
+    c(b"\x89\x25" + d32(v(V_VIFESP)))
+    c(b"\x6a\x00" * 5 + b"\x68" + d32(0xFFF0))                               # GS..SS, SP
+    c(b"\x0d" + d32((1 << 17) | 2), b"\x50")                                 # EFLAGS | VM
+    c(b"\x68" + d32(0xFFFF))
+    c.abs32(b"\x68", "v86_ip")                                                # patched below
+    c(b"\xc6\x05" + d32(v(V_PHASE)) + b"\x03", A.IRETD)
+    c.label("vif_back")                 # DS..GS are null on the way out of v86 mode
+    _kernel_segments(c)
+    c(b"\x8b\x25" + d32(v(V_VIFESP)))
+    c(b"\xc6\x05" + d32(v(V_PHASE)) + b"\x00\xc3")
+    c.label("v86_trap")
+    c(A.UD2)
     c.align(8)
     c.label("kgdtr"); c(w16(KGDT_LIMIT) + d32(KGDT), bytes(2))
     c.label("kidtr"); c(w16(32 * 8 - 1) + d32(KIDT), bytes(2))
+    c.labels["v86_ip"] = c.labels["v86_trap"] - 0xFFFF0
     code = c.finish()
     if c.here > KGDT:
         raise AssertionError(f"kernel code runs to {c.here:#x}, past the GDT at {KGDT:#x}")
@@ -352,7 +386,9 @@ def kernel(groups: int = NCATCH // 4) -> Kernel:
         + layout.descriptor(0, MASK32, layout.data_attr(0))
         + layout.descriptor(MAIN_TSS, 0x67, layout.TSS_AVAIL_ATTR))
     put(KIDT, b"".join(_gate(KCS, c.labels[f"fault{n}"], 0xE) for n in range(32)))
-    put(MAIN_TSS, _tss(c.labels["halt"], KSTACK, KCS, KDS))
+    main = bytearray(_tss(c.labels["halt"], KSTACK, KCS, KDS))
+    main[0x04:0x08] = d32(V86_STACK)
+    put(MAIN_TSS, bytes(main))
     put(BOOT_RECORD, d32(0) + d32(0xFFFFFFFF))
     return Kernel(bytes(img), dict(c.labels), groups)
 
@@ -375,6 +411,7 @@ class Target:
     msrs: tuple[tuple[str, int], ...]
     io_unsafe: tuple[tuple[int, int, str], ...]     # (first, last, what)
     groups: int = NCATCH // 4                        # catch TSSs; 4 vectors each (TR keeps RPL)
+    cannot: object = None                            # state -> why this emulator cannot hold it
 
     def usable(self, a: int) -> bool:
         return a < 0xA0000 or KERNEL_HI <= a < self.ram_top - 0x100000
@@ -512,6 +549,9 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
     if not code or len(code) > 15:
         raise UnsupportedState(f"an instruction is 1 to 15 bytes, not {len(code)}")
     cpl = s["cpl"]
+    why = target.cannot(s) if target.cannot else None
+    if why:
+        raise UnsupportedState(why)
     code_at = (s["cs_base"] + s["eip"]) & MASK32
     for k, b in enumerate(code):
         a = (code_at + k) & MASK32
@@ -521,10 +561,12 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
         s["mem"][a] = b
     foot = {a & MASK32 for a in case.mem} | {(code_at + k) & MASK32 for k in range(len(code))}
     stores = {a & MASK32 for a in getattr(case, "stores", ())}
-    for a in sorted(foot | set(s["mem"])):
+    for a in sorted(foot):
         if not target.usable(a):
-            raise UnsupportedState(f"memory at {a:#x} lies outside {target.name}'s usable RAM "
-                                   f"(0-0x9ffff, {KERNEL_HI:#x}-{target.ram_top - 0x100001:#x})")
+            raise UnsupportedState(f"the instruction accesses {a:#x}, outside {target.name}'s usable "
+                                   f"RAM (0-0x9ffff, {KERNEL_HI:#x}-{target.ram_top - 0x100001:#x})")
+    # bytes the instruction never accesses do not affect it: those outside RAM are left out
+    s["mem"] = {a: b for a, b in s["mem"].items() if target.usable(a)}
     for p in sorted(set(case.io)):
         for lo, hi, what in target.io_unsafe:
             if lo <= p <= hi:
@@ -544,6 +586,8 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
         if post["sysflags"] >> st.VM & 1:
             raise UnsupportedState("the instruction enters virtual-8086 mode")
     L = _Layout(target, s, foot)
+    for a in foot:
+        L.writes.setdefault(a, 0)           # unspecified bytes read 0 (state.concrete)
 
     # where the catch's task switch will save the registers: the TSS in TR afterwards
     clobber: set[int] = set()
@@ -604,6 +648,18 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
             landings.append(land)
     for pad in landings:
         L.place(pad, x86.UD2, "a landing pad (UD2)")
+    # where the instruction would go if the emulator skipped a check the model makes: a pad there
+    # too, so such a deviation is caught at once instead of running on
+    for pad in getattr(case, "landings", ()):
+        pad &= MASK32
+        if pad in landings or pad == code_at:
+            continue
+        if not target.usable(pad) or not target.usable(pad + 1):
+            raise UnsupportedState(f"the instruction's unchecked landing {pad:#x} lies outside "
+                                   f"{target.name}'s usable RAM: a deviation there would run on")
+        if L.free(pad, 2):
+            L.place(pad, x86.UD2, "a landing pad (UD2)")
+            landings.append(pad)
 
     # the catch: task gates in the IDT(s) the instruction leaves, TSS descriptors in the GDT(s)
     gdts = {(s["gdtr_base"], s["gdtr_limit"])}
@@ -670,6 +726,9 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
         step(f"WRMSR {msr:#x} ({name} = {value:#x})")
         c(x86.mov_r_imm("ecx", msr), x86.mov_r_imm("eax", value & MASK32),
           x86.mov_r_imm("edx", value >> 32), x86.WRMSR)
+    vif = s["sysflags"] & (1 << st.VIF | 1 << st.VIP)
+    step(f"setting EFLAGS.VIF/VIP to {vif:#x} by a round trip through virtual-8086 mode")
+    c(x86.mov_r_imm("eax", vif), x86.mov_r_imm("ebx", kern.labels["vif"]), b"\xff\xd3")
     for n in (0, 1, 2, 3, 6):
         step(f"MOV DR{n} ({s[f'dr{n}']:#x})")
         c(x86.mov_r_imm("eax", s[f"dr{n}"]), x86.mov_dr_eax(n))
@@ -760,7 +819,7 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
     esp_at = (s["ss_base"] + s["esp"]) & MASK32
     cleans |= {(esp_at + k) & MASK32 for k in range(-64, 64)}
     cleans = {a for a in cleans if target.usable(a)}
-    wr_runs = _runs(a for a, b in L.writes.items() if b)
+    wr_runs = _runs(L.writes)
     runs_blob = b"".join(d32(a) + d32(n) + bytes(L.writes[a + k] for k in range(n))
                          for a, n in wr_runs)
     runs_blob += b"".join(d32(a) + d32(len(b)) + b for a, b in kwrites) + d32(0) + d32(0)

@@ -767,27 +767,27 @@ def _string_step(x, size: int):
     return z3.If(x.flag(DF), z3.BitVecVal(-size & _MASK32, 32), z3.BitVecVal(size, 32))
 
 
-def _source(x):
-    """DS:ESI, or the overriding segment (the destination ES:EDI cannot be overridden)."""
-    return x.seg_base(x.d.seg or "ds") + x.esi
+def _source(x, size: int):
+    """Load from DS:ESI, or the overriding segment (the destination ES:EDI cannot be overridden)."""
+    return x.seg_load(x.d.seg or "ds", x.esi, size)
 
 
 def _movs(x, size: int) -> None:
     step = _string_step(x, size)
-    x.store(x.es_base + x.edi, size, x.load(_source(x), size))
+    x.seg_store("es", x.edi, size, _source(x, size))
     x.write("esi", x.esi + step)
     x.write("edi", x.edi + step)
 
 
 def _stos(x, size: int) -> None:
     step = _string_step(x, size)
-    x.store(x.es_base + x.edi, size, x.gpr(0, size))
+    x.seg_store("es", x.edi, size, x.gpr(0, size))
     x.write("edi", x.edi + step)
 
 
 def _lods(x, size: int) -> None:
     step = _string_step(x, size)
-    x.set_gpr(0, size, x.load(_source(x), size))
+    x.set_gpr(0, size, _source(x, size))
     x.write("esi", x.esi + step)
 
 
