@@ -312,7 +312,7 @@ def compile_outcome(form: Form, features: frozenset = frozenset(), code: bytes |
     """Compile ``form`` (run once on a fresh symbolic state) into a Python function."""
     code = form.bytes if code is None else bytes(code)
     s = st.fresh("s")
-    o = form.run(s, code, frozenset(features))
+    o = form.run(s, code, frozenset(features), record=True)
     scalars = {f"s.{n}": f"V[{n!r}]" for n in st.SCALARS}
     scalars["s.mem"] = "MEM"
     scalars["s.io"] = "IO"

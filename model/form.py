@@ -48,7 +48,8 @@ def _bv(v, width: int):
 class Exec:
     """The state of one symbolic execution of a form."""
 
-    def __init__(self, form: "Form", s: State, d: Decoded, features: frozenset[str] = frozenset()):
+    def __init__(self, form: "Form", s: State, d: Decoded, features: frozenset[str] = frozenset(),
+                 record: bool = False):
         self.form = form
         self.features = features
         self.pre = s
@@ -61,7 +62,11 @@ class Exec:
         self._stores: list[tuple[str, object]] = []
         self._jumped: z3.BoolRef = z3.BoolVal(False)
         self._effects: set[str] = set()
+        # Segment-relative accesses are noted only when asked (``record``): the references they
+        # keep would change which Z3 AST ids get reused, and with them the solver's witnesses.
+        self.recording = record
         self._segmented: list[tuple] = []
+        self._fetch(s.eip, d.length)
 
     def has(self, feature: str) -> z3.BoolRef:
         """Whether the processor has ``feature`` (a profile fact, e.g. "umip")."""
@@ -190,21 +195,33 @@ class Exec:
     def seg_base(self, seg: str):
         return self.s[f"{seg}_base"]
 
-    def _through(self, seg: str, offset, size: int, write: bool, linear=None):
-        """Note a ``seg``-relative access (``Outcome.in_segments``); return its linear address
-        (``linear`` when the caller has the term already, so the terms stay as they were)."""
-        offset = _bv(offset, 32)
+    def _through(self, seg: str, linear, size: int, write: bool):
+        """Note an access through ``seg`` at ``linear`` (its base plus the offset) for
+        ``Outcome.in_segments``, and return ``linear``.  Only terms that exist already are kept
+        (the offset is derived when the predicate is built), so recording creates no Z3 term:
+        the solver sees the very formulas, built in the very order, that it saw without it."""
+        if not self.recording:
+            return linear
         s = self.s
-        self._segmented.append((self.path, s[seg], s[f"{seg}_limit"], s[f"{seg}_attr"], offset,
-                                size, write, s.cpl, s.cr0, s.sysflags, seg))
-        return s[f"{seg}_base"] + offset if linear is None else linear
+        self._segmented.append((self.path, len(self._checks), s[seg], s[f"{seg}_base"],
+                                s[f"{seg}_limit"], s[f"{seg}_attr"], linear, size, write, s.cpl,
+                                s.cr0, s.sysflags, seg))
+        return linear
 
-    def seg_load(self, seg: str, offset, size: int, linear=None):
-        """Load ``size`` bytes at ``seg``:``offset`` (no limit or type checks: see README)."""
-        return self.load(self._through(seg, offset, size, False, linear), size)
+    def _fetch(self, eip, length: int) -> None:
+        """Note an instruction fetch at CS:``eip`` (the instruction itself, a jump's target)."""
+        if not self.recording:
+            return
+        s = self.s
+        self._segmented.append((self.path, len(self._checks), s.cs, None, s.cs_limit, s.cs_attr,
+                                eip, length, False, s.cpl, s.cr0, s.sysflags, "fetch"))
 
-    def seg_store(self, seg: str, offset, size: int, value, linear=None) -> None:
-        self.store(self._through(seg, offset, size, True, linear), size, value)
+    def seg_load(self, seg: str, linear, size: int):
+        """Load ``size`` bytes at ``linear`` through ``seg`` (no limit or type checks: README)."""
+        return self.load(self._through(seg, linear, size, False), size)
+
+    def seg_store(self, seg: str, linear, size: int, value) -> None:
+        self.store(self._through(seg, linear, size, True), size, value)
 
     def offset(self):
         """Effective offset of the ModRM memory operand (SDM Vol. 2A 2.1.5)."""
@@ -229,14 +246,18 @@ class Exec:
         """Linear address of the memory operand (segment base + offset)."""
         return self.seg_base(self.default_seg()) + self.offset() + extra
 
-    def rm(self, size: int):
+    def rm(self, size: int, rmw: bool = False):
+        """The r/m operand; ``rmw``: a memory destination the instruction may write back, which
+        must lie in a writable segment whether or not it is written (``Outcome.in_segments``)."""
         if self.d.is_mem:
-            return self.seg_load(self.default_seg(), self.offset(), size, self.ea())
+            if rmw and self.recording:
+                self._through(self.default_seg(), self.ea(), size, True)
+            return self.seg_load(self.default_seg(), self.ea(), size)
         return self.gpr(self.d.rm, size)
 
     def set_rm(self, size: int, value) -> None:
         if self.d.is_mem:
-            self.seg_store(self.default_seg(), self.offset(), size, value, self.ea())
+            self.seg_store(self.default_seg(), self.ea(), size, value)
         else:
             self.set_gpr(self.d.rm, size, value)
 
@@ -249,15 +270,16 @@ class Exec:
     # --- stack and control flow -----------------------------------------------------------------
     def push(self, value, size: int = 4) -> None:
         esp = self.s.esp - size
-        self.seg_store("ss", esp, size, value)
+        self.seg_store("ss", self.s.ss_base + esp, size, value)
         self.write("esp", esp)
 
     def pop(self, size: int = 4):
-        v = self.seg_load("ss", self.s.esp, size)
+        v = self.seg_load("ss", self.s.ss_base + self.s.esp, size)
         self.write("esp", self.s.esp + size)
         return v
 
     def jump(self, eip) -> None:
+        self._fetch(eip, 1)
         self.write("eip", eip)
         self._jumped = z3.Or(self._jumped, self.path)
 
@@ -276,7 +298,8 @@ class Exec:
         post = self.s.replace(eip=eip)
         effects = tuple(sorted(self._effects | {"eip"}))
         return Outcome(self.pre, tuple(self._checks), post, tuple(self._assumptions),
-                       tuple(self._loads), tuple(self._stores), effects, tuple(self._segmented))
+                       tuple(self._loads), tuple(self._stores), effects,
+                       tuple(self._segmented) if self.recording else None)
 
 
 @dataclass(frozen=True)
@@ -299,9 +322,11 @@ class Form:
     def decode(self, code: bytes | None = None) -> Decoded:
         return decode(self.enc, self.bytes if code is None else code)
 
-    def run(self, s: State, code: bytes | None = None, features: frozenset[str] = frozenset()) -> Outcome:
-        """Execute on ``s`` (symbolic or concrete); ``code`` is a site's bytes (default: canonical)."""
-        x = Exec(self, s, self.decode(code), frozenset(features))
+    def run(self, s: State, code: bytes | None = None, features: frozenset[str] = frozenset(),
+            record: bool = False) -> Outcome:
+        """Execute on ``s`` (symbolic or concrete); ``code`` is a site's bytes (default: canonical);
+        ``record`` notes the segment-relative accesses for ``Outcome.in_segments``."""
+        x = Exec(self, s, self.decode(code), frozenset(features), record)
         self.semantics(x)
         return x.finish()
 

@@ -93,9 +93,10 @@ class Outcome:
     loads: tuple[tuple[str, Any], ...]    # (array field, address term) read
     stores: tuple[tuple[str, Any], ...]   # (array field, address term) written
     effects: tuple[str, ...] = field(default=())  # scalar fields the form may change
-    # segment-relative accesses, for ``in_segments``: (path, selector, limit, attr, offset,
-    # size, write, cpl, cr0, sysflags, register name), each term as it stood at the access
-    segmented: tuple = field(default=())
+    # segment-relative accesses, for ``in_segments``: (path, checks before it, selector, base,
+    # limit, attr, linear address, size, write, cpl, cr0, sysflags, register name), each term as
+    # it stood then; a fetch ("fetch") has no base and the offset (EIP) for the address
+    segmented: tuple | None = field(default=None, compare=False)   # None: not recorded
 
     @property
     def faults(self) -> z3.BoolRef:
@@ -123,11 +124,21 @@ class Outcome:
         segment (limit, expand-down bounds), goes through a usable segment of the right type
         (not null, no write to code or read-only data, no read of execute-only code) and is
         aligned where CPL 3 with CR0.AM = EFLAGS.AC = 1 asks for it (SDM Vol. 3A 5.3-5.6, 6.15
-        #AC).  The model assumes these away (README: memory traps are outside Popek and
+        #AC); the instruction's bytes and a jump's target lie inside CS (SDM Vol. 2A JMP).  The model assumes these away (README: memory traps are outside Popek and
         Goldberg's definitions); an emulator that checks them is compared only where this holds.
-        Recorded accesses never change what the run computes."""
+        An access counts only on its path and when no check before it fired (a run that faults
+        earlier never makes it).  Recorded accesses never change what the run computes."""
+        if self.segmented is None:
+            raise ValueError("segment accesses were not recorded: run the form with record=True")
         oks = []
-        for path, sel, limit, attr, off, size, write, cpl, cr0, sysflags, reg in self.segmented:
+        for path, k, sel, base, limit, attr, addr, size, write, cpl, cr0, sysflags, reg in self.segmented:
+            if k:
+                path = z3.And(path, z3.Not(z3.Or([c.fails for c in self.checks[:k]])))
+            off = addr if base is None else addr - base
+            if reg == "fetch":
+                last = z3.ZeroExt(1, off) + (size - 1)
+                oks.append(z3.Implies(path, z3.ULE(last, z3.ZeroExt(1, limit))))
+                continue
             code = z3.Extract(3, 3, attr) == 1
             bit1 = z3.Extract(1, 1, attr) == 1
             down = z3.And(z3.Not(code), z3.Extract(2, 2, attr) == 1)

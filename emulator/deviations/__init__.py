@@ -13,7 +13,7 @@ from .base import Deviation, Diff, Observation
 from .unicorn import BY_ID, DEVIATIONS, explain, present
 
 __all__ = ["BY_ID", "DEVIATIONS", "Deviation", "Diff", "Observation", "explain", "present",
-           "table", "by_id"]
+           "table", "by_id", "triggers"]
 
 
 def table(oracle: str) -> tuple[Deviation, ...]:
@@ -31,3 +31,9 @@ def table(oracle: str) -> tuple[Deviation, ...]:
 
 def by_id(oracle: str) -> dict[str, Deviation]:
     return {d.id: d for d in table(oracle)}
+
+
+def triggers(oracle: str) -> list[tuple[str, object]]:
+    """(id, trigger) of every entry of ``oracle``'s table that has one: what the counterexample
+    query avoids to find witnesses this oracle can replay (``verify.counterexample.steering``)."""
+    return [(d.id, d.trigger) for d in table(oracle) if d.trigger is not None]

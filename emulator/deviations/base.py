@@ -5,9 +5,10 @@ A ``Deviation`` names what it affects, what the SDM says, what the emulator does
 still behaves so (the tests run every one, so a table goes stale loudly).  ``explains(obs, diff)``
 says whether it accounts for one observed difference; ``explain(table, obs)`` splits an
 observation's differences into the ids that account for them and the ones none does.
-``trigger(form, s)``, where given, is the same condition on a symbolic pre-state (a Z3 Boolean
-over ``pgvirt.model`` terms): the counterexample query adds its negation to find witnesses that
-steer clear of the deviation.  The predicates never change what the model says.
+``trigger(form, s, o)``, where given, is the same condition on a symbolic pre-state ``s`` and the
+form's Outcome ``o`` on it (a Z3 Boolean over ``pgvirt.model`` terms; None: the deviation cannot
+affect this form): the counterexample query adds its negation to find witnesses that steer clear
+of the deviation.  The predicates never change what the model says.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class Deviation:
     kind: str = "semantics"
     fields: tuple[str, ...] = ()
     explains: Callable[[Observation, Diff], bool] | None = None
-    trigger: Callable[[Form, Any], Any] | None = None
+    trigger: Callable[[Form, Any, Any], Any] | None = None
 
     @property
     def unicorn(self) -> str:
@@ -119,6 +120,24 @@ class Deviation:
         return self.explains is not None and bool(self.explains(obs, diff))
 
 
+def reads_unaccessed_segment(s, o):
+    """The run reads a code or data segment descriptor whose accessed bit is clear: byte 5 of a
+    GDT/LDT entry with S = 1 and bit 0 = 0 among the bytes it loads (the one whose accessed bit a
+    segment load then sets).  Only pre-state bytes are read, so the condition stays cheap."""
+    import z3
+    parts = []
+    for arr, a in o.loads:
+        if arr != "mem":
+            continue
+        byte = z3.Select(s.mem, a)
+        flags = z3.And(z3.Extract(4, 4, byte) == 1, z3.Extract(0, 0, byte) == 0)
+        for base, limit, usable in ((s.gdtr_base, z3.ZeroExt(16, s.gdtr_limit), z3.BoolVal(True)),
+                                    (s.ldtr_base, s.ldtr_limit, z3.Extract(15, 2, s.ldtr) != 0)):
+            off = a - base
+            parts.append(z3.And(usable, z3.ULE(off, limit), z3.Extract(2, 0, off) == 5, flags))
+    return z3.Or(parts) if parts else z3.BoolVal(False)
+
+
 def explain(table: Sequence[Deviation], obs: Observation) -> tuple[list[str], list[Diff]]:
     """(ids of the entries of ``table`` that account for ``obs.diffs``, the differences none
     accounts for)."""
@@ -132,3 +151,28 @@ def explain(table: Sequence[Deviation], obs: Observation) -> tuple[list[str], li
         if not hit:
             left.append(diff)
     return used, left
+
+
+# --- reproductions on a full-system oracle -------------------------------------------------------------
+@dataclass(frozen=True)
+class Repro:
+    """A reproduction for a full-system oracle: ``cases()`` builds the minimal cases, ``holds``
+    says from their Results whether the emulator still deviates.  A whole table's cases run in
+    one boot (``present_all``); calling the Repro runs just its own."""
+
+    cases: Callable[[], list]
+    holds: Callable[[list], bool]
+
+    def __call__(self, oracle) -> bool:
+        return bool(self.holds(oracle.run(self.cases())))
+
+
+def present_all(table: Sequence[Deviation], oracle) -> dict[str, bool]:
+    """Every reproduction of ``table`` on ``oracle``, all cases in one batch: id -> still present."""
+    spans, cases = [], []
+    for d in table:
+        c = d.reproduce.cases()
+        spans.append((d, len(cases), len(c)))
+        cases += c
+    results = oracle.run(cases)
+    return {d.id: bool(d.reproduce.holds(results[at:at + n])) for d, at, n in spans}

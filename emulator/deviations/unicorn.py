@@ -490,7 +490,9 @@ def _descriptor_byte5(o: Observation, address: int) -> bool:
 
 
 def _x_transfer_accessed(o, d):
-    if o.name not in _FAR_FORMS or o.model is not None or d.model != d.emu | 1 or d.emu & 1:
+    # (an outcome difference carries texts, not bytes: found by steered witnesses)
+    if o.name not in _FAR_FORMS or o.model is not None or d.kind not in ("reg", "mem") \
+            or d.model != d.emu | 1 or d.emu & 1:
         return False
     if d.kind == "reg":
         return d.key in ("cs_attr", "ss_attr")
@@ -580,28 +582,90 @@ def _x_paging_fetch(o, d):
             and o.model_post is not None and o.model_post["cr0"] >> st.CR0_PG & 1)
 
 
+# --- triggers: the same conditions on a symbolic pre-state, for witness steering ----------------------
+def _zbit(term, n):
+    import z3
+    return z3.Extract(n, n, term) == 1
+
+
+def _t_umip(form, s, o):
+    import z3
+    return z3.And(s.cpl != 0, _zbit(s.cr4, st.CR4_UMIP)) if form.mnemonic in _UMIP_MN else None
+
+
+def _t_io(form, s, o):
+    import z3
+    return z3.UGT(s.cpl, st.iopl(s)) if form.mnemonic in _IO_MN else None
+
+
+def _t_int(form, s, o):
+    import z3
+    return z3.BoolVal(True) if form.name in _INT_FORMS else None
+
+
+def _t_sysenter(form, s, o):
+    import z3
+    return z3.BoolVal(True) if form.name == "sysenter" else None
+
+
+def _t_accessed(form, s, o):
+    from .base import reads_unaccessed_segment
+    return reads_unaccessed_segment(s, o) if form.name in _FAR_FORMS else None
+
+
+def _t_iret_vip(form, s, o):
+    import z3
+    if form.name != "iretd":
+        return None
+    popped = z3.Select(s.mem, s.ss_base + s.esp + 10)
+    return z3.And(s.cpl == 0, z3.Extract(4, 3, popped) != z3.Extract(20, 19, s.sysflags))
+
+
+def _t_iret_vm86(form, s, o):
+    import z3
+    if form.name != "iretd":
+        return None
+    return z3.And(s.cpl != 0, z3.Extract(1, 1, z3.Select(s.mem, s.ss_base + s.esp + 10)) == 1)
+
+
+def _t_push_sreg(form, s, o):
+    import z3
+    if form.name not in _PUSH_SREG:
+        return None
+    top = s.ss_base + s.esp
+    return z3.Or(z3.Select(s.mem, top - 2) != 0, z3.Select(s.mem, top - 1) != 0)
+
+
+def _t_sysexit(form, s, o):
+    import z3
+    if form.name != "sysexit":
+        return None
+    return z3.And(z3.Extract(15, 2, s.sysenter_cs) == 0, s.sysenter_cs != 0)
+
+
+
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "umip-not-implemented", "SGDT, SIDT, SLDT, SMSW, STR at CPL > 0 with CR4.UMIP = 1",
         "#GP(0) (SDM Vol. 3A 2.5, Vol. 2B SGDT)",
-        "CR4.UMIP is stored but ignored: the instructions complete", _umip, explains=_x_umip),
+        "CR4.UMIP is stored but ignored: the instructions complete", _umip, explains=_x_umip, trigger=_t_umip),
     Deviation(
         "io-permission-unchecked", "IN, OUT, INS, OUTS with CPL > IOPL",
         "consult the TSS I/O permission bitmap; #GP(0) if a port bit is 1 or the bitmap lies "
         "beyond the TSS limit (SDM Vol. 1 19.5)",
-        "no IOPL or bitmap test: the port is always accessed", _io_bitmap, explains=_x_io),
+        "no IOPL or bitmap test: the port is always accessed", _io_bitmap, explains=_x_io, trigger=_t_io),
     Deviation(
         "idt-not-consulted", "INT n (and every exception) in protected mode",
         "INT n checks the gate: #GP(n*8+2) if gate DPL < CPL; otherwise transfers through the "
         "gate (SDM Vol. 2A INT n, Vol. 3A 6.12)",
         "the IDT is never read: INT n is reported as vector n (EIP after the instruction), "
-        "whatever the gate", _idt, explains=_x_idt),
+        "whatever the gate", _idt, explains=_x_idt, trigger=_t_int),
     Deviation(
         "int-no-transfer", "INT n, INT3, INTO through a permitted gate",
         "a Next state in the handler: CS:EIP from the gate, stack switched from the TSS, "
         "EFLAGS/CS/EIP (and SS/ESP) pushed (SDM Vol. 3A 6.12.1)",
         "reported as a fault with the vector; no handler is entered, nothing is pushed",
-        _int_no_transfer, explains=_x_int_transfer),
+        _int_no_transfer, explains=_x_int_transfer, trigger=_t_int),
     Deviation(
         "rdpmc-inverted", "RDPMC",
         "reads counter ECX at CPL 0 or with CR4.PCE = 1; #GP(0) at CPL > 0 with PCE = 0 "
@@ -613,7 +677,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "loads CS/SS from IA32_SYSENTER_CS, ESP/EIP from IA32_SYSENTER_ESP/EIP, CPL 0, clears "
         "IF/VM/RF (SDM Vol. 2B SYSENTER)",
         "only EIP advances by 2 (Unicorn hands SYSENTER to its UC_HOOK_INSN hook)", _sysenter,
-        explains=_x_sysenter),
+        explains=_x_sysenter, trigger=_t_sysenter),
     Deviation(
         "syscall-only-advances-eip", "SYSCALL in 32-bit protected mode",
         "#UD with IA32_EFER.SCE = 0 (and on Intel outside 64-bit mode) (SDM Vol. 2B SYSCALL)",
@@ -707,7 +771,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "leaving the upper two bytes of the slot unmodified - the model's choice (SDM Vol. 2B "
         "PUSH; older processors may zero-extend)",
         "the zero-extended selector is written as a doubleword: the upper two bytes become 0",
-        _push_sreg, explains=_x_push_sreg),
+        _push_sreg, explains=_x_push_sreg, trigger=_t_push_sreg),
     Deviation(
         "pvi-not-implemented", "CLI/STI at CPL 3 with CR4.PVI = 1 and IOPL < 3",
         "CLI clears and STI sets EFLAGS.VIF instead of faulting (STI: #GP if VIP = 1) "
@@ -728,7 +792,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "loading a segment register sets the descriptor's accessed bit in memory, and the hidden "
         "cache holds it (SDM Vol. 3A 3.4.5.1)",
         "far transfers load CS and SS without setting the accessed bit, in memory or cache",
-        _transfer_accessed, fields=("cs_attr", "ss_attr"), explains=_x_transfer_accessed),
+        _transfer_accessed, fields=("cs_attr", "ss_attr"), explains=_x_transfer_accessed, trigger=_t_accessed),
     Deviation(
         "transfer-offset-unchecked", "far CALL/JMP through a call gate, RETF, IRETD",
         "#GP(0) when the new EIP lies beyond the new CS limit (SDM Vol. 2A CALL, JMP, RET, IRET)",
@@ -738,17 +802,17 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "iret-vm86-any-cpl", "IRETD at CPL > 0 with VM = 1 in the popped EFLAGS",
         "a return to virtual-8086 mode happens only at CPL 0; otherwise VM is ignored and the "
         "return is a protected-mode one (SDM Vol. 2A IRET, Operation)",
-        "returns to virtual-8086 mode at any CPL", _iret_vm86, explains=_x_iret_vm86),
+        "returns to virtual-8086 mode at any CPL", _iret_vm86, explains=_x_iret_vm86, trigger=_t_iret_vm86),
     Deviation(
         "iret-vif-vip-dropped", "IRETD at CPL 0 (protected-mode return)",
         "EFLAGS.VIF and VIP are loaded from the popped image at CPL 0 with a 32-bit operand "
         "size (SDM Vol. 2A IRET, Operation)",
-        "VIF and VIP keep their values", _iret_vip, explains=_x_iret_vip),
+        "VIF and VIP keep their values", _iret_vip, explains=_x_iret_vip, trigger=_t_iret_vip),
     Deviation(
         "sysexit-null-cs-rpl", "SYSEXIT with IA32_SYSENTER_CS = 1, 2 or 3",
         "#GP(0) when IA32_SYSENTER_CS[15:2] = 0 (SDM Vol. 2B SYSEXIT)",
         "only IA32_SYSENTER_CS = 0 faults; the others return to ring 3", _sysexit_cs,
-        explains=_x_sysexit_cs),
+        explains=_x_sysexit_cs, trigger=_t_sysexit),
     Deviation(
         "tsc-aux-reserved-no-gp", "WRMSR to IA32_TSC_AUX with EDX != 0",
         "#GP(0): bits 63:32 are reserved (SDM Vol. 4 Table 2-2, Vol. 2B WRMSR)",

@@ -18,13 +18,14 @@ from .fullsystem import FullSystem
 BINARY = "bochs"
 BIOS = "/usr/share/bochs/BIOS-bochs-latest"
 VGABIOS = "/usr/share/vgabios/vgabios.bin"
-CPUS = {"pentium": "p3_katmai", "umip": "tigerlake"}
+CPUS = {"pentium": "corei7_haswell_4770", "umip": "tigerlake"}
 SEP = ("sysenter_cs", 0x174), ("sysenter_esp", 0x175), ("sysenter_eip", 0x176)
 # The MSRs a model has (Bochs cpu/cpudb): the P5 has only the TSC; SYSENTER came with the P6
 # (SEP), IA32_TSC_AUX with RDTSCP.
 MSRS = {"pentium": (("tsc", 0x10),),
         "p2_klamath": SEP + (("tsc", 0x10),),
         "p3_katmai": SEP + (("tsc", 0x10),),
+        "corei7_haswell_4770": SEP + (("tsc_aux", 0xC0000103), ("tsc", 0x10)),
         "tigerlake": SEP + (("tsc_aux", 0xC0000103), ("tsc", 0x10))}
 
 

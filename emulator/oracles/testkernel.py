@@ -313,9 +313,9 @@ def kernel(groups: int = NCATCH // 4) -> Kernel:
     c(b"\xbe" + d32(v(V_IDTR)) + b"\xa5\x66\xa5")                       # IDTR
     c(b"\xbe" + d32(v(V_REGS)) + b"\xb9" + d32(10) + b"\xf3\xa5")       # CRs, DRs
     c(b"\xa0" + d32(v(V_GD)), A.STOSB)
-    # the old TSS's base from its GDT descriptor, then its save area
-    c(b"\x0f\xb7\x03\x25" + d32(0xFFF8) + b"\x03\x05" + d32(v(V_GDTR + 2)) + b"\x89\xc3")
-    c(b"\x8b\x43\x02\x25" + d32(0xFFFFFF) + b"\x0f\xb6\x53\x07\xc1\xe2\x18\x09\xd0", A.STOSD)
+    # the old task's save area: at the base of the TSS in TR when the catch happened, which the
+    # record names ([record+28]; TR's cache cannot be read, and its descriptor may be elsewhere)
+    c(b"\xa1" + d32(v(V_CUR)) + b"\x8b\x40\x1c", A.STOSD)
     c(b"\x8d\x70" + bytes([TSS_SAVED[0]]) + b"\xb9" + d32(TSS_SAVED[1] - TSS_SAVED[0]), A.REP_MOVSB)
     # MSRs: [record+24] -> u32 ids until 0xFFFFFFFF
     c(b"\xa1" + d32(v(V_CUR)) + b"\x8b\x70\x18")
@@ -832,8 +832,9 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
     msr_blob = b"".join(d32(m) for _, m in target.msrs) + d32(MASK32)
     msrs_at, at = at, at + len(msr_blob)
     end = at + (-at % 16)
+    save_at = (post or s)["tr_base"]
     header = d32(end) + d32(case_id) + d32(stub_at) + d32(runs_at) + d32(dumps_at) + d32(cleans_at) \
-        + d32(msrs_at)
+        + d32(msrs_at) + d32(save_at)
     rec = bytearray(end - base)
     rec[0:len(header)] = header
     rec[stub_at - base:stub_at - base + len(stub)] = stub
@@ -972,9 +973,9 @@ def decode(dec: Decoder, target: Target, frame: Frame) -> Reading:
     for k, val in regs.items():
         out[k] = val
     obs = observed(target)
-    if gd:          # the first MOV DR of the catch raised #DB: GD was set, and DR6.BD is now the #DB's
+    if gd:          # the first MOV DR of the catch raised #DB: GD was set, and DR6 is now the #DB's
         out["dr7"] |= 1 << 13
-        obs["dr6"] &= ~(1 << 13)
+        obs["dr6"] = 0
     at = _FIXED.size
     for fname in dec.msr_fields:
         lo, hi = struct.unpack_from("<II", p, at)

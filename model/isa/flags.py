@@ -157,7 +157,7 @@ def _ins(x, size: int) -> None:
     _require_io(x, port, size)
     _one_iteration(x)
     edi = x.edi
-    x.seg_store("es", edi, size, x.load(port, size, array="io"))
+    x.seg_store("es", x.es_base + edi, size, x.load(port, size, array="io"))
     x.write("edi", edi + _step(x, size))
 
 
@@ -166,7 +166,7 @@ def _outs(x, size: int) -> None:
     _require_io(x, port, size)
     _one_iteration(x)
     esi = x.esi
-    x.store(port, size, x.seg_load(x.d.seg or "ds", esi, size), array="io")
+    x.store(port, size, x.seg_load(x.d.seg or "ds", x.seg_base(x.d.seg or "ds") + esi, size), array="io")
     x.write("esi", esi + _step(x, size))
 
 

@@ -769,19 +769,19 @@ def _string_step(x, size: int):
 
 def _source(x, size: int):
     """Load from DS:ESI, or the overriding segment (the destination ES:EDI cannot be overridden)."""
-    return x.seg_load(x.d.seg or "ds", x.esi, size)
+    return x.seg_load(x.d.seg or "ds", x.seg_base(x.d.seg or "ds") + x.esi, size)
 
 
 def _movs(x, size: int) -> None:
     step = _string_step(x, size)
-    x.seg_store("es", x.edi, size, _source(x, size))
+    x.seg_store("es", x.es_base + x.edi, size, _source(x, size))
     x.write("esi", x.esi + step)
     x.write("edi", x.edi + step)
 
 
 def _stos(x, size: int) -> None:
     step = _string_step(x, size)
-    x.seg_store("es", x.edi, size, x.gpr(0, size))
+    x.seg_store("es", x.es_base + x.edi, size, x.gpr(0, size))
     x.write("edi", x.edi + step)
 
 

@@ -32,7 +32,7 @@ def _push_sreg(x, sreg: str) -> None:
     zero-extended doubleword instead, so the two upper stack bytes can differ from it.
     """
     esp = x.esp - 4
-    x.store(x._through("ss", esp, 4, True), 2, x.read(sreg))     # the slot is 4 bytes
+    x.store(x._through("ss", x.ss_base + esp, 4, True), 2, x.read(sreg))   # the slot is 4 bytes
     x.write("esp", esp)
 
 
@@ -75,7 +75,7 @@ def _pop_sreg(x, sreg: str) -> None:
     read (Bochs does the same; the upper word never reaches any register).  The load runs the
     checks of SDM Vol. 3A 5.6 (DS/ES/FS/GS) or 5.7 (SS).
     """
-    sel = x.load(x._through("ss", x.esp, 4, False), 2)            # the slot is 4 bytes
+    sel = x.load(x._through("ss", x.ss_base + x.esp, 4, False), 2)        # the slot is 4 bytes
     x.write("esp", x.esp + 4)
     _load_sreg(x, sreg, sel)
 
@@ -343,7 +343,7 @@ def verw_m(x):
 def _arpl(x):
     """ARPL r/m16, r16 (SDM Vol. 2A ARPL; Vol. 3A 5.10.4): if the destination's RPL is below the
     source's, raise it to the source's and set ZF, else clear ZF and leave the destination alone."""
-    dest = x.rm(2)
+    dest = x.rm(2, rmw=True)    # "#GP(0) if the destination is located in a non-writable segment"
     src = x.reg(2)
     adjust = z3.ULT(rpl(dest), rpl(src))
     x.set_flag(st.ZF, adjust)
@@ -369,9 +369,9 @@ def _load_far_pointer(x, sreg: str) -> None:
     """LxS r32, m16:32 (SDM Vol. 2A LDS/LES/LFS/LGS/LSS): offset doubleword then selector word;
     the segment load and its checks come first, so a fault leaves the register unwritten.  The
     pointer is read through the old segment state, before the load replaces it."""
-    seg, off, a = x.default_seg(), x.offset(), x.ea()
-    offset = x.seg_load(seg, off, 4, a)
-    sel = x.seg_load(seg, off + 4, 2, a + 4)
+    seg, a = x.default_seg(), x.ea()
+    offset = x.seg_load(seg, a, 4)
+    sel = x.seg_load(seg, a + 4, 2)
     _load_sreg(x, sreg, sel)
     x.set_reg(4, offset)
 

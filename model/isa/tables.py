@@ -11,9 +11,9 @@ from ..outcome import GP, NP
 
 def _store_table_register(x, base, limit):
     x.require(z3.Not(checks.umip_blocks(x)), GP, 0, "CR4.UMIP = 1 and CPL > 0")
-    seg, off, a = x.default_seg(), x.offset(), x.ea()
-    x.seg_store(seg, off, 2, limit, a)
-    x.seg_store(seg, off + 2, 4, base, a + 2)
+    seg, a = x.default_seg(), x.ea()
+    x.seg_store(seg, a, 2, limit)
+    x.seg_store(seg, a + 2, 4, base)
 
 
 @form("sgdt_m", enc="0F 01 /0 mem", bytes="0f0100", asm="sgdt [eax]",
@@ -77,9 +77,9 @@ def smsw_r(x):
 
 def _load_table_register(x, base_field, limit_field, what):
     checks.require_cpl0(x, what)
-    seg, off, a = x.default_seg(), x.offset(), x.ea()
-    x.write(limit_field, x.seg_load(seg, off, 2, a))
-    x.write(base_field, x.seg_load(seg, off + 2, 4, a + 2))
+    seg, a = x.default_seg(), x.ea()
+    x.write(limit_field, x.seg_load(seg, a, 2))
+    x.write(base_field, x.seg_load(seg, a + 2, 4))
 
 
 @form("lgdt_m", enc="0F 01 /2 mem", bytes="0f0110", asm="lgdt [eax]", cite="SDM Vol. 2A LGDT")

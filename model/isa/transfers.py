@@ -237,8 +237,8 @@ def call_far_ptr(x):
 @form("call_far_m", enc="FF /3 mem", bytes="ff18", asm="call ptr [eax]",
       cite="SDM Vol. 2A CALL; Vol. 3A 5.8.4-5.8.5")
 def call_far_m(x):
-    seg, off, a = x.default_seg(), x.offset(), x.ea()
-    _far_call(x, x.seg_load(seg, off + 4, 2, a + 4), x.seg_load(seg, off, 4, a))
+    seg, a = x.default_seg(), x.ea()
+    _far_call(x, x.seg_load(seg, a + 4, 2), x.seg_load(seg, a, 4))
 
 
 # --- far JMP -------------------------------------------------------------------------------------
@@ -276,8 +276,8 @@ def jmp_far_ptr(x):
 @form("jmp_far_m", enc="FF /5 mem", bytes="ff28", asm="jmp ptr [eax]",
       cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
 def jmp_far_m(x):
-    seg, off, a = x.default_seg(), x.offset(), x.ea()
-    _far_jmp(x, x.seg_load(seg, off + 4, 2, a + 4), x.seg_load(seg, off, 4, a))
+    seg, a = x.default_seg(), x.ea()
+    _far_jmp(x, x.seg_load(seg, a + 4, 2), x.seg_load(seg, a, 4))
 
 
 # --- RETF ----------------------------------------------------------------------------------------
@@ -288,14 +288,14 @@ def _far_return(x, imm: int) -> None:
     registers the outer ring may not use nulled (SDM Vol. 2A RET, Operation; Vol. 3A 5.8.6)."""
     what = "RETF"
     cpl, esp, base = x.cpl, x.esp, x.ss_base
-    eip = x.seg_load("ss", esp, 4, base + esp)
-    sel = x.seg_load("ss", esp + 4, 2, base + esp + 4)
+    eip = x.seg_load("ss", base + esp, 4)
+    sel = x.seg_load("ss", base + esp + 4, 2)
     d = _return_code(x, sel, what)
     r = rpl(sel)
     outer = z3.UGT(r, cpl)
     with x.when(outer):
-        new_esp = x.seg_load("ss", esp + 8 + imm, 4, base + esp + 8 + imm)
-        new_ss = x.seg_load("ss", esp + 12 + imm, 2, base + esp + 12 + imm)
+        new_esp = x.seg_load("ss", base + esp + 8 + imm, 4)
+        new_ss = x.seg_load("ss", base + esp + 12 + imm, 2)
         sd = _return_stack(x, new_ss, r, what)
     x.require(z3.ULE(eip, d.limit), GP, 0, f"{what}: return offset beyond the code segment limit")
     _enter(x, sel, d, eip, r)
@@ -404,17 +404,17 @@ def iretd(x):
     x.assume(z3.Not(st.bit(x.sysflags, st.NT)),
              "IRETD with EFLAGS.NT = 1 returns from a nested task: task switches are not modelled")
     cpl, esp, base = x.cpl, x.esp, x.ss_base
-    eip = x.seg_load("ss", esp, 4, base + esp)
-    sel = x.seg_load("ss", esp + 4, 2, base + esp + 4)
-    popped = x.seg_load("ss", esp + 8, 4, base + esp + 8)
+    eip = x.seg_load("ss", base + esp, 4)
+    sel = x.seg_load("ss", base + esp + 4, 2)
+    popped = x.seg_load("ss", base + esp + 8, 4)
     x.assume(z3.Or(cpl != 0, z3.Not(st.bit(popped, st.VM))),
              "IRETD at CPL 0 with VM = 1 in the popped EFLAGS returns to virtual-8086 mode: not modelled")
     d = _return_code(x, sel, what)
     r = rpl(sel)
     outer = z3.UGT(r, cpl)
     with x.when(outer):
-        new_esp = x.seg_load("ss", esp + 12, 4, base + esp + 12)
-        new_ss = x.seg_load("ss", esp + 16, 2, base + esp + 16)
+        new_esp = x.seg_load("ss", base + esp + 12, 4)
+        new_ss = x.seg_load("ss", base + esp + 16, 2)
         sd = _return_stack(x, new_ss, r, what)
     x.require(z3.ULE(eip, d.limit), GP, 0, f"{what}: return offset beyond the code segment limit")
     _iret_flags(x, popped, cpl)

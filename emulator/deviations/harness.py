@@ -1,0 +1,107 @@
+"""What the test kernel cannot put on a full-system emulator, as table entries of kind "api".
+
+The test kernel (``oracles.testkernel``) refuses some states outright: tables too small for its
+catch descriptors and gates, CS or SS outside the table it enters them through, TR or LDTR
+caches no descriptor can produce, catch points outside RAM, stores into the TSS save area its
+task switch overwrites.  The Unicorn Machine holds such states, and the solver, knowing nothing
+of the harness, produces witnesses full of them (a GDT limit of 1, an IDT limit of 0).  Each
+entry here has a reproduction (the refusal itself) and a ``trigger``: the same condition on a
+symbolic state, which witness steering avoids so the pair can run on Bochs and QEMU.
+"""
+
+from __future__ import annotations
+
+import z3
+
+from ..oracles import testkernel as T
+from . import repro as R
+from .base import Deviation, Repro
+
+_RAM_LOW = 0xA0000          # the witnesses' memory and landings lie below; the kernel above 1 MiB
+_GDT_ROOM = 0x3FF           # 128 entries: room for the kernel's 7 among the state's few
+
+
+def _refused(text: str):
+    return lambda rs: bool(rs) and all(text in r.refused for r in rs)
+
+
+def _t_tables(form, s, o):
+    """IDT too short for the catch gates, GDT too short for the catch descriptors."""
+    return z3.Or(z3.ULT(s.idtr_limit, 8 * T.NCATCH - 1), z3.ULT(s.gdtr_limit, _GDT_ROOM))
+
+
+def _in_table(sel, s):
+    """``sel``'s entry lies inside the table it names (LDT: a non-null LDTR)."""
+    ti = z3.Extract(2, 2, sel) == 1
+    end = z3.ZeroExt(16, sel | 7)
+    return z3.If(ti, z3.And(z3.Extract(15, 2, s.ldtr) != 0, z3.ULE(end, s.ldtr_limit)),
+                 z3.ULE(end, z3.ZeroExt(16, s.gdtr_limit)))
+
+
+def _encodable(limit):
+    return z3.Or(z3.ULE(limit, 0xFFFFF), limit & 0xFFF == 0xFFF)
+
+
+def _t_entry(form, s, o):
+    """CS (and SS above CPL 0) outside their tables; TR null or in the LDT; TR or LDTR limits
+    no descriptor can hold."""
+    return z3.Not(z3.And(
+        _in_table(s.cs, s), z3.Or(s.cpl == 0, _in_table(s.ss, s)),
+        z3.Extract(15, 2, s.tr) != 0, z3.Extract(2, 2, s.tr) == 0, z3.Extract(2, 2, s.ldtr) == 0,
+        _encodable(s.tr_limit), z3.Or(z3.Extract(15, 2, s.ldtr) == 0, _encodable(s.ldtr_limit))))
+
+
+def _t_catch(form, s, o):
+    """Where the instruction goes (checks or not) lies outside low RAM; it touches IDT entries
+    0-19 other than 3 and 4 (the catch gates' own), or stores into the TSS save area."""
+    parts = [z3.UGE(o.post.cs_base + o.post.eip, _RAM_LOW)]
+    lo, hi = T.TSS_SAVED
+    for arr, a in o.loads + o.stores:
+        if arr != "mem":
+            continue
+        off = a - s.idtr_base
+        parts.append(z3.And(z3.ULT(off, 8 * T.NCATCH), z3.Or(z3.ULT(off, 24), z3.UGE(off, 40))))
+    for arr, a in o.stores:
+        if arr == "mem":
+            parts.append(z3.ULT(a - s.tr_base - lo, hi - lo))
+    return z3.Or(parts)
+
+
+def _tables_cases():
+    return [R.case("nop", R.state(3, idtr_limit=0x7F)), R.case("nop", R.state(3, gdtr_limit=0x57))]
+
+
+def _entry_cases():
+    return [R.case("nop", R.state(3, cs=0x400 | 3))]
+
+
+def _catch_cases():
+    from .. import states as S
+    s = R.state(0)                             # jmp far [eax] to 0x08:0x7ffffff0, above any RAM
+    S.put(s["mem"], S.DATA, (0x7FFFFFF0).to_bytes(4, "little") + S.code_selector(0).to_bytes(2, "little"))
+    return [R.case("jmp_far_m", s)]
+
+
+ENTRIES: tuple[Deviation, ...] = (
+    Deviation(
+        "harness-table-room", "states whose IDT limit is below 0x9f or whose GDT is full",
+        "(not an SDM matter: any table size is architectural)",
+        "the test kernel catches vectors 0-19 through task gates in the state's own IDT and "
+        "needs free GDT slots for its code, data and catch-TSS descriptors: it refuses the state",
+        Repro(_tables_cases, lambda rs: _refused("IDT limit")(rs[:1]) and _refused("GDT")(rs[1:])),
+        kind="api", trigger=_t_tables),
+    Deviation(
+        "harness-enters-through-the-tables", "CS/SS outside their tables; null TR; TR or LDTR "
+        "limits no descriptor holds",
+        "(architectural: hidden caches may be stale, and SMM/VM entry can load such caches)",
+        "the test kernel enters CS and SS through the state's own tables and loads TR/LDTR from "
+        "descriptors: it refuses the state", Repro(_entry_cases, _refused("beyond its table")),
+        kind="api", trigger=_t_entry),
+    Deviation(
+        "harness-catch-points", "instructions that go outside low RAM, touch IDT entries 0-19, or "
+        "store into their TSS's save area",
+        "(not an SDM matter)",
+        "the test kernel plants landing pads and catch gates there and saves the registers there "
+        "on a catch: it refuses the state", Repro(_catch_cases, _refused("usable RAM")),
+        kind="api", trigger=_t_catch),
+)
