@@ -165,3 +165,118 @@ def render_crosscheck(rep: sweep.SweepReport, out: Console) -> None:
     out.print(Text(f"{rep.checks} checks in {rep.seconds:.1f} s on {rep.workers} worker(s): {totals}; "
                    f"{rep.unexplained} unexplained, {rep.errors} oracle errors",
                    style="green" if not (rep.unexplained or rep.errors) else "bold red"), soft_wrap=True)
+
+
+# --- the commands (``emulator.cli`` hands over when --oracle or --cluster is given) ---------------
+def progress_bar(console: Console, label: str, enabled: bool):
+    """(callback(n, total), close) drawing a rich progress bar on ``console`` (stderr)."""
+    if not enabled:
+        return (lambda n, total: None), (lambda: None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+    task = prog.add_task(label, total=None)
+    prog.start()
+
+    def cb(n: int, total: int) -> None:
+        prog.update(task, completed=n, total=total)
+    return cb, prog.stop
+
+
+def _names(spec: str, usage_error) -> tuple[str, ...]:
+    try:
+        names = O.expand(spec)
+    except KeyError as e:
+        raise usage_error(str(e.args[0])) from None
+    for n in names:
+        why = O.unavailable(n)
+        if why:
+            raise usage_error(why)
+    return names
+
+
+def cmd_replay(args, out: Console, err: Console) -> int:
+    from pgvirt.model import isa, profiles
+    from pgvirt.verify.cli import UsageError
+    if not args.profile:
+        raise UsageError("give --profile NAME")
+    oracles = _names(args.oracle, UsageError)
+    profile = profiles.get(args.profile)
+    for n in args.names:
+        isa.get(n)
+    if args.state:
+        doc = _replay_pairs(args, profile.name, oracles, UsageError)
+    else:
+        show = args.format == "text" and err.is_terminal
+        cb, close = progress_bar(err, "counterexamples", show)
+        count = {"n": 0}
+
+        def advance(name):
+            count["n"] += 1
+            cb(count["n"], None)
+        try:
+            doc = replay_report(profile.name, args.names or None, oracles, jobs=args.jobs,
+                                timeout_ms=args.timeout_ms, run_seconds=args.run_seconds,
+                                progress=advance)
+        finally:
+            close()
+    if args.format == "json":
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        render_replay(doc, out)
+    return replay_exit(doc)
+
+
+def _replay_pairs(args, profile: str, oracles, usage_error) -> dict:
+    """Hand-given pairs (--state) on each oracle, without steering: they are what they are."""
+    from pgvirt.verify import counterexample as cx
+    try:
+        pairs = R.load_pairs(args.state, __import__("pgvirt.model.profiles", fromlist=["get"]).get(profile),
+                             args.names or None)
+    except R.ReplayInputError as e:
+        raise usage_error(str(e)) from None
+    if args.names:
+        pairs = [(n, w) for n, w in pairs if n in args.names]
+    per: dict = {}
+    for o in oracles:
+        try:
+            reps = R.replay_on(make_oracle(o, profile, args.run_seconds), pairs,
+                               cx.criterion_concrete, profile, strict=(o == "unicorn"))
+        except R.ReplayInputError as e:
+            raise usage_error(str(e)) from None
+        for k, rep in enumerate(reps):
+            per.setdefault(k, {})[o] = rep.as_json()
+    replays = []
+    for k, (name, _) in enumerate(pairs):
+        f = __import__("pgvirt.model.isa", fromlist=["get"]).get(name)
+        confirmed = [o for o in oracles if per[k][o]["outcome"] == "confirmed"]
+        replays.append({"name": name, "mnemonic": f.mnemonic, "asm": f.asm, "oracles": per[k],
+                        "confirmed_on": confirmed,
+                        "confirmed_full_system": any(o in O.FULL_SYSTEM for o in confirmed)})
+    counts = {o: {x: sum(r["oracles"][o]["outcome"] == x for r in replays) for x in R.ORACLE_OUTCOMES}
+              for o in oracles}
+    fs = [o for o in oracles if o in O.FULL_SYSTEM]
+    return {"profile": profile, "oracles": list(oracles), "cpus": {o: sweep.cpu_models(o)[profile] for o in oracles},
+            "replays": replays, "counts": counts, "undecided": [],
+            "unconfirmed_full_system": [r["name"] for r in replays if fs and not r["confirmed_full_system"]]}
+
+
+def cmd_crosscheck(args, out: Console, err: Console) -> int:
+    from pgvirt.model import isa
+    from pgvirt.verify.cli import UsageError
+    oracles = _names(args.oracle or "unicorn", UsageError)
+    for n in args.forms:
+        isa.get(n)
+    cb, close = progress_bar(err, "cross-checking", args.format == "text" and err.is_terminal)
+    try:
+        rep = crosscheck_report(args.forms or None, args.samples, args.seed, oracles,
+                                jobs=args.jobs, cluster=args.cluster, progress=cb)
+    except OSError as e:
+        raise UsageError(f"cannot reach the Dask scheduler {args.cluster}: {e}") from None
+    finally:
+        close()
+    if args.format == "json":
+        print(json.dumps(rep.as_json(), indent=2, default=str))
+    else:
+        render_crosscheck(rep, out)
+    return crosscheck_exit(rep)

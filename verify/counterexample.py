@@ -223,6 +223,13 @@ def find(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT_TIM
         if rest:
             q2 = dataclasses.replace(q, constraints=q.constraints + [c for _, c in rest])
             r2, chosen2 = eng.solve(q2)
+            if r2.verdict is Verdict.UNKNOWN:
+                # the steered query is the harder one; the search is chaotic: one longer try
+                eng.timeout *= 3
+                try:
+                    r2, chosen2 = eng.solve(q2)
+                finally:
+                    eng.timeout //= 3
             if r2.verdict is Verdict.REFUTED:
                 w, _ = eng.witness(q2, r2, chosen2, readable=True)
                 w = _finish(w)

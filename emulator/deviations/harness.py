@@ -25,9 +25,26 @@ def _refused(text: str):
     return lambda rs: bool(rs) and all(text in r.refused for r in rs)
 
 
+def _below(base, size) -> z3.BoolRef:
+    """[base, base + size) lies in low RAM (no wrap)."""
+    return z3.And(z3.ULT(base, _RAM_LOW), z3.ULE(size, _RAM_LOW - base))
+
+
+def _apart(a, n, b, m) -> z3.BoolRef:
+    """[a, a + n) and [b, b + m) do not overlap (both in low RAM)."""
+    return z3.Or(z3.ULE(a + n, b), z3.ULE(b + m, a))
+
+
 def _t_tables(form, s, o):
-    """IDT too short for the catch gates, GDT too short for the catch descriptors."""
-    return z3.Or(z3.ULT(s.idtr_limit, 8 * T.NCATCH - 1), z3.ULT(s.gdtr_limit, _GDT_ROOM))
+    """IDT too short for the catch gates, GDT too short for the catch descriptors; the tables
+    and the TSS not in low RAM, or the TSS's save area over the tables the catch reads."""
+    gdt = z3.ZeroExt(16, s.gdtr_limit) + 1
+    tss = s.tr_base
+    return z3.Not(z3.And(
+        z3.UGE(s.idtr_limit, 8 * T.NCATCH - 1), z3.UGE(s.gdtr_limit, _GDT_ROOM),
+        _below(s.gdtr_base, gdt), _below(s.idtr_base, 8 * T.NCATCH), _below(tss, 0x68),
+        z3.Or(z3.Extract(15, 2, s.ldtr) == 0, _below(s.ldtr_base, s.ldtr_limit + 1)),
+        _apart(tss, 0x68, s.gdtr_base, gdt), _apart(tss, 0x68, s.idtr_base, 8 * T.NCATCH)))
 
 
 def _in_table(sel, s):
@@ -52,9 +69,12 @@ def _t_entry(form, s, o):
 
 
 def _t_catch(form, s, o):
-    """Where the instruction goes (checks or not) lies outside low RAM; it touches IDT entries
-    0-19 other than 3 and 4 (the catch gates' own), or stores into the TSS save area."""
-    parts = [z3.UGE(o.post.cs_base + o.post.eip, _RAM_LOW)]
+    """Where the instruction goes (checks or not) lies outside low RAM or inside its own bytes;
+    its TSS (before or after) lies outside low RAM; it touches IDT entries 0-19 other than 3 and
+    4 (the catch gates' own), or stores into the TSS save area."""
+    land = o.post.cs_base + o.post.eip
+    parts = [z3.UGE(land, _RAM_LOW), z3.ULT(land - (s.cs_base + s.eip), len(form.bytes)),
+             z3.UGE(s.tr_base, _RAM_LOW - 0x68), z3.UGE(o.post.tr_base, _RAM_LOW - 0x68)]
     lo, hi = T.TSS_SAVED
     for arr, a in o.loads + o.stores:
         if arr != "mem":
@@ -65,6 +85,25 @@ def _t_catch(form, s, o):
         if arr == "mem":
             parts.append(z3.ULT(a - s.tr_base - lo, hi - lo))
     return z3.Or(parts)
+
+
+def _t_traps(form, s, o):
+    """A memory trap on the way (``Outcome.in_segments`` false): the emulators check segments,
+    the model assumes such accesses away.  The form runs once more on ``s``, recording."""
+    return z3.Not(form.run(s, record=True).in_segments)
+
+
+def _traps_cases():
+    return [R.case("sgdt_m", R.state(0, eax=0x10, ds_limit=0xF, ds_attr=R.S.data_attr(0) & ~R.S.G_BIT))]
+
+
+def _t_debug(form, s, o):
+    """DR6/DR7 with reserved bits off their fixed values (``testkernel.DR_FIXED``)."""
+    return z3.Or([z3.Or(s[n] & f1 != f1, s[n] & f0 != 0) for n, f1, f0 in T.DR_FIXED])
+
+
+def _debug_cases():
+    return [R.case("nop", R.state(3, dr6=0)), R.case("nop", R.state(3, dr7=0))]
 
 
 def _tables_cases():
@@ -82,7 +121,33 @@ def _catch_cases():
     return [R.case("jmp_far_m", s)]
 
 
+def _traps(oracle: str) -> Deviation:
+    checks = oracle == "bochs"
+    return Deviation(
+        "memory-traps-out-of-scope", "an access outside its segment (limit, type, null), a "
+        "misaligned one with CR0.AM = EFLAGS.AC = 1 at CPL 3, a fetch beyond CS",
+        "#GP(0), #SS(0 or selector), #AC(0) (SDM Vol. 3A 5.3-5.6, 6.15); Popek and Goldberg's "
+        "memory traps, which the model assumes away (README)",
+        ("Bochs raises them" if checks else "QEMU checks some (stack switches, code) and not "
+         "others (a data access beyond DS's limit completes)")
+        + ": cross-checks skip such states (Outcome.in_segments) and witness steering avoids them",
+        Repro(_traps_cases, (lambda rs: R.faults(rs[0], 13, 0)) if checks else
+              (lambda rs: R.completes(rs[0]))), kind="api", trigger=_t_traps)
+
+
+def entries(oracle: str) -> tuple[Deviation, ...]:
+    """The harness entries of ``oracle``'s table ("bochs" or "qemu")."""
+    return (_traps(oracle),) + ENTRIES
+
+
 ENTRIES: tuple[Deviation, ...] = (
+    Deviation(
+        "harness-debug-register-fixed-bits", "states whose DR6 or DR7 reserved bits are not at "
+        "their fixed values",
+        "DR6 bits 4-11, 16-31 read as 1 and bit 12 as 0; DR7 bit 10 reads as 1 and bits 11-12, "
+        "14-15 as 0 (SDM Vol. 3B 17.2.3-17.2.4); the model's state allows any value",
+        "no MOV to DR6/DR7 can make the emulator hold such a value: the test kernel refuses the "
+        "state", Repro(_debug_cases, _refused("reserved bits")), kind="api", trigger=_t_debug),
     Deviation(
         "harness-table-room", "states whose IDT limit is below 0x9f or whose GDT is full",
         "(not an SDM matter: any table size is architectural)",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pgvirt.model import concrete, isa
 from pgvirt.model.outcome import Fault, Next
 
-from .. import states as S
+from .. import states as S  # noqa: F401  (the harness's reproductions use it through R.S)
 from ..oracles import model_case
 
 GDT_LIMIT = 0x3FF      # flat_state's GDT is full; the kernel needs free slots below the limit

@@ -422,6 +422,9 @@ class Target:
 
 
 HARNESS = Harness("DR7 enables breakpoints: the test kernel's own code and data would hit them")
+# DR6: bits 4-11 and 16-31 read as 1, bit 12 as 0 (RTM's bit 16 aside: no RTM here); DR7: bit 10
+# reads as 1, bits 11-12 and 14-15 as 0 (SDM Vol. 3B 17.2.3-17.2.4)
+DR_FIXED = (("dr6", 0xFFFF0FF0, 0x1000), ("dr7", 0x400, 0xD800))
 
 # What a catch observes, as (field, mask of the bits observed).  Not observed: the hidden segment
 # caches, LDTR (the task switch loads the kernel's), TR's cache, CR0.TS and EFLAGS.RF (the task
@@ -549,6 +552,11 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
     if not code or len(code) > 15:
         raise UnsupportedState(f"an instruction is 1 to 15 bytes, not {len(code)}")
     cpl = s["cpl"]
+    for name, fixed1, fixed0 in DR_FIXED:
+        if s[name] & fixed1 != fixed1 or s[name] & fixed0:
+            raise UnsupportedState(f"{name} = {s[name]:#x}: its reserved bits read as fixed values "
+                                   f"(ones {fixed1:#x}, zeros {fixed0:#x}; SDM Vol. 3B 17.2.3-17.2.4), "
+                                   "which no MOV can change")
     why = target.cannot(s) if target.cannot else None
     if why:
         raise UnsupportedState(why)
@@ -667,6 +675,12 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
     if post is not None:
         gdts.add((post["gdtr_base"], post["gdtr_limit"]))
         idts.add((post["idtr_base"], post["idtr_limit"]))
+    # the catch gates' bytes first: the GDT slots below must not take them
+    for b, lim in idts:
+        for vec in CATCH_VECTORS:
+            at = b + 8 * vec
+            if not any(((at + k) & MASK32) in foot for k in range(8)):
+                L.avoid |= {(at + k) & MASK32 for k in range(8)}
     need = 2 + target.groups
     found: list[int] = []
     top = min(lim for _, lim in gdts) // 8
@@ -701,6 +715,7 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
                 continue
             g = vec // vpt
             sel = (tss_idx[g] << 3) | (vec % vpt if vpt == 4 else 0)
+            L.avoid -= {(at + k) & MASK32 for k in range(8)}
             L.place(at, layout.gate(sel, 0, 0x5, 0), f"the task gate for vector {vec}")
     kwrites = [(CATCH_TSS + 0x80 * g, _tss(kern.catch_entry(g), CATCH_TOP, kcs, kds))
                for g in range(target.groups)]
