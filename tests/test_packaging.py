@@ -30,7 +30,7 @@ LAYERS = {"model": {"pgvirt.verify", "pgvirt.emulator", "unicorn", "capstone"},
           "emulator": {"pgvirt.verify"}}
 # emulator/'s command and notebook layers ask verify/ for witnesses (emulator -> verify -> model,
 # no cycle); the harness itself (machine, replay, crosscheck, ...) needs only the model.
-UPPER = {"emulator": {"cli.py", "notebook.py"}}
+UPPER = {"emulator": {"cli.py", "cli_oracles.py", "notebook.py"}}
 
 
 @pytest.mark.parametrize("layer", sorted(LAYERS))

@@ -42,6 +42,7 @@ class Case:
     io: frozenset = frozenset()
     expect: Fault | Next | None = None
     landings: tuple = ()
+    unchecked: Mapping | None = None      # the scalars afterwards were no check to fire
 
 
 def model_case(form, state: Mapping, run) -> Case:
@@ -52,7 +53,7 @@ def model_case(form, state: Mapping, run) -> Case:
     stores = frozenset(a for arr, a in run.stores if arr == "mem")
     landing = (run.post["cs_base"] + run.post["eip"]) & 0xFFFFFFFF
     return Case(state, form.bytes, frozenset(addrs.get("mem", ())), stores,
-                frozenset(addrs.get("io", ())), run.outcome(), (landing,))
+                frozenset(addrs.get("io", ())), run.outcome(), (landing,), run.post)
 
 
 @dataclass

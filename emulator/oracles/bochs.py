@@ -65,7 +65,7 @@ class Bochs(FullSystem):
                 "port_e9_hack: enabled=1",
                 "sound: waveoutdrv=dummy, waveindrv=dummy, midioutdrv=dummy",
                 "speaker: enabled=0",
-                f"cpu: model={self.cpu}, reset_on_triple_fault=0",
+                f"cpu: model={self.cpu}, reset_on_triple_fault=0, ips=1000000",
                 f"memory: guest={self.ram_mb}, host={self.ram_mb}",
                 "clock: sync=none",
                 f"log: {os.path.join(self.work, 'bochs.log')}",

@@ -84,7 +84,7 @@ FILLED = ((0, 0xA0000), (KERNEL_HI, FILL_TOP))
 FILL = 0xF1
 FLOPPY = 1474560
 TRACK = 18 * 512
-VERSION = 1
+VERSION = 2
 
 KCS, KDS, KTSS = 0x08, 0x10, 0x18
 NCATCH = 20                     # vectors 0..19 are caught: every exception IA-32 defines
@@ -239,6 +239,7 @@ def kernel(groups: int = NCATCH // 4) -> Kernel:
     c(b"\xa1" + d32(v(V_CUR)) + b"\xff\x60\x08")                        # jmp [record+8]
 
     c.label("after")                                                    # the case is done
+    c(b"\xa1" + d32(v(V_CUR)) + b"\x8b\x70\x0c"); c.call("fill_copied") # esi = [rec+12]
     c(b"\xa1" + d32(v(V_CUR)) + b"\x8b\x70\x14"); c.call("fill_runs")   # esi = [rec+20]
     c(b"\x8b\x35" + d32(v(V_CUR)) + b"\x8b\x36"); c.jmp("record")       # esi = [rec]
 
@@ -256,6 +257,11 @@ def kernel(groups: int = NCATCH // 4) -> Kernel:
     c(A.LODSD, b"\x89\xc7", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "copy_done")
     c(A.REP_MOVSB); c.jmp("copy_runs")
     c.label("copy_done"); c(b"\xc3")
+    # fill_copied: the copy list again (addr, len, bytes) ... : its bytes get FILL back
+    c.label("fill_copied")
+    c(A.LODSD, b"\x89\xc7", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "copied_done")
+    c(b"\x01\xce\xb0" + bytes([FILL]), A.REP_STOSB); c.jmp("fill_copied")   # add esi, ecx
+    c.label("copied_done"); c(b"\xc3")
     # fill_runs: esi -> (addr, len) ... until len 0: the bytes get FILL back
     c.label("fill_runs")
     c(A.LODSD, b"\x89\xc7", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "zero_done")
@@ -422,6 +428,9 @@ class Target:
 
 
 HARNESS = Harness("DR7 enables breakpoints: the test kernel's own code and data would hit them")
+# CR4 bits above the model's (UMIP, bit 11) that change how the test kernel's own code runs
+# (LA57, PCIDE, SMEP, SMAP, PKE, CET and later); VMXE, FSGSBASE and OSXSAVE leave it alone.
+CR4_UNSAFE = 0xFFFFF000 & ~((1 << 13) | (1 << 16) | (1 << 18))
 # DR6: bits 4-11 and 16-31 read as 1, bit 12 as 0 (RTM's bit 16 aside: no RTM here); DR7: bit 10
 # reads as 1, bits 11-12 and 14-15 as 0 (SDM Vol. 3B 17.2.3-17.2.4)
 DR_FIXED = (("dr6", 0xFFFF0FF0, 0x1000), ("dr7", 0x400, 0xD800))
@@ -593,6 +602,15 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
             raise UnsupportedState("the instruction arms breakpoints the test kernel would hit")
         if post["sysflags"] >> st.VM & 1:
             raise UnsupportedState("the instruction enters virtual-8086 mode")
+    unchecked = getattr(case, "unchecked", None)
+    if unchecked is not None and post is None:
+        # a fault the emulator might not raise must not leave the test kernel without a machine
+        if unchecked["cr0"] >> st.CR0_PG & 1 or not unchecked["cr0"] & 1:
+            raise UnsupportedState("were its check skipped, the instruction would turn paging on "
+                                   "or leave protected mode, and the test kernel with it")
+        if unchecked["cr4"] & CR4_UNSAFE:
+            raise UnsupportedState(f"were its check skipped, the instruction would set CR4 bits "
+                                   f"{unchecked['cr4'] & CR4_UNSAFE:#x} the test kernel cannot run under")
     L = _Layout(target, s, foot)
     for a in foot:
         L.writes.setdefault(a, 0)           # unspecified bytes read 0 (state.concrete)
@@ -722,118 +740,125 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
 
     # the stub
     stub_at = base + 0x20
-    data_at = stub_at + 0x300
-    c = Code(stub_at)
-    data = bytearray()
-    steps: list[tuple[int, str]] = []
 
-    def datum(b: bytes, align: int = 8) -> int:
-        data.extend(bytes(-len(data) % align))
-        at = data_at + len(data)
-        data.extend(b)
-        return at
+    def generate(data_at: int):
+        """The stub at stub_at with its data at data_at (every operand is a fixed-size
+        absolute address, so the code's length does not depend on data_at)."""
+        c = Code(stub_at)
+        data = bytearray()
+        steps: list[tuple[int, str]] = []
 
-    def step(label: str) -> None:
-        steps.append((c.here - stub_at, label))
+        def datum(b: bytes, align: int = 8) -> int:
+            data.extend(bytes(-len(data) % align))
+            at = data_at + len(data)
+            data.extend(b)
+            return at
 
-    for name, msr in target.msrs:
-        value = s[name]
-        step(f"WRMSR {msr:#x} ({name} = {value:#x})")
-        c(x86.mov_r_imm("ecx", msr), x86.mov_r_imm("eax", value & MASK32),
-          x86.mov_r_imm("edx", value >> 32), x86.WRMSR)
-    vif = s["sysflags"] & (1 << st.VIF | 1 << st.VIP)
-    step(f"setting EFLAGS.VIF/VIP to {vif:#x} by a round trip through virtual-8086 mode")
-    c(x86.mov_r_imm("eax", vif), x86.mov_r_imm("ebx", kern.labels["vif"]), b"\xff\xd3")
-    for n in (0, 1, 2, 3, 6):
-        step(f"MOV DR{n} ({s[f'dr{n}']:#x})")
-        c(x86.mov_r_imm("eax", s[f"dr{n}"]), x86.mov_dr_eax(n))
-    for n in (2, 3, 0, 4):
-        step(f"MOV CR{n} ({s[f'cr{n}']:#x})")
-        c(x86.mov_r_imm("eax", s[f"cr{n}"]), x86.mov_cr_eax(n))
-    if cpl == 0:
-        step(f"IRETD setting EFLAGS {st.EFLAGS_FIXED | s['flags'] | s['sysflags']:#x}")
-        c(x86.push_imm(st.EFLAGS_FIXED | s["flags"] | s["sysflags"]), x86.push_imm(KCS))
-        c.abs32(b"\x68", "after_eflags", x86.IRETD)
-        c.label("after_eflags")
-    step(f"MOV DR7 ({s['dr7']:#x})")
-    c(x86.mov_r_imm("eax", s["dr7"]), x86.mov_dr_eax(7))
+        def step(label: str) -> None:
+            steps.append((c.here - stub_at, label))
 
-    anchors = 0
+        for name, msr in target.msrs:
+            value = s[name]
+            step(f"WRMSR {msr:#x} ({name} = {value:#x})")
+            c(x86.mov_r_imm("ecx", msr), x86.mov_r_imm("eax", value & MASK32),
+              x86.mov_r_imm("edx", value >> 32), x86.WRMSR)
+        vif = s["sysflags"] & (1 << st.VIF | 1 << st.VIP)
+        step(f"setting EFLAGS.VIF/VIP to {vif:#x} by a round trip through virtual-8086 mode")
+        c(x86.mov_r_imm("eax", vif), x86.mov_r_imm("ebx", kern.labels["vif"]), b"\xff\xd3")
+        for n in (0, 1, 2, 3, 6):
+            step(f"MOV DR{n} ({s[f'dr{n}']:#x})")
+            c(x86.mov_r_imm("eax", s[f"dr{n}"]), x86.mov_dr_eax(n))
+        for n in (2, 3, 0, 4):
+            step(f"MOV CR{n} ({s[f'cr{n}']:#x})")
+            c(x86.mov_r_imm("eax", s[f"cr{n}"]), x86.mov_cr_eax(n))
+        if cpl == 0:
+            step(f"IRETD setting EFLAGS {st.EFLAGS_FIXED | s['flags'] | s['sysflags']:#x}")
+            c(x86.push_imm(st.EFLAGS_FIXED | s["flags"] | s["sysflags"]), x86.push_imm(KCS))
+            c.abs32(b"\x68", "after_eflags", x86.IRETD)
+            c.label("after_eflags")
+        step(f"MOV DR7 ({s['dr7']:#x})")
+        c(x86.mov_r_imm("eax", s["dr7"]), x86.mov_dr_eax(7))
 
-    def anchor() -> int:
-        nonlocal anchors
-        anchors += 1
-        return datum(bytes(8))
+        anchors = 0
 
-    kgdt = _pseudo(KGDT, KGDT_LIMIT)
-    regs = ["es", "ds", "fs", "gs"] + (["ss"] if cpl == 0 else [])
-    for g in regs:
-        sel = s[g]
-        step(f"loading {g.upper()}={sel:#x} with the state's cache")
-        if sel & 0xFFFC == 0:
-            gdtr, ldt_sel, gdtr2 = kgdt, 0, kgdt
-        else:
-            desc = _cache_descriptor(s, g)
+        def anchor() -> int:
+            nonlocal anchors
+            anchors += 1
+            return datum(bytes(8))
+
+        kgdt = _pseudo(KGDT, KGDT_LIMIT)
+        regs = ["es", "ds", "fs", "gs"] + (["ss"] if cpl == 0 else [])
+        for g in regs:
+            sel = s[g]
+            step(f"loading {g.upper()}={sel:#x} with the state's cache")
+            if sel & 0xFFFC == 0:
+                gdtr, ldt_sel, gdtr2 = kgdt, 0, kgdt
+            else:
+                desc = _cache_descriptor(s, g)
+                at = anchor()
+                data[at - data_at:at - data_at + 8] = desc
+                table = (at - (sel & 0xFFF8)) & MASK32
+                if sel & 4:
+                    holder = datum(bytes(8) + layout.descriptor(table, 0xFFFF, layout.LDT_ATTR))
+                    gdtr, ldt_sel, gdtr2 = _pseudo(holder, 15), 0x08, kgdt
+                else:
+                    gdtr, ldt_sel, gdtr2 = kgdt, 0, _pseudo(table, 0xFFFF)
+            rec = datum(gdtr + w16(ldt_sel) + bytes(6) + gdtr2 + w16(sel) + bytes(6))
+            c(x86.lgdt(rec), x86.lldt(rec + 8), x86.lgdt(rec + 0x10), x86.mov_sreg_abs(g, rec + 0x18))
+        # LDTR and TR from temporary GDT entries holding their caches
+        for what, sel, desc in (
+                ("LDTR", s["ldtr"], None if s["ldtr"] & 0xFFFC == 0 else
+                 _system_descriptor(s["ldtr_base"], s["ldtr_limit"], layout.LDT_ATTR, "LDTR")),
+                ("TR", s["tr"], _system_descriptor(s["tr_base"], s["tr_limit"],
+                                                   (s["tr_attr"] & ~0x2) & ~layout.G_BIT, "TR"))):
+            if sel & 4:
+                raise ImpossibleState(f"{what} {sel:#x} names the LDT: {what} selectors index the GDT")
+            if desc is None:
+                step(f"LLDT {sel:#x} (null)")
+                c(x86.lldt(datum(w16(sel))))
+                continue
+            if sel & 0xFFFC == 0:
+                raise UnsupportedState(f"{what} holds a null selector with a loaded cache: LTR cannot "
+                                       "load a null selector")
             at = anchor()
             data[at - data_at:at - data_at + 8] = desc
-            table = (at - (sel & 0xFFF8)) & MASK32
-            if sel & 4:
-                holder = datum(bytes(8) + layout.descriptor(table, 0xFFFF, layout.LDT_ATTR))
-                gdtr, ldt_sel, gdtr2 = _pseudo(holder, 15), 0x08, kgdt
-            else:
-                gdtr, ldt_sel, gdtr2 = kgdt, 0, _pseudo(table, 0xFFFF)
-        rec = datum(gdtr + w16(ldt_sel) + bytes(6) + gdtr2 + w16(sel) + bytes(6))
-        c(x86.lgdt(rec), x86.lldt(rec + 8), x86.lgdt(rec + 0x10), x86.mov_sreg_abs(g, rec + 0x18))
-    # LDTR and TR from temporary GDT entries holding their caches
-    for what, sel, desc in (
-            ("LDTR", s["ldtr"], None if s["ldtr"] & 0xFFFC == 0 else
-             _system_descriptor(s["ldtr_base"], s["ldtr_limit"], layout.LDT_ATTR, "LDTR")),
-            ("TR", s["tr"], _system_descriptor(s["tr_base"], s["tr_limit"],
-                                               (s["tr_attr"] & ~0x2) & ~layout.G_BIT, "TR"))):
-        if sel & 4:
-            raise ImpossibleState(f"{what} {sel:#x} names the LDT: {what} selectors index the GDT")
-        if desc is None:
-            step(f"LLDT {sel:#x} (null)")
-            c(x86.lldt(datum(w16(sel))))
-            continue
-        if sel & 0xFFFC == 0:
-            raise UnsupportedState(f"{what} holds a null selector with a loaded cache: LTR cannot "
-                                   "load a null selector")
-        at = anchor()
-        data[at - data_at:at - data_at + 8] = desc
-        rec = datum(_pseudo((at - (sel & 0xFFF8)) & MASK32, 0xFFFF) + w16(sel))
-        step(f"{'LLDT' if what == 'LDTR' else 'LTR'} {sel:#x} with the state's cache")
-        c(x86.lgdt(rec), (x86.lldt if what == "LDTR" else x86.ltr)(rec + 8))
-    step("LGDT/LIDT the state's GDTR and IDTR")
-    c(x86.lgdt(datum(_pseudo(s["gdtr_base"], s["gdtr_limit"]))),
-      x86.lidt(datum(_pseudo(s["idtr_base"], s["idtr_limit"]))))
-    step("loading the general registers")
-    for r in st.GPRS:
-        if r != "esp":
-            c(x86.mov_r_imm(r, s[r]))
-    if cpl == 0:
-        ptr = datum(d32(entry_eip) + w16(s["cs"]))
-        c(x86.mov_r_imm("esp", s["esp"]))
-        step(f"far JMP to CS:EIP {s['cs']:#x}:{entry_eip:#x}")
-        c(x86.jmp_far_abs(ptr))
-    else:
-        frame = datum(d32(entry_eip) + d32(s["cs"])
-                      + d32(st.EFLAGS_FIXED | s["flags"] | s["sysflags"]) + d32(s["esp"])
-                      + d32(s["ss"]))
-        c(x86.mov_r_imm("esp", frame))
-        step(f"IRETD to CS:EIP {s['cs']:#x}:{entry_eip:#x} at CPL {cpl}")
-        c(x86.IRETD)
-    stub = c.finish()
+            rec = datum(_pseudo((at - (sel & 0xFFF8)) & MASK32, 0xFFFF) + w16(sel))
+            step(f"{'LLDT' if what == 'LDTR' else 'LTR'} {sel:#x} with the state's cache")
+            c(x86.lgdt(rec), (x86.lldt if what == "LDTR" else x86.ltr)(rec + 8))
+        step("LGDT/LIDT the state's GDTR and IDTR")
+        c(x86.lgdt(datum(_pseudo(s["gdtr_base"], s["gdtr_limit"]))),
+          x86.lidt(datum(_pseudo(s["idtr_base"], s["idtr_limit"]))))
+        step("loading the general registers")
+        for r in st.GPRS:
+            if r != "esp":
+                c(x86.mov_r_imm(r, s[r]))
+        if cpl == 0:
+            ptr = datum(d32(entry_eip) + w16(s["cs"]))
+            c(x86.mov_r_imm("esp", s["esp"]))
+            step(f"far JMP to CS:EIP {s['cs']:#x}:{entry_eip:#x}")
+            c(x86.jmp_far_abs(ptr))
+        else:
+            frame = datum(d32(entry_eip) + d32(s["cs"])
+                          + d32(st.EFLAGS_FIXED | s["flags"] | s["sysflags"]) + d32(s["esp"])
+                          + d32(s["ss"]))
+            c(x86.mov_r_imm("esp", frame))
+            step(f"IRETD to CS:EIP {s['cs']:#x}:{entry_eip:#x} at CPL {cpl}")
+            c(x86.IRETD)
+        return c.finish(), data, steps
+
+    stub, _, _ = generate(stub_at + 0x400)
+    data_at = stub_at + len(stub) + (-len(stub) % 8)
+    stub, data, steps = generate(data_at)
     if stub_at + len(stub) > data_at:
         raise AssertionError(f"stub of {len(stub)} bytes overruns its data")
     stub_end = data_at + len(data)
 
     # the lists the kernel walks
     dumps = sorted(a for a in foot if a not in clobber)
-    cleans = set(L.writes) | foot | clobber
+    cleans = (foot | clobber) - set(L.writes)          # what the copy list does not cover
     esp_at = (s["ss_base"] + s["esp"]) & MASK32
     cleans |= {(esp_at + k) & MASK32 for k in range(-64, 64)}
-    cleans = {a for a in cleans if target.usable(a)}
+    cleans = {a for a in cleans if target.usable(a) and a not in L.writes}
     wr_runs = _runs(L.writes)
     runs_blob = b"".join(d32(a) + d32(n) + bytes(L.writes[a + k] for k in range(n))
                          for a, n in wr_runs)
