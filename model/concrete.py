@@ -249,6 +249,7 @@ class Run:
     loads: tuple
     stores: tuple
     in_segments: bool = True     # Outcome.in_segments: no access of the run is a memory trap
+    in_current_segments: bool = True   # Outcome.in_current_segments
 
     def read(self, array: str, address: int) -> int:
         return _sel(self.mem if array == "mem" else self.io, address)
@@ -291,7 +292,7 @@ class Compiled:
         if len(values) < len(st.FIELDS) and any(n not in values for n in st.SCALARS):
             # missing scalars read 0, as in ``state.concrete``
             values = {**{n: 0 for n in st.SCALARS}, **values}
-        fails, codes, assumed, post, mem, io, loads, stores, segs = self._fn(
+        fails, codes, assumed, post, mem, io, loads, stores, segs, current = self._fn(
             values, values.get("mem", {}), values.get("io", {}), uf or _default_uf)
         fault = None
         for k, f in enumerate(fails):
@@ -301,7 +302,7 @@ class Compiled:
                 break
         full = {n: values.get(n, 0) for n in st.SCALARS}
         full.update(post)
-        return Run(fault, assumed, full, mem, io, loads, stores, segs)
+        return Run(fault, assumed, full, mem, io, loads, stores, segs, current)
 
     def run(self, values: Mapping, uf: Callable | None = None) -> Fault | Next:
         """The same answer as ``form.execute(values, code, features)``."""
@@ -331,6 +332,7 @@ def compile_outcome(form: Form, features: frozenset = frozenset(), code: bytes |
     loads = [(arr, em.compile(a)) for arr, a in o.loads]
     stores = [(arr, em.compile(a)) for arr, a in o.stores]
     segs = em.compile(o.in_segments)
+    current = em.compile(o.in_current_segments)
 
     def tup(items):
         return "(" + "".join(f"{i}, " for i in items) + ")"
@@ -340,7 +342,7 @@ def compile_outcome(form: Form, features: frozenset = frozenset(), code: bytes |
            f"    return ({tup(fails)}, {tup(codes)}, {assumed}, "
            f"{{{', '.join(f'{n!r}: {v}' for n, v in post)}}}, {mem}, {io}, "
            f"{tup(f'({a!r}, {v})' for a, v in loads)}, {tup(f'({a!r}, {v})' for a, v in stores)}, "
-           f"{segs})\n")
+           f"{segs}, {current})\n")
     env = {"SEL": _sel, "CONST": _Const, "min": min, "len": len}
     exec(compile(src, f"<compiled {form.name}>", "exec"), env)
     checks = tuple(CheckInfo(c.vector, c.reason, c.code is not None) for c in o.checks)

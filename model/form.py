@@ -203,7 +203,8 @@ class Exec:
         if not self.recording:
             return linear
         s = self.s
-        self._segmented.append((self.path, len(self._checks), s[seg], s[f"{seg}_base"],
+        current = self._same(seg)
+        self._segmented.append((self.path, len(self._checks), current, s[seg], s[f"{seg}_base"],
                                 s[f"{seg}_limit"], s[f"{seg}_attr"], linear, size, write, s.cpl,
                                 s.cr0, s.sysflags, seg))
         return linear
@@ -213,8 +214,16 @@ class Exec:
         if not self.recording:
             return
         s = self.s
-        self._segmented.append((self.path, len(self._checks), s.cs, None, s.cs_limit, s.cs_attr,
+        current = self._same("cs")
+        self._segmented.append((self.path, len(self._checks), current, s.cs, None, s.cs_limit, s.cs_attr,
                                 eip, length, False, s.cpl, s.cr0, s.sysflags, "fetch"))
+
+    def _same(self, seg: str):
+        """Whether ``seg`` still holds the limit and attributes it started with (a term: a form
+        may rewrite it under a condition, a far CALL's SS for instance).  Recording only."""
+        s, pre = self.s, self.pre
+        parts = [s[f] == pre[f] for f in (f"{seg}_limit", f"{seg}_attr") if s[f] is not pre[f]]
+        return z3.And(parts) if parts else z3.BoolVal(True)
 
     def seg_load(self, seg: str, linear, size: int):
         """Load ``size`` bytes at ``linear`` through ``seg`` (no limit or type checks: README)."""

@@ -93,7 +93,8 @@ class Outcome:
     loads: tuple[tuple[str, Any], ...]    # (array field, address term) read
     stores: tuple[tuple[str, Any], ...]   # (array field, address term) written
     effects: tuple[str, ...] = field(default=())  # scalar fields the form may change
-    # segment-relative accesses, for ``in_segments``: (path, checks before it, selector, base,
+    # segment-relative accesses, for ``in_segments``: (path, checks before it, whether the
+    # segment is still the one the instruction started with, selector, base,
     # limit, attr, linear address, size, write, cpl, cr0, sysflags, register name), each term as
     # it stood then; a fetch ("fetch") has no base and the offset (EIP) for the address
     segmented: tuple | None = field(default=None, compare=False)   # None: not recorded
@@ -120,6 +121,16 @@ class Outcome:
 
     @property
     def in_segments(self) -> z3.BoolRef:
+        return self.segments_ok(True)
+
+    @property
+    def in_current_segments(self) -> z3.BoolRef:
+        """No memory trap through the segments the instruction starts with, even past a check the
+        model makes first: hardware may raise such a trap before the model's fault (a far CALL's
+        push onto the current stack comes before its offset check, SDM Vol. 2A CALL)."""
+        return self.segments_ok(False, current_only=True)
+
+    def segments_ok(self, guarded: bool = True, current_only: bool = False) -> z3.BoolRef:
         """No access of the run is a *memory trap*: every segment-relative access lies inside its
         segment (limit, expand-down bounds), goes through a usable segment of the right type
         (not null, no write to code or read-only data, no read of execute-only code) and is
@@ -131,8 +142,10 @@ class Outcome:
         if self.segmented is None:
             raise ValueError("segment accesses were not recorded: run the form with record=True")
         oks = []
-        for path, k, sel, base, limit, attr, addr, size, write, cpl, cr0, sysflags, reg in self.segmented:
-            if k:
+        for path, k, current, sel, base, limit, attr, addr, size, write, cpl, cr0, sysflags, reg in self.segmented:
+            if current_only:
+                path = z3.And(path, current)
+            if k and guarded:
                 path = z3.And(path, z3.Not(z3.Or([c.fails for c in self.checks[:k]])))
             off = addr if base is None else addr - base
             if reg == "fetch":

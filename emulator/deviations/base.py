@@ -102,6 +102,7 @@ class Deviation:
     fields: tuple[str, ...] = ()
     explains: Callable[[Observation, Diff], bool] | None = None
     trigger: Callable[[Form, Any, Any], Any] | None = None
+    unsafe: bool = False   # meeting it, the emulator goes where the test kernel cannot catch it
 
     @property
     def unicorn(self) -> str:
@@ -165,6 +166,39 @@ class Repro:
 
     def __call__(self, oracle) -> bool:
         return bool(self.holds(oracle.run(self.cases())))
+
+
+def unsafe_for(table: Sequence[Deviation], form: Form, features=frozenset()):
+    """A predicate on concrete states: the id of the first ``unsafe`` entry of ``table`` whose
+    trigger the state meets (the emulator would run off where nothing catches it), or None."""
+    from pgvirt.model import concrete
+    key = (id(table), form.name, frozenset(features))
+    preds = _UNSAFE.get(key)
+    if preds is None:
+        preds = []
+        for d in table:
+            if d.unsafe and d.trigger is not None:
+                probe = d.trigger(form, _probe_state(), form.run(_probe_state(), features=features))
+                if probe is None:
+                    continue
+                preds.append((d.id, concrete.compile_predicate(
+                    lambda s, t=d.trigger: t(form, s, form.run(s, features=features)))))
+        _UNSAFE[key] = preds
+
+    def check(state):
+        for ident, p in preds:
+            if p(state):
+                return ident
+        return None
+    return check
+
+
+_UNSAFE: dict = {}
+
+
+def _probe_state():
+    from pgvirt.model import state as st
+    return st.fresh("probe")
 
 
 def present_all(table: Sequence[Deviation], oracle) -> dict[str, bool]:

@@ -183,6 +183,65 @@ def _x_accessed(o, d):
     return d.model == d.emu | 1 and not d.emu & 1 and U._descriptor_byte5(o, d.key)
 
 
+_INT = ("int_imm", "int3", "into")
+
+
+def _x_offset(o, d):
+    """Far transfers and INT n delivery alike skip the new EIP's limit check."""
+    return (o.name in _FAR + _INT and U._outcome(o, d) and o.model_faults(GP)
+            and U._model_reason(o, "offset beyond the code segment limit") and o.emu_post is not None)
+
+
+def _x_call_code(o, d):
+    return (o.name in ("call_far_ptr", "call_far_m") and d.kind == "outcome" and d.key == "code"
+            and U._model_reason(o, "target offset beyond the code segment limit")
+            and o.emu_faults(GP) and o.emu.code not in (0, None))
+
+
+def _x_conforming(o, d):
+    """CS.RPL (which the catch reads as the CPL) becomes the conforming segment's DPL."""
+    post = o.emu_post
+    if o.name not in ("call_far_ptr", "call_far_m") or o.model is not None or post is None:
+        return False
+    if d.kind == "reg" and d.key == "cpl":
+        return d.model == o.cpl and d.emu == post["cs"] & 3 and d.emu < o.cpl
+    return U._x_gate_conforming(o, d)
+
+
+def _offset_int_cases():
+    s = R.state(3)
+    R.gdt(s, 0x60, S.descriptor(0, 0xFFF, S.code_attr(0) & ~S.G_BIT))
+    S.put(s["mem"], S.IDT_BASE + 8 * 0x81, S.gate(0x60, 0x5000, 0xE, 3))
+    return [R.case("int_imm", s, bytes.fromhex("cd81"))]
+
+
+def _call_code_cases():
+    s = R.state(2)
+    R.gdt(s, 0x60, S.descriptor(0, 0xFFF, S.code_attr(0, conforming=True) & ~S.G_BIT))
+    return [R.case("call_far_ptr", s, bytes.fromhex("9a00500000") + (0x62).to_bytes(2, "little"))]
+
+
+def _conforming_cases():
+    s = R.state(1)
+    R.gdt(s, 0x60, S.descriptor(0, 0xFFFFFFFF, S.code_attr(0, conforming=True)))
+    R.gdt(s, 0x68, S.gate(0x60, 0x4100, 0xC, 3))
+    return [R.case("call_far_ptr", s, bytes.fromhex("9a00000000") + (0x6B).to_bytes(2, "little"))]
+
+
+def _fs_gs_cases():
+    s = R.state(0, gs=2, gs_base=0, gs_limit=0, gs_attr=0)
+    frame = (S.CODE + 0x100, S.code_selector(3), 0x7000, S.data_selector(3))
+    S.put(s["mem"], s["esp"], b"".join(v.to_bytes(4, "little") for v in frame))
+    return [R.case("retf", s)]
+
+
+def _jmp_np_cases():
+    s = R.state(0)
+    R.gdt(s, 0x60, S.descriptor(0, 0xFFFFFFFF, S.code_attr(0) & ~0x80))     # not present
+    R.gdt(s, 0x68, S.gate(0x60, 0x4100, 0xC, 0))
+    return [R.case("jmp_far_ptr", s, bytes.fromhex("ea00000000") + (0x68).to_bytes(2, "little"))]
+
+
 def _x_tsc(o, d):
     return o.name in ("rdtsc", "rdtscp") and d.kind == "reg" and d.key in ("eax", "edx")
 
@@ -278,13 +337,38 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "transfer-offset-unchecked", "far CALL/JMP through a call gate, RETF, IRETD",
         "#GP(0) when the new EIP lies beyond the new CS limit (SDM Vol. 2A CALL, JMP, RET, IRET)",
         "the transfer completes", Repro(_offset_cases, lambda rs: R.completes(rs[0])),
-        explains=U._x_transfer_offset),
+        explains=_x_offset),
+    Deviation(
+        "int-offset-unchecked", "INT n, INT3, INTO through a gate whose offset lies beyond the "
+        "handler's CS limit", "#GP(0) (SDM Vol. 2A INT n, Operation)",
+        "the delivery completes", Repro(_offset_int_cases, lambda rs: R.completes(rs[0])),
+        explains=_x_offset),
+    Deviation(
+        "call-far-offset-error-code", "direct far CALL to an offset beyond the target's CS limit",
+        "#GP(0) (SDM Vol. 2A CALL, Operation)", "#GP(selector): the new CS selector as error code",
+        Repro(_call_code_cases, lambda rs: R.faults(rs[0], GP, 0x60)), explains=_x_call_code),
+    Deviation(
+        "call-gate-conforming-rpl", "far CALL through a call gate to conforming code of DPL < CPL",
+        "the CPL does not change and CS.RPL := CPL (SDM Vol. 2A CALL, Operation)",
+        "CS.RPL := the code segment's DPL (what the catch sees as the CPL, too)",
+        Repro(_conforming_cases, lambda rs: R.completes(rs[0]) and R.post(rs[0])["cs"] == 0x60),
+        explains=_x_conforming),
+    Deviation(
+        "fs-gs-null-kept-on-return", "RETF, IRETD to an outer ring with a null selector in FS or GS",
+        "every one of ES, FS, GS, DS holding a null selector becomes 0 (SDM Vol. 2A IRET, RET)",
+        "FS and GS holding a null selector keep it, RPL included",
+        Repro(_fs_gs_cases, lambda rs: R.completes(rs[0]) and R.post(rs[0])["gs"] == 2),
+        explains=U._x_fs_gs_null),
     Deviation(
         "iret-vm86-any-cpl", "IRETD at CPL > 0 with VM = 1 in the popped EFLAGS",
         "a return to virtual-8086 mode happens only at CPL 0 (SDM Vol. 2A IRET, Operation)",
         "returns to virtual-8086 mode at any CPL",
         Repro(_vm86_cases, lambda rs: R.completes(rs[0]) and R.post(rs[0])["sysflags"] >> st.VM & 1 == 1),
-        explains=U._x_iret_vm86, trigger=_t_vm86),
+        explains=U._x_iret_vm86, trigger=_t_vm86, unsafe=True),
+    Deviation(
+        "jmp-gate-target-np-as-gp", "far JMP through a call gate whose code segment is not present",
+        "#NP(code segment selector) (SDM Vol. 2A JMP, Operation)", "#GP(code segment selector)",
+        Repro(_jmp_np_cases, lambda rs: R.faults(rs[0], GP)), explains=U._x_jmp_gate_np),
     Deviation(
         "iret-vif-vip-dropped", "IRETD at CPL 0 (protected-mode return)",
         "EFLAGS.VIF and VIP are loaded from the popped image at CPL 0 (SDM Vol. 2A IRET)",
