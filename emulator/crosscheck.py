@@ -489,8 +489,8 @@ def compare_model(form: Form, pre: Mapping, model: ModelResult, res, io_dep=(set
         if name == "flags":
             mask &= ~undefined
         a, b = post[name] & mask, got[name] & mask
-        if a != b:
-            out.append(D.Diff("reg", name, post[name], got[name], oracle))
+        if a != b:          # the observed bits only: the explanations see what was compared
+            out.append(D.Diff("reg", name, a, b, oracle))
     for a in sorted(set(model.addresses.get("mem", ())) - set(res.unobserved_mem) - addrs):
         mine, theirs = model.byte("mem", a), got["mem"].get(a, pre["mem"].get(a, 0))
         if mine != theirs:

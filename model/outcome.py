@@ -135,7 +135,8 @@ class Outcome:
         segment (limit, expand-down bounds), goes through a usable segment of the right type
         (not null, no write to code or read-only data, no read of execute-only code) and is
         aligned where CPL 3 with CR0.AM = EFLAGS.AC = 1 asks for it (SDM Vol. 3A 5.3-5.6, 6.15
-        #AC); the instruction's bytes and a jump's target lie inside CS (SDM Vol. 2A JMP).  The model assumes these away (README: memory traps are outside Popek and
+        #AC, on the linear address); the instruction's bytes and a jump's target lie inside CS
+        (SDM Vol. 2A JMP).  The model assumes these away (README: memory traps are outside Popek and
         Goldberg's definitions); an emulator that checks them is compared only where this holds.
         An access counts only on its path and when no check before it fired (a run that faults
         earlier never makes it).  Recorded accesses never change what the run computes."""
@@ -167,7 +168,7 @@ class Outcome:
             aligned = z3.BoolVal(True)
             if size > 1:
                 aligned = z3.Or(cpl != 3, z3.Extract(18, 18, cr0) == 0,
-                                z3.Extract(18, 18, sysflags) == 0, (off & (size - 1)) == 0)
+                                z3.Extract(18, 18, sysflags) == 0, (addr & (size - 1)) == 0)
             oks.append(z3.Implies(path, z3.And(usable, typed, inside, aligned)))
         return z3.And(oks) if oks else z3.BoolVal(True)
 

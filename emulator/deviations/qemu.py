@@ -242,6 +242,24 @@ def _jmp_np_cases():
     return [R.case("jmp_far_ptr", s, bytes.fromhex("ea00000000") + (0x68).to_bytes(2, "little"))]
 
 
+def _ltr_null_cases():
+    return [R.case("ltr_r", R.state(0, eax=0))]
+
+
+def _cr0_cases():
+    s = R.state(0)
+    return [R.case("mov_cr0_r", dict(s, eax=s["cr0"] | 0x40))]          # bit 6 is reserved
+
+
+def _msr_cases():
+    return [R.case("rdmsr", R.state(0, ecx=0x1B))]                     # IA32_APIC_BASE
+
+
+def _x_msr(o, d):
+    return (o.name in ("rdmsr", "wrmsr") and U._outcome(o, d)
+            and U._model_reason(o, "no implemented MSR") and o.emu_post is not None)
+
+
 def _x_tsc(o, d):
     return o.name in ("rdtsc", "rdtscp") and d.kind == "reg" and d.key in ("eax", "edx")
 
@@ -365,6 +383,22 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "returns to virtual-8086 mode at any CPL",
         Repro(_vm86_cases, lambda rs: R.completes(rs[0]) and R.post(rs[0])["sysflags"] >> st.VM & 1 == 1),
         explains=U._x_iret_vm86, trigger=_t_vm86, unsafe=True),
+    Deviation(
+        "ltr-null-accepted", "LTR with a null selector at CPL 0", "#GP(0) (SDM Vol. 2A LTR)",
+        "TR is loaded with the null selector", Repro(_ltr_null_cases, lambda rs: R.completes(rs[0])),
+        explains=U._x_ltr_null),
+    Deviation(
+        "cr0-reserved-bits-kept", "MOV CR0 with reserved bits set",
+        "reserved bits of CR0[31:0] are ignored and read back as 0 (the model; SDM Vol. 3A 2.5)",
+        "stored and read back", Repro(_cr0_cases, lambda rs: R.completes(rs[0])
+                                      and R.post(rs[0])["cr0"] & 0x40 != 0),
+        fields=("cr0",), explains=U._x_cr0_reserved),
+    Deviation(
+        "msrs-beyond-the-model", "RDMSR/WRMSR of an MSR the model does not implement",
+        "#GP(0) for an MSR the processor does not implement (SDM Vol. 2B RDMSR); the model "
+        "implements IA32_TSC, IA32_SYSENTER_* and IA32_TSC_AUX only",
+        "TCG implements many more (IA32_APIC_BASE, MTRRs, PAT, ...): the access completes",
+        Repro(_msr_cases, lambda rs: R.completes(rs[0])), explains=_x_msr),
     Deviation(
         "jmp-gate-target-np-as-gp", "far JMP through a call gate whose code segment is not present",
         "#NP(code segment selector) (SDM Vol. 2A JMP, Operation)", "#GP(code segment selector)",
