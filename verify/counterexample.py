@@ -222,7 +222,11 @@ def find(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT_TIM
         r2 = None
         if rest:
             q2 = dataclasses.replace(q, constraints=q.constraints + [c for _, c in rest])
-            r2, chosen2 = eng.solve(q2)
+            # within the tidy shape first (flat segments, low tables): it meets most triggers'
+            # negations already, so that query is usually the easy one
+            r2, chosen2 = eng.solve(dataclasses.replace(q2, constraints=q2.constraints + q.tidy))
+            if r2.verdict is not Verdict.REFUTED:
+                r2, chosen2 = eng.solve(q2)
             if r2.verdict is Verdict.UNKNOWN:
                 # the steered query is the harder one; the search is chaotic: one longer try
                 eng.timeout *= 3

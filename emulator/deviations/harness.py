@@ -59,11 +59,25 @@ def _encodable(limit):
     return z3.Or(z3.ULE(limit, 0xFFFFF), limit & 0xFFF == 0xFFF)
 
 
+def _slot_holds_cache(seg: str, s) -> z3.BoolRef:
+    """The table entry of ``seg``'s selector holds the descriptor of its cache (the one the test
+    kernel would otherwise write there for the entry: SDM Vol. 3A 3.4.5 layout)."""
+    sel, base, limit, attr = s[seg], s[f"{seg}_base"], s[f"{seg}_limit"], s[f"{seg}_attr"]
+    table = z3.If(z3.Extract(2, 2, sel) == 1, s.ldtr_base, s.gdtr_base)
+    at = table + z3.ZeroExt(16, sel & 0xFFF8)
+    raw = z3.If(z3.Extract(15, 15, attr) == 1, z3.LShR(limit, 12), limit)
+    want = [z3.Extract(7, 0, raw), z3.Extract(15, 8, raw), z3.Extract(7, 0, base),
+            z3.Extract(15, 8, base), z3.Extract(23, 16, base), z3.Extract(7, 0, attr),
+            z3.Concat(z3.Extract(15, 12, attr), z3.Extract(19, 16, raw)), z3.Extract(31, 24, base)]
+    return z3.And([z3.Select(s.mem, at + k) == b for k, b in enumerate(want)])
+
+
 def _t_entry(form, s, o):
-    """CS (and SS above CPL 0) outside their tables; TR null or in the LDT; TR or LDTR limits
-    no descriptor can hold."""
+    """CS (and SS above CPL 0) outside their tables or their entries not holding their caches;
+    TR null or in the LDT; TR or LDTR limits no descriptor can hold."""
     return z3.Not(z3.And(
         _in_table(s.cs, s), z3.Or(s.cpl == 0, _in_table(s.ss, s)),
+        _slot_holds_cache("cs", s), z3.Or(s.cpl == 0, _slot_holds_cache("ss", s)),
         z3.Extract(15, 2, s.tr) != 0, z3.Extract(2, 2, s.tr) == 0, z3.Extract(2, 2, s.ldtr) == 0,
         _encodable(s.tr_limit), z3.Or(z3.Extract(15, 2, s.ldtr) == 0, _encodable(s.ldtr_limit))))
 
