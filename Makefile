@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: verify test install bench crosscheck slow notebook guests clean
+.PHONY: verify test install bench crosscheck slow notebook guests emulators clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,14 +27,19 @@ guests:
 	bash tests/setup-guests.sh
 	sh tests/setup-browser.sh
 
-test: $(STAMP) guests
+# QEMU and Bochs, the full-system oracles (tests/setup-emulators.sh; idempotent).
+emulators:
+	bash tests/setup-emulators.sh
+
+test: $(STAMP) guests emulators
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP) guests
+bench: $(STAMP) guests emulators
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/scan.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/crosscheck.py
+	$(BIN)/python bench/oracles.py
 
 slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
@@ -47,6 +52,8 @@ notebook: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 # The model cross-checked against Unicorn: >= 100,000 random valid states over every form, plus
-# the compiled model against Form.execute (tests marked slow in tests/test_crosscheck.py).
-crosscheck: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow tests/test_crosscheck.py
+# the compiled model against Form.execute (tests marked slow in tests/test_crosscheck.py); and
+# against Bochs and QEMU on a Dask LocalCluster, every witness replayed on them
+# (tests/test_oracles.py).
+crosscheck: $(STAMP) emulators
+	$(BIN)/python -m pytest -q -m slow tests/test_crosscheck.py tests/test_oracles.py
