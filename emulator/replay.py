@@ -162,23 +162,7 @@ class Replayer:
         if n.emulator is None or d.emulator is None:
             return Replay(form, profile, "mismatch", n, d, model, None, [], n.error or d.error)
         emu_crit = criterion(n.state, n.emulator, d.state, d.emulator, ignore=NOT_HELD)
-        if not model["criterion"]:
-            return Replay(form, profile, "mismatch", n, d, model, None, emu_crit,
-                          "the model's own predictions do not meet the counterexample criterion")
-        if not n.differences and not d.differences:
-            if emu_crit:
-                return Replay(form, profile, "confirmed", n, d, model, None, emu_crit,
-                              "; ".join(emu_crit))
-            return Replay(form, profile, "mismatch", n, d, model, None, emu_crit,
-                          "the emulator agrees with the model, yet its results do not meet the criterion")
-        if n.unexplained or d.unexplained:
-            left = [f"{lbl}: {x}" for lbl, r in (("native", n), ("deprivileged", d)) for x in r.unexplained]
-            return Replay(form, profile, "mismatch", n, d, model, None, emu_crit,
-                          "unexplained: " + "; ".join(left))
-        ids = list(dict.fromkeys(n.explained_by + d.explained_by))
-        why = "; ".join(f"{i}: {D.BY_ID[i].unicorn}" for i in ids)
-        return Replay(form, profile, "emulator-deviation", n, d, model, why, emu_crit,
-                      ", ".join(ids))
+        return _classify(form, profile, n, d, model, emu_crit, D.BY_ID)
 
 
 # --- hand-given pairs -------------------------------------------------------------------------------

@@ -19,12 +19,12 @@ from pgvirt.emulator import deviations as D
 from pgvirt.emulator import sweep
 from pgvirt.emulator.deviations import base, repro as R
 from pgvirt.emulator import states as S
-from pgvirt.emulator.oracles import Case, FULL_SYSTEM, Result, make, model_case, unavailable
+from pgvirt.emulator.oracles import Case, FULL_SYSTEM, make, unavailable
 from pgvirt.emulator.oracles import testkernel as T
 from pgvirt.emulator.oracles.fullsystem import FullSystem
-from pgvirt.model import concrete, isa, profiles
+from pgvirt.model import concrete, isa
 from pgvirt.model import state as st
-from pgvirt.model.outcome import BP, GP, Fault, Next
+from pgvirt.model.outcome import GP, Fault, Next
 
 
 def need(name: str):

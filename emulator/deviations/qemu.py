@@ -13,7 +13,7 @@ from __future__ import annotations
 import z3
 
 from pgvirt.model import state as st
-from pgvirt.model.outcome import DB, GP, NP, UD
+from pgvirt.model.outcome import GP, UD
 
 from . import harness
 from . import repro as R
@@ -260,6 +260,10 @@ def _x_msr(o, d):
             and U._model_reason(o, "no implemented MSR") and o.emu_post is not None)
 
 
+def _sysenter_cs_cases():
+    return [R.case("wrmsr", R.state(0, ecx=st.MSR_SYSENTER_CS, eax=0x12345678, edx=0))]
+
+
 def _x_tsc(o, d):
     return o.name in ("rdtsc", "rdtscp") and d.kind == "reg" and d.key in ("eax", "edx")
 
@@ -383,6 +387,12 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "returns to virtual-8086 mode at any CPL",
         Repro(_vm86_cases, lambda rs: R.completes(rs[0]) and R.post(rs[0])["sysflags"] >> st.VM & 1 == 1),
         explains=U._x_iret_vm86, trigger=_t_vm86, unsafe=True),
+    Deviation(
+        "sysenter-cs-16-bit", "WRMSR/RDMSR of IA32_SYSENTER_CS (MSR 0x174)",
+        "a 64-bit MSR whose bits 15:0 name the ring-0 CS; the model keeps bits 31:0 as written "
+        "(SDM Vol. 4 Table 2-2)", "bits 31:16 are dropped (so states holding them are refused)",
+        Repro(_sysenter_cs_cases, lambda rs: R.completes(rs[0]) and R.post(rs[0])["sysenter_cs"] == 0x5678),
+        fields=("sysenter_cs",), explains=U._x_sysenter_cs),
     Deviation(
         "ltr-null-accepted", "LTR with a null selector at CPL 0", "#GP(0) (SDM Vol. 2A LTR)",
         "TR is loaded with the null selector", Repro(_ltr_null_cases, lambda rs: R.completes(rs[0])),

@@ -17,7 +17,7 @@ why it cannot run here (a missing binary, with the command that installs it) or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
 from pgvirt.model.outcome import Fault, Next

@@ -32,16 +32,8 @@ MSRS = {"pentium": (("tsc", 0x10),),
 class Bochs(FullSystem):
     name = "bochs"
     binary = BINARY
-
-    @classmethod
-    def cpu_for(cls, profile: str) -> str:
-        return CPUS[profile]
-
-    @classmethod
-    def msrs(cls, cpu: str):
-        if cpu not in MSRS:
-            raise KeyError(f"no MSR table for Bochs CPU model {cpu!r} (known: {', '.join(MSRS)})")
-        return MSRS[cpu]
+    CPUS = CPUS
+    MSR_TABLE = MSRS
 
     @classmethod
     def missing(cls) -> str | None:

@@ -66,14 +66,23 @@ class FullSystem:
         self.work = tempfile.mkdtemp(prefix=f"pgvirt-{self.name}-")
         self.stats = {"boots": 0, "cases": 0, "retries": 0, "errors": 0}
 
-    # --- what a subclass says -------------------------------------------------------------------
+    # --- what a subclass says: CPUS (profile -> CPU model), MSR_TABLE (CPU -> MSR fields) ----------
+    CPUS: dict = {}
+    MSR_TABLE: dict = {}
+
     @classmethod
     def cpu_for(cls, profile: str) -> str:
-        raise NotImplementedError
+        return cls.CPUS[profile]
 
     @classmethod
     def msrs(cls, cpu: str) -> tuple[tuple[str, int], ...]:
-        raise NotImplementedError
+        """The state fields held in MSRs ``cpu`` implements (the others are not observed)."""
+        if cpu in cls.MSR_TABLE:
+            return cls.MSR_TABLE[cpu]
+        if "*" in cls.MSR_TABLE:
+            return cls.MSR_TABLE["*"]
+        raise KeyError(f"no MSR table for {cls.name} CPU model {cpu!r} "
+                       f"(known: {', '.join(cls.MSR_TABLE)})")
 
     def command(self, image: str) -> list[str]:
         raise NotImplementedError

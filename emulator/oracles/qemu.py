@@ -23,17 +23,19 @@ CPUS = {"pentium": "max,-umip", "umip": "max"}
 MSRS = (("sysenter_cs", 0x174), ("sysenter_esp", 0x175), ("sysenter_eip", 0x176), ("tsc", 0x10))
 
 
+def _cannot(s) -> str | None:
+    if s["sysenter_cs"] > 0xFFFF:
+        return ("sysenter_cs has bits 31:16 set: QEMU keeps only bits 15:0 of IA32_SYSENTER_CS "
+                "(deviation sysenter-cs-16-bit)")
+    return None
+
+
 class Qemu(FullSystem):
     name = "qemu"
     binary = BINARY
-
-    @classmethod
-    def cpu_for(cls, profile: str) -> str:
-        return CPUS[profile]
-
-    @classmethod
-    def msrs(cls, cpu: str):
-        return MSRS
+    cannot = staticmethod(_cannot)
+    CPUS = CPUS
+    MSR_TABLE = {"*": MSRS}
 
     @classmethod
     def missing(cls) -> str | None:

@@ -47,7 +47,7 @@ the stub, VM exits instead of task gates) behind the same record and frame forma
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Mapping, Sequence
 
