@@ -4,7 +4,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: verify test install bench crosscheck slow notebook guests clean lint footprints frame-status
+.PHONY: verify test install bench crosscheck slow notebook guests emulators clean lint footprints \
+        frame-status
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,20 +28,25 @@ guests:
 	bash tests/setup-guests.sh
 	sh tests/setup-browser.sh
 
+# QEMU and Bochs, the full-system oracles (tests/setup-emulators.sh; idempotent).
+emulators:
+	bash tests/setup-emulators.sh
+
 # The layering contracts first: an upward import fails the build with the offending line.
-test: $(STAMP) guests
+test: $(STAMP) guests emulators
 	$(BIN)/python tools/lint_imports.py
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/python tools/lint_imports.py
 
-bench: $(STAMP) guests
+bench: $(STAMP) guests emulators
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/scan.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/crosscheck.py
 	$(BIN)/python bench/monitor.py
+	$(BIN)/python bench/oracles.py
 
 slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
@@ -53,9 +59,11 @@ notebook: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 # The model cross-checked against Unicorn: >= 100,000 random valid states over every form, plus
-# the compiled model against Form.execute (tests marked slow in tests/test_crosscheck.py).
-crosscheck: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow tests/test_crosscheck.py
+# the compiled model against Form.execute (tests marked slow in tests/test_crosscheck.py); and
+# against Bochs and QEMU on a Dask LocalCluster, every witness replayed on them
+# (tests/test_oracles.py).
+crosscheck: $(STAMP) emulators
+	$(BIN)/python -m pytest -q -m slow tests/test_crosscheck.py tests/test_oracles.py
 
 # The derived forms' table from the installed iced-x86 (model/ never imports iced-x86; a test
 # requires the committed table to equal a fresh one).

@@ -58,6 +58,9 @@ def cmd_replay(args, out: Console, err: Console) -> int:
     from pgvirt.emulator import replay as R
     from pgvirt.model import isa
 
+    if args.oracle:                   # Bochs, QEMU, several: cli/oracles.py
+        from .oracles import cmd_replay as on_oracles
+        return on_oracles(args, out, err)
     for n in args.names:
         isa.get(n)                      # KeyError -> one line, exit 2
     show = args.format == "text" and err.is_terminal and not args.state
@@ -90,6 +93,9 @@ def cmd_crosscheck(args, out: Console, err: Console) -> int:
 
     from pgvirt.emulator import crosscheck as C
 
+    if args.oracle or args.cluster:   # Bochs, QEMU, several, or on Dask: cli/oracles.py
+        from .oracles import cmd_crosscheck as on_oracles
+        return on_oracles(args, out, err)
     for n in args.forms:
         isa.get(n)
     names = args.forms or [f.name for f in isa.FORMS]
@@ -121,6 +127,9 @@ def register(sub, commands) -> None:
     r.add_argument("--jobs", type=positive_int, default=None, help="solver processes (default: cores)")
     r.add_argument("--run-seconds", type=_seconds, default=2.0,
                    help="wall-clock bound of one emulator run (default 2)")
+    r.add_argument("--oracle", metavar="unicorn|bochs|qemu|all",
+                   help="replay on these oracles (comma-separated), each with witnesses steered "
+                        "clear of its known deviations (default: Unicorn, unsteered)")
     commands["replay"] = cmd_replay
 
     c = sub.add_parser("crosscheck", help="cross-check the model against Unicorn on random states")
@@ -130,4 +139,8 @@ def register(sub, commands) -> None:
     c.add_argument("--seed", type=_int0, default=0)
     c.add_argument("--format", choices=("text", "json"), default="text")
     c.add_argument("--jobs", type=positive_int, default=2, help="worker processes (default 2)")
+    c.add_argument("--oracle", metavar="unicorn|bochs|qemu|all",
+                   help="check against these oracles (comma-separated) and each other")
+    c.add_argument("--cluster", metavar="local|tcp://HOST:PORT",
+                   help="run the sweep on Dask: a LocalCluster of --jobs workers, or a scheduler")
     commands["crosscheck"] = cmd_crosscheck

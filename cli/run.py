@@ -29,7 +29,7 @@ from pgvirt.monitor import api
 from pgvirt.monitor.compare import Comparison
 from pgvirt.report import monitor as report, screens
 
-from .common import add_profile
+from .common import add_profile, positive_int
 from .errors import EXIT_BAD, EXIT_FAIL, EXIT_OK, UsageError
 
 
@@ -45,16 +45,6 @@ class Services:
     def verifier(cls) -> "Services":
         from pgvirt import api as A
         return cls(A.monitor_sensitive, A.monitor_patch, A.explain_divergence)
-
-
-def _steps(text: str) -> int:
-    try:
-        v = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return v
 
 
 def _monitors(text: str) -> list[str]:
@@ -76,7 +66,7 @@ def register(sub, commands: dict, services: Services | None = None) -> None:
                                    "--compare runs monitors in lock step against native")
     r.add_argument("guest", metavar="GUEST")
     r.add_argument("--monitor", default="native", choices=api.MONITORS)
-    r.add_argument("--steps", type=_steps, default=api.DEFAULT_STEPS,
+    r.add_argument("--steps", type=positive_int, default=api.DEFAULT_STEPS,
                    help=f"instruction budget (default {api.DEFAULT_STEPS})")
     r.add_argument("--input", default="", metavar="KEYS",
                    help="scripted keys: names (p, space, left, enter, f1, ...), NAME*N, +N to wait")

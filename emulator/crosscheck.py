@@ -41,7 +41,7 @@ from pgvirt.model.outcome import Fault, Next
 from . import deviations as D
 from . import states as S
 from . import strategies
-from .machine import NOT_HELD, IncompleteRun, Machine, StateError
+from .machine import NOT_HELD, IncompleteRun, Machine, StateError, Watchdog  # noqa: F401
 
 COMPARED = tuple(n for n in st.SCALARS if n not in NOT_HELD)
 
@@ -117,47 +117,6 @@ explain = D.explain
 
 
 # --- a bound on every run ------------------------------------------------------------------------
-class Watchdog:
-    """Bounds a Machine's runs in wall-clock time, besides the Machine's own instruction bound
-    (its code hook stops before a second instruction; REP loops stop at ``max_iterations``).
-
-    Unicorn's own ``emu_start(timeout=...)`` starts a timer thread per run (about 170 us, more
-    than the run itself), so one long-lived thread checks a deadline instead and calls
-    ``emu_stop`` when a run outlives it (Unicorn releases the GIL while it emulates); the run
-    then raises ``IncompleteRun`` instead of returning a half-executed result.
-    """
-
-    def __init__(self, machine: Machine, seconds: float = 2.0):
-        import threading
-        self.m, self.seconds = machine, seconds
-        self.deadline: float | None = None
-        self.fired = False
-        self._thread = threading.Thread(target=self._loop, name="pgvirt-watchdog", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            time.sleep(max(self.seconds / 4, 0.01))
-            d = self.deadline
-            if d is not None and time.monotonic() > d:
-                self.fired = True
-                try:
-                    self.m.uc.emu_stop()
-                except Exception:   # not running any more: nothing to stop
-                    pass
-
-    def run(self, state, code: bytes, **kw):
-        self.fired = False
-        self.deadline = time.monotonic() + self.seconds
-        try:
-            out = self.m.run(state, code, **kw)
-        finally:
-            self.deadline = None
-        if self.fired:
-            raise IncompleteRun(f"the run took longer than {self.seconds} s and was stopped")
-        return out
-
-
 # RDRAND/RDSEED's numbers come from outside the state (``isa.extensions._RANDOM``): the model's
 # answer for one check is Unicorn's number and CF, so what is compared is everything else the
 # instruction does (the destination's width, the other flags, faults).
@@ -453,3 +412,107 @@ def crosscheck(forms: list[str] | None = None, samples: int = 200, seed: int = 0
             if progress:
                 progress(r.form)
     return Report([done[n] for n in names], time.perf_counter() - t0, samples, seed, jobs)
+
+
+# --- any oracle: the model against each emulator, the emulators against each other -------------------
+def io_dependent(comp: concrete.Compiled, state: Mapping, run: concrete.Run) -> tuple[set, set]:
+    """(scalar fields, memory addresses) whose value afterwards depends on what a port returns:
+    found by running the model again with every port it reads flipped.  An oracle whose ports
+    are devices (``Result.observed`` set, no port state) is not compared on them."""
+    ports = {a for arr, a in run.loads if arr == "io"}
+    if not ports or run.fault is not None:
+        return set(), set()
+    flipped = dict(state)
+    flipped["io"] = {**dict(state.get("io", {})), **{p: state.get("io", {}).get(p, 0) ^ 0xA5 for p in ports}}
+    other = comp.evaluate(flipped)
+    if other.fault is not None:
+        return set(), set()
+    fields = {n for n in st.SCALARS if run.post[n] != other.post[n]}
+    addrs = {a for arr, a in run.stores if arr == "mem" and run.read("mem", a) != other.read("mem", a)}
+    return fields, addrs
+
+
+def compare_result(form: Form, pre: Mapping, run: concrete.Run, res, io_dep=(set(), set()),
+                   oracle: str = "Unicorn") -> list[D.Diff]:
+    """Every difference between the model's ``run`` and an oracle's ``Result`` on what the oracle
+    observed (``res.observed``; None: Unicorn's own comparison, ``compare``).  Error codes are
+    compared where the oracle reports them."""
+    return compare_model(form, pre, ModelResult.from_run(run), res, io_dep, oracle)
+
+
+def compare_model(form: Form, pre: Mapping, model: ModelResult, res, io_dep=(set(), set()),
+                  oracle: str = "Unicorn") -> list[D.Diff]:
+    """``compare_result`` with the model's side as a ``ModelResult`` (a run or a prediction)."""
+    emu = res.outcome
+    if res.observed is None:
+        return compare(form, pre, model, emu, res.touched, res.ports)
+    if model.fault is not None or isinstance(emu, Fault):
+        if model.fault is not None and isinstance(emu, Fault):
+            if model.fault.vector != emu.vector:
+                return [D.Diff("outcome", "vector", model.fault.vector, emu.vector, oracle)]
+            if model.fault.code is not None and emu.code is not None and model.fault.code != emu.code:
+                return [D.Diff("outcome", "code", model.fault.code, emu.code, oracle)]
+            return []
+        return [D.Diff("outcome", "fault", describe(model.fault) if model.fault else "completes",
+                       describe(emu), oracle)]
+    out: list[D.Diff] = []
+    post, got = model.post, emu.state
+    undefined = UNDEFINED_FLAGS.get(form.name, 0)
+    fields, addrs = io_dep
+    for name in st.SCALARS:
+        mask = res.observed.get(name)
+        if not mask or name in fields:
+            continue
+        if name == "flags":
+            mask &= ~undefined
+        a, b = post[name] & mask, got[name] & mask
+        if a != b:          # the observed bits only: the explanations see what was compared
+            out.append(D.Diff("reg", name, a, b, oracle))
+    for a in sorted(set(model.addresses.get("mem", ())) - set(res.unobserved_mem) - addrs):
+        mine, theirs = model.byte("mem", a), got["mem"].get(a, pre["mem"].get(a, 0))
+        if mine != theirs:
+            out.append(D.Diff("mem", a, mine, theirs, oracle))
+    return out
+
+
+def same_result(form: Form, pre: Mapping, run: concrete.Run, a, b, io_dep=(set(), set())) -> bool:
+    """Whether two oracles' Results agree, on what both observed: the fault and vector (and the
+    error code where both report one), else every field both read and every byte of the model's
+    footprint."""
+    x, y = a.outcome, b.outcome
+    if isinstance(x, Fault) or isinstance(y, Fault):
+        if not (isinstance(x, Fault) and isinstance(y, Fault)) or x.vector != y.vector:
+            return False
+        return x.code is None or y.code is None or x.code == y.code
+    fields, addrs = io_dep
+    undefined = UNDEFINED_FLAGS.get(form.name, 0)
+    for name in st.SCALARS:
+        if name in fields or name in NOT_HELD:
+            continue
+        mask = (1 << st.FIELD[name].width) - 1
+        for r in (a, b):
+            if r.observed is not None:
+                mask &= r.observed.get(name, 0)
+        if name == "flags":
+            mask &= ~undefined
+        if (x.state[name] ^ y.state[name]) & mask:
+            return False
+    skip = set(a.unobserved_mem) | set(b.unobserved_mem) | addrs
+    foot = {ad for arr, ad in run.loads + run.stores if arr == "mem"}
+    return all(x.state["mem"].get(ad, pre["mem"].get(ad, 0)) == y.state["mem"].get(ad, pre["mem"].get(ad, 0))
+               for ad in foot - skip)
+
+
+def cpuid_uf(answers: dict, state: Mapping, emu) -> Callable | None:
+    """CPUID's uninterpreted function from an oracle's answer for (EAX, ECX); ``answers`` keeps the
+    first answer per input, so the model's claim (one function) is tested across a run."""
+    if not isinstance(emu, Next):
+        return None
+    key = (state["eax"], state["ecx"])
+    got = tuple(emu.state[r] for r in ("eax", "ebx", "ecx", "edx"))
+    a, b, c_, d = answers.setdefault(key, got)
+    value = a | b << 32 | c_ << 64 | d << 96
+
+    def uf(name, *args):
+        return value if args == key else 0
+    return uf

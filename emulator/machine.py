@@ -22,7 +22,7 @@ UC_MODE_32)`` and, for every call of ``run(state, code)``:
    ``begin`` as EIP but compares ``until`` with QEMU's PC, CS.base + EIP without the 32-bit
    wrap), and a code hook stops before any second instruction starts (a jump elsewhere, or
    one to itself); a REP string instruction may re-enter itself up to ``max_iterations`` times.
-   That count bounds every run in instructions; ``crosscheck.Watchdog`` bounds it in wall-clock
+   That count bounds every run in instructions; ``Watchdog`` bounds it in wall-clock
    time with one thread per Machine (Unicorn's ``timeout`` starts a thread per ``emu_start``);
 5. returns ``Fault(vector, None, reason)`` (from ``UC_HOOK_INTR``, or ``UC_ERR_INSN_INVALID``
    for #UD; Unicorn exposes no error codes) or ``Next(state)`` in the model's concrete format.
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -54,6 +55,8 @@ from pgvirt.model import state as st
 from pgvirt.model.outcome import UD, Fault, Next, vector_name
 
 from . import states as layout
+from .validity import (ImpossibleState, StateError, UnsupportedState, _is_tss,  # noqa: F401
+                       check)
 
 PAGE = 0x1000
 MASK32 = 0xFFFFFFFF
@@ -140,18 +143,6 @@ def read_user(uc, before: Mapping[str, int]) -> dict:
         z = st.ZMMS[i]
         out[z] = (before.get(z, 0) & hi & ((1 << 512) - 1)) | uc.reg_read(r)
     return out
-
-
-class StateError(ValueError):
-    """The state cannot be put on the Machine; the message is one line."""
-
-
-class ImpossibleState(StateError):
-    """No IA-32 processor can be in this state (it breaks an architectural invariant)."""
-
-
-class UnsupportedState(StateError):
-    """A legal state this Machine (or Unicorn) cannot reproduce faithfully."""
 
 
 class IncompleteRun(RuntimeError):
@@ -865,41 +856,12 @@ def error_codes_observable() -> bool:
     return intr_args != 3 or named
 
 
-# --- what a state must satisfy ------------------------------------------------------------------
-def check(state: Mapping) -> dict:
-    """``state`` completed (missing scalars are 0, as ``state.concrete``) and validated."""
-    unknown = set(state) - set(st.FIELD)
-    if unknown:
-        raise StateError(f"no such state field: {', '.join(sorted(unknown))}")
-    s: dict = {}
-    for name in st.SCALARS:
-        v = state.get(name, st.FIELD[name].default)
-        width = st.FIELD[name].width
-        if not isinstance(v, int) or not 0 <= v < 1 << width:
-            raise StateError(f"{name} = {v!r} is not a {width}-bit unsigned integer")
-        s[name] = v
-    for arr in ("mem", "io"):
-        cells = state.get(arr, {})
-        if not isinstance(cells, Mapping):
-            raise StateError(f"{arr} must be a dict {{address: byte}}, not {type(cells).__name__}")
-        s[arr] = cells
-    for a, b in s["io"].items():   # mem is validated when its page image is built
-        if not (type(a) is int and 0 <= a <= 0xFFFF and type(b) is int and 0 <= b <= 0xFF):
-            raise StateError(f"io[{a!r}] = {b!r} is not a byte at a 16-bit port")
-    _check_architecture(s)
-    return s
-
-
 # TR's cache: the SDM's processor keeps the busy type a TSS gets when it is loaded (LTR, task
 # switch); QEMU keeps the *available* type there (its LTR marks only the GDT entry busy) and reads
 # TR with that convention: get_ss_esp_from_tss calls cpu_abort() - killing the process - on a
 # busy type, so any call gate to an inner ring aborted (found by ``pgvirt crosscheck``).  The
 # Machine therefore hands QEMU TR in QEMU's convention and reads it back in the SDM's: busy bit
 # (type bit 1) cleared on the way in, set on the way out, for the TSS types 1/3 and 9/B.
-def _is_tss(attr: int) -> bool:
-    return not attr & 0x10 and attr & 0x5 == 0x1
-
-
 def _tr_to_qemu(attr: int) -> int:
     return attr & ~0x2 if _is_tss(attr) else attr
 
@@ -908,87 +870,42 @@ def _tr_from_qemu(attr: int) -> int:
     return attr | 0x2 if _is_tss(attr) else attr
 
 
-def _fail(cls, msg: str):
-    raise cls(msg)
+class Watchdog:
+    """Bounds a Machine's runs in wall-clock time, besides the Machine's own instruction bound
+    (its code hook stops before a second instruction; REP loops stop at ``max_iterations``).
 
+    Unicorn's own ``emu_start(timeout=...)`` starts a timer thread per run (about 170 us, more
+    than the run itself), so one long-lived thread checks a deadline instead and calls
+    ``emu_stop`` when a run outlives it (Unicorn releases the GIL while it emulates); the run
+    then raises ``IncompleteRun`` instead of returning a half-executed result.
+    """
 
-def _check_architecture(s: dict) -> None:
-    cpl, cr0 = s["cpl"], s["cr0"]
-    if not cr0 & _PE:
-        _fail(ImpossibleState if cpl else UnsupportedState,
-              f"CPL {cpl} with CR0.PE = 0: real mode runs at CPL 0" if cpl
-              else "CR0.PE = 0 (real mode) is outside the protected-mode model")
-    if cr0 & _NW and not cr0 & _CD:
-        _fail(ImpossibleState, "CR0.NW = 1 with CR0.CD = 0 (MOV CR0 refuses it, SDM Vol. 3A 2.5)")
-    if cr0 & _PG:
-        _fail(UnsupportedState, "CR0.PG = 1: paging is outside the model (linear = physical)")
-    if s["flags"] & ~st.USER_FLAGS_MASK or s["sysflags"] & ~st.SYS_FLAGS_MASK:
-        _fail(StateError, "flags/sysflags hold bits outside their EFLAGS masks")
-    if s["sysflags"] & (1 << st.VM):
-        _fail(UnsupportedState, "EFLAGS.VM = 1: virtual-8086 mode is outside the model")
-    if s["dr7"] & 0xFF:
-        _fail(UnsupportedState, "DR7 enables breakpoints: Unicorn does not arm breakpoints "
-                                "written through its register API")
-    if s["sysenter_cs"] > 0xFFFF:
-        _fail(UnsupportedState, "sysenter_cs has bits 31:16 set: Unicorn keeps only bits 15:0 of "
-                                "IA32_SYSENTER_CS")
-    if s["halted"]:
-        _fail(UnsupportedState, "halted = 1: a halted processor runs no instruction")
-    if s["tr_attr"] & 0x0F00:
-        _fail(ImpossibleState, f"tr_attr {s['tr_attr']:#x} has bits in the limit[19:16] position")
-    if _is_tss(s["tr_attr"]) and not s["tr_attr"] & 0x2:
-        _fail(ImpossibleState, f"tr_attr {s['tr_attr']:#x} is an available TSS: LTR and task switches "
-                               "leave TR holding a busy one (SDM Vol. 3A 7.2.2)")
-    if s["ldtr"] & 0xFFFC == 0 and (s["ldtr_base"] or s["ldtr_limit"]):
-        _fail(UnsupportedState, "null LDTR with a non-empty cache: Unicorn would still use it")
-    if s["cs"] & 3 != cpl:
-        _fail(ImpossibleState,
-              f"CPL {cpl} with CS.RPL {s['cs'] & 3}: CPL is CS.RPL (SDM Vol. 3A 5.5)")
-    if s["ss"] & 3 != cpl:
-        _fail(ImpossibleState,
-              f"CPL {cpl} with SS.RPL {s['ss'] & 3}: SS.RPL equals CPL (SDM Vol. 3A 5.7)")
-    for seg in st.SREGS:
-        sel, limit, attr = s[seg], s[f"{seg}_limit"], s[f"{seg}_attr"]
-        null = sel & 0xFFFC == 0
-        if null:
-            if seg in ("cs", "ss"):
-                _fail(ImpossibleState, f"{seg.upper()} holds a null selector in protected mode")
-            if s[f"{seg}_base"] or limit or attr:
-                _fail(UnsupportedState, f"{seg.upper()} is null but its cache is not empty: Unicorn "
-                                        "loads a null selector with base 0, limit 0, attr 0")
-            continue
+    def __init__(self, machine: Machine, seconds: float = 2.0):
+        import threading
+        self.m, self.seconds = machine, seconds
+        self.deadline: float | None = None
+        self.fired = False
+        self._thread = threading.Thread(target=self._loop, name="pgvirt-watchdog", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(max(self.seconds / 4, 0.01))
+            d = self.deadline
+            if d is not None and time.monotonic() > d:
+                self.fired = True
+                try:
+                    self.m.uc.emu_stop()
+                except Exception:   # not running any more: nothing to stop
+                    pass
+
+    def run(self, state, code: bytes, **kw):
+        self.fired = False
+        self.deadline = time.monotonic() + self.seconds
         try:
-            layout.descriptor(s[f"{seg}_base"], limit, attr)
-        except layout.EncodingError as e:
-            _fail(ImpossibleState, f"{seg}_attr/{seg}_limit: {e}; caches come from descriptors")
-        typ, dpl = attr & 0xF, (attr >> 5) & 3
-        is_code = bool(typ & 8)
-        what = seg.upper()
-        if not attr & 0x10 or not attr & 0x80:
-            _fail(ImpossibleState, f"{what} cache is not a present code/data segment "
-                                   f"(attr {attr:#x}); loads check S and P")
-        if not typ & 1:
-            _fail(ImpossibleState, f"{what} cache has the accessed bit clear; every segment load "
-                                   "sets it (SDM Vol. 3A 3.4.5.1)")
-        if seg == "cs":
-            if not is_code:
-                _fail(ImpossibleState, f"CS cache is a data segment (attr {attr:#x})")
-            if (typ & 4 and dpl > cpl) or (not typ & 4 and dpl != cpl):
-                kind = "conforming" if typ & 4 else "non-conforming"
-                _fail(ImpossibleState, f"CS DPL {dpl} at CPL {cpl} ({kind} code)")
-            if s["eip"] > limit:
-                _fail(ImpossibleState, f"EIP {s['eip']:#x} lies beyond the CS limit {limit:#x}")
-        elif seg == "ss":
-            if is_code or not typ & 2 or dpl != cpl:
-                _fail(ImpossibleState,
-                      f"SS cache must be writable data with DPL = CPL (attr {attr:#x})")
-        else:
-            if is_code and not typ & 2:
-                _fail(ImpossibleState,
-                      f"{what} cache is execute-only code; loads need readable segments")
-            if (sel & 3) > dpl and not (is_code and typ & 4):
-                _fail(ImpossibleState, f"{what} selector RPL {sel & 3} above its cache DPL {dpl}; "
-                                       "loads refuse it (SDM Vol. 3A 5.6)")
-            if dpl < cpl and not (is_code and typ & 4):
-                _fail(UnsupportedState, f"{what} cache DPL {dpl} < CPL {cpl}: only SYSEXIT reaches this, "
-                                        "and the IRETD the Machine enters through would null it")
+            out = self.m.run(state, code, **kw)
+        finally:
+            self.deadline = None
+        if self.fired:
+            raise IncompleteRun(f"the run took longer than {self.seconds} s and was stopped")
+        return out

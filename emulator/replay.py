@@ -36,8 +36,8 @@ from pgvirt.model.outcome import Fault, Next, from_changes_json
 
 from . import deviations as D
 from . import strategies
-from .crosscheck import ModelResult, Watchdog, compare
-from .machine import NOT_HELD, Machine, StateError
+from .crosscheck import ModelResult, compare
+from .machine import NOT_HELD, Machine, StateError, Watchdog
 
 OUTCOMES = ("confirmed", "emulator-deviation", "mismatch")
 Criterion = Callable[..., list]
@@ -63,7 +63,7 @@ class Run:
         if self.emulator is None:
             return {"error": self.error}
         if isinstance(self.emulator, Fault):
-            return {"fault": True, "vector": self.emulator.vector, "error_code": None,
+            return {"fault": True, "vector": self.emulator.vector, "error_code": self.emulator.code,
                     "reason": self.emulator.reason}
         return {"fault": False, "changed": _changed(self.state, self.emulator.state)}
 
@@ -166,23 +166,7 @@ class Replayer:
         if n.emulator is None or d.emulator is None:
             return Replay(form, profile, "mismatch", n, d, model, None, [], n.error or d.error)
         emu_crit = criterion(n.state, n.emulator, d.state, d.emulator, ignore=NOT_HELD)
-        if not model["criterion"]:
-            return Replay(form, profile, "mismatch", n, d, model, None, emu_crit,
-                          "the model's own predictions do not meet the counterexample criterion")
-        if not n.differences and not d.differences:
-            if emu_crit:
-                return Replay(form, profile, "confirmed", n, d, model, None, emu_crit,
-                              "; ".join(emu_crit))
-            return Replay(form, profile, "mismatch", n, d, model, None, emu_crit,
-                          "the emulator agrees with the model, yet its results do not meet the criterion")
-        if n.unexplained or d.unexplained:
-            left = [f"{lbl}: {x}" for lbl, r in (("native", n), ("deprivileged", d)) for x in r.unexplained]
-            return Replay(form, profile, "mismatch", n, d, model, None, emu_crit,
-                          "unexplained: " + "; ".join(left))
-        ids = list(dict.fromkeys(n.explained_by + d.explained_by))
-        why = "; ".join(f"{i}: {D.BY_ID[i].unicorn}" for i in ids)
-        return Replay(form, profile, "emulator-deviation", n, d, model, why, emu_crit,
-                      ", ".join(ids))
+        return _classify(form, profile, n, d, model, emu_crit, D.BY_ID)
 
 
 # --- hand-given pairs -------------------------------------------------------------------------------
@@ -281,3 +265,98 @@ def _check_state(s: dict, profile: profiles.Profile, where: str) -> None:
     if not strategies.wellformed(s, profile):
         raise ReplayInputError(f"{where}: not a well-formed state of the model "
                                f"(profiles.wellformed fails under {profile.name})")
+
+
+# --- on any oracle ---------------------------------------------------------------------------------
+ORACLE_OUTCOMES = OUTCOMES + ("not-run",)
+_LABEL = {"unicorn": "Unicorn", "bochs": "Bochs", "qemu": "QEMU"}
+
+
+def replay_on(oracle, items: list[tuple[str, Mapping]], criterion: Criterion, profile: str,
+              strict: bool = False) -> list[Replay]:
+    """Replay each (form, witness) of ``items`` on ``oracle`` (an ``oracles`` instance; a
+    full-system one runs every state of every pair in one batch), as ``Replayer.replay`` does on
+    Unicorn: confirmed / emulator-deviation (naming ``oracle``'s entries) / mismatch, and
+    ``not-run`` when the oracle refused a state or failed on it (``note`` says why).  The model's
+    side is each witness's own prediction; the compiled model only places the catch points."""
+    from .oracles import model_case
+    from .deviations import by_id, table
+    name = oracle.name
+    if name == "unicorn":
+        rp = Replayer(oracle.m)
+        return [rp.replay(form, w, criterion, profile, strict) for form, w in items]
+    feats = profiles.get(profile).features
+    cases, pairs = [], []
+    for form_name, w in items:
+        form = isa.get(form_name)
+        comp = concrete.compiled(form, feats)
+        for label in ("native", "deprivileged"):
+            s = w[label]
+            cases.append(model_case(form, s, comp.evaluate(s)))
+        pairs.append(form)
+    results = oracle.run(cases)
+    entries = by_id(name)
+    out = []
+    for k, (form, (form_name, w)) in enumerate(zip(pairs, items)):
+        runs = []
+        for j, label in enumerate(("native", "deprivileged")):
+            s, pred, res = w[label], w["model"][label], results[2 * k + j]
+            run = Run(s, dict(pred))
+            if res.outcome is None:
+                run.error = res.error or f"{name} refuses the {label} state: {res.refused}"
+                runs.append((run, res))
+                continue
+            run.emulator = res.outcome
+            model = ModelResult.from_prediction(s, pred)
+            comp = concrete.compiled(form, feats)
+            io_dep = _io_dep(comp, s)
+            run.differences = _compare_model(form, s, model, res, io_dep, _LABEL[name])
+            if run.differences:
+                obs = D.Observation(form, s, model.fault, model.post, res.outcome,
+                                    list(run.differences), set(model.addresses.get("mem", ())))
+                run.explained_by, run.unexplained = D.base.explain(table(name), obs)
+            runs.append((run, res))
+        (n, nres), (d, dres) = runs
+        model = {"native": w["model"]["native"], "deprivileged": w["model"]["deprivileged"],
+                 "criterion": criterion(n.state, from_changes_json(n.state, w["model"]["native"]),
+                                        d.state, from_changes_json(d.state, w["model"]["deprivileged"]))}
+        if n.emulator is None or d.emulator is None:
+            out.append(Replay(form, profile, "not-run", n, d, model, None, [], n.error or d.error))
+            continue
+        ignore = tuple(f for f in st.SCALARS if not _held(nres, f) or not _held(dres, f))
+        emu_crit = criterion(n.state, n.emulator, d.state, d.emulator, ignore=ignore)
+        out.append(_classify(form, profile, n, d, model, emu_crit, entries))
+    return out
+
+
+def _held(res, name: str) -> bool:
+    return res.observed is None or bool(res.observed.get(name))
+
+
+def _io_dep(comp, state):
+    from .crosscheck import io_dependent
+    return io_dependent(comp, state, comp.evaluate(state))
+
+
+def _compare_model(form, pre, model: ModelResult, res, io_dep, label):
+    """``crosscheck.compare_result`` with the witness's prediction on the model's side."""
+    from .crosscheck import compare_model
+    return compare_model(form, pre, model, res, io_dep, label)
+
+
+def _classify(form, profile, n: Run, d: Run, model: dict, emu_crit: list, entries) -> Replay:
+    if not model["criterion"]:
+        return Replay(form, profile, "mismatch", n, d, model, None, emu_crit,
+                      "the model's own predictions do not meet the counterexample criterion")
+    if not n.differences and not d.differences:
+        if emu_crit:
+            return Replay(form, profile, "confirmed", n, d, model, None, emu_crit, "; ".join(emu_crit))
+        return Replay(form, profile, "mismatch", n, d, model, None, emu_crit,
+                      "the emulator agrees with the model, yet its results do not meet the criterion")
+    if n.unexplained or d.unexplained:
+        left = [f"{lbl}: {x}" for lbl, r in (("native", n), ("deprivileged", d)) for x in r.unexplained]
+        return Replay(form, profile, "mismatch", n, d, model, None, emu_crit,
+                      "unexplained: " + "; ".join(left))
+    ids = list(dict.fromkeys(n.explained_by + d.explained_by))
+    why = "; ".join(f"{i}: {entries[i].emulator}" for i in ids)
+    return Replay(form, profile, "emulator-deviation", n, d, model, why, emu_crit, ", ".join(ids))

@@ -42,7 +42,7 @@ from .image import Guest, GuestError, load_guest
 from .scan import ScanResult, Site, scan
 from pgvirt.verify.cache import ClassificationCache, classifications
 from pgvirt.verify.popek_goldberg import Classification, Engine, classify_all
-from pgvirt.verify.solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict
+from pgvirt.verify.solver import DEFAULT_TIMEOUT_MS, QUICK_MS, Result, Session, Verdict
 
 __all__ = ["ClassificationCache", "classifications", "violation", "reason", "ScanReport",
            "scan_guest", "PatchResult", "patch_guest", "Manifest",
@@ -52,7 +52,6 @@ __all__ = ["ClassificationCache", "classifications", "violation", "reason", "Sca
 DEFAULT_PROFILE = "pentium"
 UNDECIDED = "undecided"
 VIOLATED = ("control_sensitive", "mode_sensitive", "location_sensitive", "user_sensitive")
-QUICK_MS = 300          # budget for one disjunct of an equivalence goal before the rest go together
 
 
 class PatchError(ValueError):

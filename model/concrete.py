@@ -78,12 +78,17 @@ class _Emitter:
         self.names: dict[int, str] = {}
         self.scalars = scalars           # constant name -> python expression
         self.ufs: set[str] = set()
+        # Names are keyed by Z3 AST id, and Z3 reuses the id of a freed AST: every root stays
+        # referenced here, so a term built afresh later (a property's And) never inherits the
+        # name of a dead one (found by Outcome.in_segments, compiled after Outcome.assumed).
+        self._alive: list = []
 
     def name(self, e) -> str:
         return self.names[e.get_id()]
 
     def compile(self, root) -> str:
         """Emit code for ``root`` and everything below it (iteratively, post-order)."""
+        self._alive.append(root)
         stack = [(root, False)]
         while stack:
             e, ready = stack.pop()
@@ -243,6 +248,8 @@ class Run:
     io: Any
     loads: tuple
     stores: tuple
+    in_segments: bool = True     # Outcome.in_segments: no access of the run is a memory trap
+    in_current_segments: bool = True   # Outcome.in_current_segments
 
     def read(self, array: str, address: int) -> int:
         return _sel(self.mem if array == "mem" else self.io, address)
@@ -288,7 +295,7 @@ class Compiled:
         if len(values) < len(st.FIELDS) and any(n not in values for n in st.SCALARS):
             # missing scalars read 0, as in ``state.concrete``
             values = {**{n: st.FIELD[n].default for n in st.SCALARS}, **values}
-        fails, codes, assumed, post, mem, io, loads, stores = self._fn(
+        fails, codes, assumed, post, mem, io, loads, stores, segs, current = self._fn(
             values, values.get("mem", {}), values.get("io", {}), uf or _default_uf)
         fault = None
         for k, f in enumerate(fails):
@@ -297,10 +304,10 @@ class Compiled:
                 fault = Fault(c.vector, codes[k] if c.has_code else None, c.reason)
                 break
         if not complete:
-            return Run(fault, assumed, post, mem, io, loads, stores)
+            return Run(fault, assumed, post, mem, io, loads, stores, segs, current)
         full = {n: values.get(n, st.FIELD[n].default) for n in st.SCALARS}
         full.update(post)
-        return Run(fault, assumed, full, mem, io, loads, stores)
+        return Run(fault, assumed, full, mem, io, loads, stores, segs, current)
 
     def run(self, values: Mapping, uf: Callable | None = None) -> Fault | Next:
         """The same answer as ``form.execute(values, code, features)``."""
@@ -311,7 +318,7 @@ def compile_outcome(form: Form, features: frozenset = frozenset(), code: bytes |
     """Compile ``form`` (run once on a fresh symbolic state) into a Python function."""
     code = form.bytes if code is None else bytes(code)
     s = st.fresh("s")
-    o = form.run(s, code, frozenset(features))
+    o = form.run(s, code, frozenset(features), record=True)
     scalars = {f"s.{n}": f"V[{n!r}]" for n in st.SCALARS}
     scalars["s.mem"] = "MEM"
     scalars["s.io"] = "IO"
@@ -329,6 +336,8 @@ def compile_outcome(form: Form, features: frozenset = frozenset(), code: bytes |
     io = em.compile(o.post.io)
     loads = [(arr, em.compile(a)) for arr, a in o.loads]
     stores = [(arr, em.compile(a)) for arr, a in o.stores]
+    segs = em.compile(o.in_segments)
+    current = em.compile(o.in_current_segments)
 
     def tup(items):
         return "(" + "".join(f"{i}, " for i in items) + ")"
@@ -337,7 +346,8 @@ def compile_outcome(form: Form, features: frozenset = frozenset(), code: bytes |
     src = (f"def _f(V, MEM, IO, UF):\n{body}\n"
            f"    return ({tup(fails)}, {tup(codes)}, {assumed}, "
            f"{{{', '.join(f'{n!r}: {v}' for n, v in post)}}}, {mem}, {io}, "
-           f"{tup(f'({a!r}, {v})' for a, v in loads)}, {tup(f'({a!r}, {v})' for a, v in stores)})\n")
+           f"{tup(f'({a!r}, {v})' for a, v in loads)}, {tup(f'({a!r}, {v})' for a, v in stores)}, "
+           f"{segs}, {current})\n")
     env = {"SEL": _sel, "CONST": _Const, "min": min, "len": len}
     exec(compile(src, f"<compiled {form.name}>", "exec"), env)
     checks = tuple(CheckInfo(c.vector, c.reason, c.code is not None) for c in o.checks)

@@ -52,11 +52,13 @@ class Event:
     cite: str
     bytes: bytes = b""          # an event has no encoding: ``compile_outcome`` reads this
 
-    def run(self, s: State, code: bytes | None = None, features: frozenset[str] = frozenset()) -> Outcome:
+    def run(self, s: State, code: bytes | None = None, features: frozenset[str] = frozenset(),
+            record: bool = False) -> Outcome:
+        """As ``Form.run``; ``record`` notes the segment-relative accesses (the frame pushes)."""
         from .isa.transfers import deliver
 
         # Length 0: the "next instruction" of an event is the current EIP (the return address).
-        x = Exec(self, s, Decoded(length=0), frozenset(features))
+        x = Exec(self, s, Decoded(length=0), frozenset(features), record)
         code_term = None if self.error_code is None else z3.BitVecVal(self.error_code, 32)
         deliver(x, self.vector, software=False, error_code=code_term)
         return x.finish()

@@ -65,7 +65,8 @@ def _select(arr, a):
 class Exec:
     """The state of one symbolic execution of a form."""
 
-    def __init__(self, form: "Form", s: State, d: Decoded, features: frozenset[str] = frozenset()):
+    def __init__(self, form: "Form", s: State, d: Decoded, features: frozenset[str] = frozenset(),
+                 record: bool = False):
         self.form = form
         self.features = features
         self.pre = s
@@ -78,6 +79,11 @@ class Exec:
         self._stores: list[tuple[str, object]] = []
         self._jumped: z3.BoolRef = z3.BoolVal(False)
         self._effects: set[str] = set()
+        # Segment-relative accesses are noted only when asked (``record``): the references they
+        # keep would change which Z3 AST ids get reused, and with them the solver's witnesses.
+        self.recording = record
+        self._segmented: list[tuple] = []
+        self._fetch(s.eip, d.length)
 
     def has(self, feature: str) -> z3.BoolRef:
         """Whether the processor has ``feature`` (a profile fact, e.g. "umip"; ``features``)."""
@@ -206,6 +212,43 @@ class Exec:
     def seg_base(self, seg: str):
         return self.s[f"{seg}_base"]
 
+    def _through(self, seg: str, linear, size: int, write: bool):
+        """Note an access through ``seg`` at ``linear`` (its base plus the offset) for
+        ``Outcome.in_segments``, and return ``linear``.  Only terms that exist already are kept
+        (the offset is derived when the predicate is built), so recording creates no Z3 term:
+        the solver sees the very formulas, built in the very order, that it saw without it."""
+        if not self.recording:
+            return linear
+        s = self.s
+        current = self._same(seg)
+        self._segmented.append((self.path, len(self._checks), current, s[seg], s[f"{seg}_base"],
+                                s[f"{seg}_limit"], s[f"{seg}_attr"], linear, size, write, s.cpl,
+                                s.cr0, s.sysflags, seg))
+        return linear
+
+    def _fetch(self, eip, length: int) -> None:
+        """Note an instruction fetch at CS:``eip`` (the instruction itself, a jump's target)."""
+        if not self.recording:
+            return
+        s = self.s
+        current = self._same("cs")
+        self._segmented.append((self.path, len(self._checks), current, s.cs, None, s.cs_limit, s.cs_attr,
+                                eip, length, False, s.cpl, s.cr0, s.sysflags, "fetch"))
+
+    def _same(self, seg: str):
+        """Whether ``seg`` still holds the limit and attributes it started with (a term: a form
+        may rewrite it under a condition, a far CALL's SS for instance).  Recording only."""
+        s, pre = self.s, self.pre
+        parts = [s[f] == pre[f] for f in (f"{seg}_limit", f"{seg}_attr") if s[f] is not pre[f]]
+        return z3.And(parts) if parts else z3.BoolVal(True)
+
+    def seg_load(self, seg: str, linear, size: int):
+        """Load ``size`` bytes at ``linear`` through ``seg`` (no limit or type checks: README)."""
+        return self.load(self._through(seg, linear, size, False), size)
+
+    def seg_store(self, seg: str, linear, size: int, value) -> None:
+        self.store(self._through(seg, linear, size, True), size, value)
+
     def offset(self):
         """Effective offset of the ModRM memory operand (SDM Vol. 2A 2.1.5): with a 16-bit
         address size the sum of BX/BP/SI/DI and the displacement, modulo 64 KiB (Table 2-1)."""
@@ -274,14 +317,18 @@ class Exec:
             with self.when(again):
                 self.jump(self.pre.eip)
 
-    def rm(self, size: int):
+    def rm(self, size: int, rmw: bool = False):
+        """The r/m operand; ``rmw``: a memory destination the instruction may write back, which
+        must lie in a writable segment whether or not it is written (``Outcome.in_segments``)."""
         if self.d.is_mem:
-            return self.load(self.ea(), size)
+            if rmw and self.recording:
+                self._through(self.default_seg(), self.ea(), size, True)
+            return self.seg_load(self.default_seg(), self.ea(), size)
         return self.gpr(self.d.rm, size)
 
     def set_rm(self, size: int, value) -> None:
         if self.d.is_mem:
-            self.store(self.ea(), size, value)
+            self.seg_store(self.default_seg(), self.ea(), size, value)
         else:
             self.set_gpr(self.d.rm, size, value)
 
@@ -294,15 +341,16 @@ class Exec:
     # --- stack and control flow -----------------------------------------------------------------
     def push(self, value, size: int = 4) -> None:
         esp = self.s.esp - size
-        self.store(self.s.ss_base + esp, size, value)
+        self.seg_store("ss", self.s.ss_base + esp, size, value)
         self.write("esp", esp)
 
     def pop(self, size: int = 4):
-        v = self.load(self.s.ss_base + self.s.esp, size)
+        v = self.seg_load("ss", self.s.ss_base + self.s.esp, size)
         self.write("esp", self.s.esp + size)
         return v
 
     def jump(self, eip) -> None:
+        self._fetch(eip, 1)
         self.write("eip", eip)
         self._jumped = z3.Or(self._jumped, self.path)
 
@@ -321,7 +369,8 @@ class Exec:
         post = self.s.replace(eip=eip)
         effects = tuple(sorted(self._effects | {"eip"}))
         return Outcome(self.pre, tuple(self._checks), post, tuple(self._assumptions),
-                       tuple(self._loads), tuple(self._stores), effects)
+                       tuple(self._loads), tuple(self._stores), effects,
+                       tuple(self._segmented) if self.recording else None)
 
 
 @dataclass(frozen=True)
@@ -353,10 +402,12 @@ class Form:
             return self.decoder(raw)
         return decode(self.enc, raw)
 
-    def run(self, s: State, code: bytes | None = None, features: frozenset[str] = frozenset()) -> Outcome:
-        """Execute on ``s`` (symbolic or concrete); ``code`` is a site's bytes (default: canonical)."""
+    def run(self, s: State, code: bytes | None = None, features: frozenset[str] = frozenset(),
+            record: bool = False) -> Outcome:
+        """Execute on ``s`` (symbolic or concrete); ``code`` is a site's bytes (default: canonical);
+        ``record`` notes the segment-relative accesses for ``Outcome.in_segments``."""
         d = self.decode(code)
-        x = Exec(self, s, d, frozenset(features))
+        x = Exec(self, s, d, frozenset(features), record)
         if d.lock and not (self.enc.lockable and d.is_mem):
             # Decoded before anything executes: the one generic LOCK rule (SDM Vol. 2A LOCK;
             # Vol. 3A 8.1.2.2).  The instance is #UD in every state; nothing else happens.

@@ -94,6 +94,11 @@ class Outcome:
     loads: tuple[tuple[str, Any], ...]    # (array field, address term) read
     stores: tuple[tuple[str, Any], ...]   # (array field, address term) written
     effects: tuple[str, ...] = field(default=())  # scalar fields the form may change
+    # segment-relative accesses, for ``in_segments``: (path, checks before it, whether the
+    # segment is still the one the instruction started with, selector, base,
+    # limit, attr, linear address, size, write, cpl, cr0, sysflags, register name), each term as
+    # it stood then; a fetch ("fetch") has no base and the offset (EIP) for the address
+    segmented: tuple | None = field(default=None, compare=False)   # None: not recorded
 
     # Computed once per outcome: the queries ask for them many times.
     @cached_property
@@ -115,6 +120,59 @@ class Outcome:
             cv = z3.BitVecVal(-1, 33) if c.code is None else z3.ZeroExt(1, c.code)
             v = z3.If(c.fails, cv, v)
         return v
+
+    @property
+    def in_segments(self) -> z3.BoolRef:
+        return self.segments_ok(True)
+
+    @property
+    def in_current_segments(self) -> z3.BoolRef:
+        """No memory trap through the segments the instruction starts with, even past a check the
+        model makes first: hardware may raise such a trap before the model's fault (a far CALL's
+        push onto the current stack comes before its offset check, SDM Vol. 2A CALL)."""
+        return self.segments_ok(False, current_only=True)
+
+    def segments_ok(self, guarded: bool = True, current_only: bool = False) -> z3.BoolRef:
+        """No access of the run is a *memory trap*: every segment-relative access lies inside its
+        segment (limit, expand-down bounds), goes through a usable segment of the right type
+        (not null, no write to code or read-only data, no read of execute-only code) and is
+        aligned where CPL 3 with CR0.AM = EFLAGS.AC = 1 asks for it (SDM Vol. 3A 5.3-5.6, 6.15
+        #AC, on the linear address); the instruction's bytes and a jump's target lie inside CS
+        (SDM Vol. 2A JMP).  The model assumes these away (README: memory traps are outside Popek and
+        Goldberg's definitions); an emulator that checks them is compared only where this holds.
+        An access counts only on its path and when no check before it fired (a run that faults
+        earlier never makes it).  Recorded accesses never change what the run computes."""
+        if self.segmented is None:
+            raise ValueError("segment accesses were not recorded: run the form with record=True")
+        oks = []
+        for path, k, current, sel, base, limit, attr, addr, size, write, cpl, cr0, sysflags, reg in self.segmented:
+            if current_only:
+                path = z3.And(path, current)
+            if k and guarded:
+                path = z3.And(path, z3.Not(z3.Or([c.fails for c in self.checks[:k]])))
+            off = addr if base is None else addr - base
+            if reg == "fetch":
+                last = z3.ZeroExt(1, off) + (size - 1)
+                oks.append(z3.Implies(path, z3.ULE(last, z3.ZeroExt(1, limit))))
+                continue
+            code = z3.Extract(3, 3, attr) == 1
+            bit1 = z3.Extract(1, 1, attr) == 1
+            down = z3.And(z3.Not(code), z3.Extract(2, 2, attr) == 1)
+            first = z3.ZeroExt(1, off)
+            last = first + (size - 1)
+            lim = z3.ZeroExt(1, limit)
+            upper = z3.If(z3.Extract(14, 14, attr) == 1, z3.BitVecVal(0xFFFFFFFF, 33),
+                          z3.BitVecVal(0xFFFF, 33))
+            inside = z3.If(down, z3.And(z3.UGT(first, lim), z3.ULE(last, upper)), z3.ULE(last, lim))
+            typed = z3.If(code, z3.BoolVal(False) if write else bit1,
+                          bit1 if write else z3.BoolVal(True))
+            usable = z3.BoolVal(True) if reg in ("cs", "ss") else z3.Extract(15, 2, sel) != 0
+            aligned = z3.BoolVal(True)
+            if size > 1:
+                aligned = z3.Or(cpl != 3, z3.Extract(18, 18, cr0) == 0,
+                                z3.Extract(18, 18, sysflags) == 0, (addr & (size - 1)) == 0)
+            oks.append(z3.Implies(path, z3.And(usable, typed, inside, aligned)))
+        return z3.And(oks) if oks else z3.BoolVal(True)
 
     @property
     def assumed(self) -> z3.BoolRef:

@@ -304,7 +304,7 @@ def test_machine_still_works_after_errors(m):
 # --- the deviation table ---------------------------------------------------------------------
 @pytest.mark.parametrize("dev", deviations.DEVIATIONS, ids=lambda d: d.id)
 def test_deviation_still_present(m, dev):
-    assert dev.reproduce(m), f"Unicorn no longer shows {dev.id}: update emulator/deviations.py"
+    assert dev.reproduce(m), f"Unicorn no longer shows {dev.id}: update emulator/deviations/unicorn.py"
     assert dev.affects and dev.sdm and dev.unicorn and dev.kind in ("semantics", "api")
 
 

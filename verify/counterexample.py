@@ -174,13 +174,81 @@ def query(eng: Engine) -> Query:
                  {"native": o, "deprivileged": od}, {"deprivileged": list(extra_d)}, tidy, eng.wf)
 
 
-def find(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Counterexample:
-    """Solve the counterexample query for ``form`` under ``profile``."""
+def steering(form: Form, q: Query, avoid) -> list[tuple[str, z3.BoolRef]]:
+    """(id, constraint) for each ``avoid`` entry that can affect ``form``: neither run of the pair
+    meets its trigger.  ``avoid`` holds (id, trigger) with ``trigger(form, state, outcome)`` a Z3
+    Boolean over the model's terms, or None when the entry cannot affect the form (an emulator's
+    deviation table supplies them; this module knows no emulator)."""
+    out = []
+    for ident, trigger in avoid or ():
+        parts = [t for t in (trigger(form, q.states[k], q.outcomes[k]) for k in ("native", "deprivileged"))
+                 if t is not None]
+        if parts:
+            out.append((ident, z3.Not(z3.Or(parts))))
+    return out
+
+
+def unavoidable(eng: Engine, q: Query, steer: list) -> list[str]:
+    """Which entries of ``steer`` (together UNSAT with ``q``) make it so: each one that alone
+    leaves no witness; if none does alone, all of them together."""
+    import dataclasses
+    alone = []
+    for ident, c in steer:
+        if z3.is_false(z3.simplify(c)):
+            alone.append(ident)
+            continue
+        r, _ = eng.solve(dataclasses.replace(q, constraints=q.constraints + [c]))
+        if r.verdict is Verdict.PROVED:
+            alone.append(ident)
+    return alone or [i for i, _ in steer]
+
+
+def find(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT_TIMEOUT_MS,
+         avoid=None) -> Counterexample:
+    """Solve the counterexample query for ``form`` under ``profile``.
+
+    ``avoid``: (id, trigger) pairs of an emulator's known deviations (``steering``).  The pair is
+    first asked to meet none of them; only if no such pair exists (or the solver cannot tell) is
+    the query asked without them, and the witness then says which entries were unavoidable
+    (``witness["steering"]``: {"avoided": ids} or {"unavoidable": ids} or {"unknown": ids})."""
     form = isa.get(form) if isinstance(form, str) else form
     profile = profiles.get(profile) if isinstance(profile, str) else profile
     t0 = time.perf_counter()
     eng = Engine(form, profile, timeout_ms)
     q = query(eng)
+    steer = steering(form, q, avoid)
+    if steer:
+        import dataclasses
+        # an entry whose trigger always holds for this form cannot be avoided: no need to ask
+        hopeless = [i for i, c in steer if z3.is_false(z3.simplify(c))]
+        rest = [(i, c) for i, c in steer if i not in hopeless]
+        r2 = None
+        if rest:
+            q2 = dataclasses.replace(q, constraints=q.constraints + [c for _, c in rest])
+            # within the tidy shape first (flat segments, low tables): it meets most triggers'
+            # negations already, so that query is usually the easy one
+            r2, chosen2 = eng.solve(dataclasses.replace(q2, constraints=q2.constraints + q.tidy))
+            if r2.verdict is not Verdict.REFUTED:
+                r2, chosen2 = eng.solve(q2)
+            if r2.verdict is Verdict.UNKNOWN:
+                # the steered query is the harder one; the search is chaotic: one longer try
+                eng.timeout *= 3
+                try:
+                    r2, chosen2 = eng.solve(q2)
+                finally:
+                    eng.timeout //= 3
+            if r2.verdict is Verdict.REFUTED:
+                w, _ = eng.witness(q2, r2, chosen2, readable=True)
+                w = _finish(w)
+                w["steering"] = {"avoided": [i for i, _ in rest]}
+                if hopeless:
+                    w["steering"]["unavoidable"] = hopeless
+                return Counterexample(form, profile, "found", w, time.perf_counter() - t0,
+                                      "; ".join(w["criterion"]))
+        if r2 is None or r2.verdict is Verdict.PROVED:
+            steered = {"unavoidable": hopeless + (unavoidable(eng, q, rest) if rest else [])}
+        else:
+            steered = {"unknown": [i for i, _ in rest], "unavoidable": hopeless}
     r, chosen = eng.solve(q)
     if r.verdict is Verdict.PROVED:
         return Counterexample(form, profile, "none", None, time.perf_counter() - t0,
@@ -190,6 +258,8 @@ def find(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT_TIM
                               r.reason or "solver gave no answer")
     w, _ = eng.witness(q, r, chosen, readable=True)
     w = _finish(w)
+    if steer:
+        w["steering"] = steered
     return Counterexample(form, profile, "found", w, time.perf_counter() - t0,
                           "; ".join(w["criterion"]))
 
@@ -252,20 +322,21 @@ def _vis(name: str, v: int) -> int:
 # --- many forms -----------------------------------------------------------------------------------
 
 def _job(args) -> dict:
-    name, pname, timeout = args
-    return find(name, pname, timeout).as_json()
+    name, pname, timeout, avoid = args
+    return find(name, pname, timeout, avoid).as_json()
 
 
 def find_many(names: list[str], profile: Profile | str, jobs: int | None = None,
-              timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None) -> list[dict]:
-    """``find`` for each form (JSON dicts, in ``names`` order) in ``jobs`` worker processes."""
+              timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None, avoid=None) -> list[dict]:
+    """``find`` for each form (JSON dicts, in ``names`` order) in ``jobs`` worker processes;
+    ``avoid`` as in ``find`` (module-level triggers, so they reach the workers)."""
     import os
 
     from pgvirt.model import parallel
 
     pname = profile if isinstance(profile, str) else profile.name
     profiles.get(pname)
-    work = [(n, pname, timeout_ms) for n in names]
+    work = [(n, pname, timeout_ms, list(avoid) if avoid else None) for n in names]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work) or 1))
     done: dict[str, dict] = {}
     if jobs == 1:

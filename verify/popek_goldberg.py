@@ -28,20 +28,19 @@ from typing import Any
 
 import z3
 
-from pgvirt.model import isa, profiles, state as st
+from pgvirt.model import isa, monitor, profiles, state as st
 from pgvirt.model.derived import forms as dforms, registry
 from pgvirt.model.form import Form
 from pgvirt.model.outcome import Fault, Next, Outcome, changes_json
 from pgvirt.model.profiles import Profile
 
-from .solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict, in_worker
+from .solver import DEFAULT_TIMEOUT_MS, QUICK_MS, Result, Session, Verdict, in_worker
 
 CLASSES = ("privileged", "control_sensitive", "mode_sensitive", "location_sensitive",
            "behavior_sensitive", "sensitive", "user_sensitive", "innocuous")
-QUICK_MS = 300  # budget for one disjunct of a goal before the undecided ones are asked together
 TIDY_MS = 2000  # budget for re-solving a SAT query into a readable witness
-SEG_SPACE = tuple(f"{r}_{k}" for r in st.SREGS for k in ("base", "limit"))
-RPL_COUPLED = ("cs", "ss")
+SEG_SPACE = monitor.ADDRESS_SPACE        # the guest's address space: relocation keeps it
+RPL_COUPLED = monitor.RPL_COUPLED
 
 
 # --- three-valued logic ----------------------------------------------------------------------

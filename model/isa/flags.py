@@ -190,13 +190,14 @@ def _step(x, size: int):
 def _ins_body(x, port, size: int) -> None:
     """ES:(E)DI := port; the destination is always ES, a segment prefix does not apply to it."""
     di = x.areg(7)
-    x.store(x.es_base + di, size, x.load(port, size, array="io"))
+    x.seg_store("es", x.es_base + di, size, x.load(port, size, array="io"))
     x.set_areg(7, di + _step(x, size))
 
 
 def _outs_body(x, port, size: int) -> None:
     si = x.areg(6)
-    x.store(port, size, x.load(x.seg_base(x.d.seg or "ds") + si, size), array="io")
+    seg = x.d.seg or "ds"
+    x.store(port, size, x.seg_load(seg, x.seg_base(seg) + si, size), array="io")
     x.set_areg(6, si + _step(x, size))
 
 

@@ -789,27 +789,27 @@ def _dest(x):
 
 def _movs(x, size: int) -> None:
     step = _string_step(x, size)
-    x.store(_dest(x), size, x.load(_source(x), size))
+    x.seg_store("es", _dest(x), size, x.seg_load(x.d.seg or "ds", _source(x), size))
     x.set_areg(6, x.areg(6) + step)
     x.set_areg(7, x.areg(7) + step)
 
 
 def _stos(x, size: int) -> None:
     step = _string_step(x, size)
-    x.store(_dest(x), size, x.gpr(0, size))
+    x.seg_store("es", _dest(x), size, x.gpr(0, size))
     x.set_areg(7, x.areg(7) + step)
 
 
 def _lods(x, size: int) -> None:
     step = _string_step(x, size)
-    x.set_gpr(0, size, x.load(_source(x), size))
+    x.set_gpr(0, size, x.seg_load(x.d.seg or "ds", _source(x), size))
     x.set_areg(6, x.areg(6) + step)
 
 
 def _cmps(x, size: int) -> None:
     """Flags of [source] - [destination], as SUB; both index registers step."""
     step = _string_step(x, size)
-    _set_flags(x, **_sub(x.load(_source(x), size), x.load(_dest(x), size))[1])
+    _set_flags(x, **_sub(x.seg_load(x.d.seg or "ds", _source(x), size), x.seg_load("es", _dest(x), size))[1])
     x.set_areg(6, x.areg(6) + step)
     x.set_areg(7, x.areg(7) + step)
 
@@ -817,7 +817,7 @@ def _cmps(x, size: int) -> None:
 def _scas(x, size: int) -> None:
     """Flags of AL/AX/EAX - [destination], as SUB."""
     step = _string_step(x, size)
-    _set_flags(x, **_sub(x.gpr(0, size), x.load(_dest(x), size))[1])
+    _set_flags(x, **_sub(x.gpr(0, size), x.seg_load("es", _dest(x), size))[1])
     x.set_areg(7, x.areg(7) + step)
 
 

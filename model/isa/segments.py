@@ -32,7 +32,7 @@ def _push_sreg(x, sreg: str) -> None:
     zero-extended doubleword instead, so the two upper stack bytes can differ from it.
     """
     esp = x.esp - 4
-    x.store(x.ss_base + esp, 2, x.read(sreg))
+    x.store(x._through("ss", x.ss_base + esp, 4, True), 2, x.read(sreg))   # the slot is 4 bytes
     x.write("esp", esp)
 
 
@@ -111,7 +111,7 @@ def _pop_sreg(x, sreg: str) -> None:
     read (Bochs does the same; the upper word never reaches any register).  The load runs the
     checks of SDM Vol. 3A 5.6 (DS/ES/FS/GS) or 5.7 (SS).
     """
-    sel = x.load(x.ss_base + x.esp, 2)
+    sel = x.load(x._through("ss", x.ss_base + x.esp, 4, False), 2)        # the slot is 4 bytes
     x.write("esp", x.esp + 4)
     _load_sreg(x, sreg, sel)
 
@@ -144,7 +144,7 @@ def pop_gs(x):
 def _pop_sreg16(x, sreg: str) -> None:
     """16-bit POP to a segment register: the selector word at SS:ESP, ESP up by 2, then the load
     and its checks (SDM Vol. 2B POP; Vol. 3A 5.6, 5.7)."""
-    sel = x.load(x.ss_base + x.esp, 2)
+    sel = x.seg_load("ss", x.ss_base + x.esp, 2)
     x.write("esp", x.esp + 2)
     _load_sreg(x, sreg, sel)
 
@@ -592,7 +592,7 @@ def verw_m_o16(x):
 def _arpl(x):
     """ARPL r/m16, r16 (SDM Vol. 2A ARPL; Vol. 3A 5.10.4): if the destination's RPL is below the
     source's, raise it to the source's and set ZF, else clear ZF and leave the destination alone."""
-    dest = x.rm(2)
+    dest = x.rm(2, rmw=True)    # "#GP(0) if the destination is located in a non-writable segment"
     src = x.reg(2)
     adjust = z3.ULT(rpl(dest), rpl(src))
     x.set_flag(st.ZF, adjust)
@@ -632,8 +632,9 @@ def _load_far_pointer(x, sreg: str, size: int = 4) -> None:
     bytes) then the selector word; the segment load and its checks come first, so a fault leaves
     the register unwritten.  The pointer is read through the old segment state, before the load
     replaces it."""
-    offset = x.load(x.ea(), size)
-    sel = x.load(x.ea(size), 2)
+    seg = x.default_seg()
+    offset = x.seg_load(seg, x.ea(), size)
+    sel = x.seg_load(seg, x.ea(size), 2)
     _load_sreg(x, sreg, sel)
     x.set_reg(size, offset)
 

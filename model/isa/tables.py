@@ -11,8 +11,9 @@ from ..outcome import GP, NP
 
 def _store_table_register(x, base, limit):
     x.require(z3.Not(checks.umip_blocks(x)), GP, 0, "CR4.UMIP = 1 and CPL > 0")
-    x.store(x.ea(), 2, limit)
-    x.store(x.ea(2), 4, base)
+    seg = x.default_seg()
+    x.seg_store(seg, x.ea(), 2, limit)
+    x.seg_store(seg, x.ea(2), 4, base)
 
 
 @form("sgdt_m", enc="o32 0F 01 /0 mem", bytes="0f0100", asm="sgdt [eax]",
@@ -136,8 +137,9 @@ def _load_table_register(x, base_field, limit_field, what, size: int = 4):
     operand size from the next 3 with the base's high byte zero (SDM Vol. 2A LGDT/LIDT:
     "GDTR(Base) := SRC[16:47] AND 00FFFFFFH"; the sixth byte is not used)."""
     checks.require_cpl0(x, what)
-    x.write(limit_field, x.load(x.ea(), 2))
-    base = x.load(x.ea(2), 4 if size == 4 else 3)
+    seg = x.default_seg()
+    x.write(limit_field, x.seg_load(seg, x.ea(), 2))
+    base = x.seg_load(seg, x.ea(2), 4 if size == 4 else 3)
     x.write(base_field, z3.ZeroExt(32 - base.size(), base))
 
 

@@ -282,7 +282,7 @@ def call_far_ptr(x):
 
 @form("call_far_m", enc="o32 FF /3 mem", bytes="ff18", asm="call ptr [eax]", cite=_CALL)
 def call_far_m(x):
-    _far_call(x, x.load(x.ea(4), 2), x.load(x.ea(), 4))
+    _far_call(x, x.seg_load(x.default_seg(), x.ea(4), 2), x.seg_load(x.default_seg(), x.ea(), 4))
 
 
 @form("call_far_ptr16", enc="o16 9A cd", bytes="669a78563412", asm="lcall 0x1234, 0x5678",
@@ -294,7 +294,7 @@ def call_far_ptr16(x):
 
 @form("call_far_m16", enc="o16 FF /3 mem", bytes="66ff18", asm="lcall [eax]", cite=_CALL)
 def call_far_m16(x):
-    _far_call(x, x.load(x.ea(2), 2), z3.ZeroExt(16, x.load(x.ea(), 2)), 2)
+    _far_call(x, x.seg_load(x.default_seg(), x.ea(2), 2), z3.ZeroExt(16, x.seg_load(x.default_seg(), x.ea(), 2)), 2)
 
 
 # --- far JMP -------------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ def jmp_far_ptr(x):
 @form("jmp_far_m", enc="o32 FF /5 mem", bytes="ff28", asm="jmp ptr [eax]",
       cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
 def jmp_far_m(x):
-    _far_jmp(x, x.load(x.ea(4), 2), x.load(x.ea(), 4))
+    _far_jmp(x, x.seg_load(x.default_seg(), x.ea(4), 2), x.seg_load(x.default_seg(), x.ea(), 4))
 
 
 @form("jmp_far_ptr16", enc="o16 EA cd", bytes="66ea78563412", asm="ljmp 0x1234:0x5678",
@@ -346,7 +346,7 @@ def jmp_far_ptr16(x):
 @form("jmp_far_m16", enc="o16 FF /5 mem", bytes="66ff28", asm="ljmp [eax]",
       cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
 def jmp_far_m16(x):
-    _far_jmp(x, x.load(x.ea(2), 2), z3.ZeroExt(16, x.load(x.ea(), 2)), 2)
+    _far_jmp(x, x.seg_load(x.default_seg(), x.ea(2), 2), z3.ZeroExt(16, x.seg_load(x.default_seg(), x.ea(), 2)), 2)
 
 
 # --- RETF ----------------------------------------------------------------------------------------
@@ -362,17 +362,17 @@ def _far_return(x, imm: int, size: int = 4) -> None:
     cpl, esp, base = x.cpl, x.esp, x.ss_base
 
     def item(at, n=w):
-        v = x.load(base + esp + at, n)
+        v = x.seg_load("ss", base + esp + at, n)
         return z3.ZeroExt(32 - v.size(), v) if n == w and v.size() < 32 else v
 
     eip = item(0)
-    sel = x.load(base + esp + w, 2)
+    sel = x.seg_load("ss", base + esp + w, 2)
     d = _return_code(x, sel, what)
     r = rpl(sel)
     outer = z3.UGT(r, cpl)
     with x.when(outer):
         new_esp = item(2 * w + imm)
-        new_ss = x.load(base + esp + 3 * w + imm, 2)
+        new_ss = x.seg_load("ss", base + esp + 3 * w + imm, 2)
         sd = _return_stack(x, new_ss, r, what)
     x.require(z3.ULE(eip, d.limit), GP, 0, f"{what}: return offset beyond the code segment limit")
     _enter(x, sel, d, eip, r)
@@ -517,11 +517,11 @@ def _iret(x, size: int) -> None:
     cpl, esp, base = x.cpl, x.esp, x.ss_base
 
     def item(at):
-        v = x.load(base + esp + at, w)
+        v = x.seg_load("ss", base + esp + at, w)
         return v if w == 4 else z3.ZeroExt(16, v)
 
     eip = item(0)
-    sel = x.load(base + esp + w, 2)
+    sel = x.seg_load("ss", base + esp + w, 2)
     popped = item(2 * w)
     x.assume(z3.Or(cpl != 0, z3.Not(st.bit(popped, st.VM))),
              f"{what} at CPL 0 with VM = 1 in the popped EFLAGS returns to virtual-8086 mode: not modelled")
@@ -530,7 +530,7 @@ def _iret(x, size: int) -> None:
     outer = z3.UGT(r, cpl)
     with x.when(outer):
         new_esp = item(3 * w)
-        new_ss = x.load(base + esp + 4 * w, 2)
+        new_ss = x.seg_load("ss", base + esp + 4 * w, 2)
         sd = _return_stack(x, new_ss, r, what)
     x.require(z3.ULE(eip, d.limit), GP, 0, f"{what}: return offset beyond the code segment limit")
     _iret_flags(x, popped, cpl, size)

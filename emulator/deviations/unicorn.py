@@ -1,4 +1,4 @@
-"""Where Unicorn 2.1.4 (QEMU 5.0 TCG) departs from the SDM: ONE table, each entry reproducible.
+"""Where Unicorn 2.1.4 (QEMU 5.0 TCG) departs from the SDM: its table, each entry reproducible.
 
 Every ``Deviation`` names what it affects, what the SDM says, what Unicorn does, and a
 ``reproduce(machine)`` that runs a minimal case on a ``Machine`` and returns True while Unicorn
@@ -17,105 +17,15 @@ predicates never change what the model says: they only name where Unicorn is kno
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
-
 from pgvirt.model import concrete
 from pgvirt.model import state as st
 from pgvirt.model.features import KNOWN
-from pgvirt.model.form import Form
 from pgvirt.model.outcome import BP, DB, DF, GP, NM, NP, OF, SS, UD, Fault, Next
 
-from . import states as S
-from .machine import NOT_HELD, Machine, error_codes_observable
-
-
-@dataclass(frozen=True)
-class Diff:
-    """One difference between the model's result and Unicorn's.
-
-    ``kind``: "outcome" (fault versus completion, or different vectors), "reg" (a scalar field;
-    ``key`` is its name), "mem" or "io" (``key`` is the address or port).
-    """
-
-    kind: str
-    key: Any
-    model: Any
-    emu: Any
-
-    def __str__(self) -> str:
-        if self.kind == "outcome":
-            return f"model {self.model}, Unicorn {self.emu}"
-        where = f"{self.kind}[{self.key:#x}]" if self.kind in ("mem", "io") else str(self.key)
-        def h(v):
-            return f"{v:#x}" if isinstance(v, int) else str(v)
-        return f"{where}: model {h(self.model)}, Unicorn {h(self.emu)}"
-
-    def as_json(self) -> dict:
-        return {"kind": self.kind, "key": self.key, "model": self.model, "emu": self.emu}
-
-
-@dataclass
-class Observation:
-    """A form run on ``state`` by the model (``model``: its Fault, or None with ``model_post``
-    holding every scalar field afterwards) and by Unicorn (``emu``: Fault or Next)."""
-
-    form: Form
-    state: Mapping
-    model: Fault | None
-    model_post: Mapping | None
-    emu: Fault | Next
-    diffs: list = field(default_factory=list)
-    model_stores: set = field(default_factory=set)   # memory addresses the model wrote
-
-    # --- helpers the predicates share -----------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return self.form.name
-
-    @property
-    def cpl(self) -> int:
-        return self.state["cpl"]
-
-    @property
-    def iopl(self) -> int:
-        return (self.state["sysflags"] >> st.IOPL_LO) & 3
-
-    def cr4(self, bit: int) -> bool:
-        return bool(self.state["cr4"] >> bit & 1)
-
-    @property
-    def emu_post(self) -> Mapping | None:
-        return self.emu.state if isinstance(self.emu, Next) else None
-
-    def model_faults(self, *vectors: int) -> bool:
-        return self.model is not None and (not vectors or self.model.vector in vectors)
-
-    def emu_faults(self, *vectors: int) -> bool:
-        return isinstance(self.emu, Fault) and (not vectors or self.emu.vector in vectors)
-
-    def dword(self, address: int) -> int:
-        mem = self.state["mem"]
-        return int.from_bytes(bytes(mem.get((address + k) & 0xFFFFFFFF, 0) for k in range(4)), "little")
-
-
-@dataclass(frozen=True)
-class Deviation:
-    id: str
-    affects: str           # instructions / conditions
-    sdm: str               # what the SDM specifies (with the citation)
-    unicorn: str           # what Unicorn 2.1.4 does instead
-    reproduce: Callable[[Machine], bool]
-    kind: str = "semantics"
-    fields: tuple[str, ...] = ()
-    explains: Callable[[Observation, Diff], bool] | None = None
-
-    def present(self, machine: Machine | None = None) -> bool:
-        return self.reproduce(machine or Machine())
-
-    def applies(self, obs: Observation, diff: Diff) -> bool:
-        """Whether this entry accounts for ``diff`` observed in ``obs``."""
-        return self.explains is not None and bool(self.explains(obs, diff))
+from .. import states as S
+from ..machine import NOT_HELD, Machine, error_codes_observable
+from .base import Deviation, Diff, Observation
+from .base import explain as _explain
 
 
 def _vector(outcome, vector: int) -> bool:
@@ -630,7 +540,9 @@ def _descriptor_byte5(o: Observation, address: int) -> bool:
 
 
 def _x_transfer_accessed(o, d):
-    if o.name not in _FAR_FORMS or o.model is not None or d.model != d.emu | 1 or d.emu & 1:
+    # (an outcome difference carries texts, not bytes: found by steered witnesses)
+    if o.name not in _FAR_FORMS or o.model is not None or d.kind not in ("reg", "mem") \
+            or d.model != d.emu | 1 or d.emu & 1:
         return False
     if d.kind == "reg":
         return d.key in ("cs_attr", "ss_attr")
@@ -792,6 +704,68 @@ def _fnstsw_fip(m: Machine) -> bool:
     return out.state["fip"] != 0x1234
 
 
+# --- triggers: the same conditions on a symbolic pre-state, for witness steering ----------------------
+def _zbit(term, n):
+    import z3
+    return z3.Extract(n, n, term) == 1
+
+
+def _t_umip(form, s, o):
+    import z3
+    return z3.And(s.cpl != 0, _zbit(s.cr4, st.CR4_UMIP)) if form.mnemonic in _UMIP_MN else None
+
+
+def _t_io(form, s, o):
+    import z3
+    return z3.UGT(s.cpl, st.iopl(s)) if form.mnemonic in _IO_MN else None
+
+
+def _t_int(form, s, o):
+    import z3
+    return z3.BoolVal(True) if form.name in _INT_FORMS else None
+
+
+def _t_sysenter(form, s, o):
+    import z3
+    return z3.BoolVal(True) if form.name == "sysenter" else None
+
+
+def _t_accessed(form, s, o):
+    from .base import reads_unaccessed_segment
+    return reads_unaccessed_segment(s, o) if form.name in _FAR_FORMS else None
+
+
+def _t_iret_vip(form, s, o):
+    import z3
+    if form.name != "iretd":
+        return None
+    popped = z3.Select(s.mem, s.ss_base + s.esp + 10)
+    return z3.And(s.cpl == 0, z3.Extract(4, 3, popped) != z3.Extract(20, 19, s.sysflags))
+
+
+def _t_iret_vm86(form, s, o):
+    import z3
+    if form.name != "iretd":
+        return None
+    return z3.And(s.cpl != 0, z3.Extract(1, 1, z3.Select(s.mem, s.ss_base + s.esp + 10)) == 1)
+
+
+def _t_push_sreg(form, s, o):
+    import z3
+    if form.name not in _PUSH_SREG:
+        return None
+    top = s.ss_base + s.esp
+    return z3.Or(z3.Select(s.mem, top - 2) != 0, z3.Select(s.mem, top - 1) != 0)
+
+
+def _t_sysexit(form, s, o):
+    import z3
+    if form.name != "sysexit":
+        return None
+    return z3.And(z3.Extract(15, 2, s.sysenter_cs) == 0, s.sysenter_cs != 0)
+
+
+
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "x87-reads-mxcsr", "x87 stores and transcendental instructions (FST m64fp, FSINCOS, ...)",
@@ -805,24 +779,24 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "umip-not-implemented", "SGDT, SIDT, SLDT, SMSW, STR at CPL > 0 with CR4.UMIP = 1",
         "#GP(0) (SDM Vol. 3A 2.5, Vol. 2B SGDT)",
-        "CR4.UMIP is stored but ignored: the instructions complete", _umip, explains=_x_umip),
+        "CR4.UMIP is stored but ignored: the instructions complete", _umip, explains=_x_umip, trigger=_t_umip),
     Deviation(
         "io-permission-unchecked", "IN, OUT, INS, OUTS with CPL > IOPL",
         "consult the TSS I/O permission bitmap; #GP(0) if a port bit is 1 or the bitmap lies "
         "beyond the TSS limit (SDM Vol. 1 19.5)",
-        "no IOPL or bitmap test: the port is always accessed", _io_bitmap, explains=_x_io),
+        "no IOPL or bitmap test: the port is always accessed", _io_bitmap, explains=_x_io, trigger=_t_io),
     Deviation(
         "idt-not-consulted", "INT n (and every exception) in protected mode",
         "INT n checks the gate: #GP(n*8+2) if gate DPL < CPL; otherwise transfers through the "
         "gate (SDM Vol. 2A INT n, Vol. 3A 6.12)",
         "the IDT is never read: INT n is reported as vector n (EIP after the instruction), "
-        "whatever the gate", _idt, explains=_x_idt),
+        "whatever the gate", _idt, explains=_x_idt, trigger=_t_int),
     Deviation(
         "int-no-transfer", "INT n, INT3, INTO through a permitted gate",
         "a Next state in the handler: CS:EIP from the gate, stack switched from the TSS, "
         "EFLAGS/CS/EIP (and SS/ESP) pushed (SDM Vol. 3A 6.12.1)",
         "reported as a fault with the vector; no handler is entered, nothing is pushed",
-        _int_no_transfer, explains=_x_int_transfer),
+        _int_no_transfer, explains=_x_int_transfer, trigger=_t_int),
     Deviation(
         "rdpmc-inverted", "RDPMC",
         "reads counter ECX at CPL 0 or with CR4.PCE = 1; #GP(0) at CPL > 0 with PCE = 0 "
@@ -834,7 +808,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "loads CS/SS from IA32_SYSENTER_CS, ESP/EIP from IA32_SYSENTER_ESP/EIP, CPL 0, clears "
         "IF/VM/RF (SDM Vol. 2B SYSENTER)",
         "only EIP advances by 2 (Unicorn hands SYSENTER to its UC_HOOK_INSN hook)", _sysenter,
-        explains=_x_sysenter),
+        explains=_x_sysenter, trigger=_t_sysenter),
     Deviation(
         "syscall-only-advances-eip", "SYSCALL in 32-bit protected mode",
         "#UD with IA32_EFER.SCE = 0 (and on Intel outside 64-bit mode) (SDM Vol. 2B SYSCALL)",
@@ -929,7 +903,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "leaving the upper two bytes of the slot unmodified - the model's choice (SDM Vol. 2B "
         "PUSH; older processors may zero-extend)",
         "the zero-extended selector is written as a doubleword: the upper two bytes become 0",
-        _push_sreg, explains=_x_push_sreg),
+        _push_sreg, explains=_x_push_sreg, trigger=_t_push_sreg),
     Deviation(
         "pvi-not-implemented", "CLI/STI at CPL 3 with CR4.PVI = 1 and IOPL < 3",
         "CLI clears and STI sets EFLAGS.VIF instead of faulting (STI: #GP if VIP = 1) "
@@ -950,7 +924,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "loading a segment register sets the descriptor's accessed bit in memory, and the hidden "
         "cache holds it (SDM Vol. 3A 3.4.5.1)",
         "far transfers load CS and SS without setting the accessed bit, in memory or cache",
-        _transfer_accessed, fields=("cs_attr", "ss_attr"), explains=_x_transfer_accessed),
+        _transfer_accessed, fields=("cs_attr", "ss_attr"), explains=_x_transfer_accessed, trigger=_t_accessed),
     Deviation(
         "transfer-offset-unchecked", "far CALL/JMP through a call gate, RETF, IRETD",
         "#GP(0) when the new EIP lies beyond the new CS limit (SDM Vol. 2A CALL, JMP, RET, IRET)",
@@ -960,17 +934,17 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "iret-vm86-any-cpl", "IRETD at CPL > 0 with VM = 1 in the popped EFLAGS",
         "a return to virtual-8086 mode happens only at CPL 0; otherwise VM is ignored and the "
         "return is a protected-mode one (SDM Vol. 2A IRET, Operation)",
-        "returns to virtual-8086 mode at any CPL", _iret_vm86, explains=_x_iret_vm86),
+        "returns to virtual-8086 mode at any CPL", _iret_vm86, explains=_x_iret_vm86, trigger=_t_iret_vm86),
     Deviation(
         "iret-vif-vip-dropped", "IRETD at CPL 0 (protected-mode return)",
         "EFLAGS.VIF and VIP are loaded from the popped image at CPL 0 with a 32-bit operand "
         "size (SDM Vol. 2A IRET, Operation)",
-        "VIF and VIP keep their values", _iret_vip, explains=_x_iret_vip),
+        "VIF and VIP keep their values", _iret_vip, explains=_x_iret_vip, trigger=_t_iret_vip),
     Deviation(
         "sysexit-null-cs-rpl", "SYSEXIT with IA32_SYSENTER_CS = 1, 2 or 3",
         "#GP(0) when IA32_SYSENTER_CS[15:2] = 0 (SDM Vol. 2B SYSEXIT)",
         "only IA32_SYSENTER_CS = 0 faults; the others return to ring 3", _sysexit_cs,
-        explains=_x_sysexit_cs),
+        explains=_x_sysexit_cs, trigger=_t_sysexit),
     Deviation(
         "tsc-aux-reserved-no-gp", "WRMSR to IA32_TSC_AUX with EDX != 0",
         "#GP(0): bits 63:32 are reserved (SDM Vol. 4 Table 2-2, Vol. 2B WRMSR)",
@@ -1083,13 +1057,4 @@ def present(machine: Machine | None = None) -> dict[str, bool]:
 
 def explain(obs: Observation) -> tuple[list[str], list[Diff]]:
     """(ids of the entries that account for ``obs.diffs``, the differences none accounts for)."""
-    used: list[str] = []
-    left: list[Diff] = []
-    for diff in obs.diffs:
-        hit = [d.id for d in DEVIATIONS if d.applies(obs, diff)]
-        for i in hit:
-            if i not in used:
-                used.append(i)
-        if not hit:
-            left.append(diff)
-    return used, left
+    return _explain(DEVIATIONS, obs)
