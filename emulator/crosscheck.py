@@ -5,7 +5,7 @@ concretely) are run by the model - compiled once per form (``pgvirt.model.concre
 Outcome the verifier reasons about - and by the ``Machine``.  The two results are compared
 (``compare``): fault or no fault, the vector (Unicorn exposes no error codes), and, when both
 complete, every scalar field but those the Machine cannot hold (``machine.NOT_HELD``), EFLAGS
-without the flags the SDM leaves undefined for the form (``isa.ordinary.UNDEFINED_FLAGS``), every
+without the flags the SDM leaves undefined for the form (its ``undefined_flags``), every
 memory byte either side read or wrote and every port either side accessed.
 
 A disagreement is *explained* when every difference is accounted for by an entry of
@@ -35,7 +35,6 @@ from typing import Callable, Iterable, Mapping
 from pgvirt.model import concrete, isa, parallel, profiles
 from pgvirt.model import state as st
 from pgvirt.model.form import Form
-from pgvirt.model.isa.ordinary import UNDEFINED_FLAGS
 from pgvirt.model.outcome import Fault, Next
 
 from . import deviations as D
@@ -96,7 +95,7 @@ def compare(form: Form, pre: Mapping, model: ModelResult, emu: Fault | Next,
                        describe(emu))]
     out: list[D.Diff] = []
     post, got = model.post, emu.state
-    undefined = UNDEFINED_FLAGS.get(form.name, 0)
+    undefined = form.undefined_flags
     for name in COMPARED:
         a, b = post[name], got[name]
         if name == "flags" and undefined:
@@ -457,7 +456,7 @@ def compare_model(form: Form, pre: Mapping, model: ModelResult, res, io_dep=(set
                        describe(emu), oracle)]
     out: list[D.Diff] = []
     post, got = model.post, emu.state
-    undefined = UNDEFINED_FLAGS.get(form.name, 0)
+    undefined = form.undefined_flags
     fields, addrs = io_dep
     for name in st.SCALARS:
         mask = res.observed.get(name)
@@ -485,7 +484,7 @@ def same_result(form: Form, pre: Mapping, run: concrete.Run, a, b, io_dep=(set()
             return False
         return x.code is None or y.code is None or x.code == y.code
     fields, addrs = io_dep
-    undefined = UNDEFINED_FLAGS.get(form.name, 0)
+    undefined = form.undefined_flags
     for name in st.SCALARS:
         if name in fields or name in NOT_HELD:
             continue

@@ -41,8 +41,8 @@ from . import decode as D, image as G, scan as S
 from .image import Guest, GuestError, load_guest
 from .scan import ScanResult, Site, scan
 from pgvirt.verify.cache import ClassificationCache, classifications
-from pgvirt.verify.popek_goldberg import Classification, Engine, classify_all
-from pgvirt.verify.solver import DEFAULT_TIMEOUT_MS, QUICK_MS, Result, Session, Verdict
+from pgvirt.verify.popek_goldberg import Classification, Engine, classify_all, differences
+from pgvirt.verify.solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict, decide
 
 __all__ = ["ClassificationCache", "classifications", "violation", "reason", "ScanReport",
            "scan_guest", "PatchResult", "patch_guest", "Manifest",
@@ -474,20 +474,11 @@ def equivalence_query(site: monitor.Site, profile: Profile | str,
     base = [profiles.wellformed(s, prof), o.assumed, host_mode(real, prof)]
     after = monitor.view(h.real, h.vcpu)
     neither = z3.And(z3.Not(o.faults), z3.Not(h.faults))
-    goal: list[tuple[str, Any]] = [
-        ("fault: one traps, the other does not", o.faults != h.faults),
-        ("fault: different vector or error code",
-         z3.And(o.faults, h.faults, z3.Or(o.vector != h.vector, o.code != h.code))),
-    ]
-    for n in monitor.SCALAR_USER:
-        goal.append((f"guest register {n}", z3.And(neither, after[n] != o.post[n])))
     stores = o.stores + h.emulated.stores
-    for arr, owner in (("mem", h.real), ("io", h.vcpu)):
-        addrs = [a for k, a in stores if k == arr]
-        if addrs:
-            what = "memory" if arr == "mem" else "virtual I/O port"
-            goal.append((f"{what} byte written by either", z3.And(neither, z3.Or(
-                [z3.Select(owner[arr], a) != z3.Select(o.post[arr], a) for a in addrs]))))
+    arrays = [(f"{what} byte written by either", owner[arr], o.post[arr], [a for k, a in stores if k == arr])
+              for arr, owner, what in (("mem", h.real, "memory"), ("io", h.vcpu, "virtual I/O port"))]
+    goal: list[tuple[str, Any]] = differences(o, h, o.post, after, monitor.SCALAR_USER, arrays,
+                                              label="guest register {}")
     for n in monitor.SCALAR_SYSTEM:
         goal.append((f"virtual system field {n}", z3.And(neither, h.vcpu[n] != o.post[n])))
     # Resource control: the monitor's real state is the monitor's; only the address space follows
@@ -542,26 +533,15 @@ class _Prover:
         if not q.goal:
             return SiteProof(site, "holds", time.perf_counter() - t0,
                              "no field can differ (the goal simplifies to false)")
-        pending = []
-        parts = q.goal if len(q.goal) > 1 else []
-        for lbl, g in parts:
-            r = sess.check([at, g], min(self.timeout, QUICK_MS))
-            if r.verdict is Verdict.REFUTED:
-                return SiteProof(site, "fails", time.perf_counter() - t0, lbl,
-                                 _counterexample(q, r.model, self.handler))
-            if r.verdict is Verdict.UNKNOWN:
-                pending.append((lbl, g))
-        if parts and not pending:
-            return SiteProof(site, "holds", time.perf_counter() - t0,
-                             f"UNSAT: each of {len(parts)} ways to differ")
-        todo = pending or q.goal
-        r = sess.check([at, z3.Or([g for _, g in todo])], self.timeout)
+        r, hit = decide(lambda cs, ms: sess.check([at] + cs, ms), [], [g for _, g in q.goal],
+                        self.timeout)
         dt = time.perf_counter() - t0
         if r.verdict is Verdict.PROVED:
-            return SiteProof(site, "holds", dt, f"UNSAT: all {len(q.goal)} ways to differ")
+            return SiteProof(site, "holds", dt, r.reason)
         if r.verdict is Verdict.REFUTED:
-            lbl = next((lbl for lbl, g in todo if z3.is_true(r.model.eval(g, model_completion=True))),
-                       todo[0][0])
+            lbl = next((lbl for lbl, g in q.goal if g is hit), None) or next(
+                (lbl for lbl, g in q.goal if z3.is_true(r.model.eval(g, model_completion=True))),
+                q.goal[0][0])
             return SiteProof(site, "fails", dt, lbl, _counterexample(q, r.model, self.handler))
         return SiteProof(site, "unknown", dt, r.reason or "the solver gave no answer")
 

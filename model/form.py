@@ -387,6 +387,13 @@ class Form:
     semantics: Callable[[Exec], None]
     decoder: Callable[[bytes], object] | None = None   # operands of an instance, if not ``enc``'s
     code: str = ""                                      # the decoder's name for it (iced-x86 Code)
+    undefined_flags: int = 0    # EFLAGS bits the SDM leaves undefined (the form writes a fixed value)
+    flow: str = ""              # a transfer that loads CS through a descriptor (``FLOWS``)
+
+    @property
+    def far(self) -> bool:
+        """A far CALL, JMP or return (RETF, IRET): CS from a selector (SDM Vol. 1 6.3-6.4)."""
+        return self.flow.startswith("far_")
 
     @property
     def mnemonic(self) -> str:
@@ -430,12 +437,21 @@ class Form:
 REGISTRY: dict[str, Form] = {}
 
 
-def form(name: str, *, enc: str, bytes: str, asm: str, cite: str, theme: str = ""):
-    """Register the decorated semantics as the one definition of instruction form ``name``."""
+# Far CALL, JMP, RET/IRET (SDM Vol. 1 6.3-6.4) and INT n/INT3/INTO (6.5): CS from a descriptor.
+FLOWS = ("", "far_call", "far_jump", "far_return", "interrupt")
+
+
+def form(name: str, *, enc: str, bytes: str, asm: str, cite: str, theme: str = "",
+         undefined_flags: int = 0, flow: str = ""):
+    """Register the decorated semantics as the one definition of instruction form ``name``;
+    ``undefined_flags`` and ``flow`` are facts of the instruction that emulators' cross-checks
+    read (which flags to mask, which transfers load CS through a descriptor)."""
 
     def deco(fn: Callable[[Exec], None]) -> Callable[[Exec], None]:
         if name in REGISTRY:
             raise ModelError(f"form {name!r} defined twice")
+        if flow not in FLOWS:
+            raise ModelError(f"form {name!r}: flow {flow!r} is not one of {FLOWS}")
         e = Encoding.parse(enc)
         raw = builtins.bytes.fromhex(bytes)
         try:
@@ -445,7 +461,8 @@ def form(name: str, *, enc: str, bytes: str, asm: str, cite: str, theme: str = "
         if d.length != len(raw):
             raise ModelError(f"form {name!r}: canonical bytes have {len(raw)} bytes, decode {d.length}")
         th = theme or fn.__module__.rsplit(".", 1)[-1]
-        REGISTRY[name] = Form(name, e, enc, raw, asm, cite, th, fn)
+        REGISTRY[name] = Form(name, e, enc, raw, asm, cite, th, fn, undefined_flags=undefined_flags,
+                              flow=flow)
         return fn
 
     return deco

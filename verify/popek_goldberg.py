@@ -34,7 +34,7 @@ from pgvirt.model.form import Form
 from pgvirt.model.outcome import Fault, Next, Outcome, changes_json
 from pgvirt.model.profiles import Profile
 
-from .solver import DEFAULT_TIMEOUT_MS, QUICK_MS, Result, Session, Verdict, in_worker
+from .solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict, decide, in_worker
 
 CLASSES = ("privileged", "control_sensitive", "mode_sensitive", "location_sensitive",
            "behavior_sensitive", "sensitive", "user_sensitive", "innocuous")
@@ -109,24 +109,37 @@ def _mask_rpl(v):
     return v & 0xFFFC
 
 
-def visible_parts(a: Outcome, b: Outcome) -> list:
-    """Ways the two runs' visible results can differ (see the module docstring), cheapest first."""
+def differences(a, b, a_post, b_post, fields, arrays=(), masked=(),
+                label: str = "{}") -> list[tuple[str, z3.BoolRef]]:
+    """(label, condition) ways two runs' visible results can differ, cheapest first: one faults
+    and the other not; both fault with another vector or error code; neither faults and one of
+    ``fields`` differs between ``a_post`` and ``b_post`` (those in ``masked`` without their RPL);
+    neither faults and a byte differs at one of the addresses of ``arrays``' (label, array of a,
+    array of b, addresses).  ``a`` and ``b`` are outcomes (``faults``, ``vector``, ``code``)."""
     fa, fb = a.faults, b.faults
-    parts = [fa != fb, z3.And(fa, fb, z3.Or(a.vector != b.vector, a.code != b.code))]
+    out = [("fault: one traps, the other does not", fa != fb),
+           ("fault: different vector or error code",
+            z3.And(fa, fb, z3.Or(a.vector != b.vector, a.code != b.code)))]
     neither = z3.And(z3.Not(fa), z3.Not(fb))
-    for name in st.users():
-        if st.FIELD[name].index_width:
-            continue
-        x, y = a.post[name], b.post[name]
-        if name in RPL_COUPLED:
+    for name in fields:
+        x, y = a_post[name], b_post[name]
+        if name in masked:
             x, y = _mask_rpl(x), _mask_rpl(y)
         if not x.eq(y):
-            parts.append(z3.And(neither, x != y))
+            out.append((label.format(name), z3.And(neither, x != y)))
+    for what, xa, xb, addrs in arrays:
+        if addrs:
+            out.append((what, z3.And(neither, z3.Or([z3.Select(xa, ad) != z3.Select(xb, ad)
+                                                     for ad in addrs]))))
+    return out
+
+
+def visible_parts(a: Outcome, b: Outcome) -> list:
+    """Ways the two runs' visible results can differ (see the module docstring), cheapest first."""
+    scalars = [n for n in st.users() if not st.FIELD[n].index_width]
     addrs = [ad for arr, ad in a.stores + b.stores if arr == "mem"]
-    if addrs:
-        parts.append(z3.And(neither, z3.Or([z3.Select(a.post.mem, ad) != z3.Select(b.post.mem, ad)
-                                            for ad in addrs])))
-    return parts
+    return [g for _, g in differences(a, b, a.post, b.post, scalars,
+                                      [("memory byte", a.post.mem, b.post.mem, addrs)], RPL_COUPLED)]
 
 
 def system_writes(o: Outcome):
@@ -349,46 +362,10 @@ class Engine:
         }
 
     def solve(self, q: Query) -> tuple[Result, list | None]:
-        """Decide ``q``: the result, and for SAT the constraints that were satisfied.
-
-        The goal's disjuncts are tried one at a time first, each with a short budget: one
-        disjunct has a much smaller cone of influence than the whole goal.  SAT for one is SAT;
-        the disjuncts left undecided are then asked together with the full budget.  A goal with
-        no disjunct left (every way to differ is syntactically impossible) is UNSAT as it stands.
-        """
-        if not q.goal:
-            return Result(Verdict.PROVED, None, 0.0, "the goal is false: no field can differ"), None
-        spent = 0.0
-        pending = []
-        parts = q.goal if len(q.goal) > 1 else []
-        for part in parts:
-            rp = self.check(q.constraints + [part], min(self.timeout, QUICK_MS))
-            spent += rp.seconds
-            if rp.verdict is Verdict.REFUTED:
-                rp.seconds = spent
-                return rp, q.constraints + [part]
-            if rp.verdict is Verdict.UNKNOWN:
-                pending.append(part)
-        if parts and not pending:
-            return Result(Verdict.PROVED, None, spent, "every disjunct UNSAT"), None
-        chosen = q.constraints + [z3.Or(pending) if parts else z3.Or(q.goal)]
-        r = self.check(chosen, self.timeout)
-        r.seconds += spent
-        if r.verdict is Verdict.UNKNOWN and len(pending) > 1:
-            # A disjunction can be harder than every one of its parts (a loaded machine also
-            # makes the short first tries miss): each undecided part gets a share of the budget.
-            share = max(min(self.timeout, QUICK_MS), self.timeout // len(pending))
-            proved = 0
-            for part in pending:
-                rp = self.check(q.constraints + [part], share)
-                r.seconds += rp.seconds
-                if rp.verdict is Verdict.REFUTED:
-                    rp.seconds = r.seconds
-                    return rp, q.constraints + [part]
-                proved += rp.verdict is Verdict.PROVED
-            if proved == len(pending):
-                return Result(Verdict.PROVED, None, r.seconds, "every disjunct UNSAT"), None
-        return r, (chosen if r.verdict is Verdict.REFUTED else None)
+        """Decide ``q`` (``solver.decide``): the result, and for SAT the constraints that were
+        satisfied."""
+        r, hit = decide(self.check, q.constraints, q.goal, self.timeout)
+        return r, (q.constraints + [hit] if hit is not None else None)
 
     def witness(self, q: Query, r: Result, chosen: list, readable: bool) -> tuple[dict, float]:
         """The witness of a SAT answer; ``readable`` re-solves within ``tidy`` first."""

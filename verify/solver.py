@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import z3
 
 DEFAULT_TIMEOUT_MS = 20_000
-# The solving strategy's first pass: each disjunct of a goal on this short budget, then the
-# undecided ones together (verify/popek_goldberg.py and guest/paravirt.py both ask this way).
+# The solving strategy's first pass (``decide``): each disjunct of a goal on this short budget.
 QUICK_MS = 300
 SEED = 0
 # Ctrl-C.  Z3's own handler would cancel a check and swallow the signal when the check still
@@ -155,6 +154,53 @@ def smtlib(constraints, status: str, name: str) -> str:
             if ln != "(set-info :status unknown)" and ln != "(check-sat)"]
     head = [f"; pgvirt proof obligation {name}", f"(set-info :status {status})", f"(set-logic {LOGIC})"]
     return "\n".join(head + body + ["(check-sat)", "(exit)", ""])
+
+
+def decide(check, base: list, goal: list, timeout_ms: int) -> tuple[Result, object]:
+    """Can ``base`` hold with some disjunct of ``goal``?  ``check(constraints, ms)`` asks the
+    solver (a fresh one, or a Session); the answer and, for SAT, the formula the model satisfies
+    (one disjunct, or the disjunction of the undecided ones), which a witness is re-solved with.
+
+    The disjuncts are tried one at a time first, each on a short budget: one disjunct has a much
+    smaller cone of influence than the whole goal, and SAT for one is SAT.  The undecided ones
+    are then asked together on the full budget; a disjunction can be harder than each of its
+    parts (and a loaded machine makes the short tries miss), so if that is undecided too each
+    part gets a share of the budget.  An empty goal is UNSAT as it stands.
+    """
+    if not goal:
+        return Result(Verdict.PROVED, None, 0.0, "the goal is false: no field can differ"), None
+    quick = min(timeout_ms, QUICK_MS)
+    spent, pending = 0.0, []
+    parts = goal if len(goal) > 1 else []
+    for part in parts:
+        r = check(base + [part], quick)
+        spent += r.seconds
+        if r.verdict is Verdict.REFUTED:
+            r.seconds = spent
+            return r, part
+        if r.verdict is Verdict.UNKNOWN:
+            pending.append(part)
+    if parts and not pending:
+        return Result(Verdict.PROVED, None, spent, f"UNSAT: each of {len(parts)} ways to differ"), None
+    whole = z3.Or(pending or goal)
+    r = check(base + [whole], timeout_ms)
+    r.seconds += spent
+    if r.verdict is Verdict.PROVED:
+        r.reason = f"UNSAT: all {len(goal)} ways to differ"
+    elif r.verdict is Verdict.UNKNOWN and len(pending) > 1:
+        share = max(quick, timeout_ms // len(pending))
+        proved = 0
+        for part in pending:
+            rp = check(base + [part], share)
+            r.seconds += rp.seconds
+            if rp.verdict is Verdict.REFUTED:
+                rp.seconds = r.seconds
+                return rp, part
+            proved += rp.verdict is Verdict.PROVED
+        if proved == len(pending):
+            return Result(Verdict.PROVED, None, r.seconds,
+                          f"UNSAT: each of {len(pending)} undecided ways to differ, alone"), None
+    return r, (whole if r.verdict is Verdict.REFUTED else None)
 
 
 class Session:

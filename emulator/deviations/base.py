@@ -121,6 +121,11 @@ class Deviation:
         return self.explains is not None and bool(self.explains(obs, diff))
 
 
+def loads_cs(form: Form) -> bool:
+    """A far transfer or an INT n delivery: CS comes through a descriptor (``Form.flow``)."""
+    return form.far or form.flow == "interrupt"
+
+
 def reads_unaccessed_segment(s, o):
     """The run reads a code or data segment descriptor whose accessed bit is clear: byte 5 of a
     GDT/LDT entry with S = 1 and bit 0 = 0 among the bytes it loads (the one whose accessed bit a

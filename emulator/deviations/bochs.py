@@ -55,15 +55,6 @@ def _x_lar(o, d):
             and (d.model ^ d.emu) & ~0x000F0000 == 0)
 
 
-def _msr_cases():
-    return [R.case("rdmsr", R.state(0, ecx=0x1B))]                     # IA32_APIC_BASE
-
-
-def _x_msr(o, d):
-    return (o.name in ("rdmsr", "wrmsr") and U._outcome(o, d)
-            and U._model_reason(o, "no implemented MSR") and o.emu_post is not None)
-
-
 def _tsc_aux_cases():
     return [R.case("wrmsr", R.state(0, ecx=0xC0000103, edx=1, eax=5))]
 
@@ -119,7 +110,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "#GP(0) for an MSR the processor does not implement (SDM Vol. 2B RDMSR); the model "
         "implements IA32_TSC, IA32_SYSENTER_* and IA32_TSC_AUX only",
         "the CPU model implements many more (IA32_APIC_BASE, MTRRs, ...): the access completes",
-        Repro(_msr_cases, lambda rs: R.completes(rs[0])), explains=_x_msr),
+        Repro(R.msr_cases, lambda rs: R.completes(rs[0])), explains=U.x_msr_beyond_model),
     Deviation(
         "tsc-aux-reserved-no-gp", "WRMSR to IA32_TSC_AUX with EDX != 0",
         "#GP(0): bits 63:32 are reserved (SDM Vol. 4 Table 2-2, Vol. 2B WRMSR)",

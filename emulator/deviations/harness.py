@@ -130,14 +130,10 @@ def _t_accessed_store(form, s, o):
     accessed-bit store writes the descriptor's whole high dword, read before the pushes, after
     them (a model bug, reported), so a descriptor that overlaps the new stack frame comes out
     wrong; steering keeps witnesses clear of it."""
-    from .base import reads_unaccessed_segment
-    if form.name not in _LOADS_CS:
+    from .base import loads_cs, reads_unaccessed_segment
+    if not loads_cs(form):
         return None
     return reads_unaccessed_segment(s, o)
-
-
-_LOADS_CS = ("call_far_ptr", "call_far_m", "jmp_far_ptr", "jmp_far_m", "retf", "retf_imm",
-             "iretd", "int_imm", "int3", "into")
 
 
 def _accessed_store_cases():

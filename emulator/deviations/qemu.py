@@ -18,10 +18,9 @@ from pgvirt.model.outcome import GP, UD
 from . import harness
 from . import repro as R
 from . import unicorn as U
-from .base import Deviation, Repro, reads_unaccessed_segment
+from .base import Deviation, Repro, loads_cs, reads_unaccessed_segment
 from .. import states as S
 
-_FAR = U._FAR_FORMS
 _DR_ALL = U._DR_ALL
 
 
@@ -152,7 +151,7 @@ def _t_pvi(form, s, o):
 
 
 def _t_transfer(form, s, o):
-    return reads_unaccessed_segment(s, o) if form.name in _FAR + ("int_imm", "int3", "into") else None
+    return reads_unaccessed_segment(s, o) if loads_cs(form) else None
 
 
 def _popped_flags_byte(s):
@@ -172,23 +171,17 @@ def _t_vip(form, s, o):
     return z3.And(s.cpl == 0, z3.Extract(4, 3, _popped_flags_byte(s)) != z3.Extract(20, 19, s.sysflags))
 
 
-_LOADS_CS = _FAR + ("int_imm", "int3", "into")
-
-
 def _x_accessed(o, d):
     """A descriptor byte whose accessed bit the model sets and QEMU leaves clear; the far
     transfers and INT n delivery alike (the Unicorn entry's predicate covers the former)."""
-    if o.name not in _LOADS_CS or o.model is not None or d.kind != "mem":
+    if not loads_cs(o.form) or o.model is not None or d.kind != "mem":
         return False
     return d.model == d.emu | 1 and not d.emu & 1 and U._descriptor_byte5(o, d.key)
 
 
-_INT = ("int_imm", "int3", "into")
-
-
 def _x_offset(o, d):
     """Far transfers and INT n delivery alike skip the new EIP's limit check."""
-    return (o.name in _FAR + _INT and U._outcome(o, d) and o.model_faults(GP)
+    return (loads_cs(o.form) and U._outcome(o, d) and o.model_faults(GP)
             and U._model_reason(o, "offset beyond the code segment limit") and o.emu_post is not None)
 
 
@@ -249,15 +242,6 @@ def _ltr_null_cases():
 def _cr0_cases():
     s = R.state(0)
     return [R.case("mov_cr0_r", dict(s, eax=s["cr0"] | 0x40))]          # bit 6 is reserved
-
-
-def _msr_cases():
-    return [R.case("rdmsr", R.state(0, ecx=0x1B))]                     # IA32_APIC_BASE
-
-
-def _x_msr(o, d):
-    return (o.name in ("rdmsr", "wrmsr") and U._outcome(o, d)
-            and U._model_reason(o, "no implemented MSR") and o.emu_post is not None)
 
 
 def _sysenter_cs_cases():
@@ -408,7 +392,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "#GP(0) for an MSR the processor does not implement (SDM Vol. 2B RDMSR); the model "
         "implements IA32_TSC, IA32_SYSENTER_* and IA32_TSC_AUX only",
         "TCG implements many more (IA32_APIC_BASE, MTRRs, PAT, ...): the access completes",
-        Repro(_msr_cases, lambda rs: R.completes(rs[0])), explains=_x_msr),
+        Repro(R.msr_cases, lambda rs: R.completes(rs[0])), explains=U.x_msr_beyond_model),
     Deviation(
         "jmp-gate-target-np-as-gp", "far JMP through a call gate whose code segment is not present",
         "#NP(code segment selector) (SDM Vol. 2A JMP, Operation)", "#GP(code segment selector)",

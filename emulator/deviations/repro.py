@@ -49,3 +49,8 @@ def completes(r) -> bool:
 
 def post(r) -> dict:
     return r.outcome.state if isinstance(r.outcome, Next) else {}
+
+
+def msr_cases():
+    """RDMSR of IA32_APIC_BASE: an MSR every full-system emulator implements and the model not."""
+    return [case("rdmsr", state(0, ecx=0x1B))]

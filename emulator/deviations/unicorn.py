@@ -401,11 +401,6 @@ from unicorn import x86_const as _X  # noqa: E402  (for the raw EIP read above)
 # --- predicates: does an entry account for one observed difference? ------------------------------
 _UMIP_MN = ("SGDT", "SIDT", "SLDT", "SMSW", "STR")
 _IO_MN = ("IN", "OUT", "INSB", "INSW", "INSD", "OUTSB", "OUTSW", "OUTSD")
-_INT_FORMS = ("int_imm", "int3", "into")
-_CALLS = ("call_far_ptr", "call_far_m", "call_far_ptr16", "call_far_m16")
-_JMPS = ("jmp_far_ptr", "jmp_far_m", "jmp_far_ptr16", "jmp_far_m16")
-_RETURNS = ("retf", "retf_imm", "retf_o16", "retf_imm_o16", "iretd", "iretw")
-_FAR_FORMS = _CALLS + _JMPS + _RETURNS
 _PUSH_SREG = ("push_cs", "push_ss", "push_ds", "push_es", "push_fs", "push_gs")
 _DR_WRITE = tuple(f"mov_dr{n}_r" for n in range(8))
 _DR_ALL = _DR_WRITE + tuple(f"mov_r_dr{n}" for n in range(8))
@@ -417,6 +412,11 @@ def _outcome(o: Observation, d: Diff) -> bool:
 
 def _model_reason(o: Observation, *words: str) -> bool:
     return o.model is not None and all(w in o.model.reason for w in words)
+
+
+def x_msr_beyond_model(o: Observation, d: Diff) -> bool:
+    """RDMSR/WRMSR of an MSR outside the model: the model's #GP, the emulator's completion."""
+    return _outcome(o, d) and _model_reason(o, "no implemented MSR") and o.emu_post is not None
 
 
 def _int_vector(o: Observation) -> int:
@@ -434,12 +434,12 @@ def _x_io(o, d):
 
 
 def _x_idt(o, d):
-    return (o.name in _INT_FORMS and _outcome(o, d) and o.model is not None
+    return (o.form.flow == "interrupt" and _outcome(o, d) and o.model is not None
             and o.emu_faults(_int_vector(o)))
 
 
 def _x_int_transfer(o, d):
-    return (o.name in _INT_FORMS and _outcome(o, d) and o.model is None
+    return (o.form.flow == "interrupt" and _outcome(o, d) and o.model is None
             and o.emu_faults(_int_vector(o)))
 
 
@@ -541,7 +541,7 @@ def _descriptor_byte5(o: Observation, address: int) -> bool:
 
 def _x_transfer_accessed(o, d):
     # (an outcome difference carries texts, not bytes: found by steered witnesses)
-    if o.name not in _FAR_FORMS or o.model is not None or d.kind not in ("reg", "mem") \
+    if not o.form.far or o.model is not None or d.kind not in ("reg", "mem") \
             or d.model != d.emu | 1 or d.emu & 1:
         return False
     if d.kind == "reg":
@@ -550,7 +550,7 @@ def _x_transfer_accessed(o, d):
 
 
 def _x_transfer_offset(o, d):
-    return (o.name in _FAR_FORMS and _outcome(o, d) and o.model_faults(GP)
+    return (o.form.far and _outcome(o, d) and o.model_faults(GP)
             and _model_reason(o, "offset beyond the code segment limit") and isinstance(o.emu, Next))
 
 
@@ -570,13 +570,13 @@ def _x_iret_vip(o, d):
 
 
 def _x_gate_conforming(o, d):
-    return (o.name in _CALLS and o.model is None and d.kind == "reg"
+    return (o.form.flow == "far_call" and o.model is None and d.kind == "reg"
             and d.key == "cs" and (d.model ^ d.emu) & ~3 == 0 and d.model & 3 == o.cpl
             and d.emu & 3 < o.cpl)
 
 
 def _x_return_ss_np(o, d):
-    return (o.name in _RETURNS and _outcome(o, d) and o.model_faults(SS)
+    return (o.form.flow == "far_return" and _outcome(o, d) and o.model_faults(SS)
             and _model_reason(o, "return stack segment not present") and o.emu_faults(NP))
 
 
@@ -586,7 +586,7 @@ def _x_nw_without_cd(o, d):
 
 
 def _x_jmp_gate_np(o, d):
-    return (o.name in _JMPS and _outcome(o, d) and o.model_faults(NP)
+    return (o.form.flow == "far_jump" and _outcome(o, d) and o.model_faults(NP)
             and _model_reason(o, "call gate target not present") and o.emu_faults(GP))
 
 
@@ -606,7 +606,7 @@ def _x_own_bytes(o, d):
 
 
 def _x_fs_gs_null(o, d):
-    return (o.name in _RETURNS and o.model is None and d.kind == "reg"
+    return (o.form.flow == "far_return" and o.model is None and d.kind == "reg"
             and d.key in ("fs", "gs") and d.model == 0 and d.emu == o.state[d.key]
             and d.emu & 0xFFFC == 0)
 
@@ -722,7 +722,7 @@ def _t_io(form, s, o):
 
 def _t_int(form, s, o):
     import z3
-    return z3.BoolVal(True) if form.name in _INT_FORMS else None
+    return z3.BoolVal(True) if form.flow == "interrupt" else None
 
 
 def _t_sysenter(form, s, o):
@@ -732,7 +732,7 @@ def _t_sysenter(form, s, o):
 
 def _t_accessed(form, s, o):
     from .base import reads_unaccessed_segment
-    return reads_unaccessed_segment(s, o) if form.name in _FAR_FORMS else None
+    return reads_unaccessed_segment(s, o) if form.far else None
 
 
 def _t_iret_vip(form, s, o):

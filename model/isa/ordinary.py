@@ -7,7 +7,7 @@ decoder accepts no 66/67 prefix).  Memory is byte-addressed through segment base
 of the model, no limit or paging checks are made (see the README).
 
 Where the SDM leaves a flag undefined the form still writes a fixed value (documented in its
-docstring, chosen as QEMU computes it) and lists the flag in ``UNDEFINED_FLAGS``, so that
+docstring, chosen as QEMU computes it) and names the flag in its ``undefined_flags``, so that
 cross-checks against real hardware or an emulator can mask it.
 """
 
@@ -20,18 +20,10 @@ from ..state import AF, CF, DF, OF, PF, SF, ZF
 
 _MASK32 = 0xFFFFFFFF
 
-# form name -> EFLAGS bits the SDM leaves undefined for that form (cross-checks mask them).
+# EFLAGS bits the SDM leaves undefined, a form's ``undefined_flags`` (cross-checks mask them).
 _LOGIC = 1 << AF                      # AND/OR/XOR/TEST: "the state of the AF flag is undefined"
 _SHIFT = (1 << AF) | (1 << OF)        # shifts: AF undefined for count != 0, OF for count != 1
-UNDEFINED_FLAGS: dict[str, int] = {
-    **{f"{op}_{shape}": _LOGIC for op in ("or", "and", "xor")
-       for shape in ("rm32_r32", "r32_rm32", "rm32_imm32", "rm32_imm8")},
-    "test_rm32_r32": _LOGIC,
-    "test_rm32_imm32": _LOGIC,
-    **{f"{op}_rm32_{count}": _SHIFT for op in ("shl", "shr", "sar") for count in ("imm8", "cl")},
-    # count 1: OF is defined, only AF is not
-    **{f"{op}_rm32_1": 1 << AF for op in ("shl", "shr", "sar")},
-}
+_SHIFT_BY_1 = 1 << AF                 # count 1: OF is defined, only AF is not
 
 
 # --- flag arithmetic (SDM Vol. 1 3.4.3.1; Vol. 2 "Flags Affected" of each instruction) ----------
@@ -258,7 +250,7 @@ def add_rm32_r32(x):
     _alu_into_rm(x, "add", x.reg(4))
 
 
-@form("or_rm32_r32", enc="o32 09 /r lock", bytes="09c8", asm="or eax, ecx", cite="SDM Vol. 2B OR")
+@form("or_rm32_r32", undefined_flags=_SHIFT_BY_1, enc="o32 09 /r lock", bytes="09c8", asm="or eax, ecx", cite="SDM Vol. 2B OR")
 def or_rm32_r32(x):
     """OR r/m32, r32: DEST := DEST | SRC; OF = CF = 0, SF ZF PF from the result, AF undefined (0)."""
     _alu_into_rm(x, "or", x.reg(4))
@@ -276,7 +268,7 @@ def sbb_rm32_r32(x):
     _alu_into_rm(x, "sbb", x.reg(4))
 
 
-@form("and_rm32_r32", enc="o32 21 /r lock", bytes="21c8", asm="and eax, ecx", cite="SDM Vol. 2A AND")
+@form("and_rm32_r32", undefined_flags=_SHIFT_BY_1, enc="o32 21 /r lock", bytes="21c8", asm="and eax, ecx", cite="SDM Vol. 2A AND")
 def and_rm32_r32(x):
     """AND r/m32, r32: DEST := DEST & SRC; OF = CF = 0, SF ZF PF from the result, AF undefined (0)."""
     _alu_into_rm(x, "and", x.reg(4))
@@ -288,7 +280,7 @@ def sub_rm32_r32(x):
     _alu_into_rm(x, "sub", x.reg(4))
 
 
-@form("xor_rm32_r32", enc="o32 31 /r lock", bytes="31c8", asm="xor eax, ecx", cite="SDM Vol. 2D XOR")
+@form("xor_rm32_r32", undefined_flags=_SHIFT_BY_1, enc="o32 31 /r lock", bytes="31c8", asm="xor eax, ecx", cite="SDM Vol. 2D XOR")
 def xor_rm32_r32(x):
     """XOR r/m32, r32: DEST := DEST ^ SRC; OF = CF = 0, SF ZF PF from the result, AF undefined (0)."""
     _alu_into_rm(x, "xor", x.reg(4))
@@ -306,7 +298,7 @@ def add_r32_rm32(x):
     _alu_into_reg(x, "add")
 
 
-@form("or_r32_rm32", enc="o32 0B /r", bytes="0bc1", asm="or eax, ecx", cite="SDM Vol. 2B OR")
+@form("or_r32_rm32", undefined_flags=_SHIFT_BY_1, enc="o32 0B /r", bytes="0bc1", asm="or eax, ecx", cite="SDM Vol. 2B OR")
 def or_r32_rm32(x):
     """OR r32, r/m32: DEST := DEST | SRC; OF = CF = 0, SF ZF PF from the result, AF undefined (0)."""
     _alu_into_reg(x, "or")
@@ -324,7 +316,7 @@ def sbb_r32_rm32(x):
     _alu_into_reg(x, "sbb")
 
 
-@form("and_r32_rm32", enc="o32 23 /r", bytes="23c1", asm="and eax, ecx", cite="SDM Vol. 2A AND")
+@form("and_r32_rm32", undefined_flags=_SHIFT_BY_1, enc="o32 23 /r", bytes="23c1", asm="and eax, ecx", cite="SDM Vol. 2A AND")
 def and_r32_rm32(x):
     """AND r32, r/m32: DEST := DEST & SRC; OF = CF = 0, SF ZF PF from the result, AF undefined (0)."""
     _alu_into_reg(x, "and")
@@ -336,7 +328,7 @@ def sub_r32_rm32(x):
     _alu_into_reg(x, "sub")
 
 
-@form("xor_r32_rm32", enc="o32 33 /r", bytes="33c1", asm="xor eax, ecx", cite="SDM Vol. 2D XOR")
+@form("xor_r32_rm32", undefined_flags=_SHIFT_BY_1, enc="o32 33 /r", bytes="33c1", asm="xor eax, ecx", cite="SDM Vol. 2D XOR")
 def xor_r32_rm32(x):
     """XOR r32, r/m32: DEST := DEST ^ SRC; OF = CF = 0, SF ZF PF from the result, AF undefined (0)."""
     _alu_into_reg(x, "xor")
@@ -355,7 +347,7 @@ def add_rm32_imm32(x):
     _alu_into_rm(x, "add", _imm32(x))
 
 
-@form("or_rm32_imm32", enc="o32 81 /1 id lock", bytes="81c878563412", asm="or eax, 0x12345678",
+@form("or_rm32_imm32", undefined_flags=_SHIFT_BY_1, enc="o32 81 /1 id lock", bytes="81c878563412", asm="or eax, 0x12345678",
       cite="SDM Vol. 2B OR")
 def or_rm32_imm32(x):
     """OR r/m32, imm32: DEST := DEST | imm32; OF = CF = 0, SF ZF PF from the result, AF undefined (0)."""
@@ -376,7 +368,7 @@ def sbb_rm32_imm32(x):
     _alu_into_rm(x, "sbb", _imm32(x))
 
 
-@form("and_rm32_imm32", enc="o32 81 /4 id lock", bytes="81e078563412", asm="and eax, 0x12345678",
+@form("and_rm32_imm32", undefined_flags=_SHIFT_BY_1, enc="o32 81 /4 id lock", bytes="81e078563412", asm="and eax, 0x12345678",
       cite="SDM Vol. 2A AND")
 def and_rm32_imm32(x):
     """AND r/m32, imm32: DEST := DEST & imm32; OF = CF = 0, SF ZF PF from the result, AF undefined (0)."""
@@ -390,7 +382,7 @@ def sub_rm32_imm32(x):
     _alu_into_rm(x, "sub", _imm32(x))
 
 
-@form("xor_rm32_imm32", enc="o32 81 /6 id lock", bytes="81f078563412", asm="xor eax, 0x12345678",
+@form("xor_rm32_imm32", undefined_flags=_SHIFT_BY_1, enc="o32 81 /6 id lock", bytes="81f078563412", asm="xor eax, 0x12345678",
       cite="SDM Vol. 2D XOR")
 def xor_rm32_imm32(x):
     """XOR r/m32, imm32: DEST := DEST ^ imm32; OF = CF = 0, SF ZF PF from the result, AF undefined (0)."""
@@ -410,7 +402,7 @@ def add_rm32_imm8(x):
     _alu_into_rm(x, "add", _simm8(x))
 
 
-@form("or_rm32_imm8", enc="o32 83 /1 ib lock", bytes="83c801", asm="or eax, 1", cite="SDM Vol. 2B OR")
+@form("or_rm32_imm8", undefined_flags=_SHIFT_BY_1, enc="o32 83 /1 ib lock", bytes="83c801", asm="or eax, 1", cite="SDM Vol. 2B OR")
 def or_rm32_imm8(x):
     """OR r/m32, imm8: DEST := DEST | SignExtend(imm8); OF = CF = 0, SF ZF PF set, AF undefined (0)."""
     _alu_into_rm(x, "or", _simm8(x))
@@ -428,7 +420,7 @@ def sbb_rm32_imm8(x):
     _alu_into_rm(x, "sbb", _simm8(x))
 
 
-@form("and_rm32_imm8", enc="o32 83 /4 ib lock", bytes="83e0f0", asm="and eax, 0xfffffff0", cite="SDM Vol. 2A AND")
+@form("and_rm32_imm8", undefined_flags=_SHIFT_BY_1, enc="o32 83 /4 ib lock", bytes="83e0f0", asm="and eax, 0xfffffff0", cite="SDM Vol. 2A AND")
 def and_rm32_imm8(x):
     """AND r/m32, imm8: DEST := DEST & SignExtend(imm8); OF = CF = 0, SF ZF PF set, AF undefined (0)."""
     _alu_into_rm(x, "and", _simm8(x))
@@ -440,7 +432,7 @@ def sub_rm32_imm8(x):
     _alu_into_rm(x, "sub", _simm8(x))
 
 
-@form("xor_rm32_imm8", enc="o32 83 /6 ib lock", bytes="83f001", asm="xor eax, 1", cite="SDM Vol. 2D XOR")
+@form("xor_rm32_imm8", undefined_flags=_SHIFT_BY_1, enc="o32 83 /6 ib lock", bytes="83f001", asm="xor eax, 1", cite="SDM Vol. 2D XOR")
 def xor_rm32_imm8(x):
     """XOR r/m32, imm8: DEST := DEST ^ SignExtend(imm8); OF = CF = 0, SF ZF PF set, AF undefined (0)."""
     _alu_into_rm(x, "xor", _simm8(x))
@@ -452,13 +444,13 @@ def cmp_rm32_imm8(x):
     _alu_into_rm(x, "cmp", _simm8(x))
 
 
-@form("test_rm32_r32", enc="o32 85 /r", bytes="85c8", asm="test eax, ecx", cite="SDM Vol. 2B TEST")
+@form("test_rm32_r32", undefined_flags=_SHIFT_BY_1, enc="o32 85 /r", bytes="85c8", asm="test eax, ecx", cite="SDM Vol. 2B TEST")
 def test_rm32_r32(x):
     """TEST r/m32, r32: flags of r/m32 & r32 (OF = CF = 0, AF undefined (0)); nothing written."""
     _set_flags(x, **_logic(x.rm(4) & x.reg(4))[1])
 
 
-@form("test_rm32_imm32", enc="o32 F7 /0 id", bytes="f7c078563412", asm="test eax, 0x12345678",
+@form("test_rm32_imm32", undefined_flags=_SHIFT_BY_1, enc="o32 F7 /0 id", bytes="f7c078563412", asm="test eax, 0x12345678",
       cite="SDM Vol. 2B TEST")
 def test_rm32_imm32(x):
     """TEST r/m32, imm32: flags of r/m32 & imm32 (OF = CF = 0, AF undefined (0)); nothing written."""
@@ -542,58 +534,58 @@ def _shift(x, kind: str, count8, size: int = 4) -> None:
             effect()
 
 
-@form("shl_rm32_imm8", enc="o32 C1 /4 ib", bytes="c1e004", asm="shl eax, 4",
+@form("shl_rm32_imm8", undefined_flags=_SHIFT, enc="o32 C1 /4 ib", bytes="c1e004", asm="shl eax, 4",
       cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
 def shl_rm32_imm8(x):
     """SHL r/m32, imm8: DEST := DEST << (imm8 & 31); flags as in ``_shift`` (AF, OF undefined)."""
     _shift(x, "shl", z3.BitVecVal(x.d.imm, 8))
 
 
-@form("shr_rm32_imm8", enc="o32 C1 /5 ib", bytes="c1e804", asm="shr eax, 4",
+@form("shr_rm32_imm8", undefined_flags=_SHIFT, enc="o32 C1 /5 ib", bytes="c1e804", asm="shr eax, 4",
       cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
 def shr_rm32_imm8(x):
     """SHR r/m32, imm8: unsigned DEST >> (imm8 & 31); flags as in ``_shift`` (AF, OF undefined)."""
     _shift(x, "shr", z3.BitVecVal(x.d.imm, 8))
 
 
-@form("sar_rm32_imm8", enc="o32 C1 /7 ib", bytes="c1f804", asm="sar eax, 4",
+@form("sar_rm32_imm8", undefined_flags=_SHIFT, enc="o32 C1 /7 ib", bytes="c1f804", asm="sar eax, 4",
       cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
 def sar_rm32_imm8(x):
     """SAR r/m32, imm8: signed DEST >> (imm8 & 31); flags as in ``_shift`` (AF, OF undefined)."""
     _shift(x, "sar", z3.BitVecVal(x.d.imm, 8))
 
 
-@form("shl_rm32_1", enc="o32 D1 /4", bytes="d1e0", asm="shl eax, 1", cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
+@form("shl_rm32_1", undefined_flags=_SHIFT_BY_1, enc="o32 D1 /4", bytes="d1e0", asm="shl eax, 1", cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
 def shl_rm32_1(x):
     """SHL r/m32, 1: OF = MSB(result) XOR CF; AF undefined (0)."""
     _shift(x, "shl", z3.BitVecVal(1, 8))
 
 
-@form("shr_rm32_1", enc="o32 D1 /5", bytes="d1e8", asm="shr eax, 1", cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
+@form("shr_rm32_1", undefined_flags=_SHIFT_BY_1, enc="o32 D1 /5", bytes="d1e8", asm="shr eax, 1", cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
 def shr_rm32_1(x):
     """SHR r/m32, 1: OF = MSB(original operand); AF undefined (0)."""
     _shift(x, "shr", z3.BitVecVal(1, 8))
 
 
-@form("sar_rm32_1", enc="o32 D1 /7", bytes="d1f8", asm="sar eax, 1", cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
+@form("sar_rm32_1", undefined_flags=_SHIFT_BY_1, enc="o32 D1 /7", bytes="d1f8", asm="sar eax, 1", cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
 def sar_rm32_1(x):
     """SAR r/m32, 1: OF = 0; AF undefined (0)."""
     _shift(x, "sar", z3.BitVecVal(1, 8))
 
 
-@form("shl_rm32_cl", enc="o32 D3 /4", bytes="d3e0", asm="shl eax, cl", cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
+@form("shl_rm32_cl", undefined_flags=_SHIFT, enc="o32 D3 /4", bytes="d3e0", asm="shl eax, cl", cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
 def shl_rm32_cl(x):
     """SHL r/m32, CL: count CL & 31; flags as in ``_shift`` (AF, OF undefined)."""
     _shift(x, "shl", x.gpr(1, 1))
 
 
-@form("shr_rm32_cl", enc="o32 D3 /5", bytes="d3e8", asm="shr eax, cl", cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
+@form("shr_rm32_cl", undefined_flags=_SHIFT, enc="o32 D3 /5", bytes="d3e8", asm="shr eax, cl", cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
 def shr_rm32_cl(x):
     """SHR r/m32, CL: count CL & 31; flags as in ``_shift`` (AF, OF undefined)."""
     _shift(x, "shr", x.gpr(1, 1))
 
 
-@form("sar_rm32_cl", enc="o32 D3 /7", bytes="d3f8", asm="sar eax, cl", cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
+@form("sar_rm32_cl", undefined_flags=_SHIFT, enc="o32 D3 /7", bytes="d3f8", asm="sar eax, cl", cite="SDM Vol. 2B SAL/SAR/SHL/SHR")
 def sar_rm32_cl(x):
     """SAR r/m32, CL: count CL & 31; flags as in ``_shift`` (AF, OF undefined)."""
     _shift(x, "sar", x.gpr(1, 1))

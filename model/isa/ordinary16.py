@@ -13,17 +13,8 @@ import z3
 
 from ..form import form
 from ..state import AF, CF, OF, PF, SF, ZF
-from .ordinary import (UNDEFINED_FLAGS, _LOGIC, _SHIFT, _add, _alu_into_reg, _alu_into_rm, _imm,
+from .ordinary import (_LOGIC, _SHIFT, _SHIFT_BY_1, _add, _alu_into_reg, _alu_into_rm, _imm,
                        _logic, _msb, _rel8, _set_flags, _shift, _simm8, _sub)
-
-UNDEFINED_FLAGS.update({
-    **{f"{op}_{shape}": _LOGIC for op in ("or", "and", "xor")
-       for shape in ("rm16_r16", "r16_rm16", "rm16_imm16", "rm16_imm8")},
-    "test_rm16_r16": _LOGIC,
-    "test_rm16_imm16": _LOGIC,
-    **{f"{op}_rm16_{count}": _SHIFT for op in ("shl", "shr", "sar") for count in ("imm8", "cl")},
-    **{f"{op}_rm16_1": 1 << AF for op in ("shl", "shr", "sar")},
-})
 
 
 def _ip(v):
@@ -131,7 +122,7 @@ def add_rm16_r16(x):
     """ADD r/m16, r16 (16-bit flags as for r/m32)."""
     _alu_into_rm(x, "add", x.reg(2), 2)
 
-@form("or_rm16_r16", enc="o16 09 /r lock", bytes="6609c8", asm="or ax, cx",
+@form("or_rm16_r16", undefined_flags=_SHIFT_BY_1, enc="o16 09 /r lock", bytes="6609c8", asm="or ax, cx",
       cite="SDM Vol. 2B OR", theme="ordinary")
 def or_rm16_r16(x):
     """OR r/m16, r16 (16-bit flags as for r/m32)."""
@@ -149,7 +140,7 @@ def sbb_rm16_r16(x):
     """SBB r/m16, r16 (16-bit flags as for r/m32)."""
     _alu_into_rm(x, "sbb", x.reg(2), 2)
 
-@form("and_rm16_r16", enc="o16 21 /r lock", bytes="6621c8", asm="and ax, cx",
+@form("and_rm16_r16", undefined_flags=_SHIFT_BY_1, enc="o16 21 /r lock", bytes="6621c8", asm="and ax, cx",
       cite="SDM Vol. 2A AND", theme="ordinary")
 def and_rm16_r16(x):
     """AND r/m16, r16 (16-bit flags as for r/m32)."""
@@ -161,7 +152,7 @@ def sub_rm16_r16(x):
     """SUB r/m16, r16 (16-bit flags as for r/m32)."""
     _alu_into_rm(x, "sub", x.reg(2), 2)
 
-@form("xor_rm16_r16", enc="o16 31 /r lock", bytes="6631c8", asm="xor ax, cx",
+@form("xor_rm16_r16", undefined_flags=_SHIFT_BY_1, enc="o16 31 /r lock", bytes="6631c8", asm="xor ax, cx",
       cite="SDM Vol. 2D XOR", theme="ordinary")
 def xor_rm16_r16(x):
     """XOR r/m16, r16 (16-bit flags as for r/m32)."""
@@ -179,7 +170,7 @@ def add_r16_rm16(x):
     """ADD r16, r/m16."""
     _alu_into_reg(x, "add", 2)
 
-@form("or_r16_rm16", enc="o16 0B /r", bytes="660bc1", asm="or ax, cx",
+@form("or_r16_rm16", undefined_flags=_SHIFT_BY_1, enc="o16 0B /r", bytes="660bc1", asm="or ax, cx",
       cite="SDM Vol. 2B OR", theme="ordinary")
 def or_r16_rm16(x):
     """OR r16, r/m16."""
@@ -197,7 +188,7 @@ def sbb_r16_rm16(x):
     """SBB r16, r/m16."""
     _alu_into_reg(x, "sbb", 2)
 
-@form("and_r16_rm16", enc="o16 23 /r", bytes="6623c1", asm="and ax, cx",
+@form("and_r16_rm16", undefined_flags=_SHIFT_BY_1, enc="o16 23 /r", bytes="6623c1", asm="and ax, cx",
       cite="SDM Vol. 2A AND", theme="ordinary")
 def and_r16_rm16(x):
     """AND r16, r/m16."""
@@ -209,7 +200,7 @@ def sub_r16_rm16(x):
     """SUB r16, r/m16."""
     _alu_into_reg(x, "sub", 2)
 
-@form("xor_r16_rm16", enc="o16 33 /r", bytes="6633c1", asm="xor ax, cx",
+@form("xor_r16_rm16", undefined_flags=_SHIFT_BY_1, enc="o16 33 /r", bytes="6633c1", asm="xor ax, cx",
       cite="SDM Vol. 2D XOR", theme="ordinary")
 def xor_r16_rm16(x):
     """XOR r16, r/m16."""
@@ -227,7 +218,7 @@ def add_rm16_imm16(x):
     """ADD r/m16, imm16."""
     _alu_into_rm(x, "add", _imm(x, 2), 2)
 
-@form("or_rm16_imm16", enc="o16 81 /1 iw lock", bytes="6681c87856", asm="or ax, 0x5678",
+@form("or_rm16_imm16", undefined_flags=_SHIFT_BY_1, enc="o16 81 /1 iw lock", bytes="6681c87856", asm="or ax, 0x5678",
       cite="SDM Vol. 2B OR", theme="ordinary")
 def or_rm16_imm16(x):
     """OR r/m16, imm16."""
@@ -245,7 +236,7 @@ def sbb_rm16_imm16(x):
     """SBB r/m16, imm16."""
     _alu_into_rm(x, "sbb", _imm(x, 2), 2)
 
-@form("and_rm16_imm16", enc="o16 81 /4 iw lock", bytes="6681e07856", asm="and ax, 0x5678",
+@form("and_rm16_imm16", undefined_flags=_SHIFT_BY_1, enc="o16 81 /4 iw lock", bytes="6681e07856", asm="and ax, 0x5678",
       cite="SDM Vol. 2A AND", theme="ordinary")
 def and_rm16_imm16(x):
     """AND r/m16, imm16."""
@@ -257,7 +248,7 @@ def sub_rm16_imm16(x):
     """SUB r/m16, imm16."""
     _alu_into_rm(x, "sub", _imm(x, 2), 2)
 
-@form("xor_rm16_imm16", enc="o16 81 /6 iw lock", bytes="6681f07856", asm="xor ax, 0x5678",
+@form("xor_rm16_imm16", undefined_flags=_SHIFT_BY_1, enc="o16 81 /6 iw lock", bytes="6681f07856", asm="xor ax, 0x5678",
       cite="SDM Vol. 2D XOR", theme="ordinary")
 def xor_rm16_imm16(x):
     """XOR r/m16, imm16."""
@@ -275,7 +266,7 @@ def add_rm16_imm8(x):
     """ADD r/m16, imm8 sign-extended to 16 bits."""
     _alu_into_rm(x, "add", _simm8(x, 2), 2)
 
-@form("or_rm16_imm8", enc="o16 83 /1 ib lock", bytes="6683c801", asm="or ax, 1",
+@form("or_rm16_imm8", undefined_flags=_SHIFT_BY_1, enc="o16 83 /1 ib lock", bytes="6683c801", asm="or ax, 1",
       cite="SDM Vol. 2B OR", theme="ordinary")
 def or_rm16_imm8(x):
     """OR r/m16, imm8 sign-extended to 16 bits."""
@@ -293,7 +284,7 @@ def sbb_rm16_imm8(x):
     """SBB r/m16, imm8 sign-extended to 16 bits."""
     _alu_into_rm(x, "sbb", _simm8(x, 2), 2)
 
-@form("and_rm16_imm8", enc="o16 83 /4 ib lock", bytes="6683e0f0", asm="and ax, 0xfff0",
+@form("and_rm16_imm8", undefined_flags=_SHIFT_BY_1, enc="o16 83 /4 ib lock", bytes="6683e0f0", asm="and ax, 0xfff0",
       cite="SDM Vol. 2A AND", theme="ordinary")
 def and_rm16_imm8(x):
     """AND r/m16, imm8 sign-extended to 16 bits."""
@@ -305,7 +296,7 @@ def sub_rm16_imm8(x):
     """SUB r/m16, imm8 sign-extended to 16 bits."""
     _alu_into_rm(x, "sub", _simm8(x, 2), 2)
 
-@form("xor_rm16_imm8", enc="o16 83 /6 ib lock", bytes="6683f001", asm="xor ax, 1",
+@form("xor_rm16_imm8", undefined_flags=_SHIFT_BY_1, enc="o16 83 /6 ib lock", bytes="6683f001", asm="xor ax, 1",
       cite="SDM Vol. 2D XOR", theme="ordinary")
 def xor_rm16_imm8(x):
     """XOR r/m16, imm8 sign-extended to 16 bits."""
@@ -317,13 +308,13 @@ def cmp_rm16_imm8(x):
     """CMP r/m16, imm8 sign-extended to 16 bits."""
     _alu_into_rm(x, "cmp", _simm8(x, 2), 2)
 
-@form("test_rm16_r16", enc="o16 85 /r", bytes="6685c8", asm="test ax, cx",
+@form("test_rm16_r16", undefined_flags=_SHIFT_BY_1, enc="o16 85 /r", bytes="6685c8", asm="test ax, cx",
       cite="SDM Vol. 2B TEST", theme="ordinary")
 def test_rm16_r16(x):
     """TEST r/m16, r16: flags of the AND; nothing written."""
     _set_flags(x, **_logic(x.rm(2) & x.reg(2))[1])
 
-@form("test_rm16_imm16", enc="o16 F7 /0 iw", bytes="66f7c07856", asm="test ax, 0x5678",
+@form("test_rm16_imm16", undefined_flags=_SHIFT_BY_1, enc="o16 F7 /0 iw", bytes="66f7c07856", asm="test ax, 0x5678",
       cite="SDM Vol. 2B TEST", theme="ordinary")
 def test_rm16_imm16(x):
     """TEST r/m16, imm16."""
@@ -363,55 +354,55 @@ def neg_rm16(x):
     x.set_rm(2, r)
     _set_flags(x, **flags)
 
-@form("shl_rm16_imm8", enc="o16 C1 /4 ib", bytes="66c1e004", asm="shl ax, 4",
+@form("shl_rm16_imm8", undefined_flags=_SHIFT, enc="o16 C1 /4 ib", bytes="66c1e004", asm="shl ax, 4",
       cite="SDM Vol. 2B SAL/SAR/SHL/SHR", theme="ordinary")
 def shl_rm16_imm8(x):
     """SHL r/m16, imm8 (count & 31)."""
     _shift(x, "shl", z3.BitVecVal(x.d.imm, 8), 2)
 
-@form("shr_rm16_imm8", enc="o16 C1 /5 ib", bytes="66c1e804", asm="shr ax, 4",
+@form("shr_rm16_imm8", undefined_flags=_SHIFT, enc="o16 C1 /5 ib", bytes="66c1e804", asm="shr ax, 4",
       cite="SDM Vol. 2B SAL/SAR/SHL/SHR", theme="ordinary")
 def shr_rm16_imm8(x):
     """SHR r/m16, imm8 (count & 31)."""
     _shift(x, "shr", z3.BitVecVal(x.d.imm, 8), 2)
 
-@form("sar_rm16_imm8", enc="o16 C1 /7 ib", bytes="66c1f804", asm="sar ax, 4",
+@form("sar_rm16_imm8", undefined_flags=_SHIFT, enc="o16 C1 /7 ib", bytes="66c1f804", asm="sar ax, 4",
       cite="SDM Vol. 2B SAL/SAR/SHL/SHR", theme="ordinary")
 def sar_rm16_imm8(x):
     """SAR r/m16, imm8 (count & 31)."""
     _shift(x, "sar", z3.BitVecVal(x.d.imm, 8), 2)
 
-@form("shl_rm16_1", enc="o16 D1 /4", bytes="66d1e0", asm="shl ax, 1",
+@form("shl_rm16_1", undefined_flags=_SHIFT_BY_1, enc="o16 D1 /4", bytes="66d1e0", asm="shl ax, 1",
       cite="SDM Vol. 2B SAL/SAR/SHL/SHR", theme="ordinary")
 def shl_rm16_1(x):
     """SHL r/m16, 1."""
     _shift(x, "shl", z3.BitVecVal(1, 8), 2)
 
-@form("shr_rm16_1", enc="o16 D1 /5", bytes="66d1e8", asm="shr ax, 1",
+@form("shr_rm16_1", undefined_flags=_SHIFT_BY_1, enc="o16 D1 /5", bytes="66d1e8", asm="shr ax, 1",
       cite="SDM Vol. 2B SAL/SAR/SHL/SHR", theme="ordinary")
 def shr_rm16_1(x):
     """SHR r/m16, 1."""
     _shift(x, "shr", z3.BitVecVal(1, 8), 2)
 
-@form("sar_rm16_1", enc="o16 D1 /7", bytes="66d1f8", asm="sar ax, 1",
+@form("sar_rm16_1", undefined_flags=_SHIFT_BY_1, enc="o16 D1 /7", bytes="66d1f8", asm="sar ax, 1",
       cite="SDM Vol. 2B SAL/SAR/SHL/SHR", theme="ordinary")
 def sar_rm16_1(x):
     """SAR r/m16, 1."""
     _shift(x, "sar", z3.BitVecVal(1, 8), 2)
 
-@form("shl_rm16_cl", enc="o16 D3 /4", bytes="66d3e0", asm="shl ax, cl",
+@form("shl_rm16_cl", undefined_flags=_SHIFT, enc="o16 D3 /4", bytes="66d3e0", asm="shl ax, cl",
       cite="SDM Vol. 2B SAL/SAR/SHL/SHR", theme="ordinary")
 def shl_rm16_cl(x):
     """SHL r/m16, CL (count CL & 31)."""
     _shift(x, "shl", x.gpr(1, 1), 2)
 
-@form("shr_rm16_cl", enc="o16 D3 /5", bytes="66d3e8", asm="shr ax, cl",
+@form("shr_rm16_cl", undefined_flags=_SHIFT, enc="o16 D3 /5", bytes="66d3e8", asm="shr ax, cl",
       cite="SDM Vol. 2B SAL/SAR/SHL/SHR", theme="ordinary")
 def shr_rm16_cl(x):
     """SHR r/m16, CL (count CL & 31)."""
     _shift(x, "shr", x.gpr(1, 1), 2)
 
-@form("sar_rm16_cl", enc="o16 D3 /7", bytes="66d3f8", asm="sar ax, cl",
+@form("sar_rm16_cl", undefined_flags=_SHIFT, enc="o16 D3 /7", bytes="66d3f8", asm="sar ax, cl",
       cite="SDM Vol. 2B SAL/SAR/SHL/SHR", theme="ordinary")
 def sar_rm16_cl(x):
     """SAR r/m16, CL (count CL & 31)."""

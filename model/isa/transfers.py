@@ -274,25 +274,25 @@ def _far_call(x, sel, off, size: int = 4) -> None:
 _CALL = "SDM Vol. 2A CALL; Vol. 3A 5.8.4-5.8.5"
 
 
-@form("call_far_ptr", enc="o32 9A cp", bytes="9a785634123412", asm="lcall 0x1234, 0x12345678",
+@form("call_far_ptr", flow="far_call", enc="o32 9A cp", bytes="9a785634123412", asm="lcall 0x1234, 0x12345678",
       cite=_CALL)
 def call_far_ptr(x):
     _far_call(x, z3.BitVecVal(x.d.imm2, 16), z3.BitVecVal(x.d.imm, 32))
 
 
-@form("call_far_m", enc="o32 FF /3 mem", bytes="ff18", asm="call ptr [eax]", cite=_CALL)
+@form("call_far_m", flow="far_call", enc="o32 FF /3 mem", bytes="ff18", asm="call ptr [eax]", cite=_CALL)
 def call_far_m(x):
     _far_call(x, x.seg_load(x.default_seg(), x.ea(4), 2), x.seg_load(x.default_seg(), x.ea(), 4))
 
 
-@form("call_far_ptr16", enc="o16 9A cd", bytes="669a78563412", asm="lcall 0x1234, 0x5678",
+@form("call_far_ptr16", flow="far_call", enc="o16 9A cd", bytes="669a78563412", asm="lcall 0x1234, 0x5678",
       cite=_CALL)
 def call_far_ptr16(x):
     """CALL ptr16:16: the four immediate bytes are the offset word, then the selector."""
     _far_call(x, z3.BitVecVal(x.d.imm >> 16, 16), z3.BitVecVal(x.d.imm & 0xFFFF, 32), 2)
 
 
-@form("call_far_m16", enc="o16 FF /3 mem", bytes="66ff18", asm="lcall [eax]", cite=_CALL)
+@form("call_far_m16", flow="far_call", enc="o16 FF /3 mem", bytes="66ff18", asm="lcall [eax]", cite=_CALL)
 def call_far_m16(x):
     _far_call(x, x.seg_load(x.default_seg(), x.ea(2), 2), z3.ZeroExt(16, x.seg_load(x.default_seg(), x.ea(), 2)), 2)
 
@@ -324,26 +324,26 @@ def _far_jmp(x, sel, off, size: int = 4) -> None:
     _enter(x, z3.If(gate, csel, sel), target, eip, cpl)
 
 
-@form("jmp_far_ptr", enc="o32 EA cp", bytes="ea785634123412", asm="ljmp 0x1234:0x12345678",
+@form("jmp_far_ptr", flow="far_jump", enc="o32 EA cp", bytes="ea785634123412", asm="ljmp 0x1234:0x12345678",
       cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
 def jmp_far_ptr(x):
     _far_jmp(x, z3.BitVecVal(x.d.imm2, 16), z3.BitVecVal(x.d.imm, 32))
 
 
-@form("jmp_far_m", enc="o32 FF /5 mem", bytes="ff28", asm="jmp ptr [eax]",
+@form("jmp_far_m", flow="far_jump", enc="o32 FF /5 mem", bytes="ff28", asm="jmp ptr [eax]",
       cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
 def jmp_far_m(x):
     _far_jmp(x, x.seg_load(x.default_seg(), x.ea(4), 2), x.seg_load(x.default_seg(), x.ea(), 4))
 
 
-@form("jmp_far_ptr16", enc="o16 EA cd", bytes="66ea78563412", asm="ljmp 0x1234:0x5678",
+@form("jmp_far_ptr16", flow="far_jump", enc="o16 EA cd", bytes="66ea78563412", asm="ljmp 0x1234:0x5678",
       cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
 def jmp_far_ptr16(x):
     """JMP ptr16:16 (tboot's 16-bit far jumps): offset word, then selector."""
     _far_jmp(x, z3.BitVecVal(x.d.imm >> 16, 16), z3.BitVecVal(x.d.imm & 0xFFFF, 32), 2)
 
 
-@form("jmp_far_m16", enc="o16 FF /5 mem", bytes="66ff28", asm="ljmp [eax]",
+@form("jmp_far_m16", flow="far_jump", enc="o16 FF /5 mem", bytes="66ff28", asm="ljmp [eax]",
       cite="SDM Vol. 2A JMP; Vol. 3A 5.8.4")
 def jmp_far_m16(x):
     _far_jmp(x, x.seg_load(x.default_seg(), x.ea(2), 2), z3.ZeroExt(16, x.seg_load(x.default_seg(), x.ea(), 2)), 2)
@@ -385,22 +385,22 @@ def _far_return(x, imm: int, size: int = 4) -> None:
 _RET = "SDM Vol. 2A RET; Vol. 3A 5.8.6"
 
 
-@form("retf", enc="o32 CB", bytes="cb", asm="retf", cite=_RET)
+@form("retf", flow="far_return", enc="o32 CB", bytes="cb", asm="retf", cite=_RET)
 def retf(x):
     _far_return(x, 0)
 
 
-@form("retf_imm", enc="o32 CA iw", bytes="ca0800", asm="retf 8", cite=_RET)
+@form("retf_imm", flow="far_return", enc="o32 CA iw", bytes="ca0800", asm="retf 8", cite=_RET)
 def retf_imm(x):
     _far_return(x, x.d.imm)
 
 
-@form("retf_o16", enc="o16 CB", bytes="66cb", asm="retf", cite=_RET)
+@form("retf_o16", flow="far_return", enc="o16 CB", bytes="66cb", asm="retf", cite=_RET)
 def retf_o16(x):
     _far_return(x, 0, 2)
 
 
-@form("retf_imm_o16", enc="o16 CA iw", bytes="66ca0800", asm="retf 8", cite=_RET)
+@form("retf_imm_o16", flow="far_return", enc="o16 CA iw", bytes="66ca0800", asm="retf 8", cite=_RET)
 def retf_imm_o16(x):
     _far_return(x, x.d.imm, 2)
 
@@ -468,18 +468,18 @@ def deliver(x, vector: int, *, software: bool = True, error_code=None) -> None:
     _enter(x, csel, cd, eip, z3.If(inner, cd.dpl, cpl))
 
 
-@form("int_imm", enc="CD ib", bytes="cd80", asm="int 0x80",
+@form("int_imm", flow="interrupt", enc="CD ib", bytes="cd80", asm="int 0x80",
       cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
 def int_imm(x):
     deliver(x, x.d.imm)
 
 
-@form("int3", enc="CC", bytes="cc", asm="int3", cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
+@form("int3", flow="interrupt", enc="CC", bytes="cc", asm="int3", cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
 def int3(x):
     deliver(x, BP)
 
 
-@form("into", enc="CE", bytes="ce", asm="into", cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
+@form("into", flow="interrupt", enc="CE", bytes="ce", asm="into", cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
 def into(x):
     """INTO raises #OF (vector 4) as a software interrupt only when OF = 1; otherwise it does nothing."""
     with x.when(x.flag(st.OF)):
@@ -541,12 +541,12 @@ def _iret(x, size: int) -> None:
         _drop_inner_segments(x, r)
 
 
-@form("iretd", enc="o32 CF", bytes="cf", asm="iretd", cite="SDM Vol. 2A IRET/IRETD; Vol. 3A 6.12.1")
+@form("iretd", flow="far_return", enc="o32 CF", bytes="cf", asm="iretd", cite="SDM Vol. 2A IRET/IRETD; Vol. 3A 6.12.1")
 def iretd(x):
     _iret(x, 4)
 
 
-@form("iretw", enc="o16 CF", bytes="66cf", asm="iret", cite="SDM Vol. 2A IRET/IRETD; Vol. 3A 6.12.1")
+@form("iretw", flow="far_return", enc="o16 CF", bytes="66cf", asm="iret", cite="SDM Vol. 2A IRET/IRETD; Vol. 3A 6.12.1")
 def iretw(x):
     _iret(x, 2)
 
