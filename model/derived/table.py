@@ -1,9 +1,17 @@
-"""The footprint table (footprints.json.gz, written by tools/footprints.py), read once on first use."""
+"""The footprint table (footprints.json.gz, written by tools/footprints.py), read once on first use.
+
+Matching guest code to forms needs only which codes are hand-written and which derived
+(``index``); that summary is kept beside the classification cache, keyed by the table's digest,
+so a fresh process does not parse the whole table to scan a guest.
+"""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,7 +41,39 @@ def codes() -> dict[str, dict]:
 
 def hand_codes() -> dict[str, list[str]]:
     """Iced code -> the hand-written forms whose canonical bytes decode to it."""
-    return load()["hand"]
+    return index()["hand"]
+
+
+def _index_path(digest: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pgvirt" / "footprints" / f"index-{FORMAT}-{digest}.json"
+
+
+@lru_cache(maxsize=1)
+def index() -> dict:
+    """``{"hand": hand map, "derive": codes the table's decision derives}``, from the summary
+    kept on disk for this very table (by its SHA-256), else from the table (and kept)."""
+    try:
+        raw = PATH.read_bytes()
+    except OSError as e:
+        raise TableError(f"cannot read {PATH.name}: {e}; run `make footprints`") from None
+    at = _index_path(hashlib.sha256(raw).hexdigest())
+    try:
+        doc = json.loads(at.read_text())
+        if isinstance(doc, dict) and set(doc) == {"hand", "derive"}:
+            return doc
+    except (OSError, ValueError):
+        pass    # not kept yet (or unreadable): built from the table below
+    full = load()
+    doc = {"hand": full["hand"], "derive": [c for c, r in full["codes"].items() if r["decision"]["derive"]]}
+    try:
+        at.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=at.parent, delete=False, suffix=".tmp") as fh:
+            json.dump(doc, fh)
+        os.replace(fh.name, at)
+    except OSError:
+        pass    # a read-only cache directory: the next process builds the summary again
+    return doc
 
 
 def features() -> list[str]:
