@@ -335,7 +335,7 @@ STRING_OPS = {"movs", "cmps", "scas", "lods", "stos", "ins", "outs"}
 PREFIX_WORDS = {"rep", "repe", "repne", "lock"}
 SEGMENT_WORDS = {"cs", "ds", "es", "ss", "fs", "gs", "data16", "data32", "addr16", "addr32",
                  "bnd", "notrack"}
-# Capstone and objdump spell some mnemonics differently; both sides are mapped to one name.
+# iced-x86 and objdump spell some mnemonics differently; both sides are mapped to one name.
 SPELLING = {"pushfd": "pushf", "popfd": "popf", "iretd": "iret", "ljmp": "jmp", "lcall": "call",
             "wait": "fwait", "pushal": "pusha", "pushad": "pusha", "popal": "popa",
             "popad": "popa", "retf": "lret", "lgdtd": "lgdt", "lgdtw": "lgdt", "lidtd": "lidt",
@@ -375,9 +375,9 @@ def objdump_counts(path: Path, sections: set[str]) -> collections.Counter:
             counts["(bad)"] += len(code) if words and words[0] == ".byte" else 1
             continue
         if code[0] == 0x9B and len(code) > 1 and words[0].startswith("f"):
-            counts["fwait"] += 1            # objdump folds FWAIT into FINIT etc.; Capstone not
+            counts["fwait"] += 1            # objdump folds FWAIT into FINIT etc.; iced-x86 not
             words = ["fn" + words[0][1:]] + words[1:]
-        if words[:2] == ["xchg", "ax,ax"]:  # 66 90, which Capstone calls nop
+        if words[:2] == ["xchg", "ax,ax"]:  # 66 90 (xchg ax, ax): a nop on both sides
             words = ["nop"]
         counts[canonical(words)] += 1
     return counts

@@ -722,7 +722,7 @@ SREG = {"cs", "ds", "es", "fs", "gs", "ss"}
 
 def signature(text: str) -> str | None:
     """What kind of violating instruction an asm line is, read from its text alone (objdump or
-    Capstone spelling), so that the two decoders are compared, not the model's matcher."""
+    iced-x86 spelling), so that the two decoders are compared, not the model's matcher."""
     w = text.lower().replace(",", " , ").split()
     while len(w) > 1 and w[0] in ("rep", "repe", "repz", "repne", "repnz", "lock", "data16", "addr16"):
         w = w[1:]
