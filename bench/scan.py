@@ -6,7 +6,7 @@ For tboot and the largest other guest installed (by executable bytes), in one ru
   cache (a temporary cache directory, filled by one cold scan first, whose time is printed too);
   instructions/s; the same with loading (ELF parsing, gunzip) included;
 * the first scan in a fresh process (loaded guest, warm cache on disk, nothing remembered in
-  memory yet: the matcher's shapes, Capstone's texts, the parsed cache file), best of 3;
+  memory yet: the matcher's shapes, the derived forms, the parsed cache file), best of 3;
 * ``objdump -d`` on the same file (decompressed to a temporary file for .gz), best of N;
 * the ratios scan / objdump (target: <= 0.5).
 

@@ -13,17 +13,22 @@ from .common import add_profile, output_file, positive_int, profile_names, progr
 from .errors import EXIT_BAD, EXIT_FAIL, EXIT_OK, UsageError
 
 
-def _classify_profiles(names: list[str], args, err: Console):
+def _classify_profiles(names: list[str], args, err: Console, every: bool = False):
+    """Classifications per profile: of the FORMs named, else of the hand-written forms, or with
+    ``every`` of every form, derived ones included."""
     from pgvirt.model import isa
+    from pgvirt.model.derived import registry
     from pgvirt.verify.popek_goldberg import classify_many
 
     forms = getattr(args, "forms", None) or None
     if forms:
         for f in forms:
             try:
-                isa.get(f)
+                registry.get(f)
             except KeyError as e:
                 raise UsageError(str(e.args[0])) from None
+    elif every:
+        forms = list(registry.names())
     total = len(forms or isa.FORMS) * len(names)
     advance, close = progress(err, total, "solving", args.format == "text" and err.is_terminal)
     try:
@@ -38,7 +43,7 @@ def cmd_classify(args, out: Console, err: Console) -> int:
 
     names = profile_names(args)
     t0 = time.perf_counter()
-    per = _classify_profiles(names, args, err)
+    per = _classify_profiles(names, args, err, every=True)
     if args.format == "json":
         doc = documents.classify_json(per[0][0], per[0][1]) if len(per) == 1 else \
             {"profiles": [documents.classify_json(p, r) for p, r in per]}

@@ -30,7 +30,8 @@ from typing import Any, Iterable
 
 import z3
 
-from pgvirt.model import isa, monitor, profiles, state as st
+from pgvirt.model import monitor, profiles, state as st
+from pgvirt.model.derived import registry
 from pgvirt.model.manifest import (MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, ManifestError,
                                    ManifestSite, load_manifest)
 from pgvirt.model.outcome import GP, Fault
@@ -288,7 +289,7 @@ def check_allow(allow: Iterable[str]) -> tuple[str, ...]:
     names = []
     for a in allow:
         for n in filter(None, (x.strip() for x in a.split(","))):
-            isa.get(n)  # KeyError with the model's one-line message
+            registry.get(n)  # KeyError with the model's one-line message
             names.append(n)
     return tuple(dict.fromkeys(names))
 
@@ -647,6 +648,8 @@ class CheckReport:
     seconds: float = 0.0
     cache_note: str = ""
     strict: bool = False
+    undecodable: int = 0                # bytes of the patched code the decoder cannot decode
+    undecodable_first: tuple[int, ...] = ()
 
     def __repr__(self) -> str:
         return f"<CheckReport {self.patched} [{self.profile}]: {self.verdict}, {len(self.obligations)} obligations>"
@@ -755,7 +758,7 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
                 bad(f"a relocation at {hit[1]:#x} rewrites the site when the guest is loaded")
         form = None
         try:
-            form = isa.get(s.form)
+            form = registry.get(s.form)
         except KeyError:
             bad(f"form {s.form!r} is no form of the model")
         if form is not None and len(s.original) == s.length and s.length:
@@ -822,9 +825,16 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
                               f"{rep.reason(x.form)}", None, x.address, x.section, x.symbol))
     if not remaining and not undecided:
         extra = f"; {len(allowed)} allow-listed ({', '.join(sorted({x.form for x in allowed}))})" if allowed else ""
-        obs.append(Obligation("remaining", "holds", f"no sensitive-unprivileged instruction of a modelled form "
+        qual = "" if not rep.result.unmodelled_count else " of a modelled form"
+        obs.append(Obligation("remaining", "holds", f"no sensitive-unprivileged instruction{qual} "
                               f"remains in {rep.result.instructions} instructions{extra}"))
     r = rep.result
+    if r.undecodable:
+        at = ", ".join(f"{a:#x}" for a in r.undecodable_first) + (", ..." if r.undecodable > len(r.undecodable_first) else "")
+        obs.append(Obligation("coverage", "unknown" if strict else "outside",
+                              f"{r.undecodable} undecodable byte(s) (at {at}) are outside claim (1): "
+                              f"{'--strict counts them unknown' if strict else 'no instruction the decoder knows, byte-identical to the original'}",
+                              detail={"undecodable": r.undecodable, "first": list(r.undecodable_first)}))
     if r.unmodelled_count:
         mn = ", ".join(f"{u.mnemonic} x{u.count}" for u in r.unmodelled[:8])
         more = "" if len(r.unmodelled) <= 8 else f", ... ({len(r.unmodelled)} mnemonics)"
@@ -856,7 +866,7 @@ def check_patch(patched: str | os.PathLike, manifest: str | os.PathLike | Manife
                                       ms.hypercall, ms.address, ms.section, ms.symbol))
     return CheckReport(_verdict(obs), patched, m.path, opath, prof.name, allow, obs, proofs, m.sites,
                        remaining, allowed, r.unmodelled, r.unmodelled_count, r.instructions,
-                       time.perf_counter() - t0, cache.note, strict)
+                       time.perf_counter() - t0, cache.note, strict, r.undecodable, r.undecodable_first)
 
 
 def _executable_data(g: Guest, rep: ScanReport) -> Obligation:

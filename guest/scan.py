@@ -1,50 +1,75 @@
 """Matching decoded guest instructions to the model's forms, and the scan: the sites whose form a
-classifier calls a violation; instructions no form describes are ``unmodelled``, never harmless."""
+classifier calls a violation; instructions no form describes are ``unmodelled``, never harmless.
+
+The decoder (iced-x86) names each instruction's Code; a Code maps to its derived form
+(model/derived/registry.py) or to the hand-written forms whose canonical bytes decode to it (the
+table's hand map), among which the forms' encodings choose (ModRM.mod, the register in ModRM.reg,
+REP).  A Code with neither is an unsupported one: its instances are unmodelled.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterable
 
 import numpy as np
 
-from pgvirt.model.encoding import LEGACY_PREFIXES, REP_PREFIX, instance_length
+from pgvirt.model.derived import registry, table
+from pgvirt.model.encoding import LEGACY_PREFIXES, instance_length
 from pgvirt.model.form import REGISTRY, Form
 
-from .decode import _IDLE, _handle, _sweep, _text_at
+from . import decode as D
+from .decode import INVALID, _sweep
 from .image import Guest
 
-__all__ = ["FormConflict", "match_form", "scan", "ScanResult", "Site", "Unmodelled"]
+__all__ = ["FormConflict", "match_form", "form_name", "scan", "ScanResult", "Site", "Unmodelled"]
 
 # --- matching instances to forms -----------------------------------------------------------------
 
-_PASS_PREFIX = LEGACY_PREFIXES   # segment, REP, 66, 67 and LOCK: the encodings judge them
 _PASS_T = np.zeros(256, bool)
-_PASS_T[list(_PASS_PREFIX)] = True
+_PASS_T[list(LEGACY_PREFIXES)] = True
 _SIB_T = np.zeros(256, bool)
 _SIB_T[[m for m in range(256) if m & 0xC7 in (0x04, 0x44, 0x84)]] = True   # mod != 3, rm = 4
 _MASK = np.array([(1 << 8 * k) - 1 for k in range(8)], np.uint64)
 _MISS = object()
-_MNEMONIC_PREFIXES = frozenset({"rep", "repe", "repz", "repne", "repnz", "lock", "bnd", "notrack"})
+HAND, DERIVED, NONE = 2, 1, 0
 
 
 def _key(op: bytes) -> bytes:
-    # Two-byte key for the 0F map (and prefix-led opcodes), one byte otherwise.
-    return op[:2] if op[:1] in (b"\x0f", b"\x66", b"\xf2", b"\xf3") else op[:1]
+    # Two-byte key for the 0F map, one byte otherwise.
+    return op[:2] if op[:1] == b"\x0f" else op[:1]
 
 
 class _Matcher:
-    """Forms indexed by leading opcode byte(s), with answers remembered.
+    """The Code-to-form map as arrays over iced Code numbers, and the hand-written forms' opcode
+    spans, to group instances of hand-coded instructions by shape.
 
-    ``encoding.decode`` looks only at the prefixes, the opcode, ModRM and SIB; displacement and
-    immediate values merely have to be present.  So those bytes plus the total length decide a
-    match, and ``shapes`` gives instructions that differ only in displacements or immediates one
-    key.
+    A hand form's encoding looks only at the prefixes, the opcode, ModRM and SIB; displacement
+    and immediate values merely have to be present.  So those bytes plus the total length (and
+    the Code) decide which of a Code's hand forms an instance is, and ``shapes`` gives instances
+    that differ only in displacements or immediates one key.
     """
 
     def __init__(self, forms: Iterable[Form]):
-        self.index: dict[bytes, tuple[Form, ...]] = {}
+        forms = list(forms)
+        by_name = {f.name: f for f in forms}
+        names = D._code_names()
+        number = {n: c for c, n in names.items()}
+        size = max(names) + 1
+        self.kind = np.zeros(size, np.int8)
+        self.hand: dict[int, tuple[Form, ...]] = {}
+        self.derived: dict[int, str] = {}
+        for code, fnames in table.hand_codes().items():
+            fs = tuple(by_name[n] for n in fnames if n in by_name)
+            if code in number and fs:
+                self.hand[number[code]] = fs
+                self.kind[number[code]] = HAND
+        for code in registry.derived_codes():
+            if code in number and number[code] not in self.hand:
+                self.derived[number[code]] = registry.dforms.form_name(code)
+                self.kind[number[code]] = DERIVED
         idx: dict[bytes, list[Form]] = defaultdict(list)
         for f in forms:
             op = f.enc.opcode
@@ -53,41 +78,38 @@ class _Matcher:
                     idx[op[:-1] + bytes([op[-1] | r])].append(f)
             else:
                 idx[_key(op)].append(f)
-        self.index = {k: tuple(v) for k, v in idx.items()}
         # Bytes after the prefixes that can influence a match: the opcode and ModRM (span), and
         # the SIB byte that follows a ModRM at one of the offsets in sib_at when ModRM says so.
         self.span = {k: max(len(f.enc.opcode) + (f.enc.modrm is not None) for f in v)
-                     for k, v in self.index.items()}
+                     for k, v in idx.items()}
         self.sib_at = {k: tuple(sorted({len(f.enc.opcode) for f in v if f.enc.modrm is not None}))
-                       for k, v in self.index.items()}
+                       for k, v in idx.items()}
         self.by_code: dict[bytes, Form | None] = {}     # answers by whole instruction (match_form)
-        self.by_shape: dict[int, Form | None] = {}      # ... and by a key of ``shapes`` (scan)
+        self.by_shape: dict[tuple[int, int], Form | None] = {}  # ... by (shape, Code) (scan)
         self._tables: tuple[np.ndarray, np.ndarray] | None = None
 
     def shapes(self, blob: np.ndarray, starts: np.ndarray, sizes: np.ndarray):
         """The shape of every instruction at once, as one integer each, for grouping.
 
-        Instructions with equal keys get the same answer from ``decide``: a key keeps the bytes
-        that can change it (REP and segment prefixes, opcode, ModRM, the SIB byte a ModRM calls
-        for; ``span`` and ``sib_at``) and the length.  ``blob`` holds the instructions (and 8 bytes of padding);
-        an instruction whose shape runs into its 8th byte has no key (``exact`` is True) and
-        must be matched on its own bytes.
+        A key keeps the bytes that can change the answer among a Code's hand forms (prefixes,
+        opcode, ModRM, the SIB byte a ModRM calls for; ``span`` and ``sib_at``) and the length.
+        ``blob`` holds the instructions (and 8 bytes of padding); an instruction whose shape runs
+        into its 8th byte has no key (``exact`` is True) and must be matched on its own bytes.
         """
         if self._tables is None:
-            # Rows: one-byte keys, then 0F xx, then 66 xx (the only bytes _key reads two of
-            # once REP and segment prefixes are skipped).
-            span = np.empty(768, np.int64)
-            sib_last = np.zeros(768, bool)
-            for t in range(768):
-                k = bytes([t]) if t < 256 else bytes([0x0F if t < 512 else 0x66, t & 0xFF])
-                span[t] = self.span.get(k, len(k))   # no candidates: unmodelled whatever follows
-                sib_last[t] = k in self.index and self.span[k] - 1 in self.sib_at[k]
+            # Rows: one-byte keys, then 0F xx.
+            span = np.empty(512, np.int64)
+            sib_last = np.zeros(512, bool)
+            for t in range(512):
+                k = bytes([t]) if t < 256 else bytes([0x0F, t & 0xFF])
+                span[t] = self.span.get(k, len(k))
+                sib_last[t] = k in self.span and self.span[k] - 1 in self.sib_at[k]
             self._tables = span, sib_last
         span_t, sib_last_t = self._tables
         n = len(starts)
         first8 = np.ndarray((len(blob) - 7,), "<u8", buffer=blob, strides=(1,))[starts]
         b = first8.view(np.uint8).reshape(n, 8)
-        i = np.zeros(n, np.int64)                   # leading REP and segment prefixes
+        i = np.zeros(n, np.int64)                   # leading prefixes
         more = np.flatnonzero(_PASS_T[b[:, 0]])
         for j in range(1, 9):                       # few instructions have any: narrow each round
             i[more] += 1
@@ -99,8 +121,8 @@ class _Matcher:
         if len(pre):
             ic = np.minimum(i[pre], 6)
             b0[pre], b1[pre] = b[pre, ic], b[pre, ic + 1]
-        two = (b0 == 0x0F) | (b0 == 0x66)
-        t = np.where(two, np.where(b0 == 0x66, 512, 256) + b1, b0)
+        two = b0 == 0x0F
+        t = np.where(two, 256 + b1, b0)
         end = i + span_t[t]
         modrm = (first8 >> (np.minimum(end - 1, 7) * 8).astype(np.uint64)).astype(np.uint8)
         sib = sib_last_t[t] & (end < sizes) & _SIB_T[modrm]
@@ -109,47 +131,29 @@ class _Matcher:
         keys = (first8 & _MASK[keep]) | (sizes.astype(np.uint64) << np.uint64(56))
         return keys, exact
 
-    def remember(self, shape: int, f: Form | None) -> Form | None:
+    def remember(self, shape: tuple[int, int], f: Form | None) -> Form | None:
         if len(self.by_shape) >= 1 << 20:
             self.by_shape.clear()
         self.by_shape[shape] = f
         return f
 
-    def decide(self, code: bytes) -> Form | None:
-        """What ``self(code)`` answers, worked out afresh (``scan`` remembers answers by shape)."""
-        i, n = 0, len(code)
-        while i < n and code[i] in _PASS_PREFIX:
-            i += 1
-        cands = self.index.get(_key(code[i:i + 2]))
-        return None if cands is None else self._match(code, cands, any(c in REP_PREFIX for c in code[:i]))
-
-    def __call__(self, code: bytes) -> Form | None:
-        f = self.by_code.get(code, _MISS)
-        if f is _MISS:
-            f = self.decide(code)
-            if len(self.by_code) >= 1 << 20:
-                self.by_code.clear()
-            self.by_code[code] = f
-        return f
-
-    def _match(self, code: bytes, cands: tuple[Form, ...], rep: bool) -> Form | None:
-        hits = [f for f in cands if instance_length(f.enc, code) == len(code)]
+    def decide(self, code: bytes, number: int) -> Form | None:
+        """The hand form among Code ``number``'s that accepts ``code`` (its encoding judges the
+        prefixes: a form that does not admit one is no instance), or None."""
+        hits = [f for f in self.hand.get(number, ()) if instance_length(f.enc, code) == len(code)]
         if len(hits) > 1:
             raise FormConflict(f"{code.hex()} matches forms {', '.join(f.name for f in hits)}")
-        if not hits:
-            return None
-        f = hits[0]
-        if rep and f.enc.opcode[0] not in REP_PREFIX:
-            # F2/F3 select another instruction for many opcodes (F3 90 PAUSE, F3 0F B8 POPCNT,
-            # F3 0F 1E FB ENDBR32); encoding.decode would read them as a REP prefix.
-            md = _handle()
-            try:
-                got = [m for _, _, m, _ in md.disasm_lite(code, 0)]
-            finally:
-                _IDLE.append(md)
-            if len(got) != 1 or _asm_mnemonic(got[0]) != _asm_mnemonic(f.asm):
-                return None
-        return f
+        return hits[0] if hits else None
+
+    def name(self, code: bytes, number: int) -> str | None:
+        """The form (hand-written or derived) of ``code``, an instance of Code ``number``."""
+        k = self.kind[number] if 0 <= number < len(self.kind) else NONE
+        if k == DERIVED:
+            return self.derived[number]
+        if k == HAND:
+            f = self.decide(code, number)
+            return f.name if f is not None else None
+        return None
 
 
 _matcher: tuple[int, _Matcher] | None = None
@@ -164,24 +168,38 @@ def _current() -> _Matcher:
     return _matcher[1]
 
 
-def _asm_mnemonic(text: str) -> str:
-    words = [w for w in text.lower().split() if w not in _MNEMONIC_PREFIXES]
-    return words[0] if words else ""
-
-
 class FormConflict(Exception):
     """Two forms accept the same instruction bytes: a bug in the model, not in the guest."""
+
+
+def _number(code: bytes) -> int:
+    """iced's Code for ``code`` if it is exactly one instruction, else INVALID."""
+    ins = D._one(code, 0)
+    return ins.code if ins.len == len(code) and code else INVALID
+
+
+def form_name(code: bytes) -> str | None:
+    """The name of the form ``code`` (exactly one instruction) is an instance of, or None."""
+    return _current().name(bytes(code), _number(bytes(code)))
 
 
 def match_form(code: bytes) -> Form | None:
     """The model form that ``code`` (exactly one instruction) is an instance of, or None.
 
-    Every legacy prefix passes through ``encoding.decode``, which decides what it means for the
-    form (``o16``/``o32``, 16-bit addressing, mandatory and REP prefixes, LOCK); bytes with a
-    prefix a form does not admit are no instance of it.  A REP prefix that turns the bytes into
-    another instruction no form describes is caught by asking Capstone.
+    The decoder names the instruction's Code; a derived Code has one form, a hand-written one
+    the forms whose encodings accept these bytes (which decide what each legacy prefix means for
+    the form: ``o16``/``o32``, 16-bit addressing, mandatory and REP prefixes, LOCK).
     """
-    return _current()(bytes(code))
+    m = _current()
+    code = bytes(code)
+    f = m.by_code.get(code, _MISS)
+    if f is _MISS:
+        n = m.name(code, _number(code))
+        f = None if n is None else registry.get(n)
+        if len(m.by_code) >= 1 << 20:
+            m.by_code.clear()
+        m.by_code[code] = f
+    return f
 
 
 # --- scanning ------------------------------------------------------------------------------------
@@ -205,7 +223,7 @@ class Site:
 
 @dataclass(frozen=True)
 class Unmodelled:
-    """Instructions with one Capstone mnemonic that no form describes."""
+    """Instructions with one mnemonic that no form describes."""
 
     mnemonic: str
     count: int
@@ -228,61 +246,71 @@ class ScanResult:
         return sum(u.count for u in self.unmodelled)
 
 
-def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
-         fast: bool | None = None, jobs: int | None = None) -> ScanResult:
+def scan(guest: Guest, classify: Callable[[str], Iterable[str]]) -> ScanResult:
     """Find every instance of a form in ``guest``; those with violated classes are sites.
 
-    Per instruction the work is array arithmetic (``_Matcher.shapes``): matching, Capstone's
-    mnemonic and the classification are computed once per instruction shape, and Python runs
-    per instruction only for those reported.
+    Per instruction the work is array arithmetic: the decoder's Code picks a derived form at
+    once; instances of hand-coded instructions are grouped by shape (``_Matcher.shapes``) and
+    matched once per shape; the classification is asked once per form, and Python runs per
+    instruction only for those reported.
     """
     matcher = _current()
-    starts, sizes, ids, addrs, secs, mnems = [], [], [], [], [], []
+    starts, sizes, codes, addrs, secs = [], [], [], [], []
     blob, at = [], 0
     for k, sec in enumerate(guest.sections):
-        for st, lo, hi in _sweep(guest, sec, fast, jobs):
+        for st, lo, hi in _sweep(guest, sec):
             offs = st.offs[lo:hi]
             starts.append(offs + at)
             addrs.append(offs + sec.addr)
             sizes.append(st.sizes[lo:hi])
-            ids.append(st.ids[lo:hi])
-            mnems.append(st.mnems[lo:hi])
+            codes.append(st.codes[lo:hi])
             secs.append(np.full(hi - lo, k, np.int64))
         blob += [sec.data, bytes(8)]
         at += len(sec.data) + 8
     data = b"".join(blob)
     cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64))
-    starts, sizes, ids, addrs, secs = cat(starts), cat(sizes), cat(ids), cat(addrs), cat(secs)
+    starts, sizes, codes, addrs, secs = cat(starts), cat(sizes), cat(codes), cat(addrs), cat(secs)
 
-    def text(k: int) -> tuple[str, str]:
-        return _text_at(data[starts[k]:starts[k] + sizes[k]], int(addrs[k]))
+    def raw(k: int) -> bytes:
+        return data[starts[k]:starts[k] + sizes[k]]
 
-    ok = ids != 0
+    ok = codes != INVALID
     bad_at = np.flatnonzero(~ok)
-    keys, exact = matcher.shapes(np.frombuffer(data, np.uint8), starts, sizes)
-    # A label per shape, then one per distinct encoding too long for a shape (matched alone).
+    kind = matcher.kind[np.where(ok, codes, 0)]
     label = np.full(len(starts), -1, np.int64)
-    grouped = np.flatnonzero(ok & ~exact)
-    inv, rep = _group(keys[grouped])
-    label[grouped] = inv
-    reps = grouped[rep].tolist()
-    shapes = keys[grouped[rep]].tolist()
-    found = [matcher.by_shape.get(key, _MISS) for key in shapes]
-    for u, f in enumerate(found):
+    # Derived and unsupported Codes: one label per Code.
+    plain = np.flatnonzero(ok & (kind != HAND))
+    ucodes, inv = np.unique(codes[plain], return_inverse=True)
+    label[plain] = inv.ravel()
+    found: list[str | None] = [matcher.derived.get(c) for c in ucodes.tolist()]
+    # Hand-coded: one label per (shape, Code); a shape whose members the decoder names
+    # differently, or too long for a key, is matched instance by instance.
+    hand = np.flatnonzero(kind == HAND)
+    keys, exact = matcher.shapes(np.frombuffer(data, np.uint8), starts[hand], sizes[hand])
+    grouped = hand[~exact]
+    ginv, grep = _group(keys[~exact])
+    split = codes[grouped] != codes[grouped[grep]][ginv]
+    if split.any():
+        ginv, grep = _group(keys[~exact] ^ (codes[grouped].astype(np.uint64) << np.uint64(40)))
+        split = (codes[grouped] != codes[grouped[grep]][ginv]) | \
+            (keys[~exact] != keys[~exact][grep][ginv])
+    label[grouped] = len(found) + ginv
+    reps = grouped[grep].tolist()
+    shapes = list(zip(keys[~exact][grep].tolist(), codes[grouped[grep]].tolist()))
+    for u, k in enumerate(reps):
+        f = matcher.by_shape.get(shapes[u], _MISS)
         if f is _MISS:
-            k = reps[u]
-            found[u] = matcher.remember(shapes[u], matcher.decide(data[starts[k]:starts[k] + sizes[k]]))
+            f = matcher.remember(shapes[u], matcher.decide(raw(k), int(codes[k])))
+        found.append(None if f is None else f.name)
     lone: dict[bytes, int] = {}
-    for k in np.flatnonzero(ok & exact).tolist():
-        code = data[starts[k]:starts[k] + sizes[k]]
+    for k in np.concatenate([hand[exact], grouped[split]]).tolist():
+        code = raw(k)
         if code not in lone:
-            lone[code] = len(reps)
-            reps.append(k)
-            found.append(matcher.decide(code))
+            lone[code] = len(found)
+            found.append(matcher.name(code, int(codes[k])))
         label[k] = lone[code]
     verdict: dict[str, tuple[str, ...]] = {}
-    entries = [(None, None) if f is None else (f.name, _judge(f.name, classify, verdict))
-               for f in found]
+    entries = [(None, None) if f is None else (f, _judge(f, classify, verdict)) for f in found]
     counts = np.bincount(label[ok], minlength=len(entries)).tolist()
     forms: dict[str, int] = defaultdict(int)
     for (fname, cls), c in zip(entries, counts):
@@ -291,17 +319,44 @@ def scan(guest: Guest, classify: Callable[[str], Iterable[str]],
     hit = np.array([bool(cls) for _, cls in entries] + [False], bool)
     sites = []
     for k in np.flatnonzero(hit[label]).tolist():
-        code, (fname, cls) = data[starts[k]:starts[k] + sizes[k]], entries[label[k]]
-        mnem, op = text(k)
+        code, (fname, cls) = raw(k), entries[label[k]]
         addr, name = int(addrs[k]), guest.sections[secs[k]].name
+        mnem, op = D.text(code, addr)
         sites.append(Site(addr, name, guest.label(name, addr), code.hex(),
                           f"{mnem} {op}".rstrip(), mnem, fname, cls))
     none = np.array([cls is None for _, cls in entries] + [False], bool)
-    unmodelled = _unmodelled(np.flatnonzero(none[label]), label, ids, np.concatenate(mnems),
-                             starts, sizes, addrs, data, text)
+    unmodelled = _unmodelled(np.flatnonzero(none[label]).tolist(), addrs, raw)
     return ScanResult(guest.path, int(ok.sum()), len(bad_at),
                       tuple(addrs[bad_at[:5]].tolist()), tuple(sites), unmodelled,
                       dict(sorted(forms.items())))
+
+
+def _unmodelled(at: list[int], addrs: np.ndarray, raw) -> tuple[Unmodelled, ...]:
+    """Instructions ``at`` (no form describes them) grouped by mnemonic as the decoder prints
+    it (prefixes included: ``lock inc``; CMPPS's predicate in its name)."""
+    names: dict[bytes, str] = {}
+    groups: dict[str, list[int]] = {}
+    for k in at:
+        code = raw(k)
+        m = names.get(code)
+        if m is None:
+            m = names[code] = D.mnemonic(code)
+        groups.setdefault(m, []).append(k)
+    out = []
+    for m, ks in groups.items():
+        k = ks[0]
+        out.append(Unmodelled(m, len(ks), tuple(int(addrs[x]) for x in ks[:5]),
+                              f"{raw(k).hex()}  {D.asm(raw(k), int(addrs[k]))}".rstrip()))
+    return tuple(sorted(out, key=lambda u: (-u.count, u.mnemonic)))
+
+
+def _judge(name: str, classify, verdict: dict) -> tuple[str, ...]:
+    """``classify(name)`` once per scan; a set comes back sorted, a sequence in its own order."""
+    cls = verdict.get(name)
+    if cls is None:
+        got = classify(name)
+        cls = verdict[name] = tuple(sorted(got) if isinstance(got, (set, frozenset)) else got)
+    return cls
 
 
 _SPREAD = np.uint64(0x9E3779B97F4A7C15)    # Fibonacci hashing: the top 16 bits of key * this
@@ -337,73 +392,3 @@ def _group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _, rep, inv = np.unique(keys[at], return_index=True, return_inverse=True)
     label[at] = int((~shared).sum()) + inv
     return label, np.concatenate([order[firsts[~shared]], at[rep]])
-
-
-_ONES, _HIGHS = np.uint64(0x0101010101010101), np.uint64(0x8080808080808080)
-
-
-def _c_strings(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows of little-endian words holding C strings: the rows with every byte after the first NUL
-    cleared, masks of the bytes up to and including that NUL, and the rows with no NUL at all (a
-    longer string, cut off; their masks take every byte)."""
-    out, upto = np.zeros_like(words), np.zeros_like(words)
-    open_ = np.ones(len(words), bool)           # no NUL met yet
-    every = ~np.uint64(0)
-    for w in range(words.shape[1]):
-        v = words[:, w]
-        zero = (v - _ONES) & ~v & _HIGHS        # its lowest set bit marks the first 0x00 byte
-        first = zero & (~zero + np.uint64(1))
-        out[:, w] = np.where(open_, v & np.where(zero == 0, every, (first >> np.uint64(7)) - 1), 0)
-        upto[:, w] = np.where(open_, np.where(zero == 0, every, (first << np.uint64(1)) - 1), 0)
-        open_ &= zero == 0
-    upto[open_] = every
-    return out, upto, open_
-
-
-def _unmodelled(at, label, ids, mnems, starts, sizes, addrs, data, text):
-    """Instructions ``at`` (no form describes them) grouped by Capstone's mnemonic.  Instructions
-    of one shape with one Capstone id mostly share it, so they are grouped so first; a group whose
-    members print otherwise (LOCK shown or not, CMPPS's predicate in its name) is split by text."""
-    if not len(at):
-        return ()
-    raw = mnems[at]
-    inv, rep = _group((label[at] << 32) | ids[at])
-    # A member prints as its group's first if their C strings agree up to the first's NUL.
-    strings, upto, long = _c_strings(raw[rep])
-    split = np.flatnonzero(((raw & upto[inv]) != strings[inv]).any(axis=1) | long[inv])
-    if len(split):
-        words, _, cut = _c_strings(raw[split])
-        _, again = np.unique(words, axis=0, return_inverse=True)
-        again = again.ravel()
-        again[cut] = again.max() + 1 + np.arange(cut.sum())     # cut off: each on its own
-        _, firsts, again = np.unique(again, return_index=True, return_inverse=True)
-        inv[split] = len(rep) + again.ravel()
-        rep = np.concatenate([rep, split[firsts]])
-        strings = np.concatenate([strings, words[firsts]])
-        long = np.concatenate([long, cut[firsts]])
-    names = [text(at[r])[0] if cut_ else w.tobytes().rstrip(b"\0").decode("ascii", "replace")
-             for r, w, cut_ in zip(rep.tolist(), strings, long.tolist())]
-    group_of: dict[str, int] = {}
-    group = np.array([group_of.setdefault(m, len(group_of)) for m in names], np.int64)[inv]
-    counts = np.bincount(group, minlength=len(group_of))
-    order = at[np.argsort(group, kind="stable")]     # by group, each in scan order
-    begin = (np.cumsum(counts) - counts).tolist()
-    out = []
-    for (m, g), c, b in zip(group_of.items(), counts.tolist(), begin):
-        if not c:
-            continue    # a label whose members all went to other labels above
-        head = order[b:b + min(c, 5)]
-        k = int(head[0])
-        mnem, op = text(k)
-        code = data[starts[k]:starts[k] + sizes[k]]
-        out.append(Unmodelled(m, c, tuple(addrs[head].tolist()), f"{code.hex()}  {mnem} {op}".rstrip()))
-    return tuple(sorted(out, key=lambda u: (-u.count, u.mnemonic)))
-
-
-def _judge(name: str, classify, verdict: dict) -> tuple[str, ...]:
-    """``classify(name)`` once per scan; a set comes back sorted, a sequence in its own order."""
-    cls = verdict.get(name)
-    if cls is None:
-        got = classify(name)
-        cls = verdict[name] = tuple(sorted(got) if isinstance(got, (set, frozenset)) else got)
-    return cls

@@ -77,7 +77,9 @@ def check_json(rep: CheckReport) -> dict:
         "allowed": [s.row() for s in rep.allowed],
         "unmodelled": [{"mnemonic": u.mnemonic, "count": u.count, "first": list(u.first)} for u in rep.unmodelled],
         "instructions": rep.instructions,
-        "coverage": {"unmodelled": rep.unmodelled_count, "strict": rep.strict,
-                     "note": "unmodelled instructions are outside claim (1); --strict makes them unknown"},
+        "coverage": {"unmodelled": rep.unmodelled_count, "undecodable": rep.undecodable,
+                     "undecodable_first": list(rep.undecodable_first), "strict": rep.strict,
+                     "note": "unmodelled instructions and undecodable bytes are outside claim (1); "
+                             "--strict makes them unknown"},
         "seconds": round(rep.seconds, 4),
     }

@@ -126,6 +126,8 @@ def check_summary(rep) -> str:
     head = f"{os.path.basename(rep.patched)} [{rep.profile}]: {rep.verdict.upper()}"
     if rep.verdict == "holds" and rep.unmodelled_count:
         head += " for every modelled instruction"
+    elif rep.verdict == "holds" and rep.undecodable:
+        head += f" ({rep.undecodable} undecodable byte(s) reported)"
     if rep.verdict == "holds" and any(o.claim == "executable-data" and o.status == "outside"
                                       for o in rep.obligations):
         head += " of the code (executable data not swept: --strict)"

@@ -94,3 +94,48 @@ def test_entries_of_edited_definitions_are_dropped_when_the_cache_is_written(tmp
     after = set(json.loads(cache.path(PENTIUM.name).read_text())["entries"])
     assert len(after) == len(before) == 2 and after != before
     assert set(json.loads(cache.path(PENTIUM.name, ".witnesses").read_text())["entries"]) == after
+
+
+def test_hand_digest_memo_is_keyed_by_the_model_files(tmp_path, monkeypatch):
+    """The hand-written forms' digests kept on disk belong to one state of model/'s files: a
+    touched file gives another memo, and a memo entry is what reading the sources gives."""
+    import os
+
+    from pgvirt.verify import cache as K
+
+    stamp = K._model_stamp()
+    f = K._MODEL_DIR / "isa" / "ordinary.py"
+    st_ = os.stat(f)
+    try:
+        os.utime(f, ns=(st_.st_atime_ns, st_.st_mtime_ns + 1_000_000))
+        assert K._model_stamp() != stamp
+    finally:
+        os.utime(f, ns=(st_.st_atime_ns, st_.st_mtime_ns))
+    assert K._model_stamp() == stamp
+    K._hand_digest.cache_clear()
+    want = K._hand_digest("popfd")
+    K._hand_memo()["popfd"] = "kept"            # what the memo of these very files says is used
+    K._hand_digest.cache_clear()
+    assert K._hand_digest("popfd") == "kept"
+    K._hand_memo().pop("popfd")
+    K._hand_digest.cache_clear()
+    assert K._hand_digest("popfd") == want
+
+
+def test_kept_footprint_records_are_the_table_s(tmp_path, monkeypatch):
+    """A fresh process reads one code's record from the file kept for it, equal to the table's."""
+    import subprocess
+    import sys
+
+    from pgvirt.model.derived import table
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    code = "ADD_R8_RM8"
+    prog = ("import json; from pgvirt.model.derived import table; r = table.record(%r); "
+            "print(json.dumps([r, table.load.cache_info().currsize]))" % code)
+    first = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True)
+    second = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True)
+    r1, parsed1 = json.loads(first.stdout)
+    r2, parsed2 = json.loads(second.stdout)
+    assert r1 == r2 == table.codes()[code]
+    assert (parsed1, parsed2) == (1, 0)        # the second process never parsed the table

@@ -181,7 +181,22 @@ def test_cli_classify_json_shape():
     rows = {r["name"]: r for r in doc["instructions"]}
     assert rows["sgdt_m"]["mnemonic"] == "SGDT" and rows["sgdt_m"]["bytes"] == "0f0100"
     assert rows["sgdt_m"]["privileged"] is False and rows["lgdt_m"]["privileged"] is True
-    assert set(rows["sgdt_m"]) == {"name", "mnemonic", "asm", "bytes", *CLASSES}
+    assert set(rows["sgdt_m"]) == {"name", "mnemonic", "asm", "bytes", "code", *CLASSES}
+    assert rows["sgdt_m"]["code"] == "SGDT_M1632"
+
+
+def test_cli_classify_json_lists_derived_forms_with_their_code():
+    """A derived form by name: its bytes, asm and the iced-x86 Code they decode to."""
+    import iced_x86 as iced
+    from pgvirt.guest import decode as D
+
+    p = run_cli("classify", "--format", "json", "add_rm8_r8", "fld1", "popfd")
+    assert p.returncode == 1, p.stderr
+    rows = {r["name"]: r for r in json.loads(p.stdout)["instructions"]}
+    for name, code in (("add_rm8_r8", "ADD_RM8_R8"), ("fld1", "FLD1"), ("popfd", "POPFD")):
+        assert rows[name]["code"] == code
+        assert D.code_name(iced.Decoder(32, bytes.fromhex(rows[name]["bytes"])).decode().code) == code
+    assert rows["add_rm8_r8"]["innocuous"] is True
 
 
 def test_cli_classify_exit_code_follows_the_theorems():

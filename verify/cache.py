@@ -15,6 +15,7 @@ over itself: an entry that does not match is derived again, with a warning.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -155,11 +156,67 @@ def _value(name: str, v, out: dict, seen: set) -> None:
 
 @lru_cache(maxsize=None)
 def _hand_digest(name: str) -> str:
-    f = isa.get(name)
-    out: dict[str, str] = {}
-    _reach(f.semantics, out, set())
-    return _digest(f.name, f.enc_text, f.bytes.hex(), f.asm, f.cite, f.theme,
-                   json.dumps(out, sort_keys=True))
+    memo = _hand_memo()
+    d = memo.get(name)
+    if d is None:
+        f = isa.get(name)
+        out: dict[str, str] = {}
+        _reach(f.semantics, out, set())
+        d = memo[name] = _digest(f.name, f.enc_text, f.bytes.hex(), f.asm, f.cite, f.theme,
+                                 json.dumps(out, sort_keys=True))
+        _HAND_NEW.add(name)
+    return d
+
+
+_HAND_NEW: set[str] = set()
+
+
+def _model_stamp() -> str:
+    """Size and modification time of every file under model/: the sources a hand-written
+    form's digest reads (``_reach`` reads only pgvirt.model functions and modules)."""
+    parts = []
+    for root, dirs, files in os.walk(_MODEL_DIR):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for n in sorted(files):
+            st_ = os.stat(os.path.join(root, n))
+            parts.append(f"{os.path.relpath(os.path.join(root, n), _MODEL_DIR)}:{st_.st_size}:{st_.st_mtime_ns}")
+    return _digest(*parts)
+
+
+@lru_cache(maxsize=1)
+def _hand_memo_path() -> Path:
+    return default_cache_root() / "digests" / f"hand-{CACHE_FORMAT}-{_model_stamp()}.json"
+
+
+@lru_cache(maxsize=1)
+def _hand_memo() -> dict[str, str]:
+    """Hand-written forms' definition digests computed by earlier processes on the very same
+    model files (by their sizes and times; a digest reads the sources, which costs more than
+    the scan that asks for it), written back at exit with the ones computed now."""
+    try:
+        doc = json.loads(_hand_memo_path().read_text())
+        memo = {k: v for k, v in doc.items() if isinstance(k, str) and isinstance(v, str)} \
+            if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        memo = {}
+    atexit.register(_write_hand_memo)
+    return memo
+
+
+def _write_hand_memo() -> None:
+    if not _HAND_NEW:
+        return
+    path = _hand_memo_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        doc = dict(old if isinstance(old, dict) else {}, **_hand_memo())
+        atomic_write(path, json.dumps(doc, sort_keys=True).encode())
+    except OSError:
+        pass    # a read-only cache: the next process reads the sources again
 
 
 _DERIVED_SOURCES: str | None = None

@@ -98,7 +98,8 @@ class Classification:
 
     def row(self) -> dict:
         f = self.form
-        out = {"name": f.name, "mnemonic": f.mnemonic, "asm": f.asm, "bytes": f.bytes.hex()}
+        out = {"name": f.name, "mnemonic": f.mnemonic, "asm": f.asm, "bytes": f.bytes.hex(),
+               "code": registry.code_of(f.name)}     # the iced-x86 Code the bytes decode to
         out.update({c: self[c] for c in CLASSES})
         return out
 

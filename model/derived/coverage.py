@@ -13,13 +13,29 @@ from typing import Mapping
 from . import registry, table
 
 ENCODINGS = ("legacy", "vex", "evex", "xop", "3dnow")
-STATUSES = ("hand-written", "derived", "unsupported")
+STATUSES = ("hand-written", "derived", "two forms", "unsupported")
+_WAIT_PAIR = "WAIT + no-wait form"
+
+
+def wait_pair(code: str) -> tuple[str, str] | None:
+    """The two codes a decoder yields for a WAIT-prefixed x87 code (FSTENV is 9B D9 /6: WAIT,
+    then FNSTENV; SDM Vol. 1 8.3.11), or None for any other code."""
+    rec = table.codes().get(code)
+    nowait = "FN" + code[1:]
+    if rec is None or not rec["decision"]["reason"].startswith(_WAIT_PAIR) or nowait not in table.codes():
+        return None
+    return "WAIT", nowait
 
 
 def rows(unicorn: Mapping[str, str] | None = None) -> list[dict]:
-    """One row per instruction code (the decoder's pseudo-codes, db/dw/..., are left out)."""
+    """One row per instruction code (the decoder's pseudo-codes, db/dw/..., are left out).  A
+    WAIT-prefixed x87 code is "two forms" when both codes the decoder yields for it have one."""
     hand = table.hand_codes()
     derived = set(registry.derived_codes())
+
+    def forms_of(code: str) -> list[str]:
+        return hand[code] if code in hand else [registry.dforms.form_name(code)] if code in derived else []
+
     out = []
     for code, rec in table.codes().items():
         if rec["decision"]["reason"].startswith("not an instruction"):
@@ -32,8 +48,14 @@ def rows(unicorn: Mapping[str, str] | None = None) -> list[dict]:
             row.update(status="derived", forms=[registry.dforms.form_name(code)], reason="")
             if unicorn is not None:
                 row["unicorn"] = unicorn.get(code, "not swept")
+        elif (pair := wait_pair(code)) and all(forms_of(c) for c in pair):
+            row.update(status="two forms", forms=[f for c in pair for f in forms_of(c)],
+                       reason=f"decoded as {pair[0]} then {pair[1]}: covered by their forms")
         else:
-            row.update(status="unsupported", forms=[], reason=rec["decision"]["reason"])
+            reason = rec["decision"]["reason"]
+            if pair:
+                reason += f"; {pair[1]} has no form"
+            row.update(status="unsupported", forms=[], reason=reason)
         out.append(row)
     return out
 
@@ -65,12 +87,15 @@ def unsupported_by_reason(doc: dict) -> dict[str, list[str]]:
 
 def text(doc: dict) -> str:
     """The totals as a table, then the unsupported codes grouped by reason."""
-    lines = [f"{'encoding':10} {'hand-written':>12} {'derived':>8} {'unsupported':>11} {'total':>6}"]
+    lines = [f"{'encoding':10} {'hand-written':>12} {'derived':>8} {'two forms':>9} {'unsupported':>11} {'total':>6}"]
+
+    def line(name: str, t: dict) -> str:
+        return (f"{name:10} {t['hand-written']:>12} {t['derived']:>8} {t['two forms']:>9} "
+                f"{t['unsupported']:>11} {t['total']:>6}")
     for e in ENCODINGS:
-        t = doc["totals"][e]
-        lines.append(f"{e:10} {t['hand-written']:>12} {t['derived']:>8} {t['unsupported']:>11} {t['total']:>6}")
+        lines.append(line(e, doc["totals"][e]))
     a = doc["all"]
-    lines.append(f"{'all':10} {a['hand-written']:>12} {a['derived']:>8} {a['unsupported']:>11} {a['total']:>6}")
+    lines.append(line("all", a))
     lines.append(f"unsupported: {100 * doc['unsupported_fraction']:.1f} % of {a['total']} codes")
     if "unicorn" in doc:
         u = doc["unicorn"]

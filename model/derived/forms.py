@@ -360,7 +360,7 @@ def _name_num(name: str) -> int:
 @lru_cache(maxsize=None)
 def build(code: str) -> Form:
     """The derived form of iced code ``code`` (built on first use)."""
-    rec = table.codes()[code]
+    rec = table.record(code)
     if not rec["decision"]["derive"]:
         raise KeyError(f"{code} is not derived: {rec['decision']['reason']}")
     layout, enc = rec["layout"], rec["encoding"]
@@ -393,7 +393,7 @@ def shape(code: str, features: frozenset[str]) -> str:
     uninterpreted functions), so their classifications are one.  ``features`` (the profile's
     processor) decide which CPUID checks exist; the mnemonic enters through what ``semantics``
     asks of it."""
-    rec = table.codes()[code]
+    rec = table.record(code)
     missing = [f for f in rec["cpuid"] if f not in features]
     base = _shape(code)
     zero = "zero_fcs_fds" in features and "x87" in faults.classes(rec)
@@ -408,7 +408,7 @@ def _shape(code: str) -> str:
     import hashlib
     import json
 
-    rec = table.codes()[code]
+    rec = table.record(code)
     mn = rec["mnemonic"]
     inst = decode(rec["layout"], rec["encoding"], bytes.fromhex(rec["bytes"]))
     doc = {k: rec.get(k) for k in USED}

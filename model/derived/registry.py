@@ -19,7 +19,7 @@ from . import table
 def derived_codes() -> tuple[str, ...]:
     """The iced codes derived: derivable by the table and covered by no hand-written form."""
     hand = table.hand_codes()
-    out = tuple(c for c, r in table.codes().items() if r["decision"]["derive"] and c not in hand)
+    out = tuple(c for c in table.index()["derive"] if c not in hand)
     clash = [c for c in out if dforms.form_name(c) in REGISTRY]
     if clash:
         raise ModelError(f"derived form names clash with hand-written ones: {', '.join(clash)}")

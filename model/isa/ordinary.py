@@ -599,6 +599,31 @@ def push_r32(x):
     x.push(x.gpr(x.d.reg))
 
 
+def enter_frame(x, size: int) -> None:
+    """ENTER imm16, imm8 on a 32-bit stack (SDM Vol. 2A ENTER): push EBP; with nesting level
+    L = imm8 MOD 32 > 0, push the L - 1 frame pointers read at SS:[EBP - size * i] and then the
+    new frame's own pointer; EBP := the ESP after the first push; ESP -= imm16.  The level is the
+    instance's: every push and read is a stack access with its faults."""
+    level = x.d.imm2 & 31
+    x.push(x.gpr(5, size), size)
+    frame = x.s.esp
+    ebp = x.pre.ebp
+    for _ in range(1, level):
+        ebp = ebp - size
+        x.push(x.seg_load("ss", x.s.ss_base + ebp, size), size)
+    if level:
+        x.push(z3.Extract(8 * size - 1, 0, frame) if size == 2 else frame, size)
+    x.write("ebp", frame)
+    x.write("esp", x.s.esp - x.d.imm)
+
+
+@form("enter", enc="o32 C8 iw ib", bytes="c8100002", asm="enter 0x10, 2", cite="SDM Vol. 2A ENTER")
+def enter(x):
+    """ENTER imm16, imm8 with 32-bit operand size: a stack frame of imm16 bytes at nesting level
+    imm8 MOD 32 (``enter_frame``)."""
+    enter_frame(x, 4)
+
+
 @form("pop_r32", enc="o32 58+r", bytes="58", asm="pop eax", cite="SDM Vol. 2B POP")
 def pop_r32(x):
     """POP r32: r32 := SS:[ESP]; ESP += 4 (POP ESP leaves the popped value in ESP)."""

@@ -14,7 +14,7 @@ import z3
 from ..form import form
 from ..state import AF, CF, OF, PF, SF, ZF
 from .ordinary import (_LOGIC, _SHIFT, _SHIFT_BY_1, _add, _alu_into_reg, _alu_into_rm, _imm,
-                       _logic, _msb, _rel8, _set_flags, _shift, _simm8, _sub)
+                       _logic, _msb, _rel8, _set_flags, _shift, _simm8, _sub, enter_frame)
 
 
 def _ip(v):
@@ -415,6 +415,13 @@ def sar_rm16_cl(x):
 def push_r16(x):
     """PUSH r16: ESP -= 2; SS:[ESP] := r16 (PUSH SP stores the value before the decrement)."""
     x.push(x.gpr(x.d.reg, 2), 2)
+
+@form("enter_o16", enc="o16 C8 iw ib", bytes="66c8100002", asm="enter 0x10, 2",
+      cite="SDM Vol. 2A ENTER", theme="ordinary")
+def enter_o16(x):
+    """ENTER imm16, imm8 with 16-bit operand size: the pushes are words (BP, the frame pointers,
+    the frame's own SP); on a 32-bit stack EBP := the ESP after the first push, ESP -= imm16."""
+    enter_frame(x, 2)
 
 @form("pop_r16", enc="o16 58+r", bytes="6658", asm="pop ax",
       cite="SDM Vol. 2B POP", theme="ordinary")
