@@ -34,6 +34,9 @@ class Profile:
     cr0_clear: tuple[int, ...] = ()    # CR0 bits the monitor clears
     passthrough: tuple[tuple[str, int], ...] = ()   # (field, mask): the guest's own values
     notes: tuple[str, ...] = ()        # why each host or passed-through setting, with its source
+    # VMX non-root operation / an SVM guest: the ``vmx.Controls`` or ``svm.Intercepts`` the guest
+    # runs under (``profiles.hardware``); None for a trap-and-emulate monitor's deprivileged guest.
+    vm: object = None
 
     def __post_init__(self) -> None:
         _check_features(self.features)     # every name is one of ``features.FEATURES``
@@ -74,7 +77,15 @@ class Profile:
                          "cr0_clear": [CR0_NAMES[b] for b in self.cr0_clear],
                          "io_bitmap": self.io_bitmap},
                 "guest_passthrough": {f: _bit_names(f, m) for f, m in self.guest_bits.items()},
-                "notes": list(self.notes)}
+                "notes": list(self.notes),
+                **({"controls": self.vm.as_json()} if self.vm is not None else {})}
+
+    def with_controls(self, vm) -> "Profile":
+        """This hardware profile under another configuration (``--controls FILE``, the search)."""
+        from dataclasses import replace
+        if self.vm is None or type(vm) is not type(self.vm):
+            raise ValueError(f"profile {self.name!r} takes no {type(vm).__name__}")
+        return replace(self, vm=vm)
 
 
 CR4_NAMES = {st.CR4_VME: "VME", st.CR4_PVI: "PVI", st.CR4_TSD: "TSD", st.CR4_DE: "DE",
