@@ -301,20 +301,21 @@ def cr_read(x, n: int, value, what: str):
     return value
 
 
-def cr_write(x, n: int, old, value, what: str, access: int = 0):
+def cr_write(x, n: int, old, value, what: str, access: int = 0, bits: int = ~0):
     """The value a write of CRn leaves in the register, after its exit checks.  VT-x (SDM Vol. 3C
     25.1.3, 25.3): CR0/CR4 writes exit when a bit the mask owns would differ from the read shadow;
     without an exit those bits keep their value (``access`` 2 for CLTS, 3 for LMSW); MOV to CR3
     exits under 'CR3-load exiting' unless the value is a CR3-target value.  SVM (APM Vol. 2 15.9):
     the CRn write intercept, then for CR0 the selective intercept (a change of a bit other than
-    TS and MP; LMSW and CLTS are CR0 writes)."""
+    TS and MP; LMSW and CLTS are CR0 writes).  ``bits``: the bits the instruction can write
+    (CLTS: TS; LMSW: PE, MP, EM, TS), the only ones whose shadow it is compared with."""
     if x.vm is None:
         return value
     if _vmx(x):
         if n in (0, 4):
             mask, shadow = (x.vm.cr0_mask, x.vm.cr0_shadow) if n == 0 else (x.vm.cr4_mask, x.vm.cr4_shadow)
-            if mask:
-                x.exit_when((value ^ shadow) & mask != 0,
+            if mask & bits:
+                x.exit_when((value ^ shadow) & mask & bits != 0,
                             _vmx_exit("cr_access", f"{what} changes a CR{n} bit the guest/host mask owns "
                                                    "from its read shadow"), _cr_qual(n, access))
             return (value & ~mask) | (old & mask)
@@ -333,6 +334,23 @@ def cr_write(x, n: int, old, value, what: str, access: int = 0):
                     _svm_exit("cr0_selective_write", INTERCEPTS["cr0_selective_write"].exit_code,
                               f"{what} changes a CR0 bit other than TS and MP"))
     return value
+
+
+def cr_keep(x, n: int, old, value):
+    """The value a CR0/CR4 write that did not exit leaves: in VMX non-root operation the bits the
+    guest/host mask owns keep their value (SDM Vol. 3C 25.3)."""
+    if x.vm is None or not _vmx(x) or n not in (0, 4):
+        return value
+    mask = x.vm.cr0_mask if n == 0 else x.vm.cr4_mask
+    return (value & ~mask) | (old & mask) if mask else value
+
+
+def require_enabled(x, control: str, what: str) -> None:
+    """In VMX non-root operation an instruction a secondary control enables is #UD while that
+    control is 0 (SDM Vol. 3C 25.3: RDTSCP, INVPCID, XSAVES/XRSTORS, VMFUNC...)."""
+    if x.vm is not None and _vmx(x) and not x.vm.on(control):
+        from .outcome import UD
+        x.fault(UD, None, f"{what} in VMX non-root operation with '{control}' clear")
 
 
 def dr_access(x, n: int, write: bool, what: str) -> None:

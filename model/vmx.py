@@ -224,7 +224,8 @@ DEFAULT = Controls(
                                 "rdtsc_exiting", "mov_dr_exiting", "use_io_bitmaps", "use_msr_bitmaps",
                                 "monitor_exiting", "activate_secondary_controls"]),
     secondary=_vector("secondary", ["enable_ept", "unrestricted_guest", "wbinvd_exiting",
-                                    "rdrand_exiting", "rdseed_exiting", "enable_rdtscp"]),
+                                    "rdrand_exiting", "rdseed_exiting", "enable_rdtscp",
+                                    "enable_invpcid", "enable_xsaves_xrstors"]),
     # The guest believes it runs unpaged protected mode with native x87 error reporting: it reads
     # PE = NE = 1, PG = 0 whatever VMX fixes in the real CR0 (23.8, 24.6.6).
     cr0_mask=CR0_NE | CR0_PG | CR0_PE, cr0_shadow=CR0_PE | CR0_NE,

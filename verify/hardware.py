@@ -41,8 +41,8 @@ ASSUMPTIONS = (
     "the guest's own machine is a well-formed 32-bit unpaged protected-mode state; the masked "
     "CR0/CR4 bits are the read shadows, so a guest whose masked bits differ from them is another "
     "configuration",
-    "the monitor loads the guest's values of what VM entry does not (CR2, DR0-DR3, DR6, XCR0) "
-    "before entering it",
+    "the monitor loads the guest's values of what VM entry does not (CR2, DR0-DR3, DR6, XCR0, "
+    "IA32_TSC_AUX) before entering it",
 )
 
 

@@ -32,6 +32,7 @@ unspecified, and QEMU and Bochs write zero.
 
 import z3
 
+from .. import checks
 from .. import state as st
 from ..checks import (Descriptor, descriptor, gate_descriptor, is_null, load_cache, load_null, rpl,
                       sel_code, set_accessed)
@@ -471,6 +472,7 @@ def deliver(x, vector: int, *, software: bool = True, error_code=None) -> None:
 @form("int_imm", enc="CD ib", bytes="cd80", asm="int 0x80",
       cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
 def int_imm(x):
+    checks.vmexit(x, svm="intn", what="INT n")
     deliver(x, x.d.imm)
 
 
@@ -511,6 +513,7 @@ def _iret(x, size: int) -> None:
     IRET).  With 16-bit operand size the frame is of words, EIP and ESP the popped words
     zero-extended (the stacks are 32-bit; Bochs ``iret_protected``)."""
     what = "IRETD" if size == 4 else "IRET"
+    checks.vmexit(x, svm="iret", what=what)
     x.assume(z3.Not(st.bit(x.sysflags, st.NT)),
              f"{what} with EFLAGS.NT = 1 returns from a nested task: task switches are not modelled")
     w = size

@@ -66,7 +66,6 @@ def _common(io_ports: frozenset[int]) -> list[tuple[str, int, str]]:
     return [
         ("caches", ALL, "the physical caches hold every guest's data: INVD/WBINVD act on all of them"),
         ("halted", ALL, "the physical processor: a guest HLT without an exit idles it"),
-        ("tsc_aux", ALL, "IA32_TSC_AUX is in neither the guest-state area nor the VMCB: the host's"),
         ("pmc0", ALL, "the performance counters count for the host"),
         ("pmc1", ALL, "the performance counters count for the host"),
     ]
@@ -105,10 +104,14 @@ def _svm_ownership(c: svm.Intercepts) -> Ownership:
     if not c.on("intr"):
         f.append(("sysflags", 1 << st.IF, "without the INTR intercept the guest's IF masks the "
                                           "physical interrupts (APM Vol. 2 15.21)"))
-    f += [("gif", ALL, "GIF gates the host's interrupts; the guest runs with GIF = 1 (APM Vol. 2 15.17)"),
-          ("efer", svm.EFER_SVME, "EFER.SVME must stay 1 in guest mode (APM Vol. 2 15.5.1)")]
+    f.append(("gif", ALL, "GIF gates the host's interrupts; the guest runs with GIF = 1 (APM Vol. 2 15.17)"))
+    # EFER.SVME must be 1 in guest mode (15.5.1), and no intercept hides it: at CPL 3 the SVM
+    # instructions raise #GP, not #UD, before their intercepts are checked.  So the guest's own
+    # machine is one with SVME set, and a guest write that clears it must exit (the MSRPM).
+    shadows = (("efer", svm.EFER_SVME, svm.EFER_SVME,
+                "EFER.SVME is 1 in guest mode and shows (APM Vol. 2 15.5.1): the guest's machine has it set"),)
     ports = c.io_exits if c.on("ioio_prot") else frozenset(range(1 << 16))
-    return Ownership(tuple(f), (), ports, c.tsc_offset)
+    return Ownership(tuple(f), shadows, ports, c.tsc_offset)
 
 
 def guest_view(s, own: Ownership, tag: str = "n"):
