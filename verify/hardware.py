@@ -24,7 +24,7 @@ from typing import Any
 
 import z3
 
-from pgvirt.model import profiles, state as st
+from pgvirt.model import profiles, state as st, vmx
 from pgvirt.model.derived import registry
 from pgvirt.model.form import Form
 from pgvirt.model.outcome import Outcome
@@ -68,10 +68,25 @@ def hw_frame(profile: Profile) -> HwFrame:
         s = st.fresh("s")
         own = ownership(profile.vm)
         n = guest_view(s, own)
-        wf_s = z3.And(profiles.wellformed(s, profile), entry_ok(s, profile.vm))
+        wf_s = z3.And(profiles.wellformed(forced_paging_hidden(s, profile), profile),
+                      entry_ok(s, profile.vm))
         f = HwFrame(s, n, own, wf_s, profiles.wellformed(n, profile), tidy_state(s))
         _FRAMES[profile] = f
     return f
+
+
+def forced_paging_hidden(s, profile: Profile):
+    """``s`` as the well-formedness rules judge it.  Without unrestricted guest VM entry needs
+    CR0.PG = 1 (SDM Vol. 3C 26.3.1.1): a monitor runs an unpaged guest with paging forced on and
+    hidden behind the CR0 read shadow (PG masked, shadow 0), its page table mapping guest memory
+    one to one, which the model (linear = physical) leaves as it is.  Such a state is judged with
+    PG as the guest sees it; any other configuration keeps the rule CR0.PG = 0 of the real state,
+    and one without unrestricted guest then has no state at all (verdicts UNKNOWN, never proved)."""
+    c = profile.vm
+    if isinstance(c, vmx.Controls) and not c.on("unrestricted_guest") \
+            and c.cr0_mask & vmx.CR0_PG and not c.cr0_shadow & vmx.CR0_PG:
+        return s.replace(cr0=s.cr0 & ~vmx.CR0_PG)
+    return s
 
 
 def owned_changes(o: Outcome, own: Ownership) -> list:
