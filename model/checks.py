@@ -234,6 +234,13 @@ def io_permitted(x, port, width: int) -> z3.BoolRef:
 # ``x.vm`` is the configuration: ``vmx.Controls``, ``svm.Intercepts``, or None on bare hardware,
 # where every helper returns at once and builds no term.
 
+def _on(x, control: str) -> bool:
+    """Whether ``control`` (a VMX control or an SVM intercept) is set, noted as consulted by the
+    form (``Outcome.consulted``: the controls search re-asks only the forms that read it)."""
+    x.consulted.add(control)
+    return x.vm.on(control)
+
+
 def _vmx(x) -> bool:
     from .vmx import Controls
     return isinstance(x.vm, Controls)
@@ -264,11 +271,11 @@ def vmexit(x, *, vmx: tuple[str | None, str] | None = None, svm: str | None = No
         return
     if vmx is not None and _vmx(x):
         control, reason = vmx
-        if control is None or x.vm.on(control):
+        if control is None or _on(x, control):
             why = f"{what}: unconditional in VMX non-root operation" if control is None \
                 else f"{what} with '{control}' set"
             x.exit_when(cond, _vmx_exit(reason, why), qualification)
-    elif svm is not None and _svm(x) and x.vm.on(svm):
+    elif svm is not None and _svm(x) and _on(x, svm):
         from .svm import INTERCEPTS
         x.exit_when(cond, _svm_exit(svm, INTERCEPTS[svm].exit_code, f"{what} with the {svm} intercept set"),
                     qualification)
@@ -288,7 +295,7 @@ def cr_read(x, n: int, value, what: str):
     if x.vm is None:
         return value
     if _vmx(x):
-        if n == 3 and x.vm.on("cr3_store_exiting"):
+        if n == 3 and _on(x, "cr3_store_exiting"):
             x.exit_when(True, _vmx_exit("cr_access", f"{what} with 'CR3-store exiting' set"),
                         _cr_qual(3, 1))
         if n in (0, 4):
@@ -296,6 +303,7 @@ def cr_read(x, n: int, value, what: str):
             return (value & ~mask) | (shadow & mask)
         return value
     from .svm import EXIT_READ_CR
+    x.consulted.add(f"cr{n}_read")
     if x.vm.cr(n, write=False):
         x.exit_when(True, _svm_exit(f"read_cr{n}", EXIT_READ_CR + n, f"{what} with the CR{n} read intercept set"))
     return value
@@ -319,16 +327,17 @@ def cr_write(x, n: int, old, value, what: str, access: int = 0, bits: int = ~0):
                             _vmx_exit("cr_access", f"{what} changes a CR{n} bit the guest/host mask owns "
                                                    "from its read shadow"), _cr_qual(n, access))
             return (value & ~mask) | (old & mask)
-        if n == 3 and x.vm.on("cr3_load_exiting"):
+        if n == 3 and _on(x, "cr3_load_exiting"):
             hit = z3.Or([value == t for t in x.vm.cr3_targets]) if x.vm.cr3_targets else z3.BoolVal(False)
             x.exit_when(z3.Not(hit), _vmx_exit("cr_access", f"{what} with 'CR3-load exiting' set and "
                                                             "the value not a CR3-target value"),
                         _cr_qual(3, access))
         return value
     from .svm import EXIT_WRITE_CR, INTERCEPTS
+    x.consulted.add(f"cr{n}_write")
     if x.vm.cr(n, write=True):
         x.exit_when(True, _svm_exit(f"write_cr{n}", EXIT_WRITE_CR + n, f"{what} with the CR{n} write intercept set"))
-    if n == 0 and x.vm.on("cr0_selective_write"):
+    if n == 0 and _on(x, "cr0_selective_write"):
         tsmp = (1 << st.CR0_TS) | (1 << st.CR0_MP)
         x.exit_when((old ^ value) & ~tsmp != 0,
                     _svm_exit("cr0_selective_write", INTERCEPTS["cr0_selective_write"].exit_code,
@@ -348,7 +357,7 @@ def cr_keep(x, n: int, old, value):
 def require_enabled(x, control: str, what: str) -> None:
     """In VMX non-root operation an instruction a secondary control enables is #UD while that
     control is 0 (SDM Vol. 3C 25.3: RDTSCP, INVPCID, XSAVES/XRSTORS, VMFUNC...)."""
-    if x.vm is not None and _vmx(x) and not x.vm.on(control):
+    if x.vm is not None and _vmx(x) and not _on(x, control):
         from .outcome import UD
         x.fault(UD, None, f"{what} in VMX non-root operation with '{control}' clear")
 
@@ -359,11 +368,12 @@ def dr_access(x, n: int, write: bool, what: str) -> None:
     if x.vm is None:
         return
     if _vmx(x):
-        if x.vm.on("mov_dr_exiting"):
+        if _on(x, "mov_dr_exiting"):
             x.exit_when(True, _vmx_exit("mov_dr", f"{what} with 'MOV-DR exiting' set"),
                         n | (0 if write else 1) << 4)
         return
     from .svm import EXIT_READ_DR, EXIT_WRITE_DR
+    x.consulted.add(f"dr{n}_{'write' if write else 'read'}")
     if x.vm.dr(n, write):
         base = EXIT_WRITE_DR if write else EXIT_READ_DR
         x.exit_when(True, _svm_exit(f"{'write' if write else 'read'}_dr{n}", base + n,
@@ -406,16 +416,16 @@ def io_exit(x, port, width: int, what: str) -> None:
     qual = (z3.ZeroExt(16, port) << 16) | (width - 1)
     if _vmx(x):
         c = x.vm
-        if c.on("use_io_bitmaps"):
+        if _on(x, "use_io_bitmaps"):
             cond = _ports(port, width, c.io_exits)
             why = f"{what}: a port of the access is set in the I/O bitmaps"
-        elif c.on("unconditional_io_exiting"):
+        elif _on(x, "unconditional_io_exiting"):
             cond, why = z3.BoolVal(True), f"{what} with 'unconditional I/O exiting' set"
         else:
             return
         x.exit_when(cond, _vmx_exit("io", why), qual)
         return
-    if x.vm.on("ioio_prot"):
+    if _on(x, "ioio_prot"):
         from .svm import INTERCEPTS
         x.exit_when(_ports(port, width, x.vm.io_exits),
                     _svm_exit("ioio", INTERCEPTS["ioio_prot"].exit_code,
@@ -431,7 +441,7 @@ def msr_exit(x, ecx, write: bool, what: str) -> None:
     exits = x.vm.msr_write_exits if write else x.vm.msr_read_exits
     if _vmx(x):
         reason = "wrmsr" if write else "rdmsr"
-        if not x.vm.on("use_msr_bitmaps"):
+        if not _on(x, "use_msr_bitmaps"):
             x.exit_when(True, _vmx_exit(reason, f"{what} without 'use MSR bitmaps'"), ecx)
             return
         covered = z3.Or(z3.ULE(ecx, 0x1FFF), z3.And(z3.UGE(ecx, 0xC0000000), z3.ULE(ecx, 0xC0001FFF)))
@@ -439,7 +449,7 @@ def msr_exit(x, ecx, write: bool, what: str) -> None:
         x.exit_when(z3.Or(z3.Not(covered), listed),
                     _vmx_exit(reason, f"{what}: the MSR is set in the MSR bitmaps or outside them"), ecx)
         return
-    if x.vm.on("msr_prot"):
+    if _on(x, "msr_prot"):
         from .svm import INTERCEPTS
         covered = z3.Or(z3.ULE(ecx, 0x1FFF), z3.And(z3.UGE(ecx, 0xC0000000), z3.ULE(ecx, 0xC0001FFF)),
                         z3.And(z3.UGE(ecx, 0xC0010000), z3.ULE(ecx, 0xC0011FFF)))
@@ -454,6 +464,6 @@ def tsc_value(x):
     always (SVM, APM Vol. 2 15.30.5) the real TSC plus the offset."""
     if x.vm is None:
         return x.tsc
-    if _vmx(x) and not x.vm.on("use_tsc_offsetting"):
+    if _vmx(x) and not _on(x, "use_tsc_offsetting"):
         return x.tsc
     return x.tsc + (x.vm.tsc_offset & ((1 << 64) - 1))

@@ -73,6 +73,7 @@ class Exec:
         # non-root operation / an SVM guest; None on bare hardware, where no exit condition is
         # even built (the solver sees the very formulas it saw before exits existed).
         self.vm = vm
+        self.consulted: set[str] = set()     # the controls / intercepts the definition read
         self.pre = s
         self.s = s
         self.d = d
@@ -105,7 +106,10 @@ class Exec:
         if not z3.is_false(fails):
             # The exception bitmap (SDM Vol. 3C 24.6.3, 25.2) or the exception intercepts (AMD
             # APM Vol. 2 15.12) turn the fault into an exit: the one place this happens.
-            ex = None if self.vm is None else self.vm.exception_exit(vector, reason)
+            ex = None
+            if self.vm is not None:
+                self.consulted.add(f"exception_{vector}")
+                ex = self.vm.exception_exit(vector, reason)
             if ex is not None:
                 self._checks.append(Check(fails, vector, z3.BitVecVal(vector, 32), reason, ex))
             else:
@@ -393,7 +397,8 @@ class Exec:
         effects = tuple(sorted(self._effects | {"eip"}))
         return Outcome(self.pre, tuple(self._checks), post, tuple(self._assumptions),
                        tuple(self._loads), tuple(self._stores), effects,
-                       tuple(self._segmented) if self.recording else None)
+                       tuple(self._segmented) if self.recording else None,
+                       frozenset(self.consulted))
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,8 @@ class Outcome:
     # limit, attr, linear address, size, write, cpl, cr0, sysflags, register name), each term as
     # it stood then; a fetch ("fetch") has no base and the offset (EIP) for the address
     segmented: tuple | None = field(default=None, compare=False)   # None: not recorded
+    # the VMX controls / SVM intercepts (and ``exception_N``) the definition consulted
+    consulted: frozenset = field(default=frozenset(), compare=False)
 
     # Computed once per outcome: the queries ask for them many times.
     @cached_property

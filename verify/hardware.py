@@ -170,6 +170,8 @@ class HwEngine:
                 "mode": q("hole.mode", [], mode),
                 "control_user": q("hole.control.user", [z3.Not(o.faults)] + user, control),
                 "mode_user": q("hole.mode.user", user, mode),
+                "unmodelled": Query("unmodelled", runs + [z3.Not(o.assumed)], [z3.BoolVal(True)], states, outs,
+                                    {}, self._tidy, [self.frame.wf_s]),
                 "exists": Query("vacuity", [], [z3.BoolVal(True)], states, outs, {}, self._tidy, self.wf)}
 
     # The same solving strategy as the legacy engine (disjunct by disjunct, then together).
@@ -184,6 +186,16 @@ def _bind() -> None:
 
 
 _bind()
+
+
+def _unmodelled(eng: HwEngine, q: Query) -> dict | None:
+    """A witness that the non-root run, without an exit, breaks one of its form's assumptions
+    (the solver asked without them), or None (UNSAT)."""
+    from .solver import check
+    r = check(q.base + q.constraints, eng.timeout)
+    if r.verdict is Verdict.PROVED:
+        return None
+    return {"reason": "unmodelled", "answer": r.verdict.name.lower()}
 
 
 def classify(form: Form, profile: Profile, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Classification:
@@ -247,4 +259,10 @@ def classify(form: Form, profile: Profile, timeout_ms: int = DEFAULT_TIMEOUT_MS)
             why = "no well-formed non-root state with these assumptions exists" \
                 if ex.verdict is Verdict.PROVED else (ex.reason or "solver gave no answer")
             a["privileged"] = Answer("privileged", None, "unknown", None, secs, why)
+    # Proofs hold under the forms' assumptions, as everywhere; whether a non-root run without an
+    # exit reaches what they assume away is recorded, so that the controls search never calls a
+    # control harmless only because its absence leads there (verify/controls.py).
+    um = _unmodelled(eng, qs["unmodelled"]) if eng.o.assumptions else None
+    a["unmodelled"] = Answer("unmodelled", um is not None, "refuted" if um else "proved", None, 0.0,
+                             "; ".join(sorted({w for _, w in eng.o.assumptions})) if um else "")
     return out
