@@ -132,8 +132,14 @@ class Exec:
             self._checks.append(Check(fails, 0, q, ex.reason, ex))
 
     def assume(self, cond, reason: str) -> None:
-        """Restrict the modelled states (on the current path); every verdict lists these."""
-        self._assumptions.append((z3.Implies(self.path, cond), reason))
+        """Restrict the modelled states (on the current path); every verdict lists these.  In
+        non-root operation a run that already exited is not restricted: what the exit left
+        undone is the monitor's (an IRET's task switch after its VM exit)."""
+        path = self.path
+        exits = [c.fails for c in self._checks if c.exit is not None]
+        if exits:
+            path = z3.And(path, z3.Not(z3.Or(exits)))
+        self._assumptions.append((z3.Implies(path, cond), reason))
 
     # --- branches ---------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -196,3 +196,87 @@ def search(profile: Profile, jobs: int | None = None, timeout_ms: int = DEFAULT_
     out.minimal = s.minimal(out.results) if base == "holds" else []
     out.seconds = time.perf_counter() - t0
     return out
+
+
+# --- VT-x and SVM side by side -------------------------------------------------------------------
+
+def strongest(kind: str):
+    """Every instruction-exiting control (VT-x) or instruction, CR and DR intercept (SVM) on top of
+    the default: what each architecture can make exit at all (exceptions left to the guest)."""
+    if kind == "vmx":
+        return vmx.from_json({"base": "default", "name": "every exiting control", "primary": {
+            n: True for n in ("hlt_exiting", "invlpg_exiting", "mwait_exiting", "rdpmc_exiting",
+                              "rdtsc_exiting", "cr3_load_exiting", "cr3_store_exiting", "mov_dr_exiting",
+                              "use_io_bitmaps", "use_msr_bitmaps", "monitor_exiting", "pause_exiting")},
+            "secondary": {n: True for n in ("descriptor_table_exiting", "wbinvd_exiting", "rdrand_exiting",
+                                            "rdseed_exiting")}})
+    return svm.from_json({"base": "default", "name": "every intercept", "intercepts": {
+        n: True for n in svm.INTERCEPTS}, "cr_read": 0x1D, "cr_write": 0x1D, "dr_read": 0xFF, "dr_write": 0xFF})
+
+
+def can_exit(form: str, profile: Profile, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> tuple[str, dict | None]:
+    """Whether ``form`` exits in some non-root state under ``profile``: ("exits", the exit and
+    state) by a witness, ("never", None) by UNSAT, or ("unknown", None)."""
+    from .hardware import HwEngine
+    from .popek_goldberg import Query, tidy_memory
+    from .solver import Verdict
+
+    from .popek_goldberg import _witness
+    from .solver import check
+
+    eng = HwEngine(registry.get(form), profile, timeout_ms)
+    # Only the non-root run's own assumptions: the guest's machine plays no part here.
+    base = [eng.frame.wf_s, eng.o.assumed, eng.o.exits]
+    r = check(base, timeout_ms)
+    if r.verdict is Verdict.REFUTED:
+        nice = check(base + eng.frame.tidy + tidy_memory(eng.o), min(timeout_ms, 2000))
+        q = Query("exits", [], [eng.o.exits], {"guest": eng.s}, {"guest": eng.o}, {}, [], base)
+        return "exits", _witness(q, (nice if nice.verdict is Verdict.REFUTED else r).model)
+    return ("never", None) if r.verdict is Verdict.PROVED else ("unknown", None)
+
+
+# Robin and Irvine's instructions (verify/literature.py), each by one 32-bit form.
+COMPARED = (("SGDT", "sgdt_m"), ("SIDT", "sidt_m"), ("SLDT", "sldt_r"), ("STR", "str_r"),
+            ("SMSW", "smsw_r"), ("PUSHF", "pushfd"), ("POPF", "popfd"), ("IRET", "iretd"),
+            ("INT n", "int_imm"), ("LAR", "lar_r"), ("LSL", "lsl_r"), ("VERR", "verr_r"),
+            ("VERW", "verw_r"), ("PUSH (segment register)", "push_cs"),
+            ("POP (segment register)", "pop_ds"), ("MOV (segment register)", "mov_r_cs"),
+            ("CALL (far)", "call_far_ptr"), ("JMP (far)", "jmp_far_ptr"), ("RET (far)", "retf"))
+
+
+def compare(timeout_ms: int = DEFAULT_TIMEOUT_MS) -> list[dict]:
+    """For each instruction: can VT-x / SVM make it exit (witness or proof, under the strongest
+    configuration), and is it root-mode privileged under each default (proof or witness)."""
+    from pgvirt.model import profiles
+    from .popek_goldberg import classify
+
+    rows = []
+    hw = {"vtx": profiles.VTX, "svm": profiles.SVM}
+    strong = {"vtx": profiles.VTX.with_controls(strongest("vmx")),
+              "svm": profiles.SVM.with_controls(strongest("svm"))}
+    for paper, name in COMPARED:
+        row: dict = {"paper": paper, "form": name, "asm": registry.get(name).asm}
+        for p in ("vtx", "svm"):
+            ex, w = can_exit(name, strong[p], timeout_ms)
+            c = classify(name, hw[p], timeout_ms)
+            reason = None
+            if w:
+                reason = w["guest_outcome"].get("exit_reason")
+            row[p] = {"can_exit": ex, "exit_reason": reason, "exit_witness": w,
+                      "default": c.answers["privileged"].verdict,
+                      "default_witness": c.answers["privileged"].witness}
+        a, b = row["vtx"], row["svm"]
+        if a["can_exit"] != b["can_exit"]:
+            who = "SVM" if b["can_exit"] == "exits" else "VT-x"
+            row["difference"] = f"only {who} can make it exit ({(b if who == 'SVM' else a)['exit_reason']})"
+            if name.startswith("smsw") and a["default"] == "proved":
+                row["difference"] = ("VT-x needs no exit: SMSW reads the CR0 read shadow (proved); SVM can "
+                                     f"only intercept the CR0 read ({b['exit_reason']})")
+        elif "task_switch" in (a["exit_reason"], b["exit_reason"]) and a["exit_reason"] != b["exit_reason"]:
+            row["difference"] = (f"VT-x exits for {a['exit_reason']} only, SVM for {b['exit_reason']}"
+                                 if a["exit_reason"] == "task_switch" else
+                                 f"SVM exits for {b['exit_reason']} only, VT-x for {a['exit_reason']}")
+        else:
+            row["difference"] = ""
+        rows.append(row)
+    return rows
