@@ -59,6 +59,8 @@ class HwFrame:
 
 
 _FRAMES: dict[Profile, HwFrame] = {}
+# The proof obligations of a form (``export-smt`` writes these): the holes, all and at CPL 3.
+OBLIGATIONS = ("control", "mode", "control_user", "mode_user")
 _SHARED: dict[int, Session] = {}
 
 
