@@ -239,7 +239,6 @@ class Outcome:
                 code = None if c.code is None else model.eval(c.code, model_completion=True).as_long()
                 if c.exit is not None:    # an exit's ``code`` term is its qualification
                     return replace(c.exit, qualification=code)
-                code = None if c.code is None else model.eval(c.code, model_completion=True).as_long()
                 return Fault(c.vector, code, c.reason)
         addrs = {} if extra is not None else self.addresses(model)
         for k, v in (extra or {}).items():

@@ -327,8 +327,9 @@ def wbinvd(x):
 def invlpg_m(x):
     """The operand only names a page and is not accessed; a one-bit TLB loses all of it."""
     checks.require_cpl0(x, "INVLPG")
-    checks.vmexit(x, vmx=("invlpg_exiting", "invlpg"), svm="invlpg", what="INVLPG",
-                  qualification=x.ea())
+    if x.vm is not None:     # the qualification is the linear address (SDM Vol. 3C Table 27-1)
+        checks.vmexit(x, vmx=("invlpg_exiting", "invlpg"), svm="invlpg", what="INVLPG",
+                      qualification=x.ea())
     x.write("tlb", 0)
 
 
@@ -449,16 +450,24 @@ def rdpmc(x):
 # (OSXSAVE, OSPKE) and the CPUID-faulting MSR do not exist here.  So the result is one
 # uninterpreted function of EAX and ECX, the same in every state and at every CPL.
 _CPUID = z3.Function("cpuid", z3.BitVecSort(32), z3.BitVecSort(32), z3.BitVecSort(128))
-# In VMX non-root operation or an SVM guest the processor that answers is the host's, not the
-# one the guest's own machine is: its identity is the monitor's (an answer without an exit).
-_HOST_CPUID = z3.Function("host_cpuid", z3.BitVecSort(32), z3.BitVecSort(32), z3.BitVecSort(128))
+_HOST: list = []
+
+
+def _host_cpuid():
+    """In VMX non-root operation or an SVM guest the processor that answers is the host's, not
+    the one the guest's own machine is: its identity is the monitor's (an answer without an exit).
+    Declared on first use: a declaration at import would renumber every later Z3 term, and with
+    them the witnesses the solver picks on bare hardware."""
+    if not _HOST:
+        _HOST.append(z3.Function("host_cpuid", z3.BitVecSort(32), z3.BitVecSort(32), z3.BitVecSort(128)))
+    return _HOST[0]
 
 
 @form("cpuid", enc="0F A2", bytes="0fa2", asm="cpuid",
       cite="SDM Vol. 2A CPUID; Vol. 3C 25.1.2 (unconditional exit); APM Vol. 2 15.10")
 def cpuid(x):
     checks.vmexit(x, vmx=(None, "cpuid"), svm="cpuid", what="CPUID")
-    r = (_CPUID if x.vm is None else _HOST_CPUID)(x.eax, x.ecx)
+    r = (_CPUID if x.vm is None else _host_cpuid())(x.eax, x.ecx)
     x.write("eax", z3.Extract(31, 0, r))
     x.write("ebx", z3.Extract(63, 32, r))
     x.write("ecx", z3.Extract(95, 64, r))

@@ -116,8 +116,9 @@ def _far_target(x, sel, what: str) -> Descriptor:
         x.require(d.present, NP, code, f"{what}: task gate or TSS not present")
         # Task switches exit in non-root operation (SDM Vol. 3C 25.4.2) and under the SVM
         # task-switch intercept (APM Vol. 2 15.14); only the switch itself is out of the model.
-        checks.vmexit(x, vmx=(None, "task_switch"), svm="task_switch", cond=z3.And(dpl_ok, idle, d.present),
-                      what=f"{what} to a task gate or TSS")
+        if x.vm is not None:     # no term is built on bare hardware (the witnesses stay as they were)
+            checks.vmexit(x, vmx=(None, "task_switch"), svm="task_switch",
+                          cond=z3.And(dpl_ok, idle, d.present), what=f"{what} to a task gate or TSS")
         x.assume(z3.Not(z3.And(dpl_ok, idle, d.present)),
                  "far CALL/JMP to a task gate or TSS switches tasks: task switches are not modelled")
     return d
@@ -439,9 +440,10 @@ def deliver(x, vector: int, *, software: bool = True, error_code=None) -> None:
         x.require(dpl_ok, GP, vcode, "software interrupt through a gate of DPL < CPL")
     x.require(g.present, NP, vcode, "IDT gate not present")
     what = "INT n" if software else "an interrupt or exception"
-    checks.vmexit(x, vmx=(None, "task_switch"), svm="task_switch",
-                  cond=z3.And(g.in_limit, kinds, dpl_ok, g.present, g.system_type(TASK_GATE)),
-                  what=f"{what} through a task gate")
+    if x.vm is not None:
+        checks.vmexit(x, vmx=(None, "task_switch"), svm="task_switch",
+                      cond=z3.And(g.in_limit, kinds, dpl_ok, g.present, g.system_type(TASK_GATE)),
+                      what=f"{what} through a task gate")
     x.assume(z3.Implies(z3.And(g.in_limit, kinds, dpl_ok, g.present),
                         g.system_type(INT_GATE32, TRAP_GATE32)),
              f"{what} through a task gate (task switch) or a 16-bit interrupt/trap gate is not modelled")
@@ -520,8 +522,9 @@ def _iret(x, size: int) -> None:
     zero-extended (the stacks are 32-bit; Bochs ``iret_protected``)."""
     what = "IRETD" if size == 4 else "IRET"
     checks.vmexit(x, svm="iret", what=what)
-    checks.vmexit(x, vmx=(None, "task_switch"), svm="task_switch", cond=st.bit(x.sysflags, st.NT),
-                  what=f"{what} with EFLAGS.NT = 1")
+    if x.vm is not None:
+        checks.vmexit(x, vmx=(None, "task_switch"), svm="task_switch", cond=st.bit(x.sysflags, st.NT),
+                      what=f"{what} with EFLAGS.NT = 1")
     x.assume(z3.Not(st.bit(x.sysflags, st.NT)),
              f"{what} with EFLAGS.NT = 1 returns from a nested task: task switches are not modelled")
     w = size
