@@ -120,6 +120,20 @@ class UnknownProfile(KeyError):
         return f"unknown profile {self.args[0]!r} (known: {', '.join(PROFILES)})"
 
 
+class NotTrapAndEmulate(KeyError):
+    """A hardware profile where a trap-and-emulate mode pair is asked for (one line, exit 2)."""
+
+    def __str__(self) -> str:
+        return (f"profile {self.args[0]!r} runs its guest in VMX non-root operation / SVM guest mode: "
+                "its mode is root versus non-root (profiles.hardware), not a deprivileged CPL-3 twin; "
+                "classify, verify, controls and scan take it, the site prover does not")
+
+
+def _trap_and_emulate(profile: Profile) -> None:
+    if profile.vm is not None:
+        raise NotTrapAndEmulate(profile.name)
+
+
 def get(name: str) -> Profile:
     try:
         return PROFILES[name]
@@ -235,6 +249,7 @@ def deprivileged(s: State, profile: Profile):
     the host settings and, without an I/O permission bitmap, a TSS whose map base lies past its
     limit.  Returns (constraint, addresses) so witnesses carry the TSS bytes it reads.
     """
+    _trap_and_emulate(profile)
     conds = [host_constraints(s, profile)]
     addrs = []
     if not profile.io_bitmap:
@@ -246,6 +261,7 @@ def deprivileged(s: State, profile: Profile):
 def with_mode(s: State, cpl, profile: Profile, host: bool) -> State:
     """``s`` moved to privilege ``cpl``: CPL, CS/SS RPL and DPL follow; with ``host`` the
     profile's host settings (IOPL, CR4 bits) are imposed, as a monitor does for its guest."""
+    _trap_and_emulate(profile)
     cpl = z3.BitVecVal(cpl, 2) if isinstance(cpl, int) else cpl
     c16 = z3.ZeroExt(14, cpl)
     conf = z3.Extract(2, 2, s.cs_attr) == 1
