@@ -40,7 +40,8 @@ def generate() -> str:
         rows = [[o["field"], o["mask"], o["why"]] for o in own["owned"]]
         rows += [[s["field"], f"{s['mask']} (reads {s['shadow']})", s["why"]] for s in own["shadowed"]]
         rows.append(["io", own["io_ports_owned"], "ports whose devices the monitor emulates"])
-        rows.append(["tsc", "", own["tsc"]])
+        if not own["tsc"].startswith("owned"):
+            rows.append(["tsc", "", own["tsc"]])
         lines += [f"**What the monitor owns under `{name}`'s default** (everything else is the guest's "
                   "own, duplicated state):", ""] + _table(["field", "bits", "why"], rows) + [""]
     for name in ("vtx", "svm"):

@@ -158,10 +158,9 @@ class Searcher:
                                          if k else "no form's definition reads it"))
             elif v == "fails":
                 a = bad.answers["privileged"]
-                kind = "control" if bad["control_sensitive"] else "mode"
-                out.append(ControlResult(name, "necessary", k, bad.form.name, bad.form.asm,
-                                         f"a {kind} hole: {bad.answers['sensitive'].note or kind}",
-                                         a.witness))
+                why = ("without an exit it changes state the monitor owns" if bad["control_sensitive"]
+                       else "without an exit it differs from the guest's own machine")
+                out.append(ControlResult(name, "necessary", k, bad.form.name, bad.form.asm, why, a.witness))
             elif v == "unmodelled":
                 out.append(ControlResult(name, "unknown", k, bad.form.name, bad.form.asm,
                                          "without it a run reaches behaviour the model assumes away: "
