@@ -8,10 +8,11 @@ views only arrange them.  Results are kept per process: each cell asks once.
 
 from __future__ import annotations
 
-from pgvirt.model import profiles, svm, vmx
+from pgvirt.model import isa, profiles, svm, vmx
 from pgvirt.report.html import HTML, _e, table
 from pgvirt.report.theorems import witness_line
 from pgvirt.verify import controls as C
+from pgvirt.verify.cache import classifications
 from pgvirt.verify.popek_goldberg import classify_all, theorem
 
 __all__ = ["PROFILES", "overview", "controls_table", "switch_off", "compare", "picker"]
@@ -22,8 +23,15 @@ _SEARCHES: dict[str, C.Search] = {}
 
 
 def _results(name: str) -> list:
+    """Every form's classification: a hardware profile's from its controls search (the baseline
+    it starts from), a legacy one's through the proof cache notebooks 01-04 share."""
     if name not in _CLASSIFIED:
-        _CLASSIFIED[name] = classify_all(name)
+        if profiles.get(name).vm is not None:
+            _CLASSIFIED[name] = search(name).classifications
+        else:
+            names = [f.name for f in isa.FORMS]
+            known, _ = classifications(name, names)
+            _CLASSIFIED[name] = [known[n] for n in names]
     return _CLASSIFIED[name]
 
 
@@ -96,7 +104,8 @@ def picker(name: str = "vtx"):
     import ipywidgets as w
 
     names = C.candidates(profiles.get(name).vm)
-    pick = w.Dropdown(options=names, value="hlt_exiting" if "hlt_exiting" in names else names[0],
+    first = next((n for n in ("hlt_exiting", "cpuid") if n in names), names[0])
+    pick = w.Dropdown(options=names, value=first,
                       description="switch off")
     out = w.HTML(switch_off(name, pick.value).text)
 

@@ -52,6 +52,7 @@ class Search:
     results: list[ControlResult] = field(default_factory=list)
     minimal: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    classifications: list = field(default_factory=list, repr=False)   # the baseline, every form
 
     def as_json(self) -> dict:
         return {"profile": self.profile, "configuration": self.configuration,
@@ -190,7 +191,7 @@ def search(profile: Profile, jobs: int | None = None, timeout_ms: int = DEFAULT_
     t0 = time.perf_counter()
     s = Searcher(profile, jobs, timeout_ms, forms)
     base = theorem("1", s.base).verdict
-    out = Search(profile.name, profile.vm.name, base)
+    out = Search(profile.name, profile.vm.name, base, classifications=s.base)
     out.results = s.run()
     out.minimal = s.minimal(out.results) if base == "holds" else []
     out.seconds = time.perf_counter() - t0

@@ -31,8 +31,8 @@ from pgvirt.model.outcome import Outcome
 from pgvirt.model.profiles import Profile
 from pgvirt.model.profiles.hardware import Ownership, entry_ok, guest_view, ownership
 
-from .popek_goldberg import (Answer, Classification, Query, _derived, _sat_answer, tidy_memory,
-                             tidy_state, visible_parts)
+from .popek_goldberg import (Answer, Classification, Engine, Query, _derived, _sat_answer,
+                             tidy_memory, tidy_state, visible_parts)
 from .solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict
 
 ASSUMPTIONS = (
@@ -132,8 +132,9 @@ def guest_state_parts(o: Outcome, on: Outcome, own: Ownership) -> list:
     return parts
 
 
-class HwEngine:
-    """The queries of one form under one hardware profile."""
+class HwEngine(Engine):
+    """The queries of one form under one hardware profile; solved and read out as the legacy
+    engine's are (``Engine.solve``: disjunct by disjunct, then together; ``Engine.witness``)."""
 
     def __init__(self, form: Form, profile: Profile, timeout_ms: int = DEFAULT_TIMEOUT_MS):
         self.form, self.profile, self.timeout = form, profile, timeout_ms
@@ -176,18 +177,6 @@ class HwEngine:
                                     {}, self._tidy, [self.frame.wf_s]),
                 "exists": Query("vacuity", [], [z3.BoolVal(True)], states, outs, {}, self._tidy, self.wf)}
 
-    # The same solving strategy as the legacy engine (disjunct by disjunct, then together).
-    solve = None     # set below from popek_goldberg.Engine
-    witness = None
-
-
-def _bind() -> None:
-    from .popek_goldberg import Engine
-    HwEngine.solve = Engine.solve
-    HwEngine.witness = Engine.witness
-
-
-_bind()
 
 
 def _unmodelled(eng: HwEngine, q: Query) -> dict | None:
