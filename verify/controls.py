@@ -218,10 +218,10 @@ def can_exit(form: str, profile: Profile, timeout_ms: int = DEFAULT_TIMEOUT_MS) 
     """Whether ``form`` exits in some non-root state under ``profile``: ("exits", the exit and
     state) by a witness, ("never", None) by UNSAT, or ("unknown", None)."""
     from .hardware import HwEngine
-    from .popek_goldberg import Query, tidy_memory
+    from .queries import Query, tidy_memory
     from .solver import Verdict
 
-    from .popek_goldberg import _witness
+    from .queries import _witness
     from .solver import check
 
     eng = HwEngine(registry.get(form), profile, timeout_ms)

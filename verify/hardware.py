@@ -31,8 +31,8 @@ from pgvirt.model.outcome import Outcome
 from pgvirt.model.profiles import Profile
 from pgvirt.model.profiles.hardware import Ownership, entry_ok, guest_view, ownership
 
-from .popek_goldberg import (Answer, Classification, Engine, Query, _derived, _sat_answer,
-                             tidy_memory, tidy_state, visible_parts)
+from .queries import (Answer, Classification, Query, _derived, _sat_answer, solve, tidy_memory,
+                      tidy_state, visible_parts, witness)
 from .solver import DEFAULT_TIMEOUT_MS, Result, Session, Verdict
 
 ASSUMPTIONS = (
@@ -132,9 +132,9 @@ def guest_state_parts(o: Outcome, on: Outcome, own: Ownership) -> list:
     return parts
 
 
-class HwEngine(Engine):
+class HwEngine:
     """The queries of one form under one hardware profile; solved and read out as the legacy
-    engine's are (``Engine.solve``: disjunct by disjunct, then together; ``Engine.witness``)."""
+    engine's are (``queries.solve``: disjunct by disjunct, then together; ``queries.witness``)."""
 
     def __init__(self, form: Form, profile: Profile, timeout_ms: int = DEFAULT_TIMEOUT_MS):
         self.form, self.profile, self.timeout = form, profile, timeout_ms
@@ -154,6 +154,12 @@ class HwEngine(Engine):
 
     def check(self, constraints: list, timeout_ms: int) -> Result:
         return self.session.check(self._scoped + constraints, timeout_ms)
+
+    def solve(self, q: Query) -> tuple[Result, list | None]:
+        return solve(self, q)
+
+    def witness(self, q: Query, r: Result, chosen: list, readable: bool) -> tuple[dict, float]:
+        return witness(self, q, r, chosen, readable)
 
     def _tidy(self) -> list:
         return self.frame.tidy + tidy_memory(self.o) + tidy_memory(self.on)

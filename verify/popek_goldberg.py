@@ -34,100 +34,15 @@ from pgvirt.model.form import Form
 from pgvirt.model.outcome import Fault, Next, Outcome, changes_json
 from pgvirt.model.profiles import Profile
 
-from .solver import DEFAULT_TIMEOUT_MS, QUICK_MS, Result, Session, Verdict, in_worker
+from .queries import (CLASSES, RPL_COUPLED, TIDY_MS, Answer, Classification, Query, _derived,  # noqa: F401
+                      _mask_rpl, _sat_answer, _witness, solve, t_not, t_or, tidy_memory, tidy_state,
+                      visible_parts, witness)
+from .solver import DEFAULT_TIMEOUT_MS, QUICK_MS, Result, Session, Verdict, in_worker  # noqa: F401
 
-CLASSES = ("privileged", "control_sensitive", "mode_sensitive", "location_sensitive",
-           "behavior_sensitive", "sensitive", "user_sensitive", "innocuous")
-TIDY_MS = 2000  # budget for re-solving a SAT query into a readable witness
 SEG_SPACE = monitor.ADDRESS_SPACE        # the guest's address space: relocation keeps it
-RPL_COUPLED = monitor.RPL_COUPLED
-
-
-# --- three-valued logic ----------------------------------------------------------------------
-
-def t_or(*vals: bool | None) -> bool | None:
-    if any(v is True for v in vals):
-        return True
-    if all(v is False for v in vals):
-        return False
-    return None
-
-
-def t_not(v: bool | None) -> bool | None:
-    return None if v is None else not v
-
-
-# --- answers -----------------------------------------------------------------------------------
-
-@dataclass
-class Answer:
-    """One class of one form: value True/False/None, how it was decided, and the witness."""
-
-    cls: str
-    value: bool | None
-    verdict: str            # "proved" (by UNSAT), "refuted" (by a SAT witness), "unknown", "derived"
-    witness: dict | None = None
-    seconds: float = 0.0
-    note: str = ""
-
-    def __repr__(self) -> str:
-        return f"<Answer {self.cls}={self.value} ({self.verdict}{', witness' if self.witness else ''})>"
-
-    def as_json(self) -> dict:
-        return {"class": self.cls, "value": self.value, "verdict": self.verdict,
-                "witness": self.witness, "seconds": round(self.seconds, 4), "note": self.note}
-
-
-@dataclass
-class Classification:
-    form: Form
-    profile: Profile
-    answers: dict[str, Answer] = field(default_factory=dict)
-    assumptions: tuple[str, ...] = ()
-
-    def __repr__(self) -> str:
-        yes = [c for c in CLASSES if self.answers.get(c) is not None and self[c]]
-        return f"<Classification {self.form.name} [{self.profile.name}]: {', '.join(yes) or 'none'}>"
-
-    def __getitem__(self, cls: str) -> bool | None:
-        return self.answers[cls].value
-
-    @property
-    def seconds(self) -> float:
-        return sum(a.seconds for a in self.answers.values())
-
-    def row(self) -> dict:
-        f = self.form
-        out = {"name": f.name, "mnemonic": f.mnemonic, "asm": f.asm, "bytes": f.bytes.hex()}
-        out.update({c: self[c] for c in CLASSES})
-        return out
 
 
 # --- building blocks ---------------------------------------------------------------------------
-
-def _mask_rpl(v):
-    return v & 0xFFFC
-
-
-def visible_parts(a: Outcome, b: Outcome) -> list:
-    """Ways the two runs' visible results can differ (see the module docstring), cheapest first."""
-    fa, fb = a.faults, b.faults
-    parts = [fa != fb, z3.And(fa, fb, z3.Or(a.vector != b.vector, a.code != b.code))]
-    neither = z3.And(z3.Not(fa), z3.Not(fb))
-    for name in st.users():
-        if st.FIELD[name].index_width:
-            continue
-        x, y = a.post[name], b.post[name]
-        if name in RPL_COUPLED:
-            x, y = _mask_rpl(x), _mask_rpl(y)
-        if not x.eq(y):
-            parts.append(z3.And(neither, x != y))
-    addrs = [ad for arr, ad in a.stores + b.stores if arr == "mem"]
-    if addrs:
-        parts.append(z3.And(neither, z3.Or([z3.Select(a.post.mem, ad) != z3.Select(b.post.mem, ad)
-                                            for ad in addrs])))
-    return parts
-
 
 def system_writes(o: Outcome):
     """The SYSTEM values ``o``'s form may write: (field, None) for a scalar field, (field,
@@ -164,29 +79,6 @@ def relocated(s, profile: Profile, tag: str):
         fresh = z3.Const(f"{tag}.{f.name}", st.sort_of(f))
         changes[f.name] = (s[f.name] & m) | (fresh & ~m) if m else fresh
     return s.replace(**changes)
-
-
-def tidy_state(s) -> list:
-    """Constraints that make a witness easy to read and replay; never used in a proof."""
-    c = []
-    for r in st.SREGS:
-        c += [s[f"{r}_base"] == 0, s[f"{r}_limit"] == 0xFFFFFFFF]
-    c += [z3.ULE(0x1000, s.eip), z3.ULT(s.eip, 0x1F00)]
-    for reg in ("gdtr_base", "idtr_base", "ldtr_base", "tr_base"):
-        c += [z3.ULE(0x10000, s[reg]), z3.ULT(s[reg], 0x70000)]
-    c += [z3.ULE(0x20000, s.esp), z3.ULT(s.esp, 0x70000)]
-    # Data segments the CPU could not have loaded at this CPL (only SYSEXIT leaves them) are
-    # legal but cannot be set up in the emulator, and SYSENTER_CS keeps 16 bits there.
-    for r in ("ds", "es", "fs", "gs"):
-        attr = s[f"{r}_attr"]
-        c.append(z3.Or(z3.Extract(7, 7, attr) == 0, z3.UGE(z3.Extract(6, 5, attr), s.cpl)))
-    c.append(z3.ULT(s.sysenter_cs, 0x10000))
-    return c
-
-
-def tidy_memory(o: Outcome) -> list:
-    return [c for arr, ad in o.loads + o.stores if arr == "mem"
-            for c in (z3.ULE(0x8000, ad), z3.ULT(ad, 0x80000))]
 
 
 @dataclass(frozen=True)
@@ -234,50 +126,6 @@ def _shared_session(fr: Frame, timeout_ms: int) -> Session:
     if s is None:
         s = _SESSIONS[id(fr)] = Session([fr.wf_s], timeout_ms)
     return s
-
-
-@dataclass
-class Query:
-    """Is there a model of ``constraints`` and one of the ``goal`` disjuncts?"""
-
-    name: str
-    constraints: list                     # besides ``base``
-    goal: list
-    states: dict[str, Any]                # label -> symbolic state
-    outcomes: dict[str, Outcome]
-    extra_addrs: dict[str, list]          # label -> [(array, addr term)]
-    tidy: Any                             # list, or a function giving it (built only when needed)
-    base: list = field(default_factory=list)  # shared by every query of the form
-
-    def __post_init__(self) -> None:
-        simplified = (z3.simplify(g) for g in self.goal)
-        self.goal = [g for g in simplified if not z3.is_false(g)]
-
-    @property
-    def formula(self) -> list:
-        """The whole query as one conjunction (for export and for other solvers)."""
-        return self.base + self.constraints + [z3.Or(self.goal) if self.goal else z3.BoolVal(False)]
-
-
-def _witness(q: Query, model: z3.ModelRef) -> dict:
-    out: dict[str, Any] = {}
-    # A pair shares memory: every state gets the union of the addresses either run touches, so
-    # each state is complete on its own.
-    shared: dict[str, set[int]] = {}
-    for o in q.outcomes.values():
-        for arr, v in o.addresses(model).items():
-            shared.setdefault(arr, set()).update(v)
-    for label, s in q.states.items():
-        o = q.outcomes[label]
-        addrs = {k: set(v) for k, v in shared.items()}
-        extra = q.extra_addrs.get(label, [])
-        for (arr, _), a in zip(extra, st.eval_many(model, [ad for _, ad in extra])):
-            addrs.setdefault(arr, set()).add(a)
-        pre = st.evaluate(s, model, addrs)
-        res = o.concrete(model, addrs, pre)
-        out[label] = pre
-        out[f"{label}_outcome"] = changes_json(pre, res)
-    return out
 
 
 class Engine:
@@ -349,66 +197,11 @@ class Engine:
         }
 
     def solve(self, q: Query) -> tuple[Result, list | None]:
-        """Decide ``q``: the result, and for SAT the constraints that were satisfied.
-
-        The goal's disjuncts are tried one at a time first, each with a short budget: one
-        disjunct has a much smaller cone of influence than the whole goal.  SAT for one is SAT;
-        the disjuncts left undecided are then asked together with the full budget.  A goal with
-        no disjunct left (every way to differ is syntactically impossible) is UNSAT as it stands.
-        """
-        if not q.goal:
-            return Result(Verdict.PROVED, None, 0.0, "the goal is false: no field can differ"), None
-        spent = 0.0
-        pending = []
-        parts = q.goal if len(q.goal) > 1 else []
-        for part in parts:
-            rp = self.check(q.constraints + [part], min(self.timeout, QUICK_MS))
-            spent += rp.seconds
-            if rp.verdict is Verdict.REFUTED:
-                rp.seconds = spent
-                return rp, q.constraints + [part]
-            if rp.verdict is Verdict.UNKNOWN:
-                pending.append(part)
-        if parts and not pending:
-            return Result(Verdict.PROVED, None, spent, "every disjunct UNSAT"), None
-        chosen = q.constraints + [z3.Or(pending) if parts else z3.Or(q.goal)]
-        r = self.check(chosen, self.timeout)
-        r.seconds += spent
-        if r.verdict is Verdict.UNKNOWN and len(pending) > 1:
-            # A disjunction can be harder than every one of its parts (a loaded machine also
-            # makes the short first tries miss): each undecided part gets a share of the budget.
-            share = max(min(self.timeout, QUICK_MS), self.timeout // len(pending))
-            proved = 0
-            for part in pending:
-                rp = self.check(q.constraints + [part], share)
-                r.seconds += rp.seconds
-                if rp.verdict is Verdict.REFUTED:
-                    rp.seconds = r.seconds
-                    return rp, q.constraints + [part]
-                proved += rp.verdict is Verdict.PROVED
-            if proved == len(pending):
-                return Result(Verdict.PROVED, None, r.seconds, "every disjunct UNSAT"), None
-        return r, (chosen if r.verdict is Verdict.REFUTED else None)
+        """Decide ``q`` (``queries.solve``)."""
+        return solve(self, q)
 
     def witness(self, q: Query, r: Result, chosen: list, readable: bool) -> tuple[dict, float]:
-        """The witness of a SAT answer; ``readable`` re-solves within ``tidy`` first."""
-        model, spent = r.model, 0.0
-        if readable:
-            tidy = q.tidy() if callable(q.tidy) else q.tidy
-            nice = self.check(chosen + tidy, min(self.timeout, TIDY_MS))
-            spent = nice.seconds
-            if nice.verdict is Verdict.REFUTED:
-                model = nice.model
-        return _witness(q, model), spent
-
-
-def _sat_answer(cls: str, r: Result, w: dict | None, dt: float) -> Answer:
-    """Existential class: SAT (witness) means True, UNSAT means False."""
-    if r.verdict is Verdict.REFUTED:
-        return Answer(cls, True, "refuted", w, dt, "witness found")
-    if r.verdict is Verdict.PROVED:
-        return Answer(cls, False, "proved", None, dt, "no state exists (UNSAT)")
-    return Answer(cls, None, "unknown", None, dt, r.reason or "solver gave no answer")
+        return witness(self, q, r, chosen, readable)
 
 
 def classify(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Classification:
@@ -475,16 +268,6 @@ def classify(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT
     a["innocuous"] = Answer("innocuous", t_not(a["sensitive"].value), "derived", None, 0.0,
                             "not sensitive")
     return out
-
-
-def _derived(cls: str, *parts: Answer) -> Answer:
-    value = t_or(*(p.value for p in parts))
-    witness = next((p for p in parts if p.value is True), None)
-    secs = sum(p.seconds for p in parts)
-    if witness is not None:
-        return Answer(cls, True, "derived", witness.witness, secs, f"because {witness.cls}")
-    note = " and ".join(f"not {p.cls}" for p in parts) if value is False else "a part is unknown"
-    return Answer(cls, value, "derived", None, secs, note)
 
 
 # --- theorems -----------------------------------------------------------------------------------
