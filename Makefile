@@ -42,6 +42,7 @@ lint: $(STAMP)
 
 bench: $(STAMP) guests emulators
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/hardware.py
 	$(BIN)/python bench/scan.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/crosscheck.py

@@ -7,11 +7,11 @@ import os
 import sys
 from typing import Callable
 
-from . import coverage, emulator, paravirt, run, smt, theorems
+from . import coverage, emulator, hardware, paravirt, run, smt, theorems
 from .common import Parser, consoles, width
 from .errors import EXIT_BAD, EXIT_INTERRUPTED, UsageError
 
-GROUPS = (theorems, paravirt, smt, emulator, run, coverage)
+GROUPS = (theorems, hardware, paravirt, smt, emulator, run, coverage)
 
 
 def _version() -> str:

@@ -13,7 +13,32 @@ from .common import add_profile, output_file, positive_int, profile_names, progr
 from .errors import EXIT_BAD, EXIT_FAIL, EXIT_OK, UsageError
 
 
-def _classify_profiles(names: list[str], args, err: Console, every: bool = False):
+def load_controls(name: str, path: str):
+    """The hardware profile ``name`` under the VMCS controls / VMCB intercepts in ``path``; a file
+    VM entry or VMRUN would refuse is one line naming the rule (exit 2)."""
+    from pgvirt.model import profiles, svm, vmx
+
+    prof = profiles.get(name)
+    if prof.vm is None:
+        raise UsageError(f"--controls applies to the hardware profiles (vtx, svm), not {name!r}")
+    loader = vmx.load if isinstance(prof.vm, vmx.Controls) else svm.load
+    try:
+        return prof.with_controls(loader(path))
+    except (vmx.ControlsError, svm.InterceptsError) as e:
+        raise UsageError(f"controls file refused: {e}") from None
+
+
+def _profiles_of(args) -> list:
+    names = profile_names(args)
+    path = getattr(args, "controls", None)
+    if path is None:
+        return names
+    if len(names) != 1:
+        raise UsageError("--controls takes one --profile (vtx or svm)")
+    return [load_controls(names[0], path)]
+
+
+def _classify_profiles(names: list, args, err: Console, every: bool = False):
     """Classifications per profile: of the FORMs named, else of the hand-written forms, or with
     ``every`` of every form, derived ones included."""
     from pgvirt.model import isa
@@ -33,7 +58,7 @@ def _classify_profiles(names: list[str], args, err: Console, every: bool = False
     advance, close = progress(err, total, "solving", args.format == "text" and err.is_terminal)
     try:
         res = classify_many(names, forms, jobs=args.jobs, timeout_ms=args.timeout_ms, progress=advance)
-        return [(p, res[p]) for p in names]
+        return [(p, res[p]) for p in (n if isinstance(n, str) else n.name for n in names)]
     finally:
         close()
 
@@ -41,7 +66,7 @@ def _classify_profiles(names: list[str], args, err: Console, every: bool = False
 def cmd_classify(args, out: Console, err: Console) -> int:
     from pgvirt.report import documents, theorems as report
 
-    names = profile_names(args)
+    names = _profiles_of(args)
     t0 = time.perf_counter()
     per = _classify_profiles(names, args, err, every=True)
     if args.format == "json":
@@ -58,7 +83,7 @@ def cmd_classify(args, out: Console, err: Console) -> int:
 def cmd_verify(args, out: Console, err: Console) -> int:
     from pgvirt.report import documents, theorems as report
 
-    names = profile_names(args)
+    names = _profiles_of(args)
     t0 = time.perf_counter()
     per = _classify_profiles(names, args, err)
     if args.format == "json":
@@ -91,6 +116,9 @@ def _add_solver_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout-ms", type=positive_int, default=20_000,
                    help="per solver query; an answer past it is UNKNOWN (default 20000)")
     p.add_argument("--jobs", type=positive_int, default=None, help="worker processes (default: cores)")
+    p.add_argument("--controls", metavar="FILE",
+                   help="vtx/svm: the VMCS controls or VMCB intercepts as JSON (default: the documented "
+                        "default; see model/vmx.py, model/svm.py)")
 
 
 def register(sub, commands) -> None:

@@ -28,7 +28,7 @@ import z3
 from . import state as st
 from .encoding import Decoded, Encoding, EncodingError, decode
 from .features import KNOWN
-from .outcome import UD, Check, Outcome
+from .outcome import UD, Check, Exit, Outcome
 from .state import State
 
 
@@ -66,9 +66,14 @@ class Exec:
     """The state of one symbolic execution of a form."""
 
     def __init__(self, form: "Form", s: State, d: Decoded, features: frozenset[str] = frozenset(),
-                 record: bool = False):
+                 record: bool = False, vm=None):
         self.form = form
         self.features = features
+        # The VMCS controls (``vmx.Controls``) or VMCB intercepts (``svm.Intercepts``) of VMX
+        # non-root operation / an SVM guest; None on bare hardware, where no exit condition is
+        # even built (the solver sees the very formulas it saw before exits existed).
+        self.vm = vm
+        self.consulted: set[str] = set()     # the controls / intercepts the definition read
         self.pre = s
         self.s = s
         self.d = d
@@ -99,14 +104,42 @@ class Exec:
             code = _bv(code, 32)
         fails = z3.simplify(z3.And(self.path, z3.Not(ok)))
         if not z3.is_false(fails):
-            self._checks.append(Check(fails, vector, code, reason))
+            # The exception bitmap (SDM Vol. 3C 24.6.3, 25.2) or the exception intercepts (AMD
+            # APM Vol. 2 15.12) turn the fault into an exit: the one place this happens.
+            ex = None
+            if self.vm is not None:
+                self.consulted.add(f"exception_{vector}")
+                ex = self.vm.exception_exit(vector, reason)
+            if ex is not None:
+                self._checks.append(Check(fails, vector, z3.BitVecVal(vector, 32), reason, ex))
+            else:
+                self._checks.append(Check(fails, vector, code, reason))
 
     def fault(self, vector: int, code, reason: str) -> None:
         self.require(False, vector, code, reason)
 
+    def exit_when(self, cond, ex: Exit, qualification=None) -> None:
+        """A VM exit ``ex`` when ``cond`` holds (on the current path), after every check made so
+        far: the order of the calls in a definition is the priority of SDM Vol. 3C 25.1.1 (and
+        AMD APM Vol. 2 15.7: intercepts are checked after the instruction's own exceptions).
+        ``qualification`` is a term (port, MSR, CR number) the exit reports."""
+        if self.vm is None:
+            raise ModelError(f"{self.form.name}: an exit outside VMX non-root operation / an SVM guest")
+        cond = z3.BoolVal(cond) if isinstance(cond, bool) else cond
+        fails = z3.simplify(z3.And(self.path, cond))
+        if not z3.is_false(fails):
+            q = None if qualification is None else _bv(qualification, 32)
+            self._checks.append(Check(fails, 0, q, ex.reason, ex))
+
     def assume(self, cond, reason: str) -> None:
-        """Restrict the modelled states (on the current path); every verdict lists these."""
-        self._assumptions.append((z3.Implies(self.path, cond), reason))
+        """Restrict the modelled states (on the current path); every verdict lists these.  In
+        non-root operation a run that already exited is not restricted: what the exit left
+        undone is the monitor's (an IRET's task switch after its VM exit)."""
+        path = self.path
+        exits = [c.fails for c in self._checks if c.exit is not None]
+        if exits:
+            path = z3.And(path, z3.Not(z3.Or(exits)))
+        self._assumptions.append((z3.Implies(path, cond), reason))
 
     # --- branches ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -370,7 +403,8 @@ class Exec:
         effects = tuple(sorted(self._effects | {"eip"}))
         return Outcome(self.pre, tuple(self._checks), post, tuple(self._assumptions),
                        tuple(self._loads), tuple(self._stores), effects,
-                       tuple(self._segmented) if self.recording else None)
+                       tuple(self._segmented) if self.recording else None,
+                       frozenset(self.consulted))
 
 
 @dataclass(frozen=True)
@@ -410,11 +444,12 @@ class Form:
         return decode(self.enc, raw)
 
     def run(self, s: State, code: bytes | None = None, features: frozenset[str] = frozenset(),
-            record: bool = False) -> Outcome:
+            record: bool = False, vm=None) -> Outcome:
         """Execute on ``s`` (symbolic or concrete); ``code`` is a site's bytes (default: canonical);
-        ``record`` notes the segment-relative accesses for ``Outcome.in_segments``."""
+        ``record`` notes the segment-relative accesses for ``Outcome.in_segments``; ``vm`` the
+        controls of VMX non-root operation or an SVM guest (None: bare hardware)."""
         d = self.decode(code)
-        x = Exec(self, s, d, frozenset(features), record)
+        x = Exec(self, s, d, frozenset(features), record, vm)
         if d.lock and not (self.enc.lockable and d.is_mem):
             # Decoded before anything executes: the one generic LOCK rule (SDM Vol. 2A LOCK;
             # Vol. 3A 8.1.2.2).  The instance is #UD in every state; nothing else happens.
@@ -426,9 +461,9 @@ class Form:
 
 
     def execute(self, values: dict, code: bytes | None = None,
-                features: frozenset[str] = frozenset()):
-        """Run on a concrete state (plain integers, see ``state.concrete``): Fault or Next."""
-        out = self.run(st.concrete(values), code, features)
+                features: frozenset[str] = frozenset(), vm=None):
+        """Run on a concrete state (plain integers, see ``state.concrete``): Fault, Exit or Next."""
+        out = self.run(st.concrete(values), code, features, vm=vm)
         solver = z3.Solver()
         solver.check()
         return out.concrete(solver.model())

@@ -1,12 +1,14 @@
-"""Outcomes of one instruction: a fault is a value (vector, error code, reason), not an exception.
+"""Outcomes of one instruction: a fault is a value (vector, error code, reason), not an exception,
+and so is a VM exit (exit reason and qualification) in VMX non-root operation or an SVM guest.
 
-``Outcome`` is the symbolic result of running a form on a (possibly symbolic) state; ``Fault``
-and ``Next`` are the concrete results read out of it under a Z3 model (SDM Vol. 3A 6.15).
+``Outcome`` is the symbolic result of running a form on a (possibly symbolic) state; ``Fault``,
+``Exit`` and ``Next`` are the concrete results read out of it under a Z3 model (SDM Vol. 3A 6.15;
+Vol. 3C 25.1, 27.2; AMD APM Vol. 2 15.6).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Mapping
 
@@ -40,6 +42,29 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class Exit:
+    """A VM exit (VT-x: basic exit reason, SDM Vol. 3C Appendix C) or #VMEXIT (SVM: exit code,
+    AMD APM Vol. 2 Appendix C): the instruction does not complete, the monitor takes over.
+    ``qualification`` is what the monitor learns besides the reason (the exception vector, the
+    port, the MSR, the control register), ``reason`` the condition that made it exit."""
+
+    kind: str               # "vmx" or "svm"
+    exit_reason: str        # the SDM's / APM's name: "cpuid", "io", "cr_access", "excp13"...
+    code: int               # basic exit reason (VT-x) or exit code (SVM)
+    qualification: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        q = "" if self.qualification is None else f"({self.qualification:#x})"
+        word = "VM exit" if self.kind == "vmx" else "#VMEXIT"
+        return f"{word} {self.exit_reason}{q}: {self.reason}"
+
+    def as_json(self) -> dict:
+        return {"fault": False, "exit": True, "kind": self.kind, "exit_reason": self.exit_reason,
+                "exit_code": self.code, "qualification": self.qualification, "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class Next:
     state: dict
 
@@ -47,10 +72,10 @@ class Next:
         return {"fault": False, "state": self.state}
 
 
-def changes_json(pre: Mapping, res: Fault | Next) -> dict:
-    """A concrete outcome as JSON: the fault, or the fields (and memory/port bytes) that differ
-    from ``pre``."""
-    if isinstance(res, Fault):
+def changes_json(pre: Mapping, res: Fault | Exit | Next) -> dict:
+    """A concrete outcome as JSON: the fault or the exit, or the fields (and memory/port bytes)
+    that differ from ``pre``."""
+    if isinstance(res, (Fault, Exit)):
         return res.as_json()
     changed: dict = {}
     for k, v in res.state.items():
@@ -63,8 +88,11 @@ def changes_json(pre: Mapping, res: Fault | Next) -> dict:
     return {"fault": False, "changed": changed}
 
 
-def from_changes_json(pre: Mapping, doc: Mapping) -> Fault | Next:
-    """The Fault or Next a ``changes_json`` document describes, given the state before."""
+def from_changes_json(pre: Mapping, doc: Mapping) -> Fault | Exit | Next:
+    """The Fault, Exit or Next a ``changes_json`` document describes, given the state before."""
+    if doc.get("exit"):
+        return Exit(doc["kind"], doc["exit_reason"], doc["exit_code"], doc.get("qualification"),
+                    doc.get("reason", ""))
     if doc.get("fault"):
         return Fault(doc["vector"], doc.get("error_code"), doc.get("reason", ""))
     changed = doc.get("changed", {})
@@ -81,6 +109,7 @@ class Check:
     vector: int
     code: Any               # Z3 BV32 or None
     reason: str
+    exit: Exit | None = None    # a VM exit, not a fault: ``code`` is then its qualification
 
 
 @dataclass(frozen=True)
@@ -99,11 +128,23 @@ class Outcome:
     # limit, attr, linear address, size, write, cpl, cr0, sysflags, register name), each term as
     # it stood then; a fetch ("fetch") has no base and the offset (EIP) for the address
     segmented: tuple | None = field(default=None, compare=False)   # None: not recorded
+    # the VMX controls / SVM intercepts (and ``exception_N``) the definition consulted
+    consulted: frozenset = field(default=frozenset(), compare=False)
 
     # Computed once per outcome: the queries ask for them many times.
     @cached_property
     def faults(self) -> z3.BoolRef:
         return z3.Or([c.fails for c in self.checks]) if self.checks else z3.BoolVal(False)
+
+    @cached_property
+    def exits(self) -> z3.BoolRef:
+        """The first check that fires is a VM exit (never so outside non-root operation)."""
+        out, earlier = [], []
+        for c in self.checks:
+            if c.exit is not None:
+                out.append(z3.And([c.fails] + [z3.Not(e) for e in earlier]))
+            earlier.append(c.fails)
+        return z3.Or(out) if out else z3.BoolVal(False)
 
     @cached_property
     def vector(self) -> z3.BitVecRef:
@@ -186,8 +227,8 @@ class Outcome:
         return out
 
     def concrete(self, model: z3.ModelRef, extra: dict[str, set[int]] | None = None,
-                 pre: dict | None = None) -> Fault | Next:
-        """The concrete outcome under ``model``: a Fault with its reason, or Next(state).
+                 pre: dict | None = None) -> Fault | Exit | Next:
+        """The concrete outcome under ``model``: a Fault or an Exit with its reason, or Next(state).
 
         ``pre`` is ``self.pre`` already read under ``model``; unchanged fields are copied from it.
         """
@@ -196,6 +237,8 @@ class Outcome:
         for c, bit in zip(self.checks, fired):
             if bit:
                 code = None if c.code is None else model.eval(c.code, model_completion=True).as_long()
+                if c.exit is not None:    # an exit's ``code`` term is its qualification
+                    return replace(c.exit, qualification=code)
                 return Fault(c.vector, code, c.reason)
         addrs = {} if extra is not None else self.addresses(model)
         for k, v in (extra or {}).items():

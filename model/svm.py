@@ -111,6 +111,15 @@ class Intercepts:
     def dr(self, n: int, write: bool) -> bool:
         return bool((self.dr_write if write else self.dr_read) >> n & 1)
 
+    def exception_exit(self, vector: int, reason: str):
+        """The #VMEXIT a fault with ``vector`` becomes under the exception intercepts (APM Vol. 2
+        15.12), or None."""
+        if not self.exceptions >> vector & 1:
+            return None
+        from .outcome import Exit
+        return Exit("svm", f"excp{vector}", EXIT_EXCP + vector, None,
+                    f"{reason}; the exception {vector} intercept is set")
+
     def without(self, what: str) -> "Intercepts":
         """This configuration without one intercept: an instruction intercept by name, or
         ``cr3_read``-style names for the CR/DR ones, ``exception_13`` for an exception."""

@@ -165,6 +165,15 @@ class Controls:
         return replace(self, **{c.group: getattr(self, c.group) & ~(1 << c.bit)},
                        name=f"{self.name} without {control}")
 
+    def exception_exit(self, vector: int, reason: str):
+        """The VM exit a fault with ``vector`` becomes under the exception bitmap (SDM Vol. 3C
+        24.6.3, 25.2), or None: the fault is delivered through the guest's IDT."""
+        if not self.exception_bitmap >> vector & 1:
+            return None
+        from .outcome import Exit
+        return Exit("vmx", "exception", EXIT_REASONS["exception"], None,
+                    f"{reason}; vector {vector} is set in the exception bitmap")
+
     def io_port_exits(self, port: int) -> bool:
         if self.on("use_io_bitmaps"):
             return port in self.io_exits
@@ -215,8 +224,11 @@ DEFAULT = Controls(
                                 "rdtsc_exiting", "mov_dr_exiting", "use_io_bitmaps", "use_msr_bitmaps",
                                 "monitor_exiting", "activate_secondary_controls"]),
     secondary=_vector("secondary", ["enable_ept", "unrestricted_guest", "wbinvd_exiting",
-                                    "rdrand_exiting", "rdseed_exiting", "enable_rdtscp"]),
-    cr0_mask=CR0_NE | CR0_PG | CR0_PE, cr0_shadow=CR0_PE,
+                                    "rdrand_exiting", "rdseed_exiting", "enable_rdtscp",
+                                    "enable_invpcid", "enable_xsaves_xrstors"]),
+    # The guest believes it runs unpaged protected mode with native x87 error reporting: it reads
+    # PE = NE = 1, PG = 0 whatever VMX fixes in the real CR0 (23.8, 24.6.6).
+    cr0_mask=CR0_NE | CR0_PG | CR0_PE, cr0_shadow=CR0_PE | CR0_NE,
     cr4_mask=CR4_VMXE, cr4_shadow=0,
     io_exits=frozenset(range(1 << 16)),
     msr_read_exits=frozenset(ALL_MSRS_OF_THE_MODEL), msr_write_exits=frozenset(ALL_MSRS_OF_THE_MODEL),

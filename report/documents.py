@@ -36,6 +36,9 @@ def verify_json(per_profile: list[tuple[str, list[Classification]]]) -> dict:
         out.append({"profile": pname, "theorems": {"1": t1.as_json(), "3": t3.as_json()},
                     "robin_irvine": departures(results, t1),
                     "assumptions": sorted({a for c in results for a in c.assumptions})})
+        vm = results[0].profile.vm if results else None
+        if vm is not None:     # a hardware profile: the configuration the verdicts hold for
+            out[-1]["controls"] = vm.as_json()
     return {"profiles": out}
 
 

@@ -86,6 +86,8 @@ def explain(c: Classification, cls: str) -> tuple[str, str]:
 
 
 def _res_line(o: dict) -> str:
+    if o.get("exit"):
+        return f"exit {o['exit_reason']}"
     if o.get("fault"):
         return f"fault {o['vector']}"
     ch = o.get("changed", {})
@@ -96,6 +98,9 @@ def _res_line(o: dict) -> str:
 
 
 def witness_line(w: dict) -> str:
+    if "guest" in w:      # a hardware profile's hole: the non-root run against the guest's machine
+        return (f"non-root, CPL {w['guest']['cpl']}: {_res_line(w['guest_outcome'])} | "
+                f"guest's own machine: {_res_line(w['native_outcome'])}")
     if "native" in w:
         return (f"CPL 0: {_res_line(w['native_outcome'])} | CPL 3: "
                 f"{_res_line(w['deprivileged_outcome'])}")

@@ -74,6 +74,12 @@ def test_notebook_executes(path):
         state = doc.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
         values = [m["state"].get("value") for m in state.values() if m["model_name"] == "HTMLModel"]
         assert any('data-form="sgdt_m"' in v for v in values if isinstance(v, str))
+    if path.name.startswith("05"):
+        kinds = [k for c in code for o in c.outputs for k in o.get("data", {})]
+        assert WIDGET_VIEW in kinds                                   # the control picker
+        for verdict in ("pentium", "umip", "vtx", "svm", "necessary", "harmless", "hlt_exiting",
+                        "only SVM can make it exit (pushf)", "CR0 read shadow"):
+            assert verdict in text, verdict
     if path.name.startswith("06"):
         kinds = [k for c in code for o in c.outputs for k in o.get("data", {})]
         assert kinds.count("image/png") == 1 and WIDGET_VIEW in kinds      # the screens, the frames
@@ -215,3 +221,21 @@ def test_voila_explorer_in_chromium(voila_url):
             assert after != before and re.search(r"privileged\s+yes", after)
         finally:
             browser.close()
+
+
+# --- notebook 05's helpers (notebook/hardware.py) ---------------------------------------------------
+
+def test_hardware_switch_off_shows_the_witness():
+    from pgvirt.notebook import hardware as hw
+    html = hw.switch_off("vtx", "hlt_exiting")._repr_html_()
+    assert "Theorem 1 <b>fails</b>" in html and ">hlt<" in html and "halted=0x1" in html
+    assert "cannot be switched off" in hw.switch_off("svm", "vmrun")._repr_html_()
+
+
+def test_hardware_picker_updates_on_a_pick():
+    from pgvirt.notebook import hardware as hw
+    box = hw.picker("svm")
+    box.pick.value = "cpuid"
+    assert ">cpuid<" in box.html.value and "fails" in box.html.value
+    box.pick.value = "rdtsc"       # SVM always offsets the TSC: harmless
+    assert "Theorem 1 <b>holds</b>" in box.html.value

@@ -65,9 +65,9 @@ _MODEL_DIR = Path(isa.__file__).resolve().parent.parent
 _HERE = Path(__file__).resolve().parent
 # What every classification is derived through (an edit to any of them re-derives all).
 SHARED = ([_MODEL_DIR / n for n in ("state.py", "outcome.py", "form.py", "encoding.py", "checks.py",
-                                    "features.py")]
+                                    "features.py", "vmx.py", "svm.py")]
           + sorted((_MODEL_DIR / "profiles").glob("*.py"))
-          + [_HERE / "popek_goldberg.py", _HERE / "solver.py"])
+          + [_HERE / "popek_goldberg.py", _HERE / "hardware.py", _HERE / "solver.py"])
 DERIVED = [_MODEL_DIR / "derived" / n for n in ("forms.py", "operands.py", "faults.py", "table.py",
                                                 "registry.py", "uf.py")]
 _KEY: str | None = None

@@ -18,9 +18,16 @@ STATUS = {Verdict.PROVED: "unsat", Verdict.REFUTED: "sat", Verdict.UNKNOWN: "unk
 
 def _export_one(job) -> list[tuple[str, str, float]]:
     form_name, pname, timeout_ms, outdir = job
-    eng = Engine(isa.get(form_name), profiles.get(pname), timeout_ms)
+    prof = profiles.get(pname)
+    if prof.vm is not None:     # a hardware profile: its hole queries (verify/hardware.py)
+        from .hardware import OBLIGATIONS, HwEngine
+        eng = HwEngine(isa.get(form_name), prof, timeout_ms)
+        queries = {k: q for k, q in eng.queries().items() if k in OBLIGATIONS}
+    else:
+        eng = Engine(isa.get(form_name), prof, timeout_ms)
+        queries = eng.queries()
     out = []
-    for key, q in eng.queries().items():
+    for key, q in queries.items():
         r = eng.solve(q)[0]   # the answer classify uses, so the file and the verdicts agree
         rel = f"{pname}/{form_name}.{key}.smt2"
         text = smtlib(q.formula, STATUS[r.verdict], f"{pname}/{form_name}/{q.name}")

@@ -72,6 +72,7 @@ def ud1_r16(x):
 def int1(x):
     """INT1 (ICEBP) raises #DB as a trap-class debug exception: delivered like a hardware event,
     without the gate-DPL check of INT n, so at every CPL it is an exception into the monitor."""
+    checks.vmexit(x, svm="icebp", what="INT1")
     x.fault(DB, None, "INT1 raises a debug exception (#DB)")
 
 
@@ -98,6 +99,7 @@ def _random(x, name: str, size: int) -> None:
     ZF, AF, PF := 0 (SDM Vol. 2B RDRAND/RDSEED, Flags Affected).  Any CPL."""
     if not _need(x, name, name.upper()):
         return
+    checks.vmexit(x, vmx=(f"{name}_exiting", name), what=name.upper())
     r = _RANDOM[(name, size)](z3.BitVecVal(0, 8))
     ok = z3.Extract(8 * size, 8 * size, r) == 1
     x.set_rm(size, z3.If(ok, z3.Extract(8 * size - 1, 0, r), z3.BitVecVal(0, 8 * size)))
@@ -129,6 +131,7 @@ def rdseed_r16(x):
 def rdpid_r32(x):
     """RDPID: r32 := IA32_TSC_AUX at any CPL; CR4.TSD does not gate it (unlike RDTSCP)."""
     if _need(x, "rdpid", "RDPID"):
+        checks.require_enabled(x, "enable_rdtscp", "RDPID")
         x.set_rm(4, x.tsc_aux)
 
 
@@ -140,6 +143,7 @@ def wbnoinvd(x):
     F3 prefix and runs WBINVD (SDM Vol. 2B WBNOINVD lists no #UD).  Either way no line holds data
     memory lacks afterwards: ``caches`` := 0, as for WBINVD."""
     checks.require_cpl0(x, "WBNOINVD")
+    checks.vmexit(x, vmx=("wbinvd_exiting", "wbinvd"), svm="wbinvd", what="WBNOINVD")
     x.write("caches", 0)
 
 
@@ -151,7 +155,9 @@ def invpcid(x):
     Any invalidation drops the one-bit TLB."""
     if not _need(x, "invpcid", "INVPCID"):
         return
+    checks.require_enabled(x, "enable_invpcid", "INVPCID")
     checks.require_cpl0(x, "INVPCID")
+    checks.vmexit(x, vmx=("invlpg_exiting", "invpcid"), svm="invpcid", what="INVPCID")
     kind = x.reg(4)
     desc = x.load(x.ea(), 8)
     pcid = z3.Extract(11, 0, desc)
@@ -205,6 +211,7 @@ def xsetbv(x):
     if not _osxsave(x, "XSETBV"):
         return
     checks.require_cpl0(x, "XSETBV")
+    checks.vmexit(x, vmx=(None, "xsetbv"), svm="xsetbv", what="XSETBV")
     v = z3.Concat(x.edx, x.eax)
     x.require(x.ecx == 0, GP, 0, "XSETBV of an XCR other than XCR0")
     x.require(st.bit(v, st.XCR0_X87), GP, 0, "XCR0 bit 0 (x87) cleared")
@@ -228,6 +235,7 @@ def _monitor(x) -> None:
     if not _need(x, "monitor", "MONITOR"):
         return
     _cpl0_ud(x, "MONITOR")
+    checks.vmexit(x, vmx=("monitor_exiting", "monitor"), svm="monitor", what="MONITOR")
     x.require(x.ecx == 0, GP, 0, "MONITOR with reserved extensions in ECX")
 
 
@@ -249,6 +257,7 @@ def mwait(x):
     (ECX[0], interrupts as break events, is the one extension)."""
     if _need(x, "monitor", "MWAIT"):
         _cpl0_ud(x, "MWAIT")
+        checks.vmexit(x, vmx=("mwait_exiting", "mwait"), svm="mwait", what="MWAIT")
         x.require(z3.ULE(x.ecx, 1), GP, 0, "MWAIT with reserved extensions in ECX")
 
 
@@ -371,6 +380,7 @@ def enclu(x):
 @form("pause", enc="F3 90", bytes="f390", asm="pause", cite="SDM Vol. 2B PAUSE")
 def pause(x):
     """A spin-wait hint: no architectural effect but EIP (what VT-x's PAUSE exiting watches)."""
+    checks.vmexit(x, vmx=("pause_exiting", "pause"), svm="pause", what="PAUSE")
 
 
 def _bound(x, size: int) -> None:

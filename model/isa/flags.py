@@ -20,12 +20,14 @@ from ..outcome import GP
 @form("pushfd", enc="o32 9C", bytes="9c", asm="pushfd", cite="SDM Vol. 2B PUSHF/PUSHFD")
 def pushfd(x):
     """The image on the stack has VM and RF cleared."""
+    checks.vmexit(x, svm="pushf", what="PUSHFD")
     x.push(x.eflags() & ~((1 << st.VM) | (1 << st.RF)), 4)
 
 
 @form("pushfw", enc="o16 9C", bytes="669c", asm="pushf", cite="SDM Vol. 2B PUSHF/PUSHFD")
 def pushfw(x):
     """16-bit operand size: the low word of EFLAGS (IF and IOPL in it), ESP down by 2."""
+    checks.vmexit(x, svm="pushf", what="PUSHF")
     x.push(z3.Extract(15, 0, x.eflags()), 2)
 
 
@@ -39,6 +41,7 @@ def _popf(x, size: int) -> None:
     silently (SDM Vol. 2B POPF, protected mode).  With 32-bit operand size VIP, VIF and VM keep
     their values and RF is cleared; with 16-bit only EFLAGS[15:0] is loaded, the upper word
     (AC, ID, RF, VM, VIF, VIP) is untouched."""
+    checks.vmexit(x, svm="popf", what="POPF")
     loads_iopl = x.cpl == 0
     loads_if = checks.iopl_ok(x)
     v = z3.ZeroExt(32 - 8 * size, x.pop(size))
@@ -95,8 +98,10 @@ def sti(x):
 # --- IN / OUT ----------------------------------------------------------------------------------
 
 def _require_io(x, port, size: int) -> None:
+    """The IOPL and TSS I/O-bitmap #GP comes before the I/O exit (SDM Vol. 3C 25.1.1)."""
     x.require(checks.io_permitted(x, port, size), GP, 0,
               "CPL > IOPL and the TSS I/O bitmap does not permit the port")
+    checks.io_exit(x, port, size, x.form.mnemonic)
 
 
 def _imm_port(x):

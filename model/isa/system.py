@@ -47,8 +47,9 @@ def _changes(old, new, mask: int):
 
 
 def _read_cr(x, name: str) -> None:
-    checks.require_cpl0(x, f"MOV from {name.upper()}")
-    x.set_rm(4, x.read(name))
+    what = f"MOV from {name.upper()}"
+    checks.require_cpl0(x, what)
+    x.set_rm(4, checks.cr_read(x, int(name[2]), x.read(name), what))
 
 
 @form("mov_r_cr0", enc="0F 20 /0 reg", bytes="0f20c0", asm="mov eax, cr0",
@@ -83,6 +84,11 @@ def mov_cr0_r(x):
     (hard-wired on P6 and later, Vol. 3A 2.5)."""
     checks.require_cpl0(x, "MOV to CR0")
     v = x.rm(4)
+    old = x.cr0
+    # In non-root operation the write exits (or keeps the host-owned bits) first: the exit is
+    # conditioned on the operand, before the checks of the value (SDM Vol. 3C 25.1.1, 25.1.3).
+    if x.vm is not None:
+        checks.cr_write(x, 0, old, (v & st.CR0_DEFINED) | (1 << st.CR0_ET), "MOV to CR0")
     x.require(z3.Not(z3.And(st.bit(v, st.CR0_PG), z3.Not(st.bit(v, st.CR0_PE)))),
               GP, 0, "CR0.PG = 1 with CR0.PE = 0")
     x.require(z3.Not(z3.And(st.bit(v, st.CR0_NW), z3.Not(st.bit(v, st.CR0_CD)))),
@@ -90,8 +96,7 @@ def mov_cr0_r(x):
     if "cet_ss" in x.features:
         x.require(z3.Not(z3.And(st.bit(x.cr4, st.CR4_CET), z3.Not(st.bit(v, st.CR0_WP)))),
                   GP, 0, "CR0.WP = 0 with CR4.CET = 1")
-    old = x.cr0
-    new = (v & st.CR0_DEFINED) | (1 << st.CR0_ET)
+    new = checks.cr_keep(x, 0, old, (v & st.CR0_DEFINED) | (1 << st.CR0_ET))
     # PAE paging in use afterwards and PG/CD/NW changed: the PDPTEs are reloaded from CR3.
     with x.when(z3.And(st.bit(new, st.CR0_PG), st.bit(x.cr4, st.CR4_PAE),
                        _changes(old, new, CR0_PG_CD_NW))):
@@ -105,7 +110,7 @@ def mov_cr0_r(x):
       cite="SDM Vol. 2B MOV (control registers); Vol. 3A 2.5")
 def mov_cr2_r(x):
     checks.require_cpl0(x, "MOV to CR2")
-    x.write("cr2", x.rm(4))
+    x.write("cr2", checks.cr_write(x, 2, x.cr2, x.rm(4), "MOV to CR2"))
 
 
 @form("mov_cr3_r", enc="0F 22 /3 reg", bytes="0f22d8", asm="mov cr3, eax",
@@ -113,7 +118,7 @@ def mov_cr2_r(x):
 def mov_cr3_r(x):
     """CR3 has no reserved bits outside IA-32e mode (the low bits are ignored, and kept)."""
     checks.require_cpl0(x, "MOV to CR3")
-    v = x.rm(4)
+    v = checks.cr_write(x, 3, x.cr3, x.rm(4), "MOV to CR3")
     with x.when(z3.And(st.bit(x.cr0, st.CR0_PG), st.bit(x.cr4, st.CR4_PAE))):
         _require_pdptes(x, v)
     # Global translations survive a CR3 load while CR4.PGE = 1.
@@ -129,6 +134,7 @@ def mov_cr4_r(x):
     CR4.PCIDE cannot be set outside IA-32e mode, CR4.CET not while CR0.WP = 0."""
     checks.require_cpl0(x, "MOV to CR4")
     v = x.rm(4)
+    checks.cr_write(x, 4, x.cr4, v, "MOV to CR4")
     x.require(v & ~st.cr4_defined(x.features) == 0, GP, 0, "reserved CR4 bit set")
     if "pcid" in x.features:
         x.require(z3.Not(st.bit(v, st.CR4_PCIDE)), GP, 0, "CR4.PCIDE = 1 outside IA-32e mode")
@@ -141,7 +147,7 @@ def mov_cr4_r(x):
         _require_pdptes(x, x.cr3)
     with x.when(_changes(old, v, (1 << st.CR4_PGE) | (1 << st.CR4_PAE))):
         x.write("tlb", 0)
-    x.write("cr4", v)
+    x.write("cr4", checks.cr_keep(x, 4, old, v))
 
 
 # --- debug registers ---------------------------------------------------------------------------
@@ -164,6 +170,11 @@ def _dr_gate(x, n: int) -> None:
     checks.require_cpl0(x, "MOV DRn")
 
 
+def _dr_exit(x, n: int, write: bool) -> None:
+    checks.dr_access(x, _DR_ALIAS.get(n, n) if n in (4, 5) else n, write,
+                     f"MOV {'to' if write else 'from'} DR{n}")
+
+
 _DR_ALIAS = {4: 6, 5: 7}  # DR4/DR5 name DR6/DR7 while CR4.DE = 0 (SDM Vol. 3B 17.2.2)
 
 
@@ -173,11 +184,13 @@ def _dr_field(n: int) -> str:
 
 def _read_dr(x, n: int) -> None:
     _dr_gate(x, n)
+    _dr_exit(x, n, False)
     x.set_rm(4, x.read(_dr_field(n)))
 
 
 def _write_dr(x, n: int) -> None:
     _dr_gate(x, n)
+    _dr_exit(x, n, True)
     v = x.rm(4)
     name = _dr_field(n)
     if name == "dr6":
@@ -288,7 +301,9 @@ def mov_dr7_r(x):
 @form("clts", enc="0F 06", bytes="0f06", asm="clts", cite="SDM Vol. 2A CLTS")
 def clts(x):
     checks.require_cpl0(x, "CLTS")
-    x.write("cr0", x.cr0 & ~(1 << st.CR0_TS))
+    # VT-x: exits only with TS owned by the host and its shadow 1; owned with shadow 0, TS stays.
+    x.write("cr0", checks.cr_write(x, 0, x.cr0, x.cr0 & ~(1 << st.CR0_TS), "CLTS", access=2,
+                                   bits=1 << st.CR0_TS))
 
 
 @form("invd", enc="0F 08", bytes="0f08", asm="invd", cite="SDM Vol. 2A INVD")
@@ -296,12 +311,14 @@ def invd(x):
     """Drops the caches without writing them back.  Memory holds the coherent view, so the data
     INVD loses shows only as ``caches`` going to 0, as for WBINVD."""
     checks.require_cpl0(x, "INVD")
+    checks.vmexit(x, vmx=(None, "invd"), svm="invd", what="INVD")
     x.write("caches", 0)
 
 
 @form("wbinvd", enc="0F 09", bytes="0f09", asm="wbinvd", cite="SDM Vol. 2B WBINVD")
 def wbinvd(x):
     checks.require_cpl0(x, "WBINVD")
+    checks.vmexit(x, vmx=("wbinvd_exiting", "wbinvd"), svm="wbinvd", what="WBINVD")
     x.write("caches", 0)
 
 
@@ -310,6 +327,9 @@ def wbinvd(x):
 def invlpg_m(x):
     """The operand only names a page and is not accessed; a one-bit TLB loses all of it."""
     checks.require_cpl0(x, "INVLPG")
+    if x.vm is not None:     # the qualification is the linear address (SDM Vol. 3C Table 27-1)
+        checks.vmexit(x, vmx=("invlpg_exiting", "invlpg"), svm="invlpg", what="INVLPG",
+                      qualification=x.ea())
     x.write("tlb", 0)
 
 
@@ -317,6 +337,7 @@ def invlpg_m(x):
 def hlt(x):
     """EIP moves past HLT: an interrupt that wakes the processor returns after it."""
     checks.require_cpl0(x, "HLT")
+    checks.vmexit(x, vmx=("hlt_exiting", "hlt"), svm="hlt", what="HLT")
     x.write("halted", 1)
 
 
@@ -354,8 +375,9 @@ def _set_edx_eax(x, value64) -> None:
 def rdmsr(x):
     checks.require_cpl0(x, "RDMSR")
     ecx = x.ecx
+    checks.msr_exit(x, ecx, False, "RDMSR")
     x.require(_msr_known(x, ecx), GP, 0, "ECX names no implemented MSR")
-    value = x.tsc
+    value = checks.tsc_value(x)
     for k, name in _msr64(x).items():
         if name != "tsc":
             value = z3.If(ecx == k, x.read(name), value)
@@ -371,6 +393,7 @@ def wrmsr(x):
     processor's features do not define (``state.efer_defined``)."""
     checks.require_cpl0(x, "WRMSR")
     ecx, edx, eax = x.ecx, x.edx, x.eax
+    checks.msr_exit(x, ecx, True, "WRMSR")
     x.require(_msr_known(x, ecx), GP, 0, "ECX names no implemented MSR")
     x.require(z3.Or(ecx != MSR_TSC_AUX, edx == 0), GP, 0, "reserved bit of IA32_TSC_AUX set")
     value = z3.Concat(edx, eax)
@@ -397,14 +420,18 @@ def _tsd_blocks(x):
 def rdtsc(x):
     """Time does not pass inside one modelled instruction: EDX:EAX is the TSC field."""
     x.require(z3.Not(_tsd_blocks(x)), GP, 0, "CR4.TSD = 1 and CPL > 0")
-    _set_edx_eax(x, x.tsc)
+    checks.vmexit(x, vmx=("rdtsc_exiting", "rdtsc"), svm="rdtsc", what="RDTSC")
+    _set_edx_eax(x, checks.tsc_value(x))
 
 
 @form("rdtscp", enc="0F 01 F9", bytes="0f01f9", asm="rdtscp", cite="SDM Vol. 2B RDTSCP")
 def rdtscp(x):
-    """The processor is taken to have RDTSCP (CPUID.80000001H:EDX[27]); it needs no other gate."""
+    """The processor is taken to have RDTSCP (CPUID.80000001H:EDX[27]); it needs no other gate
+    but, in VMX non-root operation, 'enable RDTSCP' (else #UD, SDM Vol. 3C 25.3)."""
+    checks.require_enabled(x, "enable_rdtscp", "RDTSCP")
     x.require(z3.Not(_tsd_blocks(x)), GP, 0, "CR4.TSD = 1 and CPL > 0")
-    _set_edx_eax(x, x.tsc)
+    checks.vmexit(x, vmx=("rdtsc_exiting", "rdtscp"), svm="rdtscp", what="RDTSCP")
+    _set_edx_eax(x, checks.tsc_value(x))
     x.write("ecx", x.tsc_aux)
 
 
@@ -412,6 +439,7 @@ def rdtscp(x):
 def rdpmc(x):
     """Two counters, selected by ECX = 0 or 1; EDX receives bits 63:32 of the counter field."""
     x.require(z3.Or(x.cpl == 0, st.bit(x.cr4, st.CR4_PCE)), GP, 0, "CPL > 0 and CR4.PCE = 0")
+    checks.vmexit(x, vmx=("rdpmc_exiting", "rdpmc"), svm="rdpmc", what="RDPMC")
     ecx = x.ecx
     x.require(z3.ULE(ecx, 1), GP, 0, "ECX names no performance counter")
     _set_edx_eax(x, z3.If(ecx == 0, x.pmc0, x.pmc1))
@@ -422,11 +450,24 @@ def rdpmc(x):
 # (OSXSAVE, OSPKE) and the CPUID-faulting MSR do not exist here.  So the result is one
 # uninterpreted function of EAX and ECX, the same in every state and at every CPL.
 _CPUID = z3.Function("cpuid", z3.BitVecSort(32), z3.BitVecSort(32), z3.BitVecSort(128))
+_HOST: list = []
 
 
-@form("cpuid", enc="0F A2", bytes="0fa2", asm="cpuid", cite="SDM Vol. 2A CPUID")
+def _host_cpuid():
+    """In VMX non-root operation or an SVM guest the processor that answers is the host's, not
+    the one the guest's own machine is: its identity is the monitor's (an answer without an exit).
+    Declared on first use: a declaration at import would renumber every later Z3 term, and with
+    them the witnesses the solver picks on bare hardware."""
+    if not _HOST:
+        _HOST.append(z3.Function("host_cpuid", z3.BitVecSort(32), z3.BitVecSort(32), z3.BitVecSort(128)))
+    return _HOST[0]
+
+
+@form("cpuid", enc="0F A2", bytes="0fa2", asm="cpuid",
+      cite="SDM Vol. 2A CPUID; Vol. 3C 25.1.2 (unconditional exit); APM Vol. 2 15.10")
 def cpuid(x):
-    r = _CPUID(x.eax, x.ecx)
+    checks.vmexit(x, vmx=(None, "cpuid"), svm="cpuid", what="CPUID")
+    r = (_CPUID if x.vm is None else _host_cpuid())(x.eax, x.ecx)
     x.write("eax", z3.Extract(31, 0, r))
     x.write("ebx", z3.Extract(63, 32, r))
     x.write("ecx", z3.Extract(95, 64, r))

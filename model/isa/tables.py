@@ -11,6 +11,7 @@ from ..outcome import GP, NP
 
 def _store_table_register(x, base, limit):
     x.require(z3.Not(checks.umip_blocks(x)), GP, 0, "CR4.UMIP = 1 and CPL > 0")
+    _table_exit(x, False)
     seg = x.default_seg()
     x.seg_store(seg, x.ea(), 2, limit)
     x.seg_store(seg, x.ea(2), 4, base)
@@ -46,11 +47,28 @@ def sidt_m_o16(x):
     _store_table_register(x, x.idtr_base, x.idtr_limit)
 
 
+# Descriptor-table exiting (SDM Vol. 3C 25.1.3, after the UMIP and CPL faults, 25.1.1) and the SVM
+# IDTR/GDTR/LDTR/TR read and write intercepts (APM Vol. 2 15.13), named by the mnemonic.
+_TABLE = {"SGDT": ("gdtr_idtr", "gdtr_read"), "SIDT": ("gdtr_idtr", "idtr_read"),
+          "LGDT": ("gdtr_idtr", "gdtr_write"), "LIDT": ("gdtr_idtr", "idtr_write"),
+          "SLDT": ("ldtr_tr", "ldtr_read"), "STR": ("ldtr_tr", "tr_read"),
+          "LLDT": ("ldtr_tr", "ldtr_write"), "LTR": ("ldtr_tr", "tr_write")}
+
+
+def _table_exit(x, write: bool) -> None:
+    reason, intercept = _TABLE[x.form.mnemonic]
+    checks.vmexit(x, vmx=("descriptor_table_exiting", reason), svm=intercept, what=x.form.mnemonic)
+
+
 def _store_selector(x, value, zero_extend_reg: bool):
     """A memory destination takes 16 bits whatever the operand size; a register destination
     with 32-bit operand size the zero-extended selector (P6 and later), with 16-bit operand
     size its low word only (SDM Vol. 2B SLDT/STR: "the upper 16 bits ... are not modified")."""
     x.require(z3.Not(checks.umip_blocks(x)), GP, 0, "CR4.UMIP = 1 and CPL > 0")
+    if x.form.mnemonic == "SMSW":
+        value = checks.cr_read(x, 0, value, "SMSW")
+    else:
+        _table_exit(x, False)
     if x.d.is_mem:
         x.set_rm(2, value)
     elif zero_extend_reg:
@@ -117,7 +135,7 @@ def smsw_m(x):
       cite="SDM Vol. 2B SMSW (r32: upper half undefined; modelled as CR0[31:16])")
 def smsw_r(x):
     x.require(z3.Not(checks.umip_blocks(x)), GP, 0, "CR4.UMIP = 1 and CPL > 0")
-    x.set_rm(4, x.cr0)
+    x.set_rm(4, checks.cr_read(x, 0, x.cr0, "SMSW"))
 
 
 @form("smsw_m_o16", enc="o16 0F 01 /4 mem", bytes="660f0120", asm="smsw word ptr [eax]",
@@ -137,6 +155,7 @@ def _load_table_register(x, base_field, limit_field, what, size: int = 4):
     operand size from the next 3 with the base's high byte zero (SDM Vol. 2A LGDT/LIDT:
     "GDTR(Base) := SRC[16:47] AND 00FFFFFFH"; the sixth byte is not used)."""
     checks.require_cpl0(x, what)
+    _table_exit(x, True)
     seg = x.default_seg()
     x.write(limit_field, x.seg_load(seg, x.ea(), 2))
     base = x.seg_load(seg, x.ea(2), 4 if size == 4 else 3)
@@ -178,6 +197,7 @@ def lldt_o16(x):
 
 def _lldt(x):
     checks.require_cpl0(x, "LLDT")
+    _table_exit(x, True)
     sel = x.rm(2)
     null = is_null(sel)
     with x.when(null):
@@ -209,6 +229,7 @@ def ltr_o16(x):
 
 def _ltr(x):
     checks.require_cpl0(x, "LTR")
+    _table_exit(x, True)
     sel = x.rm(2)
     code = sel_code(sel)
     x.require(z3.Not(is_null(sel)), GP, 0, "null selector")
@@ -240,5 +261,5 @@ def _lmsw(x):
     src = z3.ZeroExt(16, x.rm(2))
     # LMSW writes PE, MP, EM, TS and cannot clear PE.
     new = (x.cr0 & ~0xE) | (src & 0xE) | (x.cr0 & 1) | (src & 1)
-    x.write("cr0", new)
+    x.write("cr0", checks.cr_write(x, 0, x.cr0, new, "LMSW", access=3, bits=0xF))
 

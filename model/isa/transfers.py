@@ -32,6 +32,7 @@ unspecified, and QEMU and Bochs write zero.
 
 import z3
 
+from .. import checks
 from .. import state as st
 from ..checks import (Descriptor, descriptor, gate_descriptor, is_null, load_cache, load_null, rpl,
                       sel_code, set_accessed)
@@ -113,7 +114,11 @@ def _far_target(x, sel, what: str) -> Descriptor:
         idle = z3.Not(d.system_type(*TSS_BUSY))
         x.require(idle, GP, code, f"{what}: TSS is busy")
         x.require(d.present, NP, code, f"{what}: task gate or TSS not present")
-        # Only the switch itself is out of the model; the checks before it stay in.
+        # Task switches exit in non-root operation (SDM Vol. 3C 25.4.2) and under the SVM
+        # task-switch intercept (APM Vol. 2 15.14); only the switch itself is out of the model.
+        if x.vm is not None:     # no term is built on bare hardware (the witnesses stay as they were)
+            checks.vmexit(x, vmx=(None, "task_switch"), svm="task_switch",
+                          cond=z3.And(dpl_ok, idle, d.present), what=f"{what} to a task gate or TSS")
         x.assume(z3.Not(z3.And(dpl_ok, idle, d.present)),
                  "far CALL/JMP to a task gate or TSS switches tasks: task switches are not modelled")
     return d
@@ -435,6 +440,10 @@ def deliver(x, vector: int, *, software: bool = True, error_code=None) -> None:
         x.require(dpl_ok, GP, vcode, "software interrupt through a gate of DPL < CPL")
     x.require(g.present, NP, vcode, "IDT gate not present")
     what = "INT n" if software else "an interrupt or exception"
+    if x.vm is not None:
+        checks.vmexit(x, vmx=(None, "task_switch"), svm="task_switch",
+                      cond=z3.And(g.in_limit, kinds, dpl_ok, g.present, g.system_type(TASK_GATE)),
+                      what=f"{what} through a task gate")
     x.assume(z3.Implies(z3.And(g.in_limit, kinds, dpl_ok, g.present),
                         g.system_type(INT_GATE32, TRAP_GATE32)),
              f"{what} through a task gate (task switch) or a 16-bit interrupt/trap gate is not modelled")
@@ -471,6 +480,7 @@ def deliver(x, vector: int, *, software: bool = True, error_code=None) -> None:
 @form("int_imm", flow="interrupt", enc="CD ib", bytes="cd80", asm="int 0x80",
       cite="SDM Vol. 2A INT n/INTO/INT3/INT1; Vol. 3A 6.12.1")
 def int_imm(x):
+    checks.vmexit(x, svm="intn", what="INT n")
     deliver(x, x.d.imm)
 
 
@@ -511,6 +521,10 @@ def _iret(x, size: int) -> None:
     IRET).  With 16-bit operand size the frame is of words, EIP and ESP the popped words
     zero-extended (the stacks are 32-bit; Bochs ``iret_protected``)."""
     what = "IRETD" if size == 4 else "IRET"
+    checks.vmexit(x, svm="iret", what=what)
+    if x.vm is not None:
+        checks.vmexit(x, vmx=(None, "task_switch"), svm="task_switch", cond=st.bit(x.sysflags, st.NT),
+                      what=f"{what} with EFLAGS.NT = 1")
     x.assume(z3.Not(st.bit(x.sysflags, st.NT)),
              f"{what} with EFLAGS.NT = 1 returns from a nested task: task switches are not modelled")
     w = size

@@ -31,6 +31,9 @@ _VMX = "SDM Vol. 3C ch. 31 (VMX Instruction Reference)"
 
 
 def _outside_vmx(x, what: str) -> None:
+    """#UD outside VMX operation; in VMX non-root operation a VM exit, unconditionally and before
+    the CPL check (SDM Vol. 3C 25.1.2; the instructions' Operation sections)."""
+    checks.vmexit(x, vmx=(None, what.lower()), what=what)
     x.fault(UD, None, f"{what} outside VMX operation")
 
 
@@ -50,6 +53,7 @@ def vmxon(x):
     if "vmx" not in x.features:
         return
     x.require(st.bit(x.cr4, st.CR4_VMXE), UD, None, "VMXON with CR4.VMXE = 0")
+    checks.vmexit(x, vmx=(None, "vmxon"), what="VMXON")
     checks.require_cpl0(x, "VMXON")
     fixed = x.cr0 & _CR0_FIXED1 == _CR0_FIXED1
     x.require(fixed, GP, 0, "VMXON with CR0 bits VMX operation fixes to 1 clear (PG, PE or NE)")
@@ -119,7 +123,9 @@ def invvpid(x):
 
 @form("vmfunc", enc="NP 0F 01 D4", bytes="0f01d4", asm="vmfunc", cite=_VMX + " VMFUNC")
 def vmfunc(x):
-    """#UD outside VMX non-root operation."""
+    """#UD outside VMX non-root operation, and inside it while 'enable VM functions' is 0; with it
+    set, a function the VM-function controls do not enable exits (SDM Vol. 3C 25.5.6; none is)."""
+    checks.require_enabled(x, "enable_vm_functions", "VMFUNC")
     _outside_vmx(x, "VMFUNC")
 
 
@@ -149,6 +155,7 @@ def _vmcb_address(x):
 def _vmcb_checks(x, what: str) -> z3.BoolRef:
     """#GP(0) at CPL > 0 or for a VMCB address that is not 4-KByte aligned; whether they pass."""
     checks.require_cpl0(x, what)
+    checks.vmexit(x, svm=what.lower(), what=what)
     aligned = _vmcb_address(x) & 0xFFF == 0
     x.require(aligned, GP, 0, f"{what}: the VMCB address in rAX is not 4-KByte aligned")
     return z3.And(st.bit(x.efer, st.EFER_SVME), checks.cpl0(x), aligned)
@@ -204,6 +211,7 @@ def vmsave_a16(x):
 @form("vmmcall", enc="0F 01 D9", bytes="0f01d9", asm="vmmcall", cite="AMD APM Vol. 3 VMMCALL")
 def vmmcall(x):
     """Outside an SVM guest (where it is intercepted) VMMCALL is #UD."""
+    checks.vmexit(x, svm="vmmcall", what="VMMCALL")
     x.fault(UD, None, "VMMCALL outside an SVM guest")
 
 
@@ -211,6 +219,7 @@ def vmmcall(x):
 def stgi(x):
     if _svme(x, "STGI", skinit=True):
         checks.require_cpl0(x, "STGI")
+        checks.vmexit(x, svm="stgi", what="STGI")
         x.write("gif", 1)
 
 
@@ -218,6 +227,7 @@ def stgi(x):
 def clgi(x):
     if _svme(x, "CLGI"):
         checks.require_cpl0(x, "CLGI")
+        checks.vmexit(x, svm="clgi", what="CLGI")
         x.write("gif", 0)
 
 
@@ -227,6 +237,7 @@ def skinit(x):
     at EAX: assumed away."""
     if _svme(x, "SKINIT", skinit=True):
         checks.require_cpl0(x, "SKINIT")
+        checks.vmexit(x, svm="skinit", what="SKINIT")
         x.assume(z3.Not(checks.cpl0(x)), "SKINIT launching a secure loader: not modelled")
 
 
@@ -234,6 +245,7 @@ def _invlpga(x):
     """Drops the TLB entry of the address in rAX for the ASID in ECX: the one-bit TLB goes."""
     if _svme(x, "INVLPGA"):
         checks.require_cpl0(x, "INVLPGA")
+        checks.vmexit(x, svm="invlpga", what="INVLPGA")
         x.write("tlb", 0)
 
 
@@ -269,6 +281,7 @@ def getsec(x):
     if "smx" not in x.features:
         return
     x.require(st.bit(x.cr4, st.CR4_SMXE), UD, None, "GETSEC with CR4.SMXE = 0")
+    checks.vmexit(x, vmx=(None, "getsec"), what="GETSEC")
     leaf = x.eax
     caps = _CAPS(z3.BitVecVal(0, 32))
     reported = z3.Or(leaf == CAPABILITIES, z3.And(

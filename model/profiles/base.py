@@ -34,6 +34,9 @@ class Profile:
     cr0_clear: tuple[int, ...] = ()    # CR0 bits the monitor clears
     passthrough: tuple[tuple[str, int], ...] = ()   # (field, mask): the guest's own values
     notes: tuple[str, ...] = ()        # why each host or passed-through setting, with its source
+    # VMX non-root operation / an SVM guest: the ``vmx.Controls`` or ``svm.Intercepts`` the guest
+    # runs under (``profiles.hardware``); None for a trap-and-emulate monitor's deprivileged guest.
+    vm: object = None
 
     def __post_init__(self) -> None:
         _check_features(self.features)     # every name is one of ``features.FEATURES``
@@ -74,7 +77,15 @@ class Profile:
                          "cr0_clear": [CR0_NAMES[b] for b in self.cr0_clear],
                          "io_bitmap": self.io_bitmap},
                 "guest_passthrough": {f: _bit_names(f, m) for f, m in self.guest_bits.items()},
-                "notes": list(self.notes)}
+                "notes": list(self.notes),
+                **({"controls": self.vm.as_json()} if self.vm is not None else {})}
+
+    def with_controls(self, vm) -> "Profile":
+        """This hardware profile under another configuration (``--controls FILE``, the search)."""
+        from dataclasses import replace
+        if self.vm is None or type(vm) is not type(self.vm):
+            raise ValueError(f"profile {self.name!r} takes no {type(vm).__name__}")
+        return replace(self, vm=vm)
 
 
 CR4_NAMES = {st.CR4_VME: "VME", st.CR4_PVI: "PVI", st.CR4_TSD: "TSD", st.CR4_DE: "DE",
@@ -107,6 +118,20 @@ def register(p: Profile) -> Profile:
 class UnknownProfile(KeyError):
     def __str__(self) -> str:
         return f"unknown profile {self.args[0]!r} (known: {', '.join(PROFILES)})"
+
+
+class NotTrapAndEmulate(KeyError):
+    """A hardware profile where a trap-and-emulate mode pair is asked for (one line, exit 2)."""
+
+    def __str__(self) -> str:
+        return (f"profile {self.args[0]!r} runs its guest in VMX non-root operation / SVM guest mode: "
+                "its mode is root versus non-root (profiles.hardware), not a deprivileged CPL-3 twin; "
+                "classify, verify, controls and scan take it, the site prover does not")
+
+
+def _trap_and_emulate(profile: Profile) -> None:
+    if profile.vm is not None:
+        raise NotTrapAndEmulate(profile.name)
 
 
 def get(name: str) -> Profile:
@@ -224,6 +249,7 @@ def deprivileged(s: State, profile: Profile):
     the host settings and, without an I/O permission bitmap, a TSS whose map base lies past its
     limit.  Returns (constraint, addresses) so witnesses carry the TSS bytes it reads.
     """
+    _trap_and_emulate(profile)
     conds = [host_constraints(s, profile)]
     addrs = []
     if not profile.io_bitmap:
@@ -235,6 +261,7 @@ def deprivileged(s: State, profile: Profile):
 def with_mode(s: State, cpl, profile: Profile, host: bool) -> State:
     """``s`` moved to privilege ``cpl``: CPL, CS/SS RPL and DPL follow; with ``host`` the
     profile's host settings (IOPL, CR4 bits) are imposed, as a monitor does for its guest."""
+    _trap_and_emulate(profile)
     cpl = z3.BitVecVal(cpl, 2) if isinstance(cpl, int) else cpl
     c16 = z3.ZeroExt(14, cpl)
     conf = z3.Extract(2, 2, s.cs_attr) == 1

@@ -1,0 +1,138 @@
+"""VT-x: exits as outcomes of the forms' own definitions, the fault-before-exit priority, and the
+hardware Theorem 1 over the whole ISA under the documented default controls (verify/hardware.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgvirt.model import profiles, vmx
+from pgvirt.model.form import REGISTRY
+from pgvirt.model.isa import FORMS
+from pgvirt.model.outcome import GP, Exit, Fault, Next, changes_json, from_changes_json
+from pgvirt.model.profiles.hardware import ownership
+from pgvirt.verify.popek_goldberg import classify, classify_all, theorem
+
+VTX = profiles.VTX
+D = vmx.DEFAULT
+STACK = 0x8000
+
+
+def machine(cpl=0, **regs):
+    """A non-root state VM entry accepts: CR0 = PE|ET|NE, CR4.VMXE, flat CS/SS at ``cpl``."""
+    cs, ss = (0x08, 0x10) if cpl == 0 else (0x1B, 0x23)
+    values = dict(cpl=cpl, cs=cs, ss=ss, esp=STACK, eip=0x100, cr0=0x31, cr4=1 << 13,
+                  ss_limit=0xFFFFFFFF, ds_limit=0xFFFFFFFF,
+                  cs_attr=0xC09B | (cpl << 5), ss_attr=0xC093 | (cpl << 5),
+                  tr_attr=0x8B, tr_limit=0x67, caches=1, tlb=1)
+    values.update(regs)
+    return values
+
+
+def run(name, vm=D, cpl=0, **regs):
+    return REGISTRY[name].execute(machine(cpl, **regs), features=VTX.features, vm=vm)
+
+
+@pytest.mark.parametrize("name, reason, code", [
+    ("cpuid", "cpuid", 10), ("hlt", "hlt", 12), ("in_al_dx", "io", 30), ("invd", "invd", 13),
+    ("rdtsc", "rdtsc", 16), ("rdmsr", "rdmsr", 31), ("vmcall", "vmcall", 18), ("wbinvd", "wbinvd", 54)])
+def test_exit_reasons_under_the_default(name, reason, code):
+    out = run(name, edx=0x3F8, ecx=0x10)
+    assert isinstance(out, Exit) and out.kind == "vmx"
+    assert (out.exit_reason, out.code) == (reason, code)
+
+
+def test_io_exit_qualification_names_the_port():
+    out = run("in_ax_dx", edx=0x3F8)
+    assert isinstance(out, Exit) and out.qualification == (0x3F8 << 16) | 1
+
+
+def test_faults_before_exits():
+    """SDM Vol. 3C 25.1.1: the CPL #GP of HLT and RDMSR and the TSS I/O-bitmap #GP of IN come
+    before their exits; with IOPL 3 the same IN exits."""
+    for name in ("hlt", "rdmsr"):
+        out = run(name, cpl=3)
+        assert isinstance(out, Fault) and out.vector == GP
+    no_bitmap = {0x66: 0xFF, 0x67: 0xFF}             # the TSS's I/O map base past its limit
+    out = run("in_al_dx", cpl=3, edx=0x60, mem=no_bitmap)    # IOPL 0
+    assert isinstance(out, Fault) and out.vector == GP
+    assert isinstance(run("in_al_dx", cpl=3, edx=0x60, mem=no_bitmap, sysflags=3 << 12), Exit)
+
+
+def test_exception_bitmap_turns_a_fault_into_an_exit():
+    c = vmx.check(vmx.Controls(D.pin, D.primary, D.secondary, exception_bitmap=1 << GP,
+                               cr0_mask=D.cr0_mask, cr0_shadow=D.cr0_shadow, cr4_mask=D.cr4_mask,
+                               io_exits=D.io_exits, msr_read_exits=D.msr_read_exits,
+                               msr_write_exits=D.msr_write_exits))
+    out = run("hlt", vm=c, cpl=3)
+    assert isinstance(out, Exit) and out.exit_reason == "exception" and out.qualification == GP
+
+
+def test_cr0_reads_the_shadow_and_writes_keep_host_bits():
+    """MOV from CR0 shows the shadow in the masked bits; a write that keeps them exits not and
+    leaves the host's bits (SDM Vol. 3C 25.3); one that changes them exits."""
+    c = vmx.from_json({"base": "default", "cr0_mask": 0x80000021 | 0x20, "cr0_shadow": 0x21})
+    out = run("mov_r_cr0", vm=c, cr0=0x31)
+    assert isinstance(out, Next) and out.state["eax"] == 0x31
+    out = run("mov_cr0_r", vm=c, eax=0x29)           # TS set, PE/NE as the shadow
+    assert isinstance(out, Next) and out.state["cr0"] == 0x39
+    out = run("mov_cr0_r", vm=c, eax=0x80000031)     # PG: differs from the shadow
+    assert isinstance(out, Exit) and out.exit_reason == "cr_access"
+
+
+def test_exits_round_trip_through_json():
+    pre = machine()
+    out = run("cpuid")
+    assert from_changes_json(pre, changes_json(pre, out)) == out
+
+
+def test_no_exit_outside_non_root_operation():
+    """On bare hardware (vm=None) no form builds an exit condition: today's verdicts stand."""
+    from pgvirt.model import state as st
+    s = st.fresh("t")
+    for f in FORMS:
+        if f.theme in ("system", "flags", "tables", "virtualization", "extensions", "transfers"):
+            assert all(c.exit is None for c in f.run(s, features=VTX.features).checks), f.name
+
+
+def test_ownership_follows_the_controls():
+    own = ownership(D)
+    assert own.mask("cr3") == 0 and own.mask("halted")              # EPT: CR3 is the guest's
+    assert ownership(D.without("enable_ept").__class__(
+        **{**D.__dict__, "secondary": D.secondary & ~(1 << 1) & ~(1 << 7)})).mask("cr3")
+    assert ownership(D.without("external_interrupt_exiting")).mask("sysflags") == 1 << 9
+
+
+def test_theorem_1_holds_over_the_whole_isa():
+    res = classify_all(VTX, jobs=2)
+    for n in ("1", "3"):
+        th = theorem(n, res)
+        assert th.verdict == "holds", [c.form.name for c in th.violations + th.undecided]
+    assert all(c.answers["privileged"].verdict == "proved" for c in res)
+
+
+@pytest.mark.parametrize("control, form, kind", [
+    ("hlt_exiting", "hlt", "control_sensitive"),
+    ("rdtsc_exiting", "rdtsc", "mode_sensitive"),
+    ("use_io_bitmaps", "in_al_dx", "mode_sensitive"),
+    ("use_msr_bitmaps", "rdmsr", "mode_sensitive"),
+    ("wbinvd_exiting", "wbinvd", "control_sensitive"),
+])
+def test_switching_a_control_off_opens_a_hole(control, form, kind):
+    c = D.without(control)
+    if control == "use_msr_bitmaps":    # without bitmaps every RDMSR exits: no hole
+        assert classify(form, VTX.with_controls(c))["privileged"] is True
+        return
+    r = classify(form, VTX.with_controls(c))
+    assert r["privileged"] is False and r[kind] is True
+    w = r.answers["privileged"].witness
+    assert "guest" in w and "native" in w and not w["guest_outcome"].get("exit")
+
+
+def test_cr3_store_exiting_is_needed_without_ept():
+    """Without EPT the real CR3 is the shadow page table's: MOV from CR3 must exit (the witness
+    shows the guest reading a CR3 other than its own)."""
+    no_ept = vmx.from_json({"base": "default", "secondary": {"enable_ept": False, "unrestricted_guest": False}})
+    assert classify("mov_r_cr3", VTX.with_controls(no_ept))["privileged"] is False
+    with_store = vmx.from_json({"base": "default", "primary": {"cr3_store_exiting": True, "cr3_load_exiting": True},
+                                "secondary": {"enable_ept": False, "unrestricted_guest": False}})
+    assert classify("mov_r_cr3", VTX.with_controls(with_store))["privileged"] is True
