@@ -110,7 +110,7 @@ class Vtx(Scanner, Native):
 
         on = [n for n in UNSIMULATED if controls.on(n)]
         if on:
-            raise ControlsUnsupported(f"the vtx simulation does not produce the exits of "
+            raise ControlsUnsupported(f"this simulation does not produce the exits of "
                                       f"{', '.join(on)} (no instruction causes them)")
         if not controls.on("unrestricted_guest"):
             raise ControlsUnsupported("without 'unrestricted guest' an unpaged guest needs paging "
