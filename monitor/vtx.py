@@ -184,13 +184,11 @@ class Vtx(Scanner, Native):
         self.entry("exit", f"{ex.exit_reason} (basic exit reason {ex.code}){q}: {ex.reason}",
                    form, view)
 
-    def deliver(self, event, what: str):
-        if what.startswith("interrupt") and self.controls.on("external_interrupt_exiting"):
-            vector = int(what.split()[1], 16)
+    def interrupt_taken(self, vector: int) -> None:
+        if self.controls.on("external_interrupt_exiting"):
             self._exit(Exit("vmx", "external_interrupt", vmx.EXIT_REASONS["external_interrupt"],
                             vector, "an external interrupt with 'external-interrupt exiting' set "
                             "(SDM Vol. 3C 25.2); the monitor injects it"), None)
-        return super().deliver(event, what)
 
     def handle(self, stop: Stop) -> None:
         if self.scan_stop(stop):

@@ -13,7 +13,7 @@ from pgvirt.model.concrete import compiled
 from pgvirt.model.outcome import Exit
 from pgvirt.monitor import api, demo
 from pgvirt.monitor.native import Native
-from pgvirt.monitor.vtx import Vtx, exit_predicate
+from pgvirt.monitor.vtx import ControlsUnsupported, Vtx, exit_predicate
 
 SERVICES = mcli.Services(sensitive=joins.monitor_sensitive, patch=joins.monitor_patch,
                          explain=joins.explain_divergence)
@@ -113,6 +113,16 @@ def test_descriptor_table_exiting_adds_its_exits_and_still_matches(demo_guest):
     assert v.result.counts["exit_reasons"]["gdtr_idtr"] == 3       # its LGDT, SGDT and LIDT
 
 
+def test_the_exits_follow_the_controls(demo_guest):
+    """Without HLT exiting the HLTs halt the processor (Unicorn) and without external-interrupt
+    exiting the interrupts come straight through the guest's IDT: only the I/O exits remain."""
+    ctl = vmx.DEFAULT.without("hlt_exiting").without("external_interrupt_exiting")
+    c = api.compare(demo_guest, ("vtx",), steps=200_000, input=demo.KEYS, controls=ctl)
+    (v,) = c.verdicts
+    assert v.matches
+    assert v.result.counts["exit_reasons"] == {"io": len(c.reference.record.ports)}
+
+
 def test_io_exiting_switched_off_diverges_and_the_verdict_names_the_control(demo_guest):
     ctl = vmx.from_json(NO_IO_EXITS)
     c = api.compare(demo_guest, ("vtx",), steps=200_000, input=demo.KEYS, controls=ctl,
@@ -190,5 +200,5 @@ def test_cli_bad_controls_are_one_line_exit_2(demo_guest, tmp_path, capsys):
 
 def test_vtx_refuses_what_it_cannot_simulate(demo_guest):
     s = api.Setup(demo_guest)
-    with pytest.raises(Exception, match="unrestricted guest"):
+    with pytest.raises(ControlsUnsupported, match="unrestricted guest"):
         Vtx(s.image, vmx.DEFAULT.without("unrestricted_guest"))
