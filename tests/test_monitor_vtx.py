@@ -4,11 +4,14 @@ import json
 from dataclasses import replace
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hst
 
 from helpers import INVADERS, need
 from pgvirt import api as joins
 from pgvirt.cli import run as mcli
-from pgvirt.model import isa, monitor as mon, state as st, vmx
+from pgvirt.emulator import strategies
+from pgvirt.model import isa, monitor as mon, profiles, state as st, vmx
 from pgvirt.model.concrete import compiled
 from pgvirt.model.outcome import Exit
 from pgvirt.monitor import api, demo
@@ -66,6 +69,25 @@ def test_compiled_forms_give_exits_under_controls_and_none_on_bare_hardware():
     assert step.exit.exit_reason == "hlt" and step.real["eip"] == 0x1000 and not step.mem
     assert not compiled("smsw_r", frozenset(), None, vmx.DEFAULT).may_exit
     assert compiled("cpuid", frozenset(), None, vmx.DEFAULT).may_exit
+
+
+# Half the ports exit, so IN/OUT DX meet both outcomes; CR0.TS and CR4.PSE owned as well.
+HALF = replace(vmx.DEFAULT, io_exits=frozenset(range(0x8000)), cr0_mask=vmx.DEFAULT.cr0_mask | 8,
+               cr4_mask=vmx.DEFAULT.cr4_mask | 16, cr4_shadow=16)
+EXITING = ["out_imm8_al", "in_al_dx", "out_dx_eax", "outsb", "hlt", "cpuid", "mov_cr0_r",
+           "mov_cr4_r", "lmsw_r", "clts", "mov_r_cr0", "smsw_r", "mov_r_dr7", "rdmsr", "wrmsr",
+           "rdtsc", "invlpg_m", "vmcall"]
+
+
+@pytest.mark.parametrize("name", EXITING)
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=hst.data())
+def test_compiled_forms_under_controls_equal_form_execute(name, data):
+    """The compiled form under ``vm`` gives what ``Form.execute(vm=)`` gives: exit, fault or state."""
+    form = isa.get(name)
+    s = strategies.generate(strategies.DataDraw(data), form, profiles.PENTIUM)
+    for ctl in (vmx.DEFAULT, HALF):
+        assert compiled(form, frozenset(), None, ctl).run(s) == form.execute(s, vm=ctl)
 
 
 def test_the_exit_predicate_is_the_forms_exit_conditions():
