@@ -38,11 +38,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from pgvirt.emulator.vm import Stop
-from pgvirt.model import events, monitor as mon, state as st, vmx
+from pgvirt.model import events, isa, monitor as mon, state as st, vmx
 from pgvirt.model.outcome import Exit
 
 from . import decode
-from .core import MonitorLimit
+from .core import DEFAULT_RAM, MonitorLimit
 from .native import Native
 from .scan import Scanner
 
@@ -132,7 +132,7 @@ class Vtx(Scanner, Native):
                                 cr0_shadow=(controls.cr0_shadow & ~controls.cr0_mask) | (cr0 & controls.cr0_mask),
                                 cr4_shadow=(controls.cr4_shadow & ~controls.cr4_mask) | (cr4 & controls.cr4_mask))
         self.exits: dict[str, int] = {}
-        self.host = Bus(kw.get("ram_size", 8 << 20), (), record=False)
+        self.host = Bus(kw.get("ram_size", DEFAULT_RAM), (), record=False)   # the physical devices
         super().__init__(image, exit_predicate(self.controls, features), features=features, **kw)
 
     # --- the guest's machine ------------------------------------------------------------------
@@ -219,7 +219,7 @@ class Vtx(Scanner, Native):
         """The instruction at ``site`` (``s``: the guest's state there, Unicorn's EIP past the
         INT3) in non-root operation: a VM exit and the monitor's emulation, or its own run."""
         name, code = self.patches[site]
-        form = decode.instruction(code)[0]
+        form = isa.get(name)
         step = mon.emulate(form, code, self._nonroot(s), None, self.features, vm=self.controls)
         devices = self.host
         if step.exit is not None:
