@@ -1,8 +1,8 @@
 """``pgvirt run`` and ``pgvirt demo-guest``: guests under monitors on Unicorn.
 
-    pgvirt run GUEST [--monitor native|trap|paravirt|scan] [--steps N] [--input KEYS]
-                     [--format text|json] [--compare native,trap,paravirt,scan] [--screens DIR]
-                     [--profile pentium] [--manifest M --patched P]
+    pgvirt run GUEST [--monitor native|trap|paravirt|scan|vtx] [--steps N] [--input KEYS]
+                     [--format text|json] [--compare native,trap,paravirt,scan,vtx] [--screens DIR]
+                     [--profile pentium] [--manifest M --patched P] [--controls FILE]
     pgvirt demo-guest OUT                   # write the demonstration guest
 
 Exit codes: ``run`` 0 when the guest ended by itself (HLT with nothing to wake it, or a reset),
@@ -13,6 +13,8 @@ unexplained, 2 for bad input or a native run that ended in error.  Errors are on
 
 ``pgvirt.monitor`` imports only the model and the emulator: what it needs of the verifier (the
 scan predicate, the patcher, the explainer) is ``Services``, built from ``pgvirt.api``.
+``--controls FILE`` is the VMCS controls file ``pgvirt verify --controls`` takes, for ``vtx``
+(``model.vmx.load``; a refused file is one line, exit 2).
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def register(sub, commands: dict, services: Services | None = None) -> None:
     r.add_argument("--patched", metavar="FILE", help="the patched guest for paravirt "
                                                       "(default: pgvirt patch into a temporary directory)")
     r.add_argument("--manifest", metavar="FILE", help="its manifest (with --patched)")
+    r.add_argument("--controls", metavar="FILE",
+                   help="vtx: the VMCS controls as JSON, as pgvirt verify --controls takes them "
+                        "(default: the documented default configuration)")
     commands["run"] = lambda args, out, err: cmd_run(args, services)
     d = sub.add_parser("demo-guest", help="write pgvirt's demonstration guest (a multiboot ELF)")
     d.add_argument("out", metavar="OUT")
@@ -102,8 +107,25 @@ def cmd_demo(args) -> int:
     return EXIT_OK
 
 
+def _controls(args, names: list[str]):
+    from pgvirt.model import vmx
+
+    if args.controls is None:
+        return None
+    if "vtx" not in names:
+        raise api.RunError("--controls applies to the vtx monitor")
+    try:
+        return vmx.load(args.controls)
+    except vmx.ControlsError as e:
+        raise api.RunError(f"controls file refused: {e}") from None
+
+
 def _setup_kw(args, services: Services, names: list[str], tmp: str) -> dict:
     kw = {"profile": args.profile}
+    if "vtx" in names:
+        kw["controls"] = _controls(args, names)
+    elif args.controls is not None:
+        _controls(args, names)
     if "scan" in names:
         if services.sensitive is None:
             raise api.RunError("the scan monitor needs the verifier's classification (run it "
@@ -163,7 +185,10 @@ def _single(args, kw) -> int:
 def _compare(args, services: Services, names: list[str], kw) -> int:
     explain = None
     if services.explain is not None:
-        explain = lambda div: services.explain(div, args.profile)
+        if "vtx" in names:
+            explain = lambda div: services.explain(div, args.profile, controls=kw.get("controls"))
+        else:
+            explain = lambda div: services.explain(div, args.profile)
     c: Comparison = api.compare(args.guest, names, steps=args.steps, input=args.input,
                                 explain=explain, **kw)
     if args.format == "json":

@@ -26,7 +26,7 @@ cross-check against a real processor passes the processor's own answers instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Callable, Mapping
 
@@ -34,7 +34,7 @@ import z3
 
 from . import state as st
 from .form import Form
-from .outcome import Fault, Next
+from .outcome import Exit, Fault, Next
 
 
 class CompileError(Exception):
@@ -229,13 +229,15 @@ class CheckInfo:
     vector: int
     reason: str
     has_code: bool
+    exit: Exit | None = None    # a VM exit (its code is the qualification), not a fault
 
 
 @dataclass
 class Run:
     """One concrete evaluation of a compiled form.
 
-    ``fault`` is the first check that fires (or None); ``assumed`` says whether the state lies
+    ``fault`` is the first check that fires (or None), ``exit`` that check when it is a VM exit
+    (then ``fault`` is None: compiled with ``vm``, SDM Vol. 3C 25.1); ``assumed`` says whether the state lies
     inside the form's stated assumptions; ``post`` holds every scalar field afterwards (as if no
     check fired: a caller reads it only when ``fault`` is None); ``mem``/``io`` are the arrays
     afterwards (read with ``read``); ``loads``/``stores`` the (array, address) pairs accessed.
@@ -250,6 +252,7 @@ class Run:
     stores: tuple
     in_segments: bool = True     # Outcome.in_segments: no access of the run is a memory trap
     in_current_segments: bool = True   # Outcome.in_current_segments
+    exit: Exit | None = None
 
     def read(self, array: str, address: int) -> int:
         return _sel(self.mem if array == "mem" else self.io, address)
@@ -260,9 +263,11 @@ class Run:
             out.setdefault(arr, set()).add(a)
         return out
 
-    def outcome(self, extra: Mapping[str, set] | None = None) -> Fault | Next:
-        """As ``Form.execute``: the Fault, or Next with every scalar and the arrays at the
-        addresses the form accessed (and ``extra``)."""
+    def outcome(self, extra: Mapping[str, set] | None = None) -> Fault | Exit | Next:
+        """As ``Form.execute``: the Fault or the Exit, or Next with every scalar and the arrays
+        at the addresses the form accessed (and ``extra``)."""
+        if self.exit is not None:
+            return self.exit
         if self.fault is not None:
             return self.fault
         addrs = self.addresses()
@@ -276,7 +281,8 @@ class Run:
 
 @dataclass
 class Compiled:
-    """A form compiled for one feature set and one instruction encoding."""
+    """A form compiled for one feature set, one instruction encoding and one VM configuration
+    (``vm``: ``vmx.Controls`` / ``svm.Intercepts``, None on bare hardware)."""
 
     form: Form
     features: frozenset
@@ -286,6 +292,13 @@ class Compiled:
     ufs: frozenset
     source: str
     _fn: Callable
+    vm: Any = None
+
+    @property
+    def may_exit(self) -> bool:
+        """Whether the definition builds a VM-exit condition of its own under ``vm`` (an exit
+        of the exception bitmap is a fault's, and comes with the fault)."""
+        return any(c.exit is not None and c.exit.exit_reason != "exception" for c in self.checks)
 
     def evaluate(self, values: Mapping, uf: Callable | None = None, complete: bool = True) -> Run:
         """Evaluate on a concrete state (the model's format: ints, ``mem``/``io`` dicts).
@@ -297,28 +310,34 @@ class Compiled:
             values = {**{n: st.FIELD[n].default for n in st.SCALARS}, **values}
         fails, codes, assumed, post, mem, io, loads, stores, segs, current = self._fn(
             values, values.get("mem", {}), values.get("io", {}), uf or _default_uf)
-        fault = None
+        fault = exit_ = None
         for k, f in enumerate(fails):
             if f:
                 c = self.checks[k]
-                fault = Fault(c.vector, codes[k] if c.has_code else None, c.reason)
+                if c.exit is not None:
+                    exit_ = replace(c.exit, qualification=codes[k] if c.has_code else None)
+                else:
+                    fault = Fault(c.vector, codes[k] if c.has_code else None, c.reason)
                 break
         if not complete:
-            return Run(fault, assumed, post, mem, io, loads, stores, segs, current)
+            return Run(fault, assumed, post, mem, io, loads, stores, segs, current, exit_)
         full = {n: values.get(n, st.FIELD[n].default) for n in st.SCALARS}
         full.update(post)
-        return Run(fault, assumed, full, mem, io, loads, stores, segs, current)
+        return Run(fault, assumed, full, mem, io, loads, stores, segs, current, exit_)
 
-    def run(self, values: Mapping, uf: Callable | None = None) -> Fault | Next:
-        """The same answer as ``form.execute(values, code, features)``."""
+    def run(self, values: Mapping, uf: Callable | None = None) -> Fault | Exit | Next:
+        """The same answer as ``form.execute(values, code, features, vm)``."""
         return self.evaluate(values, uf).outcome()
 
 
-def compile_outcome(form: Form, features: frozenset = frozenset(), code: bytes | None = None) -> Compiled:
-    """Compile ``form`` (run once on a fresh symbolic state) into a Python function."""
+def compile_outcome(form: Form, features: frozenset = frozenset(), code: bytes | None = None,
+                    vm=None) -> Compiled:
+    """Compile ``form`` (run once on a fresh symbolic state, under ``vm`` if given) into a
+    Python function."""
     code = form.bytes if code is None else bytes(code)
     s = st.fresh("s")
-    o = form.run(s, code, frozenset(features), record=True)
+    extra = {} if vm is None else {"vm": vm}       # an event (``events``) takes no controls
+    o = form.run(s, code, frozenset(features), record=True, **extra)
     scalars = {f"s.{n}": f"V[{n!r}]" for n in st.SCALARS}
     scalars["s.mem"] = "MEM"
     scalars["s.io"] = "IO"
@@ -350,19 +369,19 @@ def compile_outcome(form: Form, features: frozenset = frozenset(), code: bytes |
            f"{segs}, {current})\n")
     env = {"SEL": _sel, "CONST": _Const, "min": min, "len": len}
     exec(compile(src, f"<compiled {form.name}>", "exec"), env)
-    checks = tuple(CheckInfo(c.vector, c.reason, c.code is not None) for c in o.checks)
+    checks = tuple(CheckInfo(c.vector, c.reason, c.code is not None, c.exit) for c in o.checks)
     return Compiled(form, frozenset(features), code, checks, o.effects, frozenset(em.ufs), src,
-                    env["_f"])
+                    env["_f"], vm)
 
 
 @lru_cache(maxsize=None)
-def _cached(name: str, features: frozenset, code: bytes) -> Compiled:
+def _cached(name: str, features: frozenset, code: bytes, vm=None) -> Compiled:
     from . import isa
-    return compile_outcome(isa.get(name), features, code)
+    return compile_outcome(isa.get(name), features, code, vm)
 
 
-def compiled(form: Form | str, features=frozenset(), code: bytes | None = None) -> Compiled:
-    """The compiled form, built once per (form, features, code) in this process.
+def compiled(form: Form | str, features=frozenset(), code: bytes | None = None, vm=None) -> Compiled:
+    """The compiled form, built once per (form, features, code, vm) in this process.
 
     Forms are looked up by name in the registry, so a form replaced there (a test that alters
     the model) needs ``clear_cache()``.
@@ -371,12 +390,14 @@ def compiled(form: Form | str, features=frozenset(), code: bytes | None = None) 
     f = isa.get(form) if isinstance(form, str) else form
     code = f.bytes if code is None else bytes(code)
     if isa.get(f.name) is not f:      # not the registered form (an altered one): keyed by object
-        key = (id(f), frozenset(features), code)
+        key = (id(f), frozenset(features), code, vm)
         hit = _OTHERS.get(key)
         if hit is None or hit[0] is not f:
-            hit = _OTHERS[key] = (f, compile_outcome(f, frozenset(features), code))
+            hit = _OTHERS[key] = (f, compile_outcome(f, frozenset(features), code, vm))
         return hit[1]
-    return _cached(f.name, frozenset(features), code)
+    if vm is None:
+        return _cached(f.name, frozenset(features), code)
+    return _cached(f.name, frozenset(features), code, vm)
 
 
 _OTHERS: dict = {}

@@ -30,7 +30,7 @@ import z3
 
 from . import state as st
 from .form import Form
-from .outcome import Fault, Outcome
+from .outcome import Exit, Fault, Outcome
 from .state import State
 
 HYPERCALL = 0xF4    # HLT: privileged under every profile (SDM Vol. 2A HLT)
@@ -201,6 +201,8 @@ class Step:
     None: then ``real``/``vcpu`` hold the scalar fields afterwards, ``mem`` the bytes it stored
     (address -> byte, only those that change), ``io_out`` the port bytes it wrote and ``io_in``
     the ports it read (a device read has side effects: the caller commits them in this order).
+    ``exit`` is the VM exit the instruction causes in non-root operation (``emulate(vm=...)``):
+    it did not complete, nothing changed, the monitor takes over (SDM Vol. 3C 25.1, 27.1).
     ``assumed`` is False when the state lies outside the form's stated assumptions: the model
     does not describe that run, and a monitor must not pretend it does.
     """
@@ -213,25 +215,27 @@ class Step:
     mem: dict
     io_out: dict
     io_in: tuple
+    exit: Exit | None = None
 
 
 def emulate(form: Form, code: bytes, real: Mapping, vcpu: Mapping | None = None,
-            features: Iterable[str] = frozenset(), uf: Callable | None = None) -> Step:
+            features: Iterable[str] = frozenset(), uf: Callable | None = None, vm=None) -> Step:
     """``form`` (instance ``code``) on the guest's view of (``real``, ``vcpu``), compiled.
 
     ``vcpu`` None: the guest runs on the real machine (no monitor between), so the view is
     ``real`` itself and the result is written to ``real`` only (``Step.vcpu`` is empty).
     The memory and ports of the view are read through their ``get``, so a running machine can
-    hand over lazy readers; stores come back as values, never written here.
+    hand over lazy readers; stores come back as values, never written here.  ``vm`` runs the form
+    in VMX non-root operation / an SVM guest under those controls (``Form.run``).
     """
     from .concrete import compiled
 
     guest = real if vcpu is None else view(real, vcpu)
-    run = compiled(form, frozenset(features), code).evaluate(guest, uf, complete=False)
-    if run.fault is not None or not run.assumed:
+    run = compiled(form, frozenset(features), code, vm).evaluate(guest, uf, complete=False)
+    if run.fault is not None or run.exit is not None or not run.assumed:
         same = {n: real[n] for n in st.SCALARS}
         return Step(form, run.fault, run.assumed, same,
-                    {} if vcpu is None else {n: vcpu[n] for n in st.SCALARS}, {}, {}, ())
+                    {} if vcpu is None else {n: vcpu[n] for n in st.SCALARS}, {}, {}, (), run.exit)
     mem_in = guest["mem"]
     mem: dict = {}
     io_out: dict = {}

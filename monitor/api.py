@@ -7,7 +7,8 @@ renders it as text or JSON and ``screens`` as PNG pictures.
 
 What the verifier knows comes in as arguments, because this package never imports it:
 ``sensitive`` (bytes -> the form name of a Theorem-1 violation, for ``scan``), ``paravirt``
-(the patched guest and its manifest, from ``pgvirt patch``), ``explain`` (a divergence -> its
+(the patched guest and its manifest, from ``pgvirt patch``), ``controls`` (the VMCS controls
+of ``vtx``, ``model.vmx``: the default unless given), ``explain`` (a divergence -> its
 verdict).  ``pgvirt.api`` builds them from the verifier (``monitor_sensitive``, ``monitor_patch``,
 ``explain_divergence``).
 """
@@ -19,6 +20,7 @@ import os
 from typing import Callable, Iterable
 
 from pgvirt.emulator.machine import StateError
+from pgvirt.model import vmx
 from pgvirt.model.manifest import ManifestError, load_manifest
 
 from . import compare as C
@@ -29,8 +31,9 @@ from .native import Native
 from .paravirt import Paravirt
 from .scan import Scan
 from .trap import ShadowError, Trap
+from .vtx import ControlsUnsupported, Vtx
 
-MONITORS = ("native", "trap", "paravirt", "scan")
+MONITORS = ("native", "trap", "paravirt", "scan", "vtx")
 DEFAULT_STEPS = 2_000_000
 # Scripted keys: the first press at KEY_START clocks (0.08 virtual s), each held KEY_HOLD clocks
 # (50 ms: long enough for a game that samples its keys once a frame), one every KEY_GAP clocks
@@ -55,8 +58,9 @@ class Setup:
 
     def __init__(self, guest: str | os.PathLike, *, input: str = "", ram_size: int = DEFAULT_RAM,
                  profile: str = "pentium", sensitive: Callable[[bytes], str | None] | None = None,
-                 paravirt: tuple[str, str] | None = None):
+                 paravirt: tuple[str, str] | None = None, controls: vmx.Controls | None = None):
         self.path = os.fspath(guest)
+        self.controls = vmx.DEFAULT if controls is None else controls
         self.ram_size = ram_size
         self.profile = profile
         self.sensitive = sensitive
@@ -104,12 +108,14 @@ class Setup:
                 raise RunError("the scan monitor needs to know which instructions are "
                                "sensitive but unprivileged (the verifier's classification)")
             return lambda: Scan(self.image, self.sensitive, profile=self.profile, **kw)
+        if name == "vtx":
+            return lambda: Vtx(self.image, self.controls, **kw)
         raise RunError(f"unknown monitor {name!r} (known: {', '.join(MONITORS)})")
 
     def build(self, name: str) -> Monitor:
         try:
             return self.make(name)()
-        except (ShadowError, StateError) as e:
+        except (ShadowError, ControlsUnsupported, StateError) as e:
             raise RunError(f"{name}: {e}") from None
         except ValueError as e:               # a profile the monitor cannot run faithfully
             raise RunError(f"{name}: {e}") from None

@@ -177,6 +177,9 @@ class Monitor:
     def handle(self, stop: Stop) -> None:
         raise NotImplementedError
 
+    def interrupt_taken(self, vector: int) -> None:
+        """A maskable interrupt is about to be delivered (vtx: the external-interrupt exit)."""
+
     def shadowed(self) -> bool:
         return self.shadow
 
@@ -287,6 +290,7 @@ class Monitor:
         if vector is None:
             return False
         self.counts["interrupts"] += 1
+        self.interrupt_taken(vector)
         self.entry("interrupt", f"IRQ vector {vector:#x}", None)
         self.deliver(lambda v: events.deliver_interrupt(v, vector, self.features),
                      f"interrupt {vector:#x}")

@@ -23,6 +23,9 @@ How the monitor sees what the guest does (all through ``emulator.vm``):
   byte is put back for exactly that one instruction, so the guest reads its own code.
 
 Not caught: a jump into the middle of a decoded instruction (its bytes decode differently there).
+
+The machinery is ``Scanner``, shared with the ``vtx`` monitor, which finds the instructions whose
+definitions exit under its controls the same way; ``TRAP_BYTE`` is each monitor's own.
 """
 
 from __future__ import annotations
@@ -49,8 +52,13 @@ _cs.detail = True
 _ENDS = {capstone.CS_GRP_RET, capstone.CS_GRP_IRET}
 
 
-class Scan(Trap):
-    name = "scan"
+class Scanner:
+    """Recursive-descent scanning, trap bytes, watched gaps, write-protected code pages and
+    reads of patched bytes answered with the originals; mixed into a monitor (``Scan`` on
+    ``Trap``, ``Vtx`` on ``Native``), which says what a site's trap byte is and serves it.
+    ``sensitive`` names the form of an instruction to patch (bytes -> form name | None)."""
+
+    TRAP_BYTE = TRAP_BYTE
 
     def __init__(self, image, sensitive: Sensitive, **kw):
         self.sensitive = sensitive
@@ -68,12 +76,15 @@ class Scan(Trap):
     def overlay(self) -> dict:
         return {a: orig[0] for a, (_f, orig) in self.patches.items()}
 
-    def site(self, eip: int):
-        p = self.patches.get(eip)
-        if p is None:
-            return None
-        form, orig = p
-        return "patched", isa.get(form), orig
+    def compare_overlay(self) -> dict:
+        return self.overlay()
+
+    def guest_read(self, address: int, n: int) -> bytes:
+        data = bytearray(self.vm.read(address, n))
+        for a, v in self.overlay().items():
+            if address <= a < address + n:
+                data[a - address] = v
+        return bytes(data)
 
     # --- decoding -------------------------------------------------------------------------------
     def _original(self, a: int, n: int) -> bytes:
@@ -99,7 +110,7 @@ class Scan(Trap):
                 form = self.sensitive(code[:n])
                 if form is not None:
                     self.patches[a] = (form, code[:n])
-                    self.vm.write(a, bytes([TRAP_BYTE]))
+                    self.vm.write(a, bytes([self.TRAP_BYTE]))
                 groups = set(ins.groups)
                 target = None
                 if ins.operands and ins.operands[0].type == CX.X86_OP_IMM and len(ins.operands) == 1:
@@ -169,21 +180,22 @@ class Scan(Trap):
                 self._invalidate(a // PAGE)
         super().write_guest(stores)
 
-    def other_stop(self, stop: Stop) -> None:
+    def scan_stop(self, stop: Stop) -> bool:
+        """Serve a stop of the scan machinery; False: the stop is not one of its."""
         if stop.kind == "watch":
             self._scan(stop.address)
-            return
+            return True
         if stop.kind == "write-protect":
             page = stop.address // PAGE
             if page not in self.code_pages:
-                super().other_stop(stop)
+                return False
             self._invalidate(page)
             self._retry_write()
-            return
+            return True
         if stop.kind == "read-watch":
             self._read_original(stop.address)
-            return
-        super().other_stop(stop)
+            return True
+        return False
 
     def _retry_write(self) -> None:
         """Run the writing instruction once more, now that its target page is writable.
@@ -214,10 +226,27 @@ class Scan(Trap):
             stop = self.vm.run(1)
         finally:
             if site in self.patches:
-                self.vm.write(site, bytes([TRAP_BYTE]))
+                self.vm.write(site, bytes([self.TRAP_BYTE]))
                 self.vm.forget_code(site, site + 1)
             self.vm.watch_reads(self.patches)
         self.handle(stop)
 
 
-__all__ = ["Scan", "Sensitive", "TRAP_BYTE"]
+
+
+class Scan(Scanner, Trap):
+    name = "scan"
+
+    def site(self, eip: int):
+        p = self.patches.get(eip)
+        if p is None:
+            return None
+        form, orig = p
+        return "patched", isa.get(form), orig
+
+    def other_stop(self, stop: Stop) -> None:
+        if not self.scan_stop(stop):
+            super().other_stop(stop)
+
+
+__all__ = ["Scan", "Scanner", "Sensitive", "TRAP_BYTE"]

@@ -103,17 +103,29 @@ class Lockstep:
                 + f'<img src="data:image/png;base64,{_png(self.screens())}"/>')
 
 
-def compare(guest: str = DEMO, monitors=("trap", "paravirt", "scan"), steps: int = DEMO_STEPS,
-            input: str | None = None, profile: str = "pentium") -> Lockstep:
+def _controls(controls):
+    """``vtx``'s VMCS controls: None (the default), a controls file, a ``vmx.Controls``, or the
+    file's JSON as a dict (``{"base": "default", "primary": {"use_io_bitmaps": False}}``)."""
+    from pgvirt.model import vmx
+
+    if isinstance(controls, dict):
+        return vmx.from_json(controls)
+    return api.monitor_controls(controls)
+
+
+def compare(guest: str = DEMO, monitors=("trap", "paravirt", "scan", "vtx"), steps: int = DEMO_STEPS,
+            input: str | None = None, profile: str = "pentium", controls=None) -> Lockstep:
     """Run ``monitors`` against native in lock step on ``guest`` (runs are deterministic, so
-    one comparison per set of arguments is kept and shared by ``screens`` and ``divergence``)."""
+    one comparison per set of arguments is kept and shared by ``screens`` and ``divergence``);
+    ``controls`` are the VMCS controls of ``vtx`` (``_controls``)."""
     path, keys = _guest(guest, input)
-    return _compare(path, tuple(monitors), steps, keys, profile)
+    return _compare(path, tuple(monitors), steps, keys, profile, _controls(controls))
 
 
 @lru_cache(maxsize=8)
-def _compare(path: str, monitors: tuple, steps: int, keys: str, profile: str) -> Lockstep:
-    return Lockstep(api.compare(path, monitors, profile=profile, steps=steps, input=keys).value)
+def _compare(path: str, monitors: tuple, steps: int, keys: str, profile: str, controls) -> Lockstep:
+    return Lockstep(api.compare(path, monitors, profile=profile, steps=steps, input=keys,
+                                controls=controls).value)
 
 
 def screens(guest: str = DEMO, **kw):
@@ -122,12 +134,13 @@ def screens(guest: str = DEMO, **kw):
 
 
 def frames(guest: str = DEMO, monitor: str = "native", steps: int = DEMO_STEPS,
-           input: str | None = None, profile: str = "pentium"):
+           input: str | None = None, profile: str = "pentium", controls=None):
     """One run's VGA frames under a slider (one frame per PIT tick that changed the screen)."""
     import ipywidgets as W
 
     path, keys = _guest(guest, input)
-    res = api.run(path, monitor, profile=profile, steps=steps, input=keys).value
+    res = api.run(path, monitor, profile=profile, steps=steps, input=keys,
+                  controls=_controls(controls) if monitor == "vtx" else None).value
     shots = res.record.frames
     if not shots:
         return HTML(f"<p>{H._e(monitor)}: the guest drew no frame in {steps:,} instructions</p>")

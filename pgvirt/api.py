@@ -26,7 +26,8 @@ from pgvirt.report import html as H
 DEFAULT_PROFILE = "pentium"
 
 __all__ = ["classify", "theorems", "theorem", "scan", "patch", "check_patch", "replay", "crosscheck",
-           "run", "compare", "monitor_sensitive", "monitor_patch", "explain_divergence", "Result",
+           "run", "compare", "monitor_sensitive", "monitor_patch", "monitor_controls",
+           "explain_divergence", "explain_vtx_divergence", "Result",
            "ReplayRun"]
 
 
@@ -313,13 +314,82 @@ def monitor_patch(original, directory, profile=DEFAULT_PROFILE) -> tuple[str, st
     return out, manifest
 
 
-def explain_divergence(div: dict, profile=DEFAULT_PROFILE, witness: bool = True) -> dict | None:
+def monitor_controls(controls) -> "object":
+    """The VMCS controls of the ``vtx`` monitor: a ``vmx.Controls``, a controls file (the one
+    ``pgvirt verify --controls`` takes; a refused file raises ``vmx.ControlsError``), or None
+    for the documented default."""
+    from pgvirt.model import vmx
+
+    if controls is None:
+        return vmx.DEFAULT
+    return controls if isinstance(controls, vmx.Controls) else vmx.load(os.fspath(controls))
+
+
+def _exits_with(form, controls, control: str) -> bool:
+    """Whether setting ``control`` gives ``form``'s definition an exit condition it lacks under
+    ``controls`` (the forms say when they exit; nothing else is consulted)."""
+    from dataclasses import replace
+
+    from pgvirt.model import state as st, vmx
+
+    c = vmx.CONTROLS[control]
+    on = replace(controls, **{c.group: getattr(controls, c.group) | 1 << c.bit})
+    if c.group == "secondary":
+        on = replace(on, primary=on.primary | 1 << vmx.CONTROLS["activate_secondary_controls"].bit)
+    s = st.fresh("x")
+
+    def exits(vm) -> int:
+        return sum(k.exit is not None and k.exit.exit_reason != "exception"
+                   for k in form.run(s, vm=vm).checks)
+
+    return exits(on) > exits(controls)
+
+
+def explain_vtx_divergence(div: dict, controls=None, witness: bool = True) -> dict | None:
+    """A ``vtx`` divergence explained by the hardware Theorem 1 (issue 13's verdict) under the
+    run's controls: the diverging form is not root-mode privileged there (a witness), and the
+    controls these leave clear whose setting gives its definition a VM-exit condition are named.
+    None when the form is root-mode privileged under them (such a divergence is a bug)."""
+    from pgvirt.model import isa, profiles, vmx
+    from pgvirt.verify.hardware import classify
+
+    name = div.get("form")
+    if name is None:
+        return None
+    c = monitor_controls(controls)
+    form = isa.get(name)
+    cl = classify(form, profiles.get("vtx").with_controls(c))
+    if cl.answers["privileged"].value is not False:
+        return None
+    classes = [k for k in ("control_sensitive", "mode_sensitive")
+               if cl.answers[k].value is True]
+    named = [n for n in vmx.CONTROLS if not c.on(n) and _exits_with(form, c, n)]
+    reason = ("it runs in VMX non-root operation without a VM exit where it is sensitive "
+              "(hardware Theorem 1 fails under these controls)")
+    if named:
+        reason += f"; it exits with {' or '.join(repr(n) for n in named)} set, which the controls leave clear"
+    out = {"form": name, "profile": f"vtx (controls {c.name})", "classes": classes,
+           "reason": reason, "controls": named}
+    if witness:
+        for k in classes:
+            a = cl.answers[k]
+            if a.witness is not None:
+                out["witness"] = {"class": k, "states": a.witness}
+                break
+    return out
+
+
+def explain_divergence(div: dict, profile=DEFAULT_PROFILE, witness: bool = True,
+                       controls=None) -> dict | None:
     """The Theorem-1 verdict explaining a first divergence (``monitor.compare`` JSON): the
     diverging form's violated classes, the reason ``pgvirt scan`` gives, and a witness; None
-    when the form is no violation (such a divergence is a bug)."""
+    when the form is no violation (such a divergence is a bug).  A ``vtx`` divergence is
+    explained under its VMCS ``controls`` (``explain_vtx_divergence``)."""
     from pgvirt.guest.paravirt import reason, violation
     from pgvirt.verify.cache import classifications
 
+    if div.get("monitor") == "vtx":
+        return explain_vtx_divergence(div, controls, witness)
     form = div.get("form")
     name = _profile(profile).name
     if form is None or form not in _violations(name):
@@ -336,8 +406,10 @@ def explain_divergence(div: dict, profile=DEFAULT_PROFILE, witness: bool = True)
     return out
 
 
-def _monitor_setup(guest, monitors: Iterable[str], profile, tmp: str, paravirt) -> dict:
+def _monitor_setup(guest, monitors: Iterable[str], profile, tmp: str, paravirt, controls=None) -> dict:
     kw: dict = {"profile": _profile(profile).name}
+    if "vtx" in monitors:
+        kw["controls"] = monitor_controls(controls)
     if "scan" in monitors:
         kw["sensitive"] = monitor_sensitive(profile)
     if "paravirt" in monitors:
@@ -346,16 +418,17 @@ def _monitor_setup(guest, monitors: Iterable[str], profile, tmp: str, paravirt) 
 
 
 def run(guest, monitor: str = "native", *, profile=DEFAULT_PROFILE, steps: int | None = None,
-        input: str = "", paravirt: tuple[str, str] | None = None) -> Result:
-    """Run a multiboot guest under ``monitor`` (native, trap, paravirt, scan) on Unicorn;
-    ``paravirt`` = (patched, manifest), else the guest is patched into a temporary directory."""
+        input: str = "", paravirt: tuple[str, str] | None = None, controls=None) -> Result:
+    """Run a multiboot guest under ``monitor`` (native, trap, paravirt, scan, vtx) on Unicorn;
+    ``paravirt`` = (patched, manifest), else the guest is patched into a temporary directory;
+    ``controls`` the VMCS controls of ``vtx`` (``monitor_controls``)."""
     import tempfile
 
     from pgvirt.monitor import api as M
     from pgvirt.report import monitor as R
 
     with tempfile.TemporaryDirectory(prefix="pgvirt-run-") as tmp:
-        kw = _monitor_setup(guest, [monitor], profile, tmp, paravirt)
+        kw = _monitor_setup(guest, [monitor], profile, tmp, paravirt, controls)
         setup = M.Setup(guest, input=input, **kw)
         mon = setup.build(monitor)
         res = mon.run(steps or M.DEFAULT_STEPS)
@@ -367,7 +440,7 @@ def run(guest, monitor: str = "native", *, profile=DEFAULT_PROFILE, steps: int |
 
 def compare(guest, monitors: Iterable[str] = ("trap", "paravirt", "scan"), *, profile=DEFAULT_PROFILE,
             steps: int | None = None, input: str = "", paravirt: tuple[str, str] | None = None,
-            witness: bool = True) -> Result:
+            witness: bool = True, controls=None) -> Result:
     """Each monitor against native in lock step: match, or the first divergence and the
     Theorem-1 verdict that explains it; the slowdown table."""
     import tempfile
@@ -377,9 +450,10 @@ def compare(guest, monitors: Iterable[str] = ("trap", "paravirt", "scan"), *, pr
 
     names = list(monitors)
     with tempfile.TemporaryDirectory(prefix="pgvirt-run-") as tmp:
-        kw = _monitor_setup(guest, names, profile, tmp, paravirt)
+        kw = _monitor_setup(guest, names, profile, tmp, paravirt, controls)
         c = M.compare(guest, names, steps=steps or M.DEFAULT_STEPS, input=input,
-                      explain=lambda d: explain_divergence(d, profile, witness), **kw)
+                      explain=lambda d: explain_divergence(d, profile, witness, kw.get("controls")),
+                      **kw)
     summary = ", ".join(f"{v.monitor}: {'match' if v.divergence is None else 'diverged'}"
                         for v in c.verdicts) + (f"; {len(c.unexplained)} unexplained" if c.unexplained else "")
     return Result("compare", c, summary, lambda: H.pre(R.compare_text(c)))

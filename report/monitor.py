@@ -16,7 +16,8 @@ from pgvirt.monitor.core import RunResult, TICK
 from pgvirt.monitor.devices import HZ
 
 SLOWDOWN_COLUMNS = ("monitor", "instructions", "traps", "hypercalls", "patched", "pages",
-                    "rescans", "interrupts", "wall_s", "slowdown")
+                    "rescans", "interrupts", "exits", "wall_s", "slowdown", "exit_reasons")
+_LEFT = ("monitor", "exit_reasons")
 
 
 def run_summary(r: RunResult) -> dict:
@@ -59,7 +60,8 @@ def run_text(r: RunResult, screen=None) -> str:
              f"  {_end_line(r)}",
              f"  traps {c['traps']}, hypercalls {c['hypercalls']}, patched traps {c['patched']}, "
              f"interrupts {c['interrupts']}, exceptions {c['exceptions']}, scanned pages "
-             f"{c['scanned_pages']} (rescans {c['rescans']})",
+             f"{c['scanned_pages']} (rescans {c['rescans']})"
+             + (f", VM exits {c['exits']} ({exit_reasons(r)})" if c.get("exits") else ""),
              f"  port accesses {len(r.record.ports)}, distinct frames {len(r.record.frames)} "
              f"(one taken every {TICK} PIT clocks)"]
     if r.unsupported:
@@ -77,6 +79,12 @@ def run_text(r: RunResult, screen=None) -> str:
     return "\n".join(lines)
 
 
+def exit_reasons(r: RunResult) -> str:
+    """The VM exits of a ``vtx`` run by basic exit reason ("io 444, hlt 103"), "-" for none."""
+    got = r.counts.get("exit_reasons") or {}
+    return ", ".join(f"{k} {n}" for k, n in sorted(got.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
+
+
 def slowdown(c: Comparison) -> list[dict]:
     """Per monitor, against native: the counts and the wall time (Adams and Agesen's table)."""
     base = c.reference.wall or 1e-9
@@ -86,7 +94,8 @@ def slowdown(c: Comparison) -> list[dict]:
         out.append({"monitor": r.monitor, "instructions": r.retired, "traps": k["traps"],
                     "hypercalls": k["hypercalls"], "patched": k["patched"],
                     "pages": k["scanned_pages"], "rescans": k["rescans"],
-                    "interrupts": k["interrupts"], "wall_s": round(r.wall, 4),
+                    "interrupts": k["interrupts"], "exits": k.get("exits", 0),
+                    "exit_reasons": exit_reasons(r), "wall_s": round(r.wall, 4),
                     "slowdown": round(r.wall / base, 2)})
     return out
 
@@ -162,13 +171,15 @@ def compare_text(c: Comparison) -> str:
     lines.append("  slowdown against native:")
     rows = slowdown(c)
     widths = {k: max(len(k), *(len(str(row[k])) for row in rows)) for k in SLOWDOWN_COLUMNS}
-    lines.append("    " + "  ".join(k.rjust(widths[k]) if k != "monitor" else k.ljust(widths[k])
-                                    for k in SLOWDOWN_COLUMNS))
+    lines.append(("    " + "  ".join(k.rjust(widths[k]) if k not in _LEFT else k.ljust(widths[k])
+                                     for k in SLOWDOWN_COLUMNS)).rstrip())
     for row in rows:
-        lines.append("    " + "  ".join(str(row[k]).rjust(widths[k]) if k != "monitor"
-                                        else str(row[k]).ljust(widths[k]) for k in SLOWDOWN_COLUMNS))
+        lines.append(("    " + "  ".join(str(row[k]).rjust(widths[k]) if k not in _LEFT
+                                         else str(row[k]).ljust(widths[k])
+                                         for k in SLOWDOWN_COLUMNS)).rstrip())
     return "\n".join(lines)
 
 
 __all__ = ["run_json", "run_text", "run_summary", "compare_json", "compare_text", "slowdown",
+           "exit_reasons",
            "divergence_text"]

@@ -84,6 +84,7 @@ def test_notebook_executes(path):
         kinds = [k for c in code for o in c.outputs for k in o.get("data", {})]
         assert kinds.count("image/png") == 1 and WIDGET_VIEW in kinds      # the screens, the frames
         assert "diverged" in text and "explained:" in text and "UNEXPLAINED" not in text
+        assert "use_io_bitmaps" in text and "external_interrupt" in text        # vtx's cells
 
 
 # --- helpers without a front end -------------------------------------------------------------------
