@@ -430,8 +430,11 @@ class Form:
 REGISTRY: dict[str, Form] = {}
 
 
-def form(name: str, *, enc: str, bytes: str, asm: str, cite: str, theme: str = ""):
-    """Register the decorated semantics as the one definition of instruction form ``name``."""
+def form(name: str, *, enc: str, bytes: str, asm: str, cite: str, theme: str = "", code: str = ""):
+    """Register the decorated semantics as the one definition of instruction form ``name``.
+
+    ``code`` names the iced-x86 Code of bytes the decoder takes only with a vendor option (Cyrix,
+    ...); tools/footprints.py checks that the bytes decode to it with that option."""
 
     def deco(fn: Callable[[Exec], None]) -> Callable[[Exec], None]:
         if name in REGISTRY:
@@ -445,7 +448,7 @@ def form(name: str, *, enc: str, bytes: str, asm: str, cite: str, theme: str = "
         if d.length != len(raw):
             raise ModelError(f"form {name!r}: canonical bytes have {len(raw)} bytes, decode {d.length}")
         th = theme or fn.__module__.rsplit(".", 1)[-1]
-        REGISTRY[name] = Form(name, e, enc, raw, asm, cite, th, fn)
+        REGISTRY[name] = Form(name, e, enc, raw, asm, cite, th, fn, code=code)
         return fn
 
     return deco
