@@ -366,6 +366,42 @@ def enclu(x):
     x.assume(x.cpl != 3, "ENCLU leaves (enclave entry and exit) are not modelled")
 
 
+# --- CLZERO (AMD) ---------------------------------------------------------------------------------
+
+CACHE_LINE = 64   # bytes: the line size every processor with CLZERO reports (CPUID 8000_0005H:ECX[7:0])
+
+
+def _clzero(x) -> None:
+    """Writes zero to every byte of the cache line holding DS:rAX (the segment overridable): the
+    address aligned down to the line, EAX or AX by the address size.  A store to memory, nothing
+    else changes (AMD APM Vol. 3 CLZERO)."""
+    if not _need(x, "clzero", "CLZERO"):
+        return
+    seg = x.d.seg or "ds"
+    linear = (x.seg_base(seg) + x.areg(0)) & ~(CACHE_LINE - 1)
+    x.seg_store(seg, linear, CACHE_LINE, 0)
+
+
+@form("clzero_a32", enc="a32 0F 01 FC", bytes="0f01fc", asm="clzero", cite="AMD APM Vol. 3 CLZERO")
+def clzero_a32(x):
+    _clzero(x)
+
+
+@form("clzero_a16", enc="a16 0F 01 FC", bytes="670f01fc", asm="clzero", cite="AMD APM Vol. 3 CLZERO")
+def clzero_a16(x):
+    """CLZERO with a 16-bit address size: DS:AX."""
+    _clzero(x)
+
+
+# --- UD0 without ModRM (older processors) -------------------------------------------------------------
+
+@form("ud0", enc="0F FF", bytes="0fff", asm="ud0", cite="SDM Vol. 2B UD (UD0: older processors read no ModRM)",
+      code="UD0")
+def ud0(x):
+    """0F FF as two bytes, as processors before ModRM-reading UD0 decode it: #UD all the same."""
+    x.fault(UD, None, "UD0")
+
+
 # --- PAUSE, BOUND ---------------------------------------------------------------------------------
 
 @form("pause", enc="F3 90", bytes="f390", asm="pause", cite="SDM Vol. 2B PAUSE")
