@@ -282,3 +282,20 @@ def test_clzero_zeroes_the_line_holding_ds_rax(name, eax, line):
 
 def test_ud0_without_modrm():
     ud(run("ud0", 0, ALL))
+
+
+@pytest.mark.parametrize("name, src_reg, dst_reg, asize", [("movdir64b_a32", "eax", "esi", 32),
+                                                            ("movdir64b_a16", "ebx", "esi", 16)])
+def test_movdir64b_moves_64_bytes_to_es_and_checks_alignment(name, src_reg, dst_reg, asize):
+    """SDM Vol. 2B MOVDIR64B: 64 bytes from DS:[m] to ES:r (r by the address size), #GP(0)
+    unless r is 64-byte aligned; #UD without the feature."""
+    ds, es = 0x100000, 0x200000
+    src, dst = 0x1234, 0x5640
+    mem = {ds + src + k: (k * 7 + 3) & 0xFF for k in range(64)}
+    high = 0xABCD0000 if asize == 16 else 0      # ignored above 16-bit addressing
+    fields = {src_reg: high | src, dst_reg: high | dst, "ds_base": ds, "es_base": es, "mem": mem}
+    ud(run(name, 3, **fields))
+    out = ok(run(name, 3, {"movdir64b"}, **fields))
+    changed = {a: v for a, v in out["mem"].items() if mem.get(a) != v}
+    assert changed == {es + dst + k: (k * 7 + 3) & 0xFF for k in range(64)}
+    gp0(run(name, 3, {"movdir64b"}, **{**fields, dst_reg: high | (dst + 8)}))

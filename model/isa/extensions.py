@@ -393,6 +393,33 @@ def clzero_a16(x):
     _clzero(x)
 
 
+# --- MOVDIR64B ----------------------------------------------------------------------------------------
+
+def _movdir64b(x) -> None:
+    """64 bytes from the memory operand to ES:(E)DI-style address ES:r (the register operand, by
+    the address size; ES cannot be overridden); #GP(0) unless that offset is 64-byte aligned
+    (SDM Vol. 2B MOVDIR64B).  The direct store's write atomicity is no architectural state."""
+    if not _need(x, "movdir64b", "MOVDIR64B"):
+        return
+    dest = x.areg(x.d.reg)
+    x.require(z3.Extract(5, 0, dest) == 0, GP, 0, "MOVDIR64B destination not 64-byte aligned")
+    data = x.seg_load(x.default_seg(), x.ea(), 64)
+    x.seg_store("es", x.seg_base("es") + dest, 64, data)
+
+
+@form("movdir64b_a32", enc="a32 66 0F 38 F8 /r mem", bytes="660f38f830",
+      asm="movdir64b esi, zmmword ptr [eax]", cite="SDM Vol. 2B MOVDIR64B")
+def movdir64b_a32(x):
+    _movdir64b(x)
+
+
+@form("movdir64b_a16", enc="a16 66 0F 38 F8 /r mem", bytes="67660f38f837",
+      asm="movdir64b si, zmmword ptr [bx]", cite="SDM Vol. 2B MOVDIR64B")
+def movdir64b_a16(x):
+    """16-bit addressing: the source by BX/BP/SI/DI, the destination ES:r16."""
+    _movdir64b(x)
+
+
 # --- UD0 without ModRM (older processors) -------------------------------------------------------------
 
 @form("ud0", enc="0F FF", bytes="0fff", asm="ud0", cite="SDM Vol. 2B UD (UD0: older processors read no ModRM)",
