@@ -37,6 +37,33 @@ FEATURES: dict[str, str] = {
     "pconfig": "PCONFIG (CPUID.(EAX=07H,ECX=0):EDX.PCONFIG[18])",
 }
 
+# Other vendors' and earlier processors' instruction sets (model/isa/vendor.py, each form citing
+# where it is described): no profile's processor has any of them.  Each: what its instructions do.
+VENDOR: dict[str, str] = {
+    "padlock_ace": "encrypts ECX blocks from ES:[ESI] to ES:[EDI] under the control word at [EDX] "
+                   "and the key at [EBX]",
+    "padlock_phe": "hashes ECX bytes from ES:[ESI] into the state at ES:[EDI]",
+    "padlock_pmm": "Montgomery multiplication over the operands block at ES:[ESI]",
+    "padlock_rng": "stores random bytes from the hardware generator to ES:[EDI]",
+    "padlock_gmi": "SM3 hashing or SM4 encryption of ECX blocks from ES:[ESI] to ES:[EDI]",
+    "cyrix_smm": "saves or restores a segment, LDTR or TSS descriptor cache in SMM",
+    "cyrix_smint": "enters SMM",
+    "cyrix_smint_0f7e": "enters SMM",
+    "cyrix_shr": "reads or writes the SMM header register",
+    "cyrix_ddi": "reads or writes an internal processor register or resets a BLT buffer",
+    "cyrix_dmi": "enters or returns from debug management mode",
+    "cyrix_emmi": "an MMX operation writing the partner register implied by the destination",
+    "centaur_ais": "switches to the alternate instruction set",
+    "cl1invmb": "invalidates the L1 message-buffer lines",
+    "udbg": "reads or writes the debug state",
+    "umov": "moves between user memory and a register in ICE mode",
+    "ia64": "jumps to Itanium instruction set code",
+    "intel286_only": "loads or stores the whole processor state, descriptor caches included",
+    "intel386_only": "loads the whole processor state from ES:[EDI], descriptor caches included",
+    "fpu287xl_only": "returns the coprocessor to real mode",
+    "mov_tr": "moves to or from a test register TR3-TR7",
+}
+
 
 # The CPUID features of the instruction codes the decoder tables list (iced-x86's names, lower
 # case), as tools/footprints.py wrote them beside the table: a derived form asks for these.
@@ -46,7 +73,7 @@ DECODER_FEATURES: tuple[str, ...] = tuple(n for n in _TABLE.read_text().split() 
 # and FPU DS deprecated": x87 instructions store 0 for the last instruction's and operand's
 # segment selectors).
 BEHAVIOURS = {"zero_fcs_fds": "x87 FCS/FDS store 0 (CPUID.(EAX=07H,ECX=0):EBX[13])"}
-KNOWN = frozenset(FEATURES) | frozenset(DECODER_FEATURES) | frozenset(BEHAVIOURS)
+KNOWN = frozenset(FEATURES) | frozenset(VENDOR) | frozenset(DECODER_FEATURES) | frozenset(BEHAVIOURS)
 
 
 def known(name: str) -> bool:

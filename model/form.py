@@ -477,10 +477,13 @@ FLOWS = ("", "far_call", "far_jump", "far_return", "interrupt")
 
 
 def form(name: str, *, enc: str, bytes: str, asm: str, cite: str, theme: str = "",
-         undefined_flags: int = 0, flow: str = ""):
+         undefined_flags: int = 0, flow: str = "", code: str = ""):
     """Register the decorated semantics as the one definition of instruction form ``name``;
     ``undefined_flags`` and ``flow`` are facts of the instruction that emulators' cross-checks
-    read (which flags to mask, which transfers load CS through a descriptor)."""
+    read (which flags to mask, which transfers load CS through a descriptor).
+
+    ``code`` names the iced-x86 Code of bytes the decoder takes only with a vendor option (Cyrix,
+    ...); tools/footprints.py checks that the bytes decode to it with that option."""
 
     def deco(fn: Callable[[Exec], None]) -> Callable[[Exec], None]:
         if name in REGISTRY:
@@ -497,7 +500,7 @@ def form(name: str, *, enc: str, bytes: str, asm: str, cite: str, theme: str = "
             raise ModelError(f"form {name!r}: canonical bytes have {len(raw)} bytes, decode {d.length}")
         th = theme or fn.__module__.rsplit(".", 1)[-1]
         REGISTRY[name] = Form(name, e, enc, raw, asm, cite, th, fn, undefined_flags=undefined_flags,
-                              flow=flow)
+                              flow=flow, code=code)
         return fn
 
     return deco

@@ -11,6 +11,7 @@ from typing import Iterable
 
 from pgvirt.model import isa, profiles
 from pgvirt.model import state as st
+from pgvirt.model.derived import registry, table
 from pgvirt.model.outcome import vector_name
 
 from pgvirt.report import theorems as report
@@ -25,13 +26,39 @@ _ONE: dict[tuple[str, str], Classification] = {}
 
 
 def classified(profile: str) -> list[Classification]:
-    """Every form under ``profile``: derived by the solver once, then kept in this process and in
-    the on-disk cache of derived answers (``verify.cache``), so the notebooks share one run."""
+    """Every form under ``profile``, hand-written then derived: derived by the solver once, then
+    kept in this process and in the on-disk cache of derived answers (``verify.cache``), so the
+    notebooks share one run."""
     profiles.get(profile)
     if profile not in _ALL:
-        known, _ = classifications(profile, [f.name for f in isa.FORMS], witnesses=True)
-        _ALL[profile] = [known[f.name] for f in isa.FORMS]
+        names = list(registry.names())
+        known, _ = classifications(profile, names, witnesses=True)
+        _ALL[profile] = [known[n] for n in names]
     return _ALL[profile]
+
+
+def family(c: Classification) -> str:
+    """The family a form is shown in: a hand-written form's theme (its module in model/isa), a
+    derived form's encoding kind and the CPUID feature its iced-x86 code needs (or "base")."""
+    f = c.form
+    if not f.theme.startswith("derived."):
+        return f"hand-written: {f.theme}"
+    rec = table.codes()[f.code]
+    return f"{rec['encoding']}: {rec['cpuid'][0] if rec['cpuid'] else 'base'}"
+
+
+def families(results: Iterable[Classification]) -> list[tuple[str, list[Classification]]]:
+    """``results`` grouped by ``family``, families in order of their first form."""
+    out: dict[str, list[Classification]] = {}
+    for c in results:
+        out.setdefault(family(c), []).append(c)
+    return list(out.items())
+
+
+def family_counts(group: list[Classification], cls: str) -> tuple[int, int, int]:
+    """(yes, no, unknown) answers for ``cls`` over one family's forms."""
+    vals = [c[cls] for c in group]
+    return vals.count(True), vals.count(False), vals.count(None)
 
 
 def classification(form: str, profile: str) -> Classification:
@@ -126,10 +153,50 @@ def check_forms(names: Iterable[str], profile: str = "pentium") -> HTML:
     return answers_table([classification(n, profile) for n in have], missing)
 
 
+def _family_cell(group: list[Classification], cls: str) -> str:
+    yes, no, unknown = family_counts(group, cls)
+    share = yes / len(group)
+    # blue shade by the share of "yes"; any unknown answer greys the cell and shows "?"
+    colour = "#bdbdbd" if unknown else f"rgba(8,81,156,{0.1 + 0.9 * share:.2f})"
+    fg = "white" if share > 0.5 and not unknown else "black"
+    text = f"{yes}/{len(group)}" + (f" ({unknown}?)" if unknown else "")
+    return _td(text, f"background:{colour};color:{fg};text-align:center",
+               title=f"{yes} yes, {no} no, {unknown} unknown")
+
+
+def _family_theorem_cell(group: list[Classification], num: str) -> str:
+    th = theorem(num, group)
+    colour = {"holds": "#e5f5e0", "fails": "#fcbba1", "unknown": "#bdbdbd"}[th.verdict]
+    if not th.violations and not th.undecided:
+        return _td("ok", f"background:{colour}")
+    names = ", ".join(c.form.name for c in th.violations)
+    text = f"{len(th.violations)} violate" + (f", {len(th.undecided)} ?" if th.undecided else "")
+    return _td(f"<details><summary>{text}</summary>{_e(names)}</details>", f"background:{colour}")
+
+
+def family_table(results: list[Classification]) -> HTML:
+    """One row per family: how many of its forms are in each class ("yes" of all), and the forms
+    that violate Theorems 1 and 3; the family's forms one per row behind its name."""
+    head = "".join(_td(_e(h), tag="th") for h in ("family", "forms", *(report.SHORT[k] for k in CLASSES),
+                                                  "Thm 1", "Thm 3"))
+    rows = []
+    for name, group in families(results):
+        listing = ", ".join(f"{c.form.name} ({c.form.asm})" for c in group)
+        cells = [_td(f"<details><summary>{_e(name)}</summary>{_e(listing)}</details>"),
+                 _td(str(len(group)), "text-align:right")]
+        cells += [_family_cell(group, k) for k in CLASSES]
+        rows.append("<tr>" + "".join(cells + [_family_theorem_cell(group, "1"),
+                                              _family_theorem_cell(group, "3")]) + "</tr>")
+    note = (f"<p style=\"font-size:12px\">{len(results)} forms in {len(rows)} families; a cell is "
+            "how many of the family's forms are in the class (darker: more); grey: some answer "
+            "unknown</p>")
+    return HTML(f"{note}<table {_TABLE}><tr>{head}</tr>{''.join(rows)}</table>")
+
+
 def classification_table(profile: str) -> HTML:
-    """The whole classification of ``profile`` with its theorem verdicts on top."""
+    """The whole classification of ``profile``, grouped by family, with its theorem verdicts on top."""
     results = classified(profile)
-    return HTML(theorems(profile).text + answers_table(results).text)
+    return HTML(theorems(profile).text + family_table(results).text)
 
 
 def theorems(profile: str) -> HTML:
@@ -317,30 +384,44 @@ class Picture:
         return buf.getvalue()
 
 
+def family_grid(results: list[Classification]) -> tuple[list[str], list[list[float]]]:
+    """Families x classes: the share of each family's forms in the class (None if any answer is
+    unknown, so that a share is never an undecided count)."""
+    names, grid = [], []
+    for name, group in families(results):
+        names.append(f"{name} ({len(group)})")
+        row = []
+        for k in CLASSES:
+            yes, _, unknown = family_counts(group, k)
+            row.append(None if unknown else yes / len(group))
+        grid.append(row)
+    return names, grid
+
+
 def heatmap(profile: str) -> Picture:
-    """Forms x classes, coloured by answer and how it was settled."""
-    from matplotlib.colors import ListedColormap
+    """Families x classes over every form, each cell the share of the family's forms in the class."""
+    import matplotlib
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     results = classified(profile)
-    grid = [[category(c, k) for k in CLASSES] for c in results]
-    fig = Figure(figsize=(7, 1.5 + 0.11 * len(results)))
+    names, grid = family_grid(results)
+    fig = Figure(figsize=(8, 1.8 + 0.14 * len(names)))
     ax = fig.add_subplot()
-    cmap = ListedColormap([col for _, _, col in CATEGORIES])
-    ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(CATEGORIES) - 0.5, aspect="auto",
-              interpolation="nearest")
+    # unknown cells are masked (NaN) and drawn grey by the colormap's "bad" colour
+    values = [[float("nan") if v is None else v for v in row] for row in grid]
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#bdbdbd")
+    im = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(len(CLASSES)), [report.SHORT[k] for k in CLASSES])
     ax.xaxis.tick_top()
-    ax.set_yticks(range(len(results)), [c.form.name for c in results], fontsize=6)
+    ax.set_yticks(range(len(names)), names, fontsize=6)
     ax.set_xticks([x - 0.5 for x in range(1, len(CLASSES))], minor=True)
-    ax.set_yticks([y - 0.5 for y in range(1, len(results))], minor=True)
+    ax.set_yticks([y - 0.5 for y in range(1, len(names))], minor=True)
     ax.grid(which="minor", color="white", linewidth=0.4)
     ax.tick_params(which="minor", length=0)
-    ax.set_title(f"Popek-Goldberg classes, profile {profile}", pad=24)
-    fig.legend(handles=[Patch(color=col, label=lbl) for _, lbl, col in CATEGORIES],
-               loc="lower center", ncol=3, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
+    ax.set_title(f"Popek-Goldberg classes by family, profile {profile} ({len(results)} forms)", pad=24)
+    fig.colorbar(im, ax=ax, fraction=0.03, label="share of the family's forms in the class "
+                                                 "(grey: some answer unknown)")
+    fig.tight_layout()
     return Picture(fig)
 
 

@@ -173,9 +173,15 @@ def test_lockable_forms_are_those_iced_lets_lock():
 
 # --- the forms against iced ------------------------------------------------------------------------
 
+def _options(f) -> int:
+    """The decoder option a vendor form's Code needs (``form(..., code=)``), else none."""
+    from pgvirt.model.derived import table
+    return getattr(iced.DecoderOptions, table.codes()[f.code]["decoder_option"] or "NONE") if f.code else 0
+
+
 def test_every_canonical_instance_is_one_valid_iced_code():
     for f in isa.FORMS:
-        ins = iced.Decoder(32, f.bytes).decode()
+        ins = iced.Decoder(32, f.bytes, _options(f)).decode()
         assert ins.len == len(f.bytes), f.name
         if not f.name.startswith(("rdfsbase", "rdgsbase", "wrfsbase", "wrgsbase", "swapgs")):
             assert CODE_NAMES[ins.code] != "INVALID", f.name
@@ -183,7 +189,7 @@ def test_every_canonical_instance_is_one_valid_iced_code():
 
 def test_o16_and_o32_tokens_agree_with_iced():
     for f in isa.FORMS:
-        ocs = iced.OpCodeInfo(iced.Decoder(32, f.bytes).decode().code).op_code_string
+        ocs = iced.OpCodeInfo(iced.Decoder(32, f.bytes, _options(f)).decode().code).op_code_string
         tok = ocs.split()[0]
         want = int(tok[1:]) if tok in ("o16", "o32") else None
         assert f.enc.osize == want, (f.name, ocs)

@@ -20,7 +20,12 @@ def capstone_text(code: bytes) -> str:
 SHORT_IN_CAPSTONE = {"ud0_r32", "ud0_r16", "ud1_r32", "ud1_r16"}
 
 
-@pytest.mark.parametrize("form", isa.FORMS, ids=lambda f: f.name)
+# Other vendors' and earlier processors' instructions (model/isa/vendor.py): Capstone reads few
+# of them; their asm is iced-x86's text (tests/test_coverage_cli.py checks it against the table).
+OTHER_VENDORS = {f.name for f in isa.FORMS if f.theme == "vendor"}
+
+
+@pytest.mark.parametrize("form", [f for f in isa.FORMS if f.name not in OTHER_VENDORS], ids=lambda f: f.name)
 def test_asm_is_capstones(form):
     if form.name in SHORT_IN_CAPSTONE:
         insn = next(MD.disasm(form.bytes, 0))
@@ -31,7 +36,8 @@ def test_asm_is_capstones(form):
 
 @pytest.mark.parametrize("form", isa.FORMS, ids=lambda f: f.name)
 def test_form_has_citation_and_runs_symbolically(form):
-    assert form.cite.startswith(("SDM Vol.", "AMD APM Vol."))   # AMD's own: the SVM forms
+    # AMD's own: the SVM forms; another vendor's (or an old processor's) document for its own
+    assert form.cite.startswith(("SDM Vol.", "AMD APM Vol.")) or form.name in OTHER_VENDORS
     out = form.run(st.fresh())
     assert "eip" in out.effects
 
@@ -42,7 +48,9 @@ def test_form_names_and_canonical_bytes_are_unique():
 
 
 def test_each_canonical_instance_matches_only_its_own_form():
+    """But a form whose Code the decoder reads only with a vendor option: its opcode is another
+    instruction (or nothing) on the processors the scan decodes for (0F 05 LOADALL, SYSCALL)."""
     for f in isa.FORMS:
         others = [g.name for g in isa.FORMS if g is not f and matches(g.enc, f.bytes)
-                  and matches(g.enc, f.bytes).length == len(f.bytes)]
+                  and matches(g.enc, f.bytes).length == len(f.bytes) and not (f.code or g.code)]
         assert not others, f"{f.name} bytes also match {others}"

@@ -276,6 +276,8 @@ def test_every_form_matches_its_canonical_bytes():
         if f.name == "swapgs":
             assert match_form(f.bytes) is None and S._number(f.bytes) == D.INVALID
             continue
+        if f.code:
+            continue    # a vendor form: decoded only with a decoder option the scan does not set
         assert match_form(f.bytes) is f, f.name
     from pgvirt.model.derived import table
     for name in registry.derived_names()[::40]:
@@ -301,7 +303,10 @@ def test_prefixes():
 
 
 def brute_force(code: bytes):
-    hits = [f for f in isa.FORMS if (d := matches(f.enc, code)) is not None and d.length == len(code)]
+    """The one form whose encoding reads ``code`` (vendor forms, which the scan's decoder never
+    yields, aside: 0F 05 is SYSCALL there, LOADALL only on an 80286)."""
+    hits = [f for f in isa.FORMS if not f.code and (d := matches(f.enc, code)) is not None
+            and d.length == len(code)]
     assert len(hits) <= 1, (code.hex(), [f.name for f in hits])
     return hits[0] if hits else None
 

@@ -262,3 +262,40 @@ def test_pause_and_bound():
         assert isinstance(out, Next) == inside, idx
         if not inside:
             assert out.vector == 5
+
+
+@pytest.mark.parametrize("name, eax, line", [("clzero_a32", 0x12345, 0x12340),
+                                             ("clzero_a16", 0x7654ABCD, 0xAB00 + 0xC0)])
+def test_clzero_zeroes_the_line_holding_ds_rax(name, eax, line):
+    """AMD APM Vol. 3 CLZERO: the 64 bytes of the line holding DS:rAX (AX with a 67 prefix),
+    nothing else; #UD without the feature."""
+    base = 0x100000
+    mem = {a: 0xA5 for a in range(base + line - 8, base + line + 72)}
+    fields = dict(eax=eax, ds_base=base, mem=mem)
+    ud(run(name, 3, **fields))
+    out = ok(run(name, 3, {"clzero"}, **fields))
+    assert out["eip"] == S.flat_state(3)["eip"] + len(isa.get(name).bytes)
+    changed = {a: v for a, v in out["mem"].items() if mem.get(a) != v}
+    assert changed == {base + line + k: 0 for k in range(64)}
+    assert out["eax"] == eax
+
+
+def test_ud0_without_modrm():
+    ud(run("ud0", 0, ALL))
+
+
+@pytest.mark.parametrize("name, src_reg, dst_reg, asize", [("movdir64b_a32", "eax", "esi", 32),
+                                                            ("movdir64b_a16", "ebx", "esi", 16)])
+def test_movdir64b_moves_64_bytes_to_es_and_checks_alignment(name, src_reg, dst_reg, asize):
+    """SDM Vol. 2B MOVDIR64B: 64 bytes from DS:[m] to ES:r (r by the address size), #GP(0)
+    unless r is 64-byte aligned; #UD without the feature."""
+    ds, es = 0x100000, 0x200000
+    src, dst = 0x1234, 0x5640
+    mem = {ds + src + k: (k * 7 + 3) & 0xFF for k in range(64)}
+    high = 0xABCD0000 if asize == 16 else 0      # ignored above 16-bit addressing
+    fields = {src_reg: high | src, dst_reg: high | dst, "ds_base": ds, "es_base": es, "mem": mem}
+    ud(run(name, 3, **fields))
+    out = ok(run(name, 3, {"movdir64b"}, **fields))
+    changed = {a: v for a, v in out["mem"].items() if mem.get(a) != v}
+    assert changed == {es + dst + k: (k * 7 + 3) & 0xFF for k in range(64)}
+    gp0(run(name, 3, {"movdir64b"}, **{**fields, dst_reg: high | (dst + 8)}))

@@ -18,6 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from pgvirt.model.derived import registry
 from pgvirt.notebook import classification as nb
 from pgvirt.verify.popek_goldberg import CLASSES, classify_all
 
@@ -130,21 +131,42 @@ def test_check_forms_lists_missing_forms():
     assert ">sgdt_m<" in html and "not in the model yet: no_such_form" in html
 
 
-def test_heatmap_cells_are_the_solver_answers(monkeypatch):
-    results = classify_all("pentium", FORMS, jobs=1)
+FAMILY_FORMS = FORMS + ["addpd_xmm_xmmm128", "paddb_mm_mmm64", "evex_vpaddb_xmm_k1z_xmm_xmmm128"]
+
+
+def test_heatmap_cells_are_the_families_shares(monkeypatch):
+    assert all(registry.is_derived(n) for n in FAMILY_FORMS[len(FORMS):])
+    results = classify_all("pentium", FAMILY_FORMS, jobs=1)
     monkeypatch.setitem(nb._ALL, "pentium", results)
     pic = nb.heatmap("pentium")
     grid = pic.figure.axes[0].images[0].get_array()
-    assert grid.shape == (len(FORMS), len(CLASSES))
-    for i, c in enumerate(results):
+    groups = nb.families(results)
+    assert grid.shape == (len(groups), len(CLASSES))
+    assert sum(len(g) for _, g in groups) == len(results)
+    for i, (_, group) in enumerate(groups):
         for j, cls in enumerate(CLASSES):
-            assert grid[i][j] == nb.category(c, cls)
-    sgdt, lgdt = results[0], results[2]
+            assert grid[i][j] == pytest.approx(sum(c[cls] is True for c in group) / len(group))
+    fam = dict(groups)
+    system = fam["hand-written: tables"]
+    assert {c.form.name for c in system} >= {"sgdt_m", "lgdt_m"}
     priv = CLASSES.index("privileged")
-    assert nb.CATEGORIES[int(grid[0][priv])][0] == (False, "refuted")   # a user-mode run, SAT
-    assert nb.CATEGORIES[int(grid[2][priv])][0] == (True, "proved")     # every user run traps, UNSAT
-    assert sgdt.form.name == "sgdt_m" and lgdt.form.name == "lgdt_m"
+    row = [n for n, _ in groups].index("hand-written: tables")
+    assert grid[row][priv] == pytest.approx(sum(c["privileged"] for c in system) / len(system))
+    assert {"legacy: sse2", "legacy: mmx", "evex: avx512bw"} <= set(fam), "derived forms form families"
+    labels = [t.get_text() for t in pic.figure.axes[0].get_yticklabels()]
+    assert labels[row] == f"hand-written: tables ({len(system)})"
     assert pic._repr_png_().startswith(b"\x89PNG")
+
+
+def test_family_table_counts_each_family(monkeypatch):
+    results = classify_all("pentium", FORMS, jobs=1)
+    html = nb.family_table(results)._repr_html_()
+    assert f"{len(results)} forms in {len(nb.families(results))} families" in html
+    tables = [c for c in results if nb.family(c) == "hand-written: tables"]
+    yes = sum(c["privileged"] for c in tables)
+    assert f">{yes}/{len(tables)}<" in html
+    assert "sgdt_m (" in html      # the family's forms behind its name
+    assert "violate" in html       # sgdt_m violates Theorem 1 under pentium
 
 
 # --- the browser ----------------------------------------------------------------------------------

@@ -509,7 +509,12 @@ def build() -> dict:
         codes[name] = rec
     hand: dict[str, list[str]] = {}
     for f in hand_forms():
-        ins = I.Decoder(32, f.bytes).decode()
+        # a vendor form's bytes decode to its Code only with that Code's decoder option
+        opt = getattr(I.DecoderOptions, codes[f.code]["decoder_option"] or "NONE") if f.code in codes else 0
+        ins = I.Decoder(32, f.bytes, opt).decode()
+        if f.code and CODE[ins.code] != f.code:
+            raise SystemExit(f"tools/footprints.py: hand form {f.name}'s bytes {f.bytes.hex()} "
+                             f"decode to {CODE[ins.code]}, not its code {f.code}")
         if ins.is_invalid and f.bytes in _INVALID_HERE:
             continue        # a form of bytes that are #UD in 32-bit mode: no code to cover
         if ins.is_invalid or ins.len != len(f.bytes):

@@ -364,7 +364,8 @@ def _int1(m: Machine) -> bool:
 
 # Features every profile's processor has and Unicorn's default CPU model lacks (its CPUID clears
 # them and TCG raises #UD), with one instruction that needs each.
-UNICORN_LACKS = {"rdpid": "f30fc7f8", "smap": "0f01ca", "monitor": "0f01c8", "invpcid": "660f388200"}
+UNICORN_LACKS = {"rdpid": "f30fc7f8", "smap": "0f01ca", "monitor": "0f01c8", "invpcid": "660f388200",
+                 "clzero": "0f01fc", "movdir64b": "660f38f800"}
 
 
 def _cpu_lacks(m: Machine) -> bool:
@@ -383,6 +384,11 @@ def _ts_before_ud(m: Machine) -> bool:
     """INVEPT outside VMX operation with CR0.TS = 1: #UD on the SDM's processor, #NM here."""
     s = S.flat_state(0, cr0=S.flat_state(0)["cr0"] | 1 << st.CR0_TS)
     return _vector(m.run(s, bytes.fromhex("660f388000")), NM)
+
+
+def _vendor_reused(m: Machine) -> bool:
+    """The 80286's LOADALL (0F 05): #UD on the profiles' processors; Unicorn runs it as SYSCALL."""
+    return not _vector(m.run(S.flat_state(0), bytes.fromhex("0f05")), UD)
 
 
 def _xsetbv_cpl(m: Machine) -> bool:
@@ -654,12 +660,21 @@ def _x_pcide(o, d):
     return o.name == "mov_cr4_r" and _outcome(o, d) and _model_reason(o, "PCIDE", "outside IA-32e")
 
 
-_MAP_0F38 = ("invept", "invvpid", "invpcid", "wrssd", "wrussd")
+def _in_0f38(f) -> bool:
+    """A hand-written form of the 0F 38 opcode map."""
+    return f.enc is not None and f.enc.opcode[:2] == b"\x0f\x38"
 
 
 def _x_ts_before_ud(o, d):
-    return (o.name in _MAP_0F38 and _outcome(o, d) and o.emu_faults(NM)
+    return (_in_0f38(o.form) and _outcome(o, d) and o.emu_faults(NM)
             and o.state["cr0"] >> st.CR0_TS & 1 and (o.model_faults(UD) or _lacking_ud(o)))
+
+
+def _x_vendor_reused(o, d):
+    """The model's #UD for another vendor's (or an earlier processor's) instruction, where
+    Unicorn's CPU gives the bytes a meaning of its own."""
+    return (o.form.theme == "vendor" and _outcome(o, d) and o.model_faults(UD)
+            and _model_reason(o, "the processor lacks") and not o.emu_faults(UD))
 
 
 def _x_xsetbv_cpl(o, d):
@@ -1020,6 +1035,13 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "Vol. 2A CLAC, STAC, INVPCID, MONITOR, MWAIT)",
         "#UD: Unicorn's default CPU model does not report the features, and TCG refuses them",
         _cpu_lacks, kind="api", explains=_x_cpu_lacks),
+    Deviation(
+        "vendor-opcodes-reused", "other vendors' and earlier processors' instructions (PadLock, "
+        "Cyrix EMMI/SMM/DDI, UMOV, LOADALL, RDUDBG/WRUDBG, FRSTPM...)",
+        "#UD: the profiles' processors do not implement them (SDM Vol. 2A 2.4)",
+        "Unicorn's CPU gives the bytes meanings of its own: LOADALL's 0F 05 runs as SYSCALL, "
+        "UMOV's 0F 10-13 as SSE moves, Cyrix EMMI's opcodes as MMX/SSE (#NM under CR0.TS/EM)",
+        _vendor_reused, explains=_x_vendor_reused),
     Deviation(
         "pcide-outside-ia32e", "MOV CR4 setting CR4.PCIDE outside IA-32e mode",
         "#GP(0) (SDM Vol. 2B MOV-Move to/from Control Registers, Protected Mode Exceptions)",

@@ -375,6 +375,69 @@ def enclu(x):
     x.assume(x.cpl != 3, "ENCLU leaves (enclave entry and exit) are not modelled")
 
 
+# --- CLZERO (AMD) ---------------------------------------------------------------------------------
+
+CACHE_LINE = 64   # bytes: the line size every processor with CLZERO reports (CPUID 8000_0005H:ECX[7:0])
+
+
+def _clzero(x) -> None:
+    """Writes zero to every byte of the cache line holding DS:rAX (the segment overridable): the
+    address aligned down to the line, EAX or AX by the address size.  A store to memory, nothing
+    else changes (AMD APM Vol. 3 CLZERO)."""
+    if not _need(x, "clzero", "CLZERO"):
+        return
+    seg = x.d.seg or "ds"
+    linear = (x.seg_base(seg) + x.areg(0)) & ~(CACHE_LINE - 1)
+    x.seg_store(seg, linear, CACHE_LINE, 0)
+
+
+@form("clzero_a32", enc="a32 0F 01 FC", bytes="0f01fc", asm="clzero", cite="AMD APM Vol. 3 CLZERO")
+def clzero_a32(x):
+    _clzero(x)
+
+
+@form("clzero_a16", enc="a16 0F 01 FC", bytes="670f01fc", asm="clzero", cite="AMD APM Vol. 3 CLZERO")
+def clzero_a16(x):
+    """CLZERO with a 16-bit address size: DS:AX."""
+    _clzero(x)
+
+
+# --- MOVDIR64B ----------------------------------------------------------------------------------------
+
+def _movdir64b(x) -> None:
+    """64 bytes from the memory operand to ES:(E)DI-style address ES:r (the register operand, by
+    the address size; ES cannot be overridden); #GP(0) unless that offset is 64-byte aligned
+    (SDM Vol. 2B MOVDIR64B).  The direct store's write atomicity is no architectural state."""
+    if not _need(x, "movdir64b", "MOVDIR64B"):
+        return
+    dest = x.areg(x.d.reg)
+    x.require(z3.Extract(5, 0, dest) == 0, GP, 0, "MOVDIR64B destination not 64-byte aligned")
+    data = x.seg_load(x.default_seg(), x.ea(), 64)
+    x.seg_store("es", x.seg_base("es") + dest, 64, data)
+
+
+@form("movdir64b_a32", enc="a32 66 0F 38 F8 /r mem", bytes="660f38f830",
+      asm="movdir64b esi, zmmword ptr [eax]", cite="SDM Vol. 2B MOVDIR64B")
+def movdir64b_a32(x):
+    _movdir64b(x)
+
+
+@form("movdir64b_a16", enc="a16 66 0F 38 F8 /r mem", bytes="67660f38f837",
+      asm="movdir64b si, zmmword ptr [bx]", cite="SDM Vol. 2B MOVDIR64B")
+def movdir64b_a16(x):
+    """16-bit addressing: the source by BX/BP/SI/DI, the destination ES:r16."""
+    _movdir64b(x)
+
+
+# --- UD0 without ModRM (older processors) -------------------------------------------------------------
+
+@form("ud0", enc="0F FF", bytes="0fff", asm="ud0", cite="SDM Vol. 2B UD (UD0: older processors read no ModRM)",
+      code="UD0")
+def ud0(x):
+    """0F FF as two bytes, as processors before ModRM-reading UD0 decode it: #UD all the same."""
+    x.fault(UD, None, "UD0")
+
+
 # --- PAUSE, BOUND ---------------------------------------------------------------------------------
 
 @form("pause", enc="F3 90", bytes="f390", asm="pause", cite="SDM Vol. 2B PAUSE")

@@ -11,7 +11,7 @@ instruction and operand (FCS/FDS) as every processor did before their deprecatio
 from __future__ import annotations
 
 from .. import state as st
-from ..features import KNOWN
+from ..features import KNOWN, VENDOR
 from .base import Profile, register
 
 # What a trap-and-emulate monitor does with the FPU/SIMD controls and alignment checking while a
@@ -36,9 +36,10 @@ NOTES = (
 )
 # What the Pentium-class processor lacks: the instructions that changed virtualization, the
 # ones that need states the model assumes away (SGX enclaves, CET), AMD's legacy-mode SYSCALL,
-# and FCS/FDS deprecation (a behaviour of processors from 2013 on).
+# FCS/FDS deprecation (a behaviour of processors from 2013 on), and other vendors' and earlier
+# processors' instruction sets.
 LACKS = frozenset({"umip", "vmx", "svm", "skinit", "smx", "sgx", "pconfig", "cet_ss", "syscall",
-                   "zero_fcs_fds"})
+                   "zero_fcs_fds"}) | frozenset(VENDOR)
 FEATURES = KNOWN - LACKS
 
 PENTIUM = register(Profile(
