@@ -148,14 +148,23 @@ class Monitor:
         """The state the guest believes it is in (scalars, ``mem`` as the guest reads it)."""
         raise NotImplementedError
 
+    def overlay(self) -> dict:
+        """Bytes the guest reads instead of RAM's (scan, vtx: the originals of patched sites)."""
+        return {}
+
     def guest_read(self, address: int, n: int) -> bytes:
-        """Guest memory as the guest reads it."""
-        return self.vm.read(address, n)
+        """Guest memory as the guest reads it (RAM with ``overlay`` on top)."""
+        data = bytearray(self.vm.read(address, n))
+        for a, v in self.overlay().items():
+            if address <= a < address + n:
+                data[a - address] = v
+        return bytes(data)
 
     def compare_overlay(self) -> dict:
-        """Bytes that stand for RAM's when this run is compared with native (paravirt: the
-        original bytes of its sites, the one difference the patch makes by design)."""
-        return {}
+        """Bytes that stand for RAM's when this run is compared with native: what the guest
+        reads (paravirt: the original bytes of its sites, the one difference the patch makes
+        by design)."""
+        return self.overlay()
 
     def compare_read(self, address: int, n: int) -> bytes:
         data = bytearray(self.guest_read(address, n))

@@ -76,16 +76,6 @@ class Scanner:
     def overlay(self) -> dict:
         return {a: orig[0] for a, (_f, orig) in self.patches.items()}
 
-    def compare_overlay(self) -> dict:
-        return self.overlay()
-
-    def guest_read(self, address: int, n: int) -> bytes:
-        data = bytearray(self.vm.read(address, n))
-        for a, v in self.overlay().items():
-            if address <= a < address + n:
-                data[a - address] = v
-        return bytes(data)
-
     # --- decoding -------------------------------------------------------------------------------
     def _original(self, a: int, n: int) -> bytes:
         n = max(0, min(n, self.ram_size - a))

@@ -186,20 +186,6 @@ class Trap(Monitor):
                                   "port I/O would not trap")
 
     # --- the guest's view ---------------------------------------------------------------------
-    def overlay(self) -> dict:
-        """Bytes the guest reads instead of RAM's (scan: the originals of patched sites)."""
-        return {}
-
-    def compare_overlay(self) -> dict:
-        return self.overlay()
-
-    def guest_read(self, address: int, n: int) -> bytes:
-        data = bytearray(self.vm.read(address, n))
-        for a, v in self.overlay().items():
-            if address <= a < address + n:
-                data[a - address] = v
-        return bytes(data)
-
     def _vcpu(self) -> dict:
         return {**self.vcpu, "io": IOView(self.bus, self.clock)}
 
