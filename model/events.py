@@ -39,6 +39,18 @@ PAGE_FAULTS = frozenset({PF})
 # (Vol. 3A 6.8.3, so that SS and ESP change together).  Named by form.
 SHADOW_FORMS = frozenset({"sti", "mov_ss_r", "mov_ss_m", "pop_ss"})
 
+# Interruption types (SDM Vol. 3C 24.8.3, 24.9.2): how VMX names the source of an event.
+HARDWARE_EXCEPTION, SOFTWARE_INTERRUPT, PRIVILEGED_SOFTWARE_EXCEPTION, SOFTWARE_EXCEPTION = 3, 4, 5, 6
+EXTERNAL_INTERRUPT = 0
+
+# The instructions whose exception is a software exception: INT3 and INTO (type 6) and INT1
+# (ICEBP, type 5).  Unlike INT n (a software interrupt, type 4, which never consults it), the
+# exception bitmap applies to them (Vol. 3C 25.2), and they are traps: the return address is the
+# next instruction (Vol. 3A 6.5, Table 6-1; Vol. 2A INT n/INTO/INT3/INT1).  Named by form; the
+# vector each raises is its definition's (``raised_vector``).
+SOFTWARE_EXCEPTIONS = {"int3": SOFTWARE_EXCEPTION, "into": SOFTWARE_EXCEPTION,
+                       "int1": PRIVILEGED_SOFTWARE_EXCEPTION}
+
 
 @dataclass(frozen=True)
 class Event:
@@ -100,6 +112,22 @@ def deliver_exception(values: Mapping, vector: int, error_code: int | None, feat
     return _compiled("exception", vector, code, frozenset(features)).evaluate(values, uf)
 
 
+def raised_vector(form, code: bytes | None, values: Mapping, features=frozenset()) -> int | None:
+    """The exception vector the instruction ``form`` raises on ``values``, or None when it
+    raises none (INTO with OF = 0), read off its own definition: run on ``values`` with an
+    empty IDT, delivering vector v faults first with #GP(v * 8 + 2) (the IDT bit of the error
+    code, EXT = 0: SDM Vol. 3A 6.13), and a fault of another kind is the exception itself (INT1's
+    #DB).  For the forms of ``SOFTWARE_EXCEPTIONS`` and INT n."""
+    run = concrete.compiled(form, frozenset(features), code).evaluate(
+        {**values, "idtr_limit": 0}, complete=False)
+    f = run.fault
+    if f is None:
+        return None
+    if f.vector == GP and f.code is not None and f.code & 7 == 2:
+        return f.code >> 3
+    return f.vector
+
+
 def interrupts_enabled(values: Mapping) -> bool:
     """EFLAGS.IF (SDM Vol. 3A 6.8.1): maskable interrupts are recognized."""
     return bool(values["sysflags"] >> st.IF & 1)
@@ -127,4 +155,6 @@ def shadows(form_name: str | None) -> bool:
 
 __all__ = ["Event", "interrupt", "exception", "deliver_interrupt", "deliver_exception",
            "interrupts_enabled", "second_fault", "shadows", "WITH_ERROR_CODE", "CONTRIBUTORY",
-           "SHADOW_FORMS", "BP", "OF"]
+           "SHADOW_FORMS", "SOFTWARE_EXCEPTIONS", "raised_vector", "HARDWARE_EXCEPTION",
+           "SOFTWARE_INTERRUPT", "PRIVILEGED_SOFTWARE_EXCEPTION", "SOFTWARE_EXCEPTION",
+           "EXTERNAL_INTERRUPT", "BP", "OF"]

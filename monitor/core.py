@@ -189,6 +189,11 @@ class Monitor:
     def interrupt_taken(self, vector: int) -> None:
         """A maskable interrupt is about to be delivered (vtx: the external-interrupt exit)."""
 
+    def exception_taken(self, vector: int, kind: int, why: str, view: dict | None) -> None:
+        """Exception ``vector`` (interruption type ``kind``: ``events.HARDWARE_EXCEPTION``, or a
+        software exception's) is about to be delivered to the guest (vtx: the exception bitmap);
+        ``view``: the guest's state at the instruction that raised it, if not the current one."""
+
     def shadowed(self) -> bool:
         return self.shadow
 
@@ -331,11 +336,16 @@ class Monitor:
         n = m[1] if m else len(code)
         return f"{eip:#x}: {asm(code, eip)} ({code[:n].hex()})"
 
-    def inject(self, vector: int, code: int | None, why: str) -> None:
-        """Deliver exception ``vector`` to the guest, with #DF and shutdown as SDM 6.15 says."""
+    def inject(self, vector: int, code: int | None, why: str,
+               kind: int = events.HARDWARE_EXCEPTION, view: dict | None = None) -> None:
+        """Deliver exception ``vector`` to the guest, with #DF and shutdown as SDM 6.15 says.
+        ``kind`` is the interruption type of the first (a fault while delivering it is a
+        hardware exception), ``view`` the state at the trapping instruction (INT1's)."""
         first: int | None = None
         while True:
             self.counts["exceptions"] += 1
+            self.exception_taken(vector, kind, why, view)
+            kind, view = events.HARDWARE_EXCEPTION, None
             self.entry("exception", f"{vector_name(vector)}: {why}", None)
             c = code if vector in events.WITH_ERROR_CODE else None
             fault = self.deliver(lambda v, vec=vector, cc=c: events.deliver_exception(

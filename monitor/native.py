@@ -3,14 +3,15 @@
 Unicorn runs the guest directly.  Only what Unicorn does not do is done here, each by the model:
 events go through the guest's IDT (``events``), and an instruction Unicorn reports as faulting
 is judged by its form (``monitor.emulate`` on the real state) so that the guest receives the
-error code the architecture gives (Unicorn's API has none).  An INT n is carried out by its
+exception and error code the architecture gives (Unicorn's API has none; its #UD for INT1 is the
+form's #DB, delivered as the trap it is).  An INT n is carried out by its
 form (Unicorn reports the vector without consulting the IDT).  While an interrupt waits for IF,
 the guest runs one instruction at a time, because STI, POPFD or IRETD may set IF at any of them.
 """
 
 from __future__ import annotations
 
-from pgvirt.emulator.vm import Stop
+from pgvirt.emulator.vm import GuestMemoryError, Stop
 from pgvirt.model import events, monitor as mon, state as st
 from pgvirt.model.outcome import UD, Fault, vector_name
 
@@ -69,8 +70,7 @@ class Native(Monitor):
             self.vm.load(s)
             return
         if k == "invalid":
-            s = self.vm.state()
-            self.inject(UD, None, f"invalid instruction at {self.describe(s['eip'], s)}")
+            self._invalid()
             return
         if k == "event":
             self._event(stop)
@@ -108,6 +108,32 @@ class Native(Monitor):
             said = "completes" if step.fault is None else f"raises {step.fault}"
             self.finish("model", f"Unicorn raised {vector_name(stop.vector)} but the "
                         f"model's {form.name} {said}", True)
+        self.inject(step.fault.vector, step.fault.code, f"{form.name}: {step.fault.reason}")
+
+    def _invalid(self) -> None:
+        """Unicorn's #UD, judged by the form: INT1 raises #DB (Unicorn: #UD, deviation
+        int1-as-ud), a trap whose return address is the next instruction (SDM Vol. 2A INT1)."""
+        s = self.vm.state()
+        try:
+            m = decode.instruction(self.code_at(s["eip"], s))
+        except GuestMemoryError:
+            m = None
+        if m is None:
+            self.inject(UD, None, f"invalid instruction at {self.describe(s['eip'], s)}")
+            return
+        form, code = m
+        step = mon.emulate(form, code, s, None, self.features)
+        if step.fault is None:
+            self.finish("model", f"Unicorn raised #UD but the model's {form.name} completes", True)
+        kind = events.SOFTWARE_EXCEPTIONS.get(form.name)
+        if kind is not None:
+            after = dict(s)
+            after["eip"] = (s["eip"] + len(code)) & 0xFFFFFFFF
+            self.vm.load(after)
+            self.vm.retire(1)
+            self.inject(step.fault.vector, step.fault.code, f"{form.name}: {step.fault.reason}",
+                        kind, s)
+            return
         self.inject(step.fault.vector, step.fault.code, f"{form.name}: {step.fault.reason}")
 
     def _execute(self, form, code: bytes, vector: int) -> None:

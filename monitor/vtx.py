@@ -19,10 +19,16 @@ At a site the form is evaluated on the guest's state with ``vm=controls`` (``mon
   the physical devices (``host``: a second ``Bus`` the guest's virtual machine never sees), as
   does every IN/OUT run without an exit condition at all.
 
-An exception the guest raises consults the exception bitmap through the faulting form
-(``vm.exception_exit``): an exit is counted, and the monitor reflects the fault into the guest.
-A maskable interrupt from the devices is an ``external_interrupt`` exit under external-interrupt
-exiting (SDM Vol. 3C 25.2), injected by the monitor through the guest's IDT.
+Every exception about to reach the guest consults the exception bitmap (SDM Vol. 3C 25.2) through
+``Controls.exception_exit``, the function ``Exec.require`` turns faults into exits with: a fault
+of a form (BOUND's #BR, UD2's #UD, a #GP), INT1's #DB, each fault raised while delivering an
+event, and the software exceptions of INT3 and INTO (``events.SOFTWARE_EXCEPTIONS``, the vector
+their definitions raise: ``events.raised_vector``) before their delivery - not INT n, a software
+interrupt.  A set bit is an ``exception`` exit, recorded with its vector and interruption
+information (24.9.2); the monitor then injects the event (26.6), which is delivered through the
+guest's IDT as the definitions deliver it (the software exceptions by their own forms: DPL check,
+return address past the instruction).  A maskable interrupt from the devices is an
+``external_interrupt`` exit under external-interrupt exiting, injected the same way.
 
 The read shadows are loaded with the guest's own values of the bits the CR0/CR4 guest/host masks
 own (what a monitor does before VM entry, 24.6.6) and kept so across CR0/CR4 exits; the bits VMX
@@ -39,7 +45,7 @@ from dataclasses import replace
 
 from pgvirt.emulator.vm import Stop
 from pgvirt.model import events, isa, monitor as mon, state as st, vmx
-from pgvirt.model.outcome import Exit
+from pgvirt.model.outcome import Exit, vector_name
 
 from . import decode
 from .core import DEFAULT_RAM, MonitorLimit
@@ -132,6 +138,7 @@ class Vtx(Scanner, Native):
                                 cr0_shadow=(controls.cr0_shadow & ~controls.cr0_mask) | (cr0 & controls.cr0_mask),
                                 cr4_shadow=(controls.cr4_shadow & ~controls.cr4_mask) | (cr4 & controls.cr4_mask))
         self.exits: dict[str, int] = {}
+        self.exit_vectors: dict[str, int] = {}     # exception exits by vector ("#BP": 1)
         self.host = Bus(kw.get("ram_size", DEFAULT_RAM), (), record=False)   # the physical devices
         super().__init__(image, exit_predicate(self.controls, features), features=features, **kw)
 
@@ -184,6 +191,34 @@ class Vtx(Scanner, Native):
         self.entry("exit", f"{ex.exit_reason} (basic exit reason {ex.code}){q}: {ex.reason}",
                    form, view)
 
+    def _exception_exit(self, vector: int, kind: int, why: str, form: str | None = None,
+                        view: dict | None = None) -> bool:
+        """Whether exception ``vector`` (interruption type ``kind``) exits under the exception
+        bitmap; the exit is recorded with its vector and VM-exit interruption information
+        (valid, type, vector: SDM Vol. 3C 24.9.2; error codes are the injected event's)."""
+        ex = self.controls.exception_exit(vector, why)
+        if ex is None:
+            return False
+        name = vector_name(vector)
+        self.exit_vectors[name] = self.exit_vectors.get(name, 0) + 1
+        info = 1 << 31 | kind << 8 | vector
+        self._exit(replace(ex, qualification=vector,
+                           reason=f"{ex.reason} (interruption information {info:#010x})"), form, view)
+        return True
+
+    def exception_taken(self, vector: int, kind: int, why: str, view: dict | None) -> None:
+        self._exception_exit(vector, kind, why, None, view)
+
+    def _software_exception(self, form, code: bytes, s: dict) -> bool:
+        """INT3 / INTO (``events.SOFTWARE_EXCEPTIONS``) on ``s``: whether the exception it raises
+        exits under the exception bitmap, before any delivery (INTO with OF = 0 raises none)."""
+        kind = events.SOFTWARE_EXCEPTIONS.get(form.name)
+        if kind is None:
+            return False
+        vector = events.raised_vector(form, code, s, self.features)
+        return vector is not None and self._exception_exit(
+            vector, kind, f"{form.name} raises {vector_name(vector)}", form.name, s)
+
     def interrupt_taken(self, vector: int) -> None:
         if self.controls.on("external_interrupt_exiting"):
             self._exit(Exit("vmx", "external_interrupt", vmx.EXIT_REASONS["external_interrupt"],
@@ -196,34 +231,38 @@ class Vtx(Scanner, Native):
         super().handle(stop)
 
     def _event(self, stop: Stop) -> None:
-        s = self.vm.state()
         if stop.software and stop.vector == 3:
+            s = self.vm.state()
             site = (s["eip"] - 1) & 0xFFFFFFFF
             if site in self.patches:
                 s["eip"] = site
                 s["mem"] = self.read_guest_mem(self.overlay())
                 self._site(site, s)
                 return
-        if not stop.software:
-            # The exception bitmap: the faulting form, run under the controls, says whether the
-            # fault is an exit (24.6.3); the monitor reflects it into the guest either way.
-            m = decode.instruction(self.code_at(s["eip"], s))
-            if m is not None:
-                step = mon.emulate(m[0], m[1], self._nonroot(self._real_state()), None,
-                                   self.features, vm=self.controls)
-                if step.exit is not None:
-                    self._exit(step.exit, m[0].name)
+        # A fault (its exception bitmap consulted where it is injected), or a software interrupt
+        # at an address the scan has not patched (a jump into the middle of an instruction).
         super()._event(stop)
+
+    def _execute(self, form, code: bytes, vector: int) -> None:
+        s = self.vm.state()
+        s["mem"] = self.read_guest_mem(self.overlay())
+        self._software_exception(form, code, s)
+        super()._execute(form, code, vector)
 
     def _site(self, site: int, s: dict) -> None:
         """The instruction at ``site`` (``s``: the guest's state there, Unicorn's EIP past the
         INT3) in non-root operation: a VM exit and the monitor's emulation, or its own run."""
         name, code = self.patches[site]
         form = isa.get(name)
-        step = mon.emulate(form, code, self._nonroot(s), None, self.features, vm=self.controls)
+        if self._software_exception(form, code, s):
+            step = None
+        else:
+            step = mon.emulate(form, code, self._nonroot(s), None, self.features, vm=self.controls)
         devices = self.host
-        if step.exit is not None:
-            self._exit(step.exit, form.name, s)
+        if step is None or step.exit is not None:
+            if step is not None and step.exit.exit_reason != "exception":
+                self._exit(step.exit, form.name, s)
+            # (an exception exit is recorded where its fault is injected: ``exception_taken``)
             # The monitor's emulation: the form on the guest's own machine, its devices on the ports.
             own = {**s, "io": _Devices(self.bus, self.clock)}
             step = mon.emulate(form, code, own, None, self.features)
@@ -263,6 +302,7 @@ class Vtx(Scanner, Native):
     def result(self, steps: int):
         res = super().result(steps)
         res.counts["exit_reasons"] = dict(sorted(self.exits.items()))
+        res.counts["exit_vectors"] = dict(sorted(self.exit_vectors.items()))
         return res
 
 

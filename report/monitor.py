@@ -80,9 +80,16 @@ def run_text(r: RunResult, screen=None) -> str:
 
 
 def exit_reasons(r: RunResult) -> str:
-    """The VM exits of a ``vtx`` run by basic exit reason ("io 444, hlt 103"), "-" for none."""
+    """The VM exits of a ``vtx`` run by basic exit reason ("io 444, hlt 103"), exception exits
+    with their vectors ("exception 2 (#BP 1, #UD 1)"), "-" for none."""
     got = r.counts.get("exit_reasons") or {}
-    return ", ".join(f"{k} {n}" for k, n in sorted(got.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
+    vectors = r.counts.get("exit_vectors") or {}
+
+    def one(k, n):
+        if k == "exception" and vectors:
+            return f"{k} {n} ({', '.join(f'{v} {m}' for v, m in sorted(vectors.items()))})"
+        return f"{k} {n}"
+    return ", ".join(one(k, n) for k, n in sorted(got.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
 
 
 def slowdown(c: Comparison) -> list[dict]:

@@ -97,3 +97,27 @@ def assert_valid_sarif(doc: dict) -> dict:
     problems = sarif_problems(doc)
     assert not problems, "invalid SARIF:\n" + "\n".join(problems[:20])
     return doc
+
+
+# --- tiny multiboot guests for the monitors (pgvirt.monitor.demo's assembler) -------------------
+def tiny_program(body):
+    """A multiboot kernel program: a stack, ``body(asm, asm.i, data)``, then CLI; HLT."""
+    from pgvirt.monitor import demo
+
+    def program(a, d):
+        i = a.i
+        a.label("_start")
+        i("mov_r32_imm32", reg=demo.ESP, imm=demo.STACK_TOP)
+        body(a, i, d)
+        i("cli")
+        a.label("end")
+        i("hlt")
+        i("jmp_rel8", imm="end")
+    return program
+
+
+def tiny_guest(path, body) -> str:
+    """``tiny_program(body)`` written to ``path`` as a multiboot ELF; its path."""
+    from pgvirt.monitor import demo
+
+    return demo.write(path, tiny_program(body))

@@ -5,53 +5,19 @@ import struct
 
 import pytest
 
-from helpers import INVADERS, need
+from helpers import INVADERS, need, tiny_guest, tiny_program
 from pgvirt import api as joins
 from pgvirt.monitor import api, demo, multiboot
 from pgvirt.cli import run as mcli
-from pgvirt.monitor.demo import EAX, ECX, EDX, ESI, ESP
-
-def main(argv, services=None) -> int:
-    """``pgvirt`` with the run command's verifier part replaced by ``services``."""
-    from pgvirt.cli.main import main as pgvirt_main
-
-    saved, mcli.SERVICES = mcli.SERVICES, services
-    try:
-        return pgvirt_main(argv)
-    finally:
-        mcli.SERVICES = saved
-
-
-SERVICES = mcli.Services(sensitive=joins.monitor_sensitive, patch=joins.monitor_patch,
-                         explain=joins.explain_divergence)
-
-
-@pytest.fixture(scope="module")
-def demo_guest(tmp_path_factory):
-    return str(demo.write(tmp_path_factory.mktemp("demo") / "demo.elf"))
-
+from pgvirt.monitor.demo import EAX, ECX, EDX, ESI
 
 @pytest.fixture(scope="module")
 def predicate():
     return joins.monitor_sensitive("pentium")
 
 
-def _program(body):
-    """A tiny multiboot kernel: ``body(asm, i)`` after setting up a stack; then CLI; HLT."""
-    def program(a, d):
-        i = a.i
-        a.label("_start")
-        i("mov_r32_imm32", reg=ESP, imm=demo.STACK_TOP)
-        body(a, i, d)
-        i("cli")
-        a.label("end")
-        i("hlt")
-        i("jmp_rel8", imm="end")
-    return program
-
-
 def _write(tmp_path, body, name="t.elf"):
-    return demo.write(tmp_path / name, _program(body))
+    return tiny_guest(tmp_path / name, body)
 
 
 # --- the loader --------------------------------------------------------------------------------
@@ -217,11 +183,11 @@ def test_triple_fault_ends_the_run_with_the_address(tmp_path):
 
 
 # --- the CLI --------------------------------------------------------------------------------------
-def test_cli_run_and_compare_exit_codes(demo_guest, tmp_path, capsys):
-    assert main(["run", demo_guest, "--steps", "200000"], SERVICES) == 0
+def test_cli_run_and_compare_exit_codes(demo_guest, tmp_path, capsys, run_cli):
+    assert run_cli(["run", demo_guest, "--steps", "200000"]) == 0
     assert "CS.RPL  = 0" in capsys.readouterr().out
-    rc = main(["run", demo_guest, "--compare", "trap,paravirt,scan", "--steps", "200000",
-                    "--format", "json", "--screens", str(tmp_path / "shots")], SERVICES)
+    rc = run_cli(["run", demo_guest, "--compare", "trap,paravirt,scan", "--steps", "200000",
+                    "--format", "json", "--screens", str(tmp_path / "shots")])
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0 and doc["unexplained"] == []
     verdicts = {m["monitor"]: m["verdict"] for m in doc["monitors"]}
@@ -231,31 +197,31 @@ def test_cli_run_and_compare_exit_codes(demo_guest, tmp_path, capsys):
     assert any(p.name.startswith("native-tick") for p in (tmp_path / "shots").iterdir())
     no_verdicts = mcli.Services(sensitive=joins.monitor_sensitive, patch=joins.monitor_patch,
                                 explain=lambda d, p: None)
-    assert main(["run", demo_guest, "--compare", "trap", "--steps", "100000"], no_verdicts) == 1
+    assert run_cli(["run", demo_guest, "--compare", "trap", "--steps", "100000"], no_verdicts) == 1
 
 
-def test_cli_bad_input_is_one_line_exit_2(tmp_path, demo_guest, capsys):
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, demo_guest, capsys, run_cli):
     cases = [["run", "/etc/passwd"], ["run", str(tmp_path / "missing.elf")],
              ["run", demo_guest, "--input", "nosuchkey"], ["run", demo_guest, "--steps", "0"],
              ["run", demo_guest, "--monitor", "scan"], ["run", demo_guest, "--steps", "300"],
              ["run", demo_guest, "--monitor", "trap", "--profile", "nosuch"],
              ["run", demo_guest, "--monitor", "trap", "--profile", "umip"]]
     for argv in cases:
-        services = mcli.Services() if "scan" in argv else SERVICES
-        assert main(argv, services) == 2, argv
+        rc = run_cli(argv, mcli.Services()) if "scan" in argv else run_cli(argv)
+        assert rc == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and err.startswith("pgvirt") and "Traceback" not in err, err
     # past --steps: the address and the instruction there
-    main(["run", demo_guest, "--steps", "300"], SERVICES)
+    run_cli(["run", demo_guest, "--steps", "300"])
     err = capsys.readouterr().err
     assert "ran past --steps 300; at 0x10" in err
 
 
-def test_demo_guest_command(tmp_path, capsys):
+def test_demo_guest_command(tmp_path, capsys, run_cli):
     out = tmp_path / "d.elf"
-    assert main(["demo-guest", str(out)]) == 0
+    assert run_cli(["demo-guest", str(out)]) == 0
     assert multiboot.load(out, 8 << 20).entry == demo.TEXT
-    assert main(["demo-guest", str(tmp_path / "no" / "d.elf")]) == 2
+    assert run_cli(["demo-guest", str(tmp_path / "no" / "d.elf")]) == 2
 
 
 def test_the_pgvirt_command_has_run(tmp_path, demo_guest):
@@ -296,7 +262,7 @@ def test_an_ldt_selector_under_trap_ends_the_run_in_one_line(tmp_path):
         i("out_imm8_al", imm=0xE9)
 
     def program(a, d):
-        _program(body)(a, d)
+        tiny_program(body)(a, d)
         a.labels["gdtr_base_at"] = d.labels["gdtr"] + 2
     guest = demo.write(tmp_path / "ldt.elf", program)
     native = api.run(guest, "native", steps=100)

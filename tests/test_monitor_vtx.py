@@ -1,42 +1,28 @@
 """The vtx monitor: VT-x non-root operation simulated on Unicorn, held to native and to the proofs."""
 
 import json
+import struct
 from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
-from helpers import INVADERS, need
+from helpers import INVADERS, need, tiny_guest
 from pgvirt import api as joins
-from pgvirt.cli import run as mcli
+from pgvirt.emulator import states as L
 from pgvirt.emulator import strategies
-from pgvirt.model import isa, monitor as mon, profiles, state as st, vmx
+from pgvirt.model import events, isa, monitor as mon, profiles, state as st, vmx
 from pgvirt.model.concrete import compiled
-from pgvirt.model.outcome import Exit
+from pgvirt.model.outcome import BP, BR, DB, OF, UD, Exit
 from pgvirt.monitor import api, demo
+from pgvirt.monitor.demo import EAX, EDI, ESP
 from pgvirt.monitor.native import Native
 from pgvirt.monitor.vtx import ControlsUnsupported, Vtx, exit_predicate
+from pgvirt.report import monitor as report
 
-SERVICES = mcli.Services(sensitive=joins.monitor_sensitive, patch=joins.monitor_patch,
-                         explain=joins.explain_divergence)
 NO_IO_EXITS = {"base": "default", "primary": {"use_io_bitmaps": False}}
 DESCRIPTOR_TABLES = {"base": "default", "secondary": {"descriptor_table_exiting": True}}
-
-
-def main(argv, services=SERVICES) -> int:
-    from pgvirt.cli.main import main as pgvirt_main
-
-    saved, mcli.SERVICES = mcli.SERVICES, services
-    try:
-        return pgvirt_main(argv)
-    finally:
-        mcli.SERVICES = saved
-
-
-@pytest.fixture(scope="module")
-def demo_guest(tmp_path_factory):
-    return str(demo.write(tmp_path_factory.mktemp("demo") / "demo.elf"))
 
 
 def _controls(tmp_path, doc, name="c.json"):
@@ -165,6 +151,120 @@ def test_a_root_privileged_form_leaves_a_vtx_divergence_unexplained():
     assert joins.explain_divergence(div, witness=False, controls=vmx.DEFAULT) is None
 
 
+# --- the exception bitmap: the guest's own exceptions ---------------------------------------------
+_HANDLERS = {DB: ("D", 0), BP: ("B", 0), OF: ("O", 0), BR: ("R", 6), UD: ("U", 2)}
+
+
+def _exceptions(a, i, d):
+    """INT3, INT 3 (CD 03), INTO with OF = 0 and 1, INT1, UD2 and BOUND out of bounds, each
+    into a handler of its own that prints a letter (port 0xE9 and the screen); the fault
+    handlers step over their instruction."""
+    i("lgdt_m", mem="gdt_desc")
+    i("lidt_m", mem="idt_desc")
+    i("int3")
+    i("int_imm", imm=3)
+    i("into")                                            # OF = 0: no exception
+    i("mov_r32_imm32", reg=EAX, imm=0x7FFFFFFF)
+    i("add_rm32_imm8", rm=EAX, imm=1)                    # OF = 1
+    i("into")
+    i("int1")
+    i("ud2")
+    i("mov_r32_imm32", reg=EAX, imm=20)
+    i("bound_r32", reg=EAX, mem="bounds")                # 20 outside [0, 10]: #BR
+    i("mov_r32_imm32", reg=EAX, imm=ord("E"))
+    i("out_imm8_al", imm=0xE9)
+    i("jmp_rel32", imm="end")
+    for v, (mark, skip) in sorted(_HANDLERS.items()) + [(None, ("?", 0))]:
+        a.label(f"h{v}")
+        i("push_r32", reg=EAX)
+        i("push_r32", reg=EDI)
+        i("mov_r32_imm32", reg=EAX, imm=ord(mark))
+        i("out_imm8_al", imm=0xE9)
+        i("mov_r32_rm32", reg=EDI, mem="cursor")
+        i("mov_rm8_r8", reg=EAX, mem=(EDI, 0))
+        i("add_rm32_imm8", rm=EDI, imm=2)
+        i("mov_rm32_r32", reg=EDI, mem="cursor")
+        i("pop_r32", reg=EDI)
+        i("pop_r32", reg=EAX)
+        if skip:
+            i("add_rm32_imm8", mem=(ESP, 0), imm=skip)  # past the faulting instruction
+        i("iretd")
+    d.align(8)
+    d.label("gdt")
+    d.bytes(bytes(8) + L.descriptor(0, 0xFFFFFFFF, L.code_attr(0))
+            + L.descriptor(0, 0xFFFFFFFF, L.data_attr(0)))
+    d.align(8)
+    d.label("idt")
+    for v in range(0x20):
+        d.gate(0xE, f"h{v if v in _HANDLERS else None}")
+    d.align(4)
+    d.bytes(b"\0\0")
+    d.label("gdt_desc")
+    d.bytes(struct.pack("<HI", 3 * 8 - 1, 0))
+    d.bytes(b"\0\0")
+    d.label("idt_desc")
+    d.bytes(struct.pack("<HI", 0x20 * 8 - 1, 0))
+    d.label("bounds")
+    d.bytes(struct.pack("<ii", 0, 10))
+    d.label("cursor")
+    d.bytes(struct.pack("<I", demo.VGA))
+
+
+@pytest.fixture(scope="module")
+def exceptions_guest(tmp_path_factory):
+    return tiny_guest(tmp_path_factory.mktemp("exc") / "exc.elf", _exceptions)
+
+
+def _bitmap(*vectors):
+    return replace(vmx.DEFAULT, exception_bitmap=sum(1 << v for v in vectors))
+
+
+def test_the_guests_own_exceptions_natively(exceptions_guest):
+    """Native delivers each through the guest's IDT: INT1 as the #DB trap it is (Unicorn's #UD
+    is the deviation int1-as-ud), INT 3 as INT n, INTO only with OF = 1."""
+    r = api.run(exceptions_guest, "native", steps=10_000)
+    assert (r.end.reason, r.end.error) == ("halted", False)
+    assert bytes(r.record.console) == b"BBODURE"
+    assert r.record.frames[-1][1].rows()[0].startswith("BBODUR")
+
+
+@pytest.mark.parametrize("vectors, want", [
+    ((), {}),
+    ((BP,), {"#BP": 1}),                                   # INT3 only: INT 3 is INT n
+    ((OF,), {"#OF": 1}),                                   # the INTO with OF = 1 only
+    ((DB, BP, OF, BR, UD), {"#DB": 1, "#BP": 1, "#OF": 1, "#BR": 1, "#UD": 1}),
+])
+def test_the_exception_bitmap_decides_the_guests_exception_exits(exceptions_guest, vectors, want):
+    c = api.compare(exceptions_guest, ("vtx",), steps=10_000, controls=_bitmap(*vectors))
+    (v,) = c.verdicts
+    assert v.matches, v.divergence and v.divergence.as_json()   # re-injected: the guest sees native
+    k = v.result.counts
+    assert k["exit_vectors"] == want
+    assert k["exit_reasons"].get("exception", 0) == sum(want.values())
+    exits = [e for e in v.result.record.entries if e.kind == "exit" and e.detail.startswith("exception")]
+    assert len(exits) == sum(want.values())
+    if BP in vectors:
+        (bp,) = [e for e in exits if "qualification 0x3:" in e.detail]
+        assert bp.form == "int3" and "interruption information 0x80000603" in bp.detail
+        assert report.exit_reasons(v.result).count("#BP 1") == 1
+    if DB in vectors:                                      # a privileged software exception, at INT1
+        (db,) = [e for e in exits if "0x80000501" in e.detail]
+        assert db.eip == next(e.eip for e in exits if "0x80000604" in e.detail) + 1
+
+
+def test_the_raised_vector_is_the_definitions(exceptions_guest):
+    s = {n: st.FIELD[n].default for n in st.SCALARS}
+    s.update(cr0=0x11, eip=0x1000, cs_limit=0xFFFFFFFF, cs_attr=0xC09B, idtr_limit=0xFF,
+             mem={}, io={})
+    of = {**s, "flags": s["flags"] | 1 << st.OF}
+    assert events.raised_vector(isa.get("int3"), b"\xcc", s) == BP
+    assert events.raised_vector(isa.get("into"), b"\xce", s) is None
+    assert events.raised_vector(isa.get("into"), b"\xce", of) == OF
+    assert events.raised_vector(isa.get("int_imm"), b"\xcd\x80", s) == 0x80
+    assert events.raised_vector(isa.get("int1"), b"\xf1", s) == DB
+    assert "int_imm" not in events.SOFTWARE_EXCEPTIONS     # INT n never consults the bitmap
+
+
 # --- grub-invaders ----------------------------------------------------------------------------------
 @pytest.mark.guests
 def test_grub_invaders_matches_native_under_vtx():
@@ -177,8 +277,8 @@ def test_grub_invaders_matches_native_under_vtx():
 
 
 # --- the command --------------------------------------------------------------------------------
-def test_cli_compare_all_five_monitors(demo_guest, capsys):
-    rc = main(["run", demo_guest, "--compare", "native,trap,paravirt,scan,vtx", "--steps",
+def test_cli_compare_all_five_monitors(demo_guest, capsys, run_cli):
+    rc = run_cli(["run", demo_guest, "--compare", "native,trap,paravirt,scan,vtx", "--steps",
                "200000", "--input", demo.KEYS, "--format", "json"])
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0 and doc["unexplained"] == []
@@ -188,16 +288,16 @@ def test_cli_compare_all_five_monitors(demo_guest, capsys):
     assert row["exits"] > 0 and row["exit_reasons"].startswith("io ")
 
 
-def test_cli_switched_off_control_is_named(demo_guest, tmp_path, capsys):
+def test_cli_switched_off_control_is_named(demo_guest, tmp_path, capsys, run_cli):
     path = _controls(tmp_path, NO_IO_EXITS)
-    rc = main(["run", demo_guest, "--compare", "vtx", "--controls", path, "--steps", "200000",
+    rc = run_cli(["run", demo_guest, "--compare", "vtx", "--controls", path, "--steps", "200000",
                "--input", demo.KEYS])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "FIRST DIVERGENCE" in out and "'use_io_bitmaps'" in out and "UNEXPLAINED" not in out
 
 
-def test_cli_bad_controls_are_one_line_exit_2(demo_guest, tmp_path, capsys):
+def test_cli_bad_controls_are_one_line_exit_2(demo_guest, tmp_path, capsys, run_cli):
     bad = [
         {"primary": {"nosuch_exiting": True}},                       # an unknown control
         {"primary": 1 << 0},                                        # reserved bit, default1 cleared
@@ -207,7 +307,7 @@ def test_cli_bad_controls_are_one_line_exit_2(demo_guest, tmp_path, capsys):
     ]
     for k, doc in enumerate(bad):
         argv = ["run", demo_guest, "--monitor", "vtx", "--controls", _controls(tmp_path, doc, f"b{k}.json")]
-        assert main(argv) == 2, doc
+        assert run_cli(argv) == 2, doc
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and err.startswith("pgvirt") and "Traceback" not in err, err
     notjson = tmp_path / "x.json"
@@ -215,7 +315,7 @@ def test_cli_bad_controls_are_one_line_exit_2(demo_guest, tmp_path, capsys):
     for argv in (["run", demo_guest, "--monitor", "vtx", "--controls", str(notjson)],
                  ["run", demo_guest, "--monitor", "vtx", "--controls", str(tmp_path / "missing")],
                  ["run", demo_guest, "--monitor", "native", "--controls", _controls(tmp_path, NO_IO_EXITS)]):
-        assert main(argv) == 2, argv
+        assert run_cli(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "Traceback" not in err, err
 
