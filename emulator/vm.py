@@ -76,7 +76,8 @@ class LayoutError(VMError):
 
 
 class Ports(Protocol):
-    """Who answers port I/O: ``when`` is the number of instructions retired before this one."""
+    """Who answers port I/O: ``when`` is the number of instructions retired before this one
+    plus ``VM.clock_offset`` (a monitor's idle time, so that ``when`` is its clock)."""
 
     def port_in(self, port: int, when: int) -> int: ...
 
@@ -300,6 +301,7 @@ class VM:
         self._known: dict | None = None      # every scalar as last read/written; None after a run
         self.extra = {n: 0 for n in M.NOT_HELD + ("halted",)}   # fields Unicorn holds no state for
         self.retired = 0                     # instructions retired since the VM was made
+        self.clock_offset = 0                # added to ``when`` in port hooks (``Ports``)
         self.stats = {"runs": 0, "stubs": 0, "faults": 0}
         self._stop: Stop | None = None
         self._hook_ctr = 0
@@ -309,8 +311,13 @@ class VM:
         self._write_log: set | None = None
         self._write_hook = None
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
-        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        # Port I/O is the guests' one frequent hook (grub-invaders: an access every 11
+        # instructions); without io_traps it goes straight to the handler (``_pin``/``_pout``
+        # and ``_base`` are set at each run).
+        uc.hook_add(UC_HOOK_INSN, self._on_in if io_traps else self._on_in_direct, None, 1, 0,
+                    X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out if io_traps else self._on_out_direct, None, 1, 0,
+                    X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
 
@@ -361,7 +368,7 @@ class VM:
                     return int.from_bytes(uc.mem_read(at, size), "little")
                 return 0
             return uc.reg_read(X.UC_X86_REG_EAX) & ((1 << 8 * size) - 1)
-        when = self.retired + self._ctr.value - 1
+        when = self.retired + self.clock_offset + self._ctr.value - 1
         if size == 1:
             return self.ports.port_in(port, when) & 0xFF
         value = 0
@@ -373,10 +380,33 @@ class VM:
         if self.io_traps:
             self._io_trap(uc, port, "write")
             return
-        when = self.retired + self._ctr.value - 1
+        when = self.retired + self.clock_offset + self._ctr.value - 1
         stop = False
         for k in range(size):
             stop |= bool(self.ports.port_out((port + k) & 0xFFFF, (value >> (8 * k)) & 0xFF, when))
+        if stop:
+            self._set_stop(Stop("io", 0, 0))
+
+    _base = -1
+    _pin = _pout = None
+
+    def _on_in_direct(self, uc, port, size, _):
+        when = self._base + self._ctr.value
+        if size == 1:
+            return self._pin(port, when) & 0xFF
+        value = 0
+        for k in range(size):
+            value |= (self._pin((port + k) & 0xFFFF, when) & 0xFF) << (8 * k)
+        return value
+
+    def _on_out_direct(self, uc, port, size, value, _):
+        when = self._base + self._ctr.value
+        if size == 1:
+            stop = self._pout(port, value & 0xFF, when)
+        else:
+            stop = False
+            for k in range(size):
+                stop |= bool(self._pout((port + k) & 0xFFFF, (value >> (8 * k)) & 0xFF, when))
         if stop:
             self._set_stop(Stop("io", 0, 0))
 
@@ -429,6 +459,8 @@ class VM:
         self.stats["runs"] += 1
         eip = uc.reg_read(X.UC_X86_REG_EIP)
         error = None
+        self._base = self.retired + self.clock_offset - 1    # ``when`` = _base + the counter
+        self._pin, self._pout = self.ports.port_in, self.ports.port_out
         self._running = True
         try:
             uc.emu_start(eip, _FOREVER, count=limit)

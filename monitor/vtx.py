@@ -177,10 +177,10 @@ class Vtx(Scanner, Native):
 
     # --- the physical ports: an IN/OUT that runs in Unicorn did not exit ------------------------
     def port_in(self, port: int, when: int) -> int:
-        return self.host.port_in(port, when + self.idle)
+        return self.host.port_in(port, when)
 
     def port_out(self, port: int, value: int, when: int) -> bool:
-        self.host.port_out(port, value, when + self.idle)
+        self.host.port_out(port, value, when)
         return False
 
     # --- exits ----------------------------------------------------------------------------------

@@ -70,6 +70,12 @@ class Bus:
         self._map[0x61] = "portb"
         self._map[0x92] = "port92"
         self._map[CONSOLE] = "console"
+        # The reads with side effects, by port; every other port reads its ``peek``.
+        self._readers = {p: self.pit.read for p in PIT8254.PORTS if p != 0x43}
+        self._readers.update({p: self._read_kbc for p in KBC8042.PORTS})
+        self._readers[0x64] = lambda port, t, kbc=self.kbc: kbc.status()   # no side effects
+        self._readers.update({p: self.cmos.read for p in CMOS.PORTS})
+        self._readers.update({p: self.vga.read for p in VGA.PORTS})
 
     # --- ports -----------------------------------------------------------------------------------
     def peek(self, port: int, t: int) -> int:
@@ -94,22 +100,21 @@ class Bus:
             return CONSOLE                            # how a guest detects the console port
         return 0xFF
 
+    def _read_kbc(self, port: int, t: int) -> int:
+        v, edges = self.kbc.read(port)
+        if edges:
+            self.pic.pulse(1)
+        return v
+
     def port_in(self, port: int, t: int) -> int:
         """A byte read by the guest at clock ``t`` (side effects included)."""
-        self.advance(t)
-        dev = self._map.get(port)
-        if dev == "pit" and port != 0x43:
-            v = self.pit.read(port, t)
-        elif dev == "kbc":
-            v, edges = self.kbc.read(port)
-            if edges:
-                self.pic.pulse(1)
-        elif dev == "cmos":
-            v = self.cmos.read(port, t)
-        elif dev == "vga":
-            v = self.vga.read(port, t)
+        if t < self._due:                  # ``advance`` inlined: a guest may poll a port
+            if t > self.now:               # every few instructions
+                self.now = t
         else:
-            v = self.peek(port, t)
+            self.advance(t)
+        read = self._readers.get(port)
+        v = read(port, t) if read is not None else self.peek(port, t)
         if self.record:
             self.trace.append((t, port, False, v))
         return v
@@ -117,7 +122,11 @@ class Bus:
     def port_out(self, port: int, value: int, t: int) -> bool:
         """A byte written at clock ``t``; True when the interrupt schedule may have changed
         (the caller then re-reads ``next_event`` and ``pic.pending``)."""
-        self.advance(t)
+        if t < self._due:
+            if t > self.now:
+                self.now = t
+        else:
+            self.advance(t)
         if self.record:
             self.trace.append((t, port, True, value))
         dev = self._map.get(port)
