@@ -71,7 +71,10 @@ def main() -> None:
         r = native()
         walls["native"].append(r.wall)
         cpus["native"].append(r.cpu)
-        wall, cpu, _n = bare.replay(memory, img.state, inputs, args.steps, setup.ram_size)
+        wall, cpu, eip = bare.replay(memory, img.state, inputs, args.steps, setup.ram_size)
+        if eip != r.end.eip:
+            raise SystemExit(f"bare Unicorn ended at {eip:#x}, native at {r.end.eip:#x}: "
+                             "not the same path, no baseline")
         walls["bare"].append(wall)
         cpus["bare"].append(cpu)
     load1 = os.getloadavg()[0]
