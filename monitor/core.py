@@ -367,6 +367,34 @@ class Monitor:
             else:
                 first, vector, code, why = vector, fault.vector, fault.code, fault.reason
 
+    def invalid_instruction(self, real: dict, vcpu: dict | None) -> None:
+        """Unicorn's #UD at EIP, judged by the form on the guest's view of (``real``, ``vcpu``;
+        None: the guest on the real machine): the fault its definition raises is injected.
+        INT1 raises #DB (Unicorn: #UD, deviation int1-as-ud), a trap whose return address is
+        the next instruction (SDM Vol. 2A INT1; ``events.SOFTWARE_EXCEPTIONS``)."""
+        g = real if vcpu is None else mon.view(real, vcpu)
+        try:
+            m = decode.instruction(self.code_at(g["eip"], g))
+        except GuestMemoryError:
+            m = None
+        if m is None:
+            self.inject(UD, None, f"invalid instruction at {self.describe(g['eip'], g)}")
+            return
+        form, code = m
+        step = mon.emulate(form, code, real, vcpu, self.features)
+        if step.fault is None:
+            self.finish("model", f"Unicorn raised #UD but the model's {form.name} completes", True)
+        why = f"{form.name}: {step.fault.reason}"
+        kind = events.SOFTWARE_EXCEPTIONS.get(form.name)
+        if kind is None:
+            self.inject(step.fault.vector, step.fault.code, why)
+            return
+        after = {n: real[n] for n in st.SCALARS}
+        after["eip"] = (real["eip"] + len(code)) & 0xFFFFFFFF
+        self.vm.load(after)
+        self.vm.retire(1)
+        self.inject(step.fault.vector, step.fault.code, why, kind, g)
+
     def read_guest_mem(self, overlay=None) -> Memory:
         return Memory(self.vm, overlay)
 

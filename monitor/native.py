@@ -11,9 +11,9 @@ the guest runs one instruction at a time, because STI, POPFD or IRETD may set IF
 
 from __future__ import annotations
 
-from pgvirt.emulator.vm import GuestMemoryError, Stop
+from pgvirt.emulator.vm import Stop
 from pgvirt.model import events, monitor as mon, state as st
-from pgvirt.model.outcome import UD, Fault, vector_name
+from pgvirt.model.outcome import Fault, vector_name
 
 from . import decode
 from .core import Monitor
@@ -70,7 +70,7 @@ class Native(Monitor):
             self.vm.load(s)
             return
         if k == "invalid":
-            self._invalid()
+            self.invalid_instruction(self.vm.state(), None)
             return
         if k == "event":
             self._event(stop)
@@ -108,32 +108,6 @@ class Native(Monitor):
             said = "completes" if step.fault is None else f"raises {step.fault}"
             self.finish("model", f"Unicorn raised {vector_name(stop.vector)} but the "
                         f"model's {form.name} {said}", True)
-        self.inject(step.fault.vector, step.fault.code, f"{form.name}: {step.fault.reason}")
-
-    def _invalid(self) -> None:
-        """Unicorn's #UD, judged by the form: INT1 raises #DB (Unicorn: #UD, deviation
-        int1-as-ud), a trap whose return address is the next instruction (SDM Vol. 2A INT1)."""
-        s = self.vm.state()
-        try:
-            m = decode.instruction(self.code_at(s["eip"], s))
-        except GuestMemoryError:
-            m = None
-        if m is None:
-            self.inject(UD, None, f"invalid instruction at {self.describe(s['eip'], s)}")
-            return
-        form, code = m
-        step = mon.emulate(form, code, s, None, self.features)
-        if step.fault is None:
-            self.finish("model", f"Unicorn raised #UD but the model's {form.name} completes", True)
-        kind = events.SOFTWARE_EXCEPTIONS.get(form.name)
-        if kind is not None:
-            after = dict(s)
-            after["eip"] = (s["eip"] + len(code)) & 0xFFFFFFFF
-            self.vm.load(after)
-            self.vm.retire(1)
-            self.inject(step.fault.vector, step.fault.code, f"{form.name}: {step.fault.reason}",
-                        kind, s)
-            return
         self.inject(step.fault.vector, step.fault.code, f"{form.name}: {step.fault.reason}")
 
     def _execute(self, form, code: bytes, vector: int) -> None:

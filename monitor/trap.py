@@ -28,7 +28,7 @@ import struct
 from pgvirt.emulator import states as layout
 from pgvirt.emulator.vm import MONITOR_BASE, Stop
 from pgvirt.model import events, isa, monitor as mon, profiles, state as st
-from pgvirt.model.outcome import GP, UD, Fault, vector_name
+from pgvirt.model.outcome import GP, Fault, vector_name
 
 from . import decode
 from .core import Monitor, MonitorLimit
@@ -254,8 +254,7 @@ class Trap(Monitor):
             self._trap(stop)
             return
         if k == "invalid":
-            g = self.guest_state()
-            self.inject(UD, None, f"invalid instruction at {self.describe(g['eip'], g)}")
+            self.invalid_instruction(self._real_state(), self._vcpu())
             return
         self.other_stop(stop)
 

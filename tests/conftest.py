@@ -46,3 +46,12 @@ def run_cli():
             mcli.SERVICES = saved
 
     return run
+
+
+@pytest.fixture(scope="session")
+def exceptions_guest(tmp_path_factory):
+    """A tiny guest raising INT3, INT 3, INTO, INT1, UD2 and BOUND's #BR into handlers of its
+    own (``helpers.exceptions_body``)."""
+    from helpers import exceptions_body, tiny_guest
+
+    return tiny_guest(tmp_path_factory.mktemp("exc") / "exc.elf", exceptions_body)

@@ -1,11 +1,12 @@
 """Helpers several test modules share: guest files, descriptor builders, outcome assertions."""
 
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
 
-from pgvirt.model.outcome import GP, Fault, Next
+from pgvirt.model.outcome import BP, BR, DB, GP, OF, UD, Fault, Next
 
 # --- the Debian guests tests/setup-guests.sh installs --------------------------------------------
 INVADERS = Path("/boot/invaders.exec")
@@ -121,3 +122,65 @@ def tiny_guest(path, body) -> str:
     from pgvirt.monitor import demo
 
     return demo.write(path, tiny_program(body))
+
+
+# Vector -> (the letter its handler prints, the bytes it steps over: a fault's instruction).
+EXCEPTION_HANDLERS = {DB: ("D", 0), BP: ("B", 0), OF: ("O", 0), BR: ("R", 6), UD: ("U", 2)}
+
+
+def exceptions_body(a, i, d):
+    """INT3, INT 3 (CD 03), INTO with OF = 0 and 1, INT1, UD2 and BOUND out of bounds, each
+    into a handler of its own that prints a letter (port 0xE9 and the screen); the fault
+    handlers step over their instruction.  Run natively it prints "BBODURE"."""
+    from pgvirt.emulator import states as L
+    from pgvirt.monitor import demo
+    EAX, EDI, ESP = demo.EAX, demo.EDI, demo.ESP
+    i("lgdt_m", mem="gdt_desc")
+    i("lidt_m", mem="idt_desc")
+    i("int3")
+    i("int_imm", imm=3)
+    i("into")                                            # OF = 0: no exception
+    i("mov_r32_imm32", reg=EAX, imm=0x7FFFFFFF)
+    i("add_rm32_imm8", rm=EAX, imm=1)                    # OF = 1
+    i("into")
+    i("int1")
+    i("ud2")
+    i("mov_r32_imm32", reg=EAX, imm=20)
+    i("bound_r32", reg=EAX, mem="bounds")                # 20 outside [0, 10]: #BR
+    i("mov_r32_imm32", reg=EAX, imm=ord("E"))
+    i("out_imm8_al", imm=0xE9)
+    i("jmp_rel32", imm="end")
+    for v, (mark, skip) in sorted(EXCEPTION_HANDLERS.items()) + [(None, ("?", 0))]:
+        a.label(f"h{v}")
+        i("push_r32", reg=EAX)
+        i("push_r32", reg=EDI)
+        i("mov_r32_imm32", reg=EAX, imm=ord(mark))
+        i("out_imm8_al", imm=0xE9)
+        i("mov_r32_rm32", reg=EDI, mem="cursor")
+        i("mov_rm8_r8", reg=EAX, mem=(EDI, 0))
+        i("add_rm32_imm8", rm=EDI, imm=2)
+        i("mov_rm32_r32", reg=EDI, mem="cursor")
+        i("pop_r32", reg=EDI)
+        i("pop_r32", reg=EAX)
+        if skip:
+            i("add_rm32_imm8", mem=(ESP, 0), imm=skip)  # past the faulting instruction
+        i("iretd")
+    d.align(8)
+    d.label("gdt")
+    d.bytes(bytes(8) + L.descriptor(0, 0xFFFFFFFF, L.code_attr(0))
+            + L.descriptor(0, 0xFFFFFFFF, L.data_attr(0)))
+    d.align(8)
+    d.label("idt")
+    for v in range(0x20):
+        d.gate(0xE, f"h{v if v in EXCEPTION_HANDLERS else None}")
+    d.align(4)
+    d.bytes(b"\0\0")
+    d.label("gdt_desc")
+    d.bytes(struct.pack("<HI", 3 * 8 - 1, 0))
+    d.bytes(b"\0\0")
+    d.label("idt_desc")
+    d.bytes(struct.pack("<HI", 0x20 * 8 - 1, 0))
+    d.label("bounds")
+    d.bytes(struct.pack("<ii", 0, 10))
+    d.label("cursor")
+    d.bytes(struct.pack("<I", demo.VGA))

@@ -111,6 +111,26 @@ def test_demo_trap_diverges_at_the_first_robin_irvine_instruction(demo_guest, pr
     assert trap.result.counts["interrupts"] == 0 and trap.result.end.reason == "halted"
 
 
+def test_the_guests_own_exceptions_natively(exceptions_guest):
+    """Native delivers each through the guest's IDT: INT1 as the #DB trap it is (Unicorn's #UD
+    is the deviation int1-as-ud), INT 3 as INT n, INTO only with OF = 1."""
+    r = api.run(exceptions_guest, "native", steps=10_000)
+    assert (r.end.reason, r.end.error) == ("halted", False)
+    assert bytes(r.record.console) == b"BBODURE"
+    assert r.record.frames[-1][1].rows()[0].startswith("BBODUR")
+
+
+def test_the_deprivileged_monitors_deliver_the_guests_exceptions_as_native(exceptions_guest,
+                                                                            predicate, tmp_path):
+    """Unicorn's #UD for INT1 at CPL 3 is judged by the form there too (it had stayed #UD)."""
+    c = api.compare(exceptions_guest, ("trap", "paravirt", "scan"), steps=10_000,
+                    sensitive=predicate,
+                    paravirt=joins.monitor_patch(exceptions_guest, str(tmp_path)))
+    for v in c.verdicts:
+        assert v.matches, (v.monitor, v.divergence and v.divergence.as_json())
+        assert bytes(v.result.record.console) == b"BBODURE"
+
+
 def test_unexplained_divergence_is_reported(demo_guest):
     c = api.compare(demo_guest, ("trap",), steps=100_000, explain=lambda d: None)
     assert [v.monitor for v in c.unexplained] == ["trap"]

@@ -1,22 +1,19 @@
 """The vtx monitor: VT-x non-root operation simulated on Unicorn, held to native and to the proofs."""
 
 import json
-import struct
 from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
-from helpers import INVADERS, need, tiny_guest
+from helpers import INVADERS, need
 from pgvirt import api as joins
-from pgvirt.emulator import states as L
 from pgvirt.emulator import strategies
 from pgvirt.model import events, isa, monitor as mon, profiles, state as st, vmx
 from pgvirt.model.concrete import compiled
 from pgvirt.model.outcome import BP, BR, DB, OF, UD, Exit
 from pgvirt.monitor import api, demo
-from pgvirt.monitor.demo import EAX, EDI, ESP
 from pgvirt.monitor.native import Native
 from pgvirt.monitor.vtx import ControlsUnsupported, Vtx, exit_predicate
 from pgvirt.report import monitor as report
@@ -152,80 +149,8 @@ def test_a_root_privileged_form_leaves_a_vtx_divergence_unexplained():
 
 
 # --- the exception bitmap: the guest's own exceptions ---------------------------------------------
-_HANDLERS = {DB: ("D", 0), BP: ("B", 0), OF: ("O", 0), BR: ("R", 6), UD: ("U", 2)}
-
-
-def _exceptions(a, i, d):
-    """INT3, INT 3 (CD 03), INTO with OF = 0 and 1, INT1, UD2 and BOUND out of bounds, each
-    into a handler of its own that prints a letter (port 0xE9 and the screen); the fault
-    handlers step over their instruction."""
-    i("lgdt_m", mem="gdt_desc")
-    i("lidt_m", mem="idt_desc")
-    i("int3")
-    i("int_imm", imm=3)
-    i("into")                                            # OF = 0: no exception
-    i("mov_r32_imm32", reg=EAX, imm=0x7FFFFFFF)
-    i("add_rm32_imm8", rm=EAX, imm=1)                    # OF = 1
-    i("into")
-    i("int1")
-    i("ud2")
-    i("mov_r32_imm32", reg=EAX, imm=20)
-    i("bound_r32", reg=EAX, mem="bounds")                # 20 outside [0, 10]: #BR
-    i("mov_r32_imm32", reg=EAX, imm=ord("E"))
-    i("out_imm8_al", imm=0xE9)
-    i("jmp_rel32", imm="end")
-    for v, (mark, skip) in sorted(_HANDLERS.items()) + [(None, ("?", 0))]:
-        a.label(f"h{v}")
-        i("push_r32", reg=EAX)
-        i("push_r32", reg=EDI)
-        i("mov_r32_imm32", reg=EAX, imm=ord(mark))
-        i("out_imm8_al", imm=0xE9)
-        i("mov_r32_rm32", reg=EDI, mem="cursor")
-        i("mov_rm8_r8", reg=EAX, mem=(EDI, 0))
-        i("add_rm32_imm8", rm=EDI, imm=2)
-        i("mov_rm32_r32", reg=EDI, mem="cursor")
-        i("pop_r32", reg=EDI)
-        i("pop_r32", reg=EAX)
-        if skip:
-            i("add_rm32_imm8", mem=(ESP, 0), imm=skip)  # past the faulting instruction
-        i("iretd")
-    d.align(8)
-    d.label("gdt")
-    d.bytes(bytes(8) + L.descriptor(0, 0xFFFFFFFF, L.code_attr(0))
-            + L.descriptor(0, 0xFFFFFFFF, L.data_attr(0)))
-    d.align(8)
-    d.label("idt")
-    for v in range(0x20):
-        d.gate(0xE, f"h{v if v in _HANDLERS else None}")
-    d.align(4)
-    d.bytes(b"\0\0")
-    d.label("gdt_desc")
-    d.bytes(struct.pack("<HI", 3 * 8 - 1, 0))
-    d.bytes(b"\0\0")
-    d.label("idt_desc")
-    d.bytes(struct.pack("<HI", 0x20 * 8 - 1, 0))
-    d.label("bounds")
-    d.bytes(struct.pack("<ii", 0, 10))
-    d.label("cursor")
-    d.bytes(struct.pack("<I", demo.VGA))
-
-
-@pytest.fixture(scope="module")
-def exceptions_guest(tmp_path_factory):
-    return tiny_guest(tmp_path_factory.mktemp("exc") / "exc.elf", _exceptions)
-
-
 def _bitmap(*vectors):
     return replace(vmx.DEFAULT, exception_bitmap=sum(1 << v for v in vectors))
-
-
-def test_the_guests_own_exceptions_natively(exceptions_guest):
-    """Native delivers each through the guest's IDT: INT1 as the #DB trap it is (Unicorn's #UD
-    is the deviation int1-as-ud), INT 3 as INT n, INTO only with OF = 1."""
-    r = api.run(exceptions_guest, "native", steps=10_000)
-    assert (r.end.reason, r.end.error) == ("halted", False)
-    assert bytes(r.record.console) == b"BBODURE"
-    assert r.record.frames[-1][1].rows()[0].startswith("BBODUR")
 
 
 @pytest.mark.parametrize("vectors, want", [
@@ -252,7 +177,7 @@ def test_the_exception_bitmap_decides_the_guests_exception_exits(exceptions_gues
         assert db.eip == next(e.eip for e in exits if "0x80000604" in e.detail) + 1
 
 
-def test_the_raised_vector_is_the_definitions(exceptions_guest):
+def test_the_raised_vector_is_the_definitions():
     s = {n: st.FIELD[n].default for n in st.SCALARS}
     s.update(cr0=0x11, eip=0x1000, cs_limit=0xFFFFFFFF, cs_attr=0xC09B, idtr_limit=0xFF,
              mem={}, io={})
