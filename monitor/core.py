@@ -198,6 +198,9 @@ class Monitor:
         software exception's) is about to be delivered to the guest (vtx: the exception bitmap);
         ``view``: the guest's state at the instruction that raised it, if not the current one."""
 
+    def shutdown_taken(self, why: str) -> None:
+        """A fault while delivering a #DF: the processor shuts down (vtx: the triple-fault exit)."""
+
     def shadowed(self) -> bool:
         return self.shadow
 
@@ -358,11 +361,12 @@ class Monitor:
                 v, vec, cc, self.features), f"exception {vector}")
             if fault is None:
                 return
-            kind = events.second_fault(first if first is not None else vector, fault.vector)
-            if kind == "triple" or (first is not None and first == DF):
+            how = events.second_fault(first if first is not None else vector, fault.vector)
+            if how == "triple" or (first is not None and first == DF):
+                self.shutdown_taken(f"{fault} while delivering {vector_name(vector)}")
                 self.finish("triple fault", f"triple fault: delivering {vector_name(vector)} "
                             f"raised {fault} (the processor shuts down)", True)
-            if kind == "double":
+            if how == "double":
                 first, vector, code, why = DF, DF, 0, f"{fault} while delivering {vector_name(vector)}"
             else:
                 first, vector, code, why = vector, fault.vector, fault.code, fault.reason

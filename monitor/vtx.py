@@ -28,7 +28,8 @@ interrupt.  A set bit is an ``exception`` exit, recorded with its vector and int
 information (24.9.2); the monitor then injects the event (26.6), which is delivered through the
 guest's IDT as the definitions deliver it (the software exceptions by their own forms: DPL check,
 return address past the instruction).  A maskable interrupt from the devices is an
-``external_interrupt`` exit under external-interrupt exiting, injected the same way.
+``external_interrupt`` exit under external-interrupt exiting, injected the same way.  A triple
+fault is a ``triple_fault`` exit, after which the monitor ends the run as native shuts down.
 
 The read shadows are loaded with the guest's own values of the bits the CR0/CR4 guest/host masks
 own (what a monitor does before VM entry, 24.6.6) and kept so across CR0/CR4 exits; the bits VMX
@@ -218,6 +219,12 @@ class Vtx(Scanner, Native):
         vector = events.raised_vector(form, code, s, self.features)
         return vector is not None and self._exception_exit(
             vector, kind, f"{form.name} raises {vector_name(vector)}", form.name, s)
+
+    def shutdown_taken(self, why: str) -> None:
+        """In non-root operation a triple fault is a VM exit, always (SDM Vol. 3C 25.2); the
+        monitor then ends the VM, as the processor would have shut down."""
+        self._exit(Exit("vmx", "triple_fault", vmx.EXIT_REASONS["triple_fault"], None,
+                        f"a triple fault ({why})"), None)
 
     def interrupt_taken(self, vector: int) -> None:
         if self.controls.on("external_interrupt_exiting"):

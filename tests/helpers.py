@@ -124,6 +124,15 @@ def tiny_guest(path, body) -> str:
     return demo.write(path, tiny_program(body))
 
 
+def triple_fault_body(a, i, d):
+    """INT3 with an IDT of no entries: #GP, #DF, shutdown."""
+    d.label("idt_desc")
+    d.bytes(struct.pack("<HI", 0, 0))
+    i("lidt_m", mem="idt_desc")
+    a.label("boom")
+    i("int3")
+
+
 # Vector -> (the letter its handler prints, the bytes it steps over: a fault's instruction).
 EXCEPTION_HANDLERS = {DB: ("D", 0), BP: ("B", 0), OF: ("O", 0), BR: ("R", 6), UD: ("U", 2)}
 

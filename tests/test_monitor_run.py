@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from helpers import INVADERS, need, tiny_guest, tiny_program
+from helpers import INVADERS, need, tiny_guest, tiny_program, triple_fault_body
 from pgvirt import api as joins
 from pgvirt.monitor import api, demo, multiboot
 from pgvirt.cli import run as mcli
@@ -190,13 +190,7 @@ def test_scan_sees_self_modifying_code_reads_of_its_patches_and_hidden_entries(t
 
 
 def test_triple_fault_ends_the_run_with_the_address(tmp_path):
-    def body(a, i, d):
-        d.label("idt_desc")
-        d.bytes(struct.pack("<HI", 0, 0))                # an IDT of no entries
-        i("lidt_m", mem="idt_desc")
-        a.label("boom")
-        i("int3")
-    guest = _write(tmp_path, body)
+    guest = _write(tmp_path, triple_fault_body)
     r = api.run(guest, "native", steps=1000)
     assert r.end.reason == "triple fault" and r.end.error
     assert "int3 (cc)" in r.end.line() and "#DF" in r.end.line()

@@ -7,12 +7,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hst
 
-from helpers import INVADERS, need
+from helpers import INVADERS, need, tiny_guest, triple_fault_body
 from pgvirt import api as joins
 from pgvirt.emulator import strategies
 from pgvirt.model import events, isa, monitor as mon, profiles, state as st, vmx
 from pgvirt.model.concrete import compiled
-from pgvirt.model.outcome import BP, BR, DB, OF, UD, Exit
+from pgvirt.model.outcome import BP, BR, DB, DF, GP, OF, UD, Exit
 from pgvirt.monitor import api, demo
 from pgvirt.monitor.native import Native
 from pgvirt.monitor.vtx import ControlsUnsupported, Vtx, exit_predicate
@@ -188,6 +188,17 @@ def test_the_raised_vector_is_the_definitions():
     assert events.raised_vector(isa.get("int_imm"), b"\xcd\x80", s) == 0x80
     assert events.raised_vector(isa.get("int1"), b"\xf1", s) == DB
     assert "int_imm" not in events.SOFTWARE_EXCEPTIONS     # INT n never consults the bitmap
+
+
+def test_a_triple_fault_is_an_exit_and_ends_the_run_as_native(tmp_path):
+    guest = tiny_guest(tmp_path / "tf.elf", triple_fault_body)
+    for ctl, want in ((vmx.DEFAULT, ({"triple_fault": 1}, {})),
+                      (_bitmap(BP, GP, DF), ({"triple_fault": 1, "exception": 3},
+                                             {"#BP": 1, "#GP": 1, "#DF": 1}))):
+        c = api.compare(guest, ("vtx",), steps=1000, controls=ctl)
+        (v,) = c.verdicts
+        assert v.matches and v.result.end.reason == c.reference.end.reason == "triple fault"
+        assert (v.result.counts["exit_reasons"], v.result.counts["exit_vectors"]) == want
 
 
 # --- grub-invaders ----------------------------------------------------------------------------------
