@@ -312,11 +312,11 @@ class VM:
         self._write_hook = None
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         # Port I/O is the guests' one frequent hook (grub-invaders: an access every 11
-        # instructions); without io_traps it goes straight to the handler (``_pin``/``_pout``
-        # and ``_base`` are set at each run).
-        uc.hook_add(UC_HOOK_INSN, self._on_in if io_traps else self._on_in_direct, None, 1, 0,
+        # instructions): with io_traps every access is undone, without them it goes straight to
+        # the handler (``_pin``/``_pout`` and ``_base`` are set at each run).
+        uc.hook_add(UC_HOOK_INSN, self._on_in_trap if io_traps else self._on_in, None, 1, 0,
                     X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_out if io_traps else self._on_out_direct, None, 1, 0,
+        uc.hook_add(UC_HOOK_INSN, self._on_out_trap if io_traps else self._on_out, None, 1, 0,
                     X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
@@ -358,39 +358,23 @@ class VM:
                             detail=f"port {kind} {port:#x} at CPL 3 with IOPL 0 and no I/O bitmap"))
         return op
 
-    def _on_in(self, uc, port, size, _):
-        if self.io_traps:
-            op = self._io_trap(uc, port, "read")
-            if op in (0x6C, 0x6D):          # INS stores the value at ES:EDI: store what is there
-                es = self._caches()["es_base"]
-                at = (es + self._trap_regs[X.UC_X86_REG_EDI]) & MASK32
-                if 0 <= at and at + size <= self.ram_size:
-                    return int.from_bytes(uc.mem_read(at, size), "little")
-                return 0
-            return uc.reg_read(X.UC_X86_REG_EAX) & ((1 << 8 * size) - 1)
-        when = self.retired + self.clock_offset + self._ctr.value - 1
-        if size == 1:
-            return self.ports.port_in(port, when) & 0xFF
-        value = 0
-        for k in range(size):
-            value |= (self.ports.port_in((port + k) & 0xFFFF, when) & 0xFF) << (8 * k)
-        return value
+    def _on_in_trap(self, uc, port, size, _):
+        op = self._io_trap(uc, port, "read")
+        if op in (0x6C, 0x6D):          # INS stores the value at ES:EDI: store what is there
+            es = self._caches()["es_base"]
+            at = (es + self._trap_regs[X.UC_X86_REG_EDI]) & MASK32
+            if 0 <= at and at + size <= self.ram_size:
+                return int.from_bytes(uc.mem_read(at, size), "little")
+            return 0
+        return uc.reg_read(X.UC_X86_REG_EAX) & ((1 << 8 * size) - 1)
 
-    def _on_out(self, uc, port, size, value, _):
-        if self.io_traps:
-            self._io_trap(uc, port, "write")
-            return
-        when = self.retired + self.clock_offset + self._ctr.value - 1
-        stop = False
-        for k in range(size):
-            stop |= bool(self.ports.port_out((port + k) & 0xFFFF, (value >> (8 * k)) & 0xFF, when))
-        if stop:
-            self._set_stop(Stop("io", 0, 0))
+    def _on_out_trap(self, uc, port, size, value, _):
+        self._io_trap(uc, port, "write")
 
     _base = -1
     _pin = _pout = None
 
-    def _on_in_direct(self, uc, port, size, _):
+    def _on_in(self, uc, port, size, _):
         when = self._base + self._ctr.value
         if size == 1:
             return self._pin(port, when) & 0xFF
@@ -399,7 +383,7 @@ class VM:
             value |= (self._pin((port + k) & 0xFFFF, when) & 0xFF) << (8 * k)
         return value
 
-    def _on_out_direct(self, uc, port, size, value, _):
+    def _on_out(self, uc, port, size, value, _):
         when = self._base + self._ctr.value
         if size == 1:
             stop = self._pout(port, value & 0xFF, when)
