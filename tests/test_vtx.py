@@ -6,30 +6,26 @@ from __future__ import annotations
 import pytest
 
 from pgvirt.model import profiles, vmx
-from pgvirt.model.form import REGISTRY
 from pgvirt.model.isa import FORMS
 from pgvirt.model.outcome import GP, Exit, Fault, Next, changes_json, from_changes_json
 from pgvirt.model.profiles.hardware import ownership
 from pgvirt.verify.popek_goldberg import classify, classify_all, theorem
 
+from helpers import nonroot_machine, nonroot_run
+
 VTX = profiles.VTX
 D = vmx.DEFAULT
-STACK = 0x8000
+
+
+EXTRA = dict(cr4=vmx.CR4_VMXE)      # VM entry needs CR4.VMXE = 1 (SDM Vol. 3C 26.3.1.1)
 
 
 def machine(cpl=0, **regs):
-    """A non-root state VM entry accepts: CR0 = PE|ET|NE, CR4.VMXE, flat CS/SS at ``cpl``."""
-    cs, ss = (0x08, 0x10) if cpl == 0 else (0x1B, 0x23)
-    values = dict(cpl=cpl, cs=cs, ss=ss, esp=STACK, eip=0x100, cr0=0x31, cr4=1 << 13,
-                  ss_limit=0xFFFFFFFF, ds_limit=0xFFFFFFFF,
-                  cs_attr=0xC09B | (cpl << 5), ss_attr=0xC093 | (cpl << 5),
-                  tr_attr=0x8B, tr_limit=0x67, caches=1, tlb=1)
-    values.update(regs)
-    return values
+    return nonroot_machine(EXTRA, cpl, **regs)
 
 
 def run(name, vm=D, cpl=0, **regs):
-    return REGISTRY[name].execute(machine(cpl, **regs), features=VTX.features, vm=vm)
+    return nonroot_run(VTX, EXTRA, name, vm, cpl, **regs)
 
 
 @pytest.mark.parametrize("name, reason, code", [
@@ -102,6 +98,7 @@ def test_ownership_follows_the_controls():
     assert ownership(D.without("external_interrupt_exiting")).mask("sysflags") == 1 << 9
 
 
+@pytest.mark.slow
 def test_theorem_1_holds_over_the_whole_isa():
     res = classify_all(VTX, jobs=2)
     for n in ("1", "3"):
