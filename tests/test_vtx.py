@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pgvirt.model import profiles, vmx
+from pgvirt.model.form import REGISTRY
 from pgvirt.model.isa import FORMS
 from pgvirt.model.outcome import GP, Exit, Fault, Next, changes_json, from_changes_json
 from pgvirt.model.profiles.hardware import ownership
@@ -133,3 +134,68 @@ def test_cr3_store_exiting_is_needed_without_ept():
     with_store = vmx.from_json({"base": "default", "primary": {"cr3_store_exiting": True, "cr3_load_exiting": True},
                                 "secondary": {"enable_ept": False, "unrestricted_guest": False}})
     assert classify("mov_r_cr3", VTX.with_controls(with_store))["privileged"] is True
+
+
+# --- the page-fault error-code mask and match (SDM Vol. 3C 24.6.3, 25.2) -------------------------
+def _pf_probe():
+    """A form (outside the registry: no form of the model pages, so none raises #PF) that
+    faults with #PF, its error code taken from EAX: what the exception bitmap sees of a #PF."""
+    import dataclasses
+
+    from pgvirt.model.outcome import PF
+
+    def semantics(x):
+        x.fault(PF, x.eax, "a page fault (probe)")
+    return dataclasses.replace(REGISTRY["nop"], name="pf_probe", semantics=semantics)
+
+
+def _pf(bitmap, mask, match, code):
+    c = vmx.from_json({"base": "default", "exception_bitmap": bitmap, "pfec_mask": mask, "pfec_match": match})
+    return _pf_probe().execute(machine(eax=code), features=VTX.features, vm=c)
+
+
+@pytest.mark.parametrize("bit14, mask, match, code, exits", [
+    (0, 0, 0, 0x3, False),      # bit 14 clear, every error code "matches" 0/0: never an exit
+    (1, 0, 0, 0x3, True),       # bit 14 set, 0/0: every #PF exits
+    (1, 0x1, 0x1, 0x3, True),   # bit 14 set: exactly the codes with P = 1 exit
+    (1, 0x1, 0x1, 0x2, False),
+    (0, 0x1, 0x1, 0x3, False),  # bit 14 clear: exactly the codes that do not match exit
+    (0, 0x1, 0x1, 0x2, True),
+    (0, 0x6, 0x4, 0x6, True),   # U/S = 1, W/R = 1 against a match of U/S only
+    (1, 0x6, 0x4, 0x4, True),
+])
+def test_page_fault_exits_by_the_error_code_filter(bit14, mask, match, code, exits):
+    """A #PF exits iff bit 14 of the exception bitmap XOR (PFEC AND PFEC_MASK != PFEC_MATCH)."""
+    from pgvirt.model.outcome import PF
+    out = _pf(bit14 << PF, mask, match, code)
+    if exits:
+        assert isinstance(out, Exit) and out.exit_reason == "exception" and out.qualification == PF, out
+    else:
+        assert isinstance(out, Fault) and (out.vector, out.code) == (PF, code), out
+
+
+def test_page_fault_filter_splits_the_symbolic_fault():
+    """On a symbolic error code the one fault becomes an exit where the filter selects the code
+    and the #PF elsewhere, and the form is noted as reading the filter (for the controls search)."""
+    from pgvirt.model import state as st
+    from pgvirt.model.outcome import PF
+    c = vmx.from_json({"base": "default", "exception_bitmap": 1 << PF, "pfec_mask": 1, "pfec_match": 1})
+    o = _pf_probe().run(st.fresh("p"), features=VTX.features, vm=c)
+    assert [(k.vector, k.exit is not None) for k in o.checks] == [(PF, True), (PF, False)]
+    assert {"exception_14", "pfec_filter"} <= o.consulted
+    # on bare hardware: the plain fault, nothing consulted
+    bare = _pf_probe().run(st.fresh("p"), features=VTX.features)
+    assert [(k.vector, k.exit) for k in bare.checks] == [(PF, None)] and not bare.consulted
+
+
+def test_pfec_fields_are_controls_data():
+    c = vmx.from_json({"base": "default", "pfec_mask": "0x5", "pfec_match": 4})
+    assert (c.pfec_mask, c.pfec_match) == (5, 4)
+    assert c.as_json()["pfec_mask"] == "0x00000005" and c.as_json()["pfec_match"] == "0x00000004"
+    off = c.without("pfec_filter")
+    assert (off.pfec_mask, off.pfec_match) == (0, 0)
+    for bad, rule in (({"pfec_mask": 1 << 32}, "pfec_mask 0x100000000 is not a 32-bit value"),
+                      ({"pfec_match": "x"}, "is not a number")):
+        with pytest.raises(vmx.ControlsError) as e:
+            vmx.from_json({"base": "default", **bad})
+        assert rule in str(e.value)

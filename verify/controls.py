@@ -61,13 +61,21 @@ class Search:
 
 
 def candidates(c) -> list[str]:
-    """The exiting controls / intercepts ``c`` sets (those the search may switch off)."""
+    """The exiting controls / intercepts ``c`` sets (those the search may switch off): the
+    VM-execution controls, the exception bitmap's bits (``exception_V``) and the page-fault
+    error-code filter (``pfec_filter``, when the mask or match is not 0); SVM's instruction,
+    CR, DR and exception intercepts."""
     if isinstance(c, vmx.Controls):
-        return [n for n, k in vmx.CONTROLS.items()
-                if c.on(n) and not (k.group != "secondary" and vmx.DEFAULT1[k.group] >> k.bit & 1)]
+        out = [n for n, k in vmx.CONTROLS.items()
+               if c.on(n) and not (k.group != "secondary" and vmx.DEFAULT1[k.group] >> k.bit & 1)]
+        out += [f"exception_{v}" for v in range(32) if c.exception_bitmap >> v & 1]
+        if c.pfec_mask or c.pfec_match:
+            out.append(vmx.PFEC_FILTER)
+        return out
     out = [n for n in svm.INTERCEPTS if c.on(n)]
     out += [f"cr{n}_{rw}" for rw in ("read", "write") for n in range(16) if c.cr(n, rw == "write")]
     out += [f"dr{n}_{rw}" for rw in ("read", "write") for n in range(16) if c.dr(n, rw == "write")]
+    out += [f"exception_{v}" for v in range(32) if c.exceptions >> v & 1]
     return out
 
 
