@@ -459,6 +459,9 @@ class Form:
         controls of VMX non-root operation or an SVM guest (None: bare hardware)."""
         d = self.decode(code)
         x = Exec(self, s, d, frozenset(features), record, vm)
+        if vm is not None:
+            from .checks import event_windows
+            event_windows(x)        # at the boundary: before the instruction's own checks
         if d.lock and not (self.enc.lockable and d.is_mem):
             # Decoded before anything executes: the one generic LOCK rule (SDM Vol. 2A LOCK;
             # Vol. 3A 8.1.2.2).  The instance is #UD in every state; nothing else happens.

@@ -199,3 +199,51 @@ def test_pfec_fields_are_controls_data():
         with pytest.raises(vmx.ControlsError) as e:
             vmx.from_json({"base": "default", **bad})
         assert rule in str(e.value)
+
+
+# --- interrupt-window and NMI-window exiting (SDM Vol. 3C 25.2) -----------------------------------
+WINDOWS = vmx.from_json({"base": "default", "pin": {"virtual_nmis": True},
+                         "primary": {"interrupt_window_exiting": True, "nmi_window_exiting": True}})
+IRQ_WINDOW = vmx.from_json({"base": "default", "primary": {"interrupt_window_exiting": True}})
+
+
+def test_interrupt_window_exit_comes_before_the_instruction():
+    """IF = 1 (no STI/MOV-SS blocking in a concrete state): the exit comes before anything, even
+    before HLT's CPL #GP; IF = 0: the instruction runs (STI opens the window for the next one)."""
+    IF = 1 << 9
+    for name, cpl in (("nop", 0), ("hlt", 3), ("cli", 0)):
+        out = run(name, vm=IRQ_WINDOW, cpl=cpl, sysflags=IF | 2)
+        assert isinstance(out, Exit) and (out.exit_reason, out.code) == ("interrupt_window", 7), (name, out)
+    out = run("sti", vm=IRQ_WINDOW, sysflags=2)
+    assert isinstance(out, Next) and out.state["sysflags"] & IF
+    assert isinstance(run("nop", vm=D, sysflags=IF | 2), Next)          # off by default
+
+
+def test_nmi_window_exit_without_virtual_nmi_blocking():
+    out = run("nop", vm=WINDOWS, sysflags=2)
+    assert isinstance(out, Exit) and (out.exit_reason, out.code) == ("nmi_window", 8)
+
+
+def test_window_exits_read_the_interruptibility_state_as_free():
+    """The model's state does not hold the interruptibility state: with blocking by STI possible,
+    POPF under interrupt-window exiting can still run without an exit, and it is proved root-mode
+    privileged (the window only adds exits)."""
+    from pgvirt.model import state as st
+    from pgvirt.model.checks import blocking
+    o = REGISTRY["popfd"].run(st.fresh("w"), features=VTX.features, vm=IRQ_WINDOW)
+    first = o.checks[0]
+    assert first.exit is not None and first.exit.exit_reason == "interrupt_window"
+    assert blocking("sti").get_id() in {a.get_id() for a in _atoms(first.fails)}
+    assert "interrupt_window_exiting" in o.consulted
+    assert classify("popfd", VTX.with_controls(IRQ_WINDOW))["privileged"] is True
+
+
+def _atoms(e):
+    import z3
+    out, todo = [], [e]
+    while todo:
+        t = todo.pop()
+        if z3.is_const(t) and t.decl().kind() == z3.Z3_OP_UNINTERPRETED:
+            out.append(t)
+        todo.extend(t.children())
+    return out

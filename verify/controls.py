@@ -25,6 +25,8 @@ from .solver import DEFAULT_TIMEOUT_MS
 
 # Ownership of these fields' bits can change with a control; derived forms read none of them.
 _DERIVED_READS = {"cr0", "cr4", "xcr0"}
+# Controls whose exits come before any instruction (checks.event_windows): every form reads them.
+_AT_THE_BOUNDARY = {"interrupt_window_exiting", "nmi_window_exiting"}
 
 
 @dataclass
@@ -143,6 +145,8 @@ class Searcher:
             forms |= set(self.hand)
             if changed & _DERIVED_READS:
                 forms = set(self.names)
+        if set(removed) & _AT_THE_BOUNDARY:
+            forms = set(self.names)
         if not forms:
             return "holds", None, 0
         order = [n for n in self.names if n in forms]
