@@ -341,7 +341,8 @@ def replay(forms=None, profile=DEFAULT_PROFILE, *, state=None, jobs: int | None 
     run = replay_run(profile, forms, state=state, jobs=jobs)
     c = run.counts
     summary = (f"[{run.profile}] {len(run.replays)} replays: {c['confirmed']} confirmed, "
-               f"{c['emulator-deviation']} emulator-deviation, {c['mismatch']} mismatch")
+               f"{c['emulator-deviation']} emulator-deviation, {c['mismatch']} mismatch"
+               + (f", {c[MODEL_ONLY]} model-only" if MODEL_ONLY in c else ""))
     return Result("replay", run, summary, lambda: H.replays(run))
 
 

@@ -155,3 +155,74 @@ def test_bad_hardware_replays_are_one_line(tmp_path, args, words):
     p = _replay(*[a.format(f=f) for a in args])
     assert p.returncode == 2 and p.stdout == "" and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert words in p.stderr, p.stderr
+
+
+# --- check-patch under a hardware profile -------------------------------------------------------
+def _pgvirt(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pgvirt", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def vtx_patched(tmp_path_factory):
+    from helpers import INVADERS, need
+    need(INVADERS)
+    d = tmp_path_factory.mktemp("cp")
+    p = _pgvirt("patch", "--profile", "vtx", INVADERS, "-o", d / "inv.vtx")
+    assert p.returncode == 0 and "0 site(s)" in p.stdout, p.stdout + p.stderr
+    return d
+
+
+def test_check_patch_under_vtx_needs_no_site(vtx_patched):
+    """grub-invaders under VT-x's default controls: every form it contains is proved root-mode
+    privileged or innocuous, so nothing needs patching and the unpatched guest is sound."""
+    d = vtx_patched
+    p = _pgvirt("check-patch", d / "inv.vtx", "--manifest", d / "inv.vtx.manifest.json", "--format", "json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    (rem,) = [o for o in doc["obligations"] if o["claim"] == "remaining"]
+    assert doc["profile"] == "vtx" and rem["status"] == "holds" and "root-mode privileged" in rem["message"]
+    assert doc["remaining"] == [] and doc["sites"] == []
+
+
+def test_check_patch_under_controls_with_a_hole_names_the_sites(vtx_patched):
+    """Without the I/O bitmaps the same guest's port I/O runs without an exit: its IN/OUT sites
+    still need patching, each named with the hardware reason (exit 1)."""
+    d = vtx_patched
+    f = d / "noio.json"
+    f.write_text(json.dumps({"base": "default", "primary": {"use_io_bitmaps": False}}))
+    p = _pgvirt("check-patch", d / "inv.vtx", "--manifest", d / "inv.vtx.manifest.json", "--controls", f,
+                "--format", "json")
+    assert p.returncode == 1, p.stderr
+    bad = [o for o in json.loads(p.stdout)["obligations"] if o["claim"] == "remaining" and o["status"] == "fails"]
+    assert bad and {o["detail"]["form"] for o in bad} <= {"in_al_imm8", "in_al_dx", "out_dx_al", "out_imm8_al",
+                                                          "out_dx_eax", "in_eax_dx", "out_dx_ax", "in_ax_dx"}
+    assert all("not root-mode privileged" in o["message"] for o in bad)
+
+
+def test_check_patch_of_trap_and_emulate_sites_under_vtx_is_refused(tmp_path):
+    """A pentium manifest's hypercall sites have no meaning in non-root operation: one line, exit 2."""
+    from helpers import INVADERS, need
+    need(INVADERS)
+    p = _pgvirt("patch", INVADERS, "-o", tmp_path / "inv.p")
+    assert p.returncode == 0
+    p = _pgvirt("check-patch", "--profile", "vtx", tmp_path / "inv.p", "--manifest", tmp_path / "inv.p.manifest.json")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "site prover" in p.stderr
+
+
+# --- the README's hardware tables are the tool's current answers --------------------------------
+@pytest.mark.slow
+def test_readme_hardware_tables_are_current():
+    """tools/hardware_tables.py regenerates the ownership, controls and comparison tables (about
+    2.5 min): the README must hold exactly what it prints now."""
+    import re
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    try:
+        import hardware_tables as T
+    finally:
+        sys.path.pop(0)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    m = re.search(re.escape(T.BEGIN) + r"\n(.*?)\n" + re.escape(T.END), readme, flags=re.S)
+    assert m, "README.md has no hardware-tables section"
+    assert m.group(1) == T.generate(), "README tables are stale: run .venv/bin/python tools/hardware_tables.py"
