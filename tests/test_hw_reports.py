@@ -214,7 +214,9 @@ def test_check_patch_of_trap_and_emulate_sites_under_vtx_is_refused(tmp_path):
 @pytest.mark.slow
 def test_readme_hardware_tables_are_current():
     """tools/hardware_tables.py regenerates the ownership, controls and comparison tables (about
-    2.5 min): the README must hold exactly what it prints now."""
+    2.5 min): the README must hold what it prints now - every verdict, form, reason, minimal set
+    and comparison cell exactly; a witness's values only as a witness (the solver may pick other
+    states from run to run: which parallel query answers first)."""
     import re
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -225,4 +227,8 @@ def test_readme_hardware_tables_are_current():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     m = re.search(re.escape(T.BEGIN) + r"\n(.*?)\n" + re.escape(T.END), readme, flags=re.S)
     assert m, "README.md has no hardware-tables section"
-    assert m.group(1) == T.generate(), "README tables are stale: run .venv/bin/python tools/hardware_tables.py"
+    def stable(text):
+        return re.sub(r"; non-root, CPL \d: .*?(?= \|$)", "; <witness>", text, flags=re.M)
+    got = T.generate()
+    assert "; non-root, CPL" in got and stable(got) != got      # the witnesses are there, and masked
+    assert stable(m.group(1)) == stable(got), "README tables are stale: run .venv/bin/python tools/hardware_tables.py"
