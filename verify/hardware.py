@@ -287,6 +287,8 @@ def hole_witness(form: Form | str, profile: Profile, timeout_ms: int = DEFAULT_T
     emulator's run of it stands for the non-root run) and ``criterion``."""
     import dataclasses
 
+    from pgvirt.model.outcome import from_changes_json
+
     from .counterexample import _inside, _placed, replayable
 
     form = registry.get(form) if isinstance(form, str) else form
@@ -312,7 +314,6 @@ def hole_witness(form: Form | str, profile: Profile, timeout_ms: int = DEFAULT_T
         nonroot = form.execute(g, features=profile.features, vm=profile.vm)
         bare = form.execute(g, features=profile.features)
         same = nonroot == bare and _bare_everywhere(form, g, profile, timeout_ms)
-        from pgvirt.model.outcome import from_changes_json
         wit = {"native": nat, "deprivileged": g,
                "model": {"native": w["native_outcome"], "deprivileged": w["guest_outcome"]},
                "as_bare": same, "hole": key}
