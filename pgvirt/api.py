@@ -337,7 +337,8 @@ def _no_witness(name: str, note: str) -> dict:
 
 def replay(forms=None, profile=DEFAULT_PROFILE, *, state=None, jobs: int | None = None) -> Result:
     """Each Theorem-1 witness of ``forms`` (default: every violation) replayed on Unicorn,
-    native and deprivileged: confirmed, emulator-deviation or mismatch."""
+    native and deprivileged: confirmed, emulator-deviation or mismatch; under vtx/svm (a Profile
+    with its controls) each hole, and model-only where Unicorn cannot show it."""
     run = replay_run(profile, forms, state=state, jobs=jobs)
     c = run.counts
     summary = (f"[{run.profile}] {len(run.replays)} replays: {c['confirmed']} confirmed, "
