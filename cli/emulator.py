@@ -56,17 +56,24 @@ def _int0(text: str) -> int:
 def cmd_replay(args, out: Console, err: Console) -> int:
     from pgvirt.api import ReplayRequestError, replay_run
     from pgvirt.emulator import replay as R
-    from pgvirt.model import isa
+    from pgvirt.model import isa, profiles
 
+    if args.oracle and args.controls:
+        raise UsageError("--controls replays a configuration's holes on Unicorn only (give no --oracle)")
     if args.oracle:                   # Bochs, QEMU, several: cli/oracles.py
         from .oracles import cmd_replay as on_oracles
         return on_oracles(args, out, err)
     for n in args.names:
         isa.get(n)                      # KeyError -> one line, exit 2
+    profile = args.profile
+    if args.controls:
+        from .theorems import load_controls
+        profile = load_controls(args.profile, args.controls)
     show = args.format == "text" and err.is_terminal and not args.state
-    advance, close = progress(err, None, "counterexamples", show)
+    hardware = profiles.get(args.profile).vm is not None
+    advance, close = progress(err, None, "holes" if hardware else "counterexamples", show)
     try:
-        run = replay_run(args.profile, args.names or None, state=args.state, jobs=args.jobs,
+        run = replay_run(profile, args.names or None, state=args.state, jobs=args.jobs,
                          timeout_ms=args.timeout_ms, run_seconds=args.run_seconds, progress=advance)
     except (R.ReplayInputError, ReplayRequestError) as e:
         raise UsageError(str(e)) from None
@@ -78,11 +85,13 @@ def cmd_replay(args, out: Console, err: Console) -> int:
     else:
         for r in run.replays:
             out.print(replay_table(r, color=out.color_system is not None) if not isinstance(r, dict) else
-                      Text(f"{r['name']}: mismatch - {r['note']}", style="bold red"))
+                      Text(f"{r['name']}: {r['outcome']} - {r['note']}",
+                           style="cyan" if r["outcome"] == "model-only" else "bold red"))
         style = "green" if not counts["mismatch"] else "bold red"
+        only = f", {counts['model-only']} model-only" if "model-only" in counts else ""
         out.print(Text(f"[{run.profile}] {len(run.replays)} replays: {counts['confirmed']} confirmed, "
                        f"{counts['emulator-deviation']} emulator-deviation, {counts['mismatch']} "
-                       f"mismatch  [replay {run.replay_seconds:.2f} s, total {run.seconds:.1f} s]",
+                       f"mismatch{only}  [replay {run.replay_seconds:.2f} s, total {run.seconds:.1f} s]",
                        style=style), soft_wrap=True)
     return EXIT_FAIL if counts["mismatch"] else EXIT_OK
 
@@ -120,6 +129,8 @@ def register(sub, commands) -> None:
     add_profile(r)
     r.add_argument("names", nargs="*", metavar="NAME", help="only these forms")
     r.add_argument("--format", choices=("text", "json"), default="text")
+    r.add_argument("--controls", metavar="FILE",
+                   help="vtx/svm: the VMCS controls / VMCB intercepts (JSON) whose holes to replay")
     r.add_argument("--state", metavar="FILE.json",
                    help="replay the pair(s) in this file instead of solving for counterexamples")
     r.add_argument("--timeout-ms", type=positive_int, default=20_000,

@@ -55,6 +55,14 @@ def _errors(fn):
     return run
 
 
+def _profile(args, name):
+    """``name``, or with ``--controls FILE`` the hardware profile under that configuration."""
+    if not getattr(args, "controls", None):
+        return name
+    from .theorems import load_controls
+    return load_controls(name, args.controls)
+
+
 def _cache(args):
     from pgvirt.guest.paravirt import ClassificationCache
 
@@ -78,7 +86,7 @@ def cmd_scan(args, out: Console, err: Console) -> int:
     g = load_guest(args.guest, raw=args.raw, base=args.base, symbols=args.symbols)
     advance, close = _progress_for(args, err)
     try:
-        rep = scan_guest(g, args.profile, _cache(args), args.jobs, args.timeout_ms, advance,
+        rep = scan_guest(g, _profile(args, args.profile), _cache(args), args.jobs, args.timeout_ms, advance,
                          strict=args.strict)
     finally:
         close()
@@ -142,7 +150,8 @@ def cmd_check_patch(args, out: Console, err: Console) -> int:
     m = load_manifest(args.manifest)
     advance, close = _progress_for(args, err)
     try:
-        rep = check_patch(args.patched, m, args.original, args.profile, args.allow or (), args.strict,
+        rep = check_patch(args.patched, m, args.original, _profile(args, args.profile or m.profile),
+                          args.allow or (), args.strict,
                           _cache(args), args.jobs, args.timeout_ms, progress=advance)
     finally:
         close()
@@ -184,6 +193,11 @@ def _common(p: argparse.ArgumentParser, formats=("text", "json", "sarif"), manif
                    help="derive every classification afresh; read and write no cache")
 
 
+def _controls(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--controls", metavar="FILE",
+                   help="vtx/svm: judge under these VMCS controls / VMCB intercepts (JSON) instead of the default")
+
+
 def register(sub, commands) -> None:
     s = sub.add_parser("scan", help="find the sensitive-but-unprivileged instructions of a guest binary")
     s.add_argument("guest", metavar="GUEST", help="ELF32 i386 file (gzip allowed) or, with --raw, a blob")
@@ -191,6 +205,7 @@ def register(sub, commands) -> None:
                    help="also sweep the executable data (bytes an executable segment maps outside the "
                         "code, e.g. .eh_frame in an RWX segment) as code; its sites count")
     _guest_opts(s)
+    _controls(s)
     _common(s)
     commands["scan"] = cmd_scan
 
@@ -215,5 +230,6 @@ def register(sub, commands) -> None:
     c.add_argument("--junit", metavar="FILE", type=output_file,
                    help="also write JUnit XML: one test case per claim and site")
     c.add_argument("--sarif", metavar="FILE", type=output_file, help="also write SARIF 2.1.0")
+    _controls(c)
     _common(c, manifest=True)
     commands["check-patch"] = cmd_check_patch

@@ -86,16 +86,22 @@ class Replay:
     deviation: str | None
     emulator_criterion: list
     note: str = ""
+    # What the two runs are: a trap-and-emulate pair by default; a hardware hole's replay names
+    # them (the guest's own machine, the non-root state run as bare hardware runs it).
+    labels: tuple[str, str] = ("native", "deprivileged")
 
     def __repr__(self) -> str:
         return f"<Replay {self.form.name} [{self.profile}]: {self.outcome}>"
 
     def as_json(self) -> dict:
-        return {"name": self.form.name, "mnemonic": self.form.mnemonic, "asm": self.form.asm,
-                "outcome": self.outcome, "native": self.native.as_json(),
-                "deprivileged": self.deprivileged.as_json(),
-                "model": self.model, "emulator_criterion": self.emulator_criterion,
-                "deviation": self.deviation, "note": self.note}
+        doc = {"name": self.form.name, "mnemonic": self.form.mnemonic, "asm": self.form.asm,
+               "outcome": self.outcome, "native": self.native.as_json(),
+               "deprivileged": self.deprivileged.as_json(),
+               "model": self.model, "emulator_criterion": self.emulator_criterion,
+               "deviation": self.deviation, "note": self.note}
+        if self.labels != ("native", "deprivileged"):
+            doc["runs"] = {"native": self.labels[0], "deprivileged": self.labels[1]}
+        return doc
 
 
 def _changed(pre: Mapping, post: Mapping) -> dict:

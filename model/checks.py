@@ -281,6 +281,38 @@ def vmexit(x, *, vmx: tuple[str | None, str] | None = None, svm: str | None = No
                     qualification)
 
 
+# The guest interruptibility state (SDM Vol. 3C 24.4.2, Table 24-3) is not a field of the model: a
+# state does not record whether the instruction before was STI, MOV SS or POP SS, nor whether a
+# virtual NMI is blocked.  Each is a free Boolean of the run, so both values are possible (built
+# only when a window control is set: no term is made for runs that never read them).
+BLOCKING = {"sti": "vmx.blocking_by_sti", "mov_ss": "vmx.blocking_by_mov_ss",
+            "virtual_nmi": "vmx.virtual_nmi_blocking"}
+
+
+def blocking(kind: str) -> z3.BoolRef:
+    return z3.Bool(BLOCKING[kind])
+
+
+def event_windows(x) -> None:
+    """The VM exits at the instruction boundary, before anything of the instruction is done (SDM
+    Vol. 3C 25.2): with 'interrupt-window exiting', before any instruction with EFLAGS.IF = 1 and
+    no blocking by STI or MOV SS (so after STI only once the next instruction is done, and after a
+    POPF or IRET that set IF at once); with 'NMI-window exiting', before any instruction without
+    virtual-NMI blocking and without blocking by MOV SS.  A monitor sets them while it holds an
+    interrupt / a virtual NMI for the guest.  SVM's VINTR intercept needs a pending V_IRQ, which
+    the VMCB data does not hold: not modelled."""
+    if x.vm is None or not _vmx(x):
+        return
+    if _on(x, "interrupt_window_exiting"):
+        x.exit_when(z3.And(st.bit(x.sysflags, st.IF), z3.Not(blocking("sti")), z3.Not(blocking("mov_ss"))),
+                    _vmx_exit("interrupt_window", "EFLAGS.IF = 1 without blocking by STI or MOV SS, with "
+                                                  "'interrupt-window exiting' set"))
+    if _on(x, "nmi_window_exiting"):
+        x.exit_when(z3.And(z3.Not(blocking("virtual_nmi")), z3.Not(blocking("mov_ss"))),
+                    _vmx_exit("nmi_window", "no virtual-NMI blocking and no blocking by MOV SS, with "
+                                            "'NMI-window exiting' set"))
+
+
 def _cr_qual(n: int, access: int, reg: int = 0):
     """VT-x exit qualification for control-register accesses (SDM Vol. 3C Table 27-3): CR number,
     access type (0 MOV to CR, 1 MOV from CR, 2 CLTS, 3 LMSW), general register."""

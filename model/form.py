@@ -28,7 +28,7 @@ import z3
 from . import state as st
 from .encoding import Decoded, Encoding, EncodingError, decode
 from .features import KNOWN
-from .outcome import UD, Check, Exit, Outcome
+from .outcome import PF, UD, Check, Exit, Outcome
 from .state import State
 
 
@@ -106,14 +106,23 @@ class Exec:
         if not z3.is_false(fails):
             # The exception bitmap (SDM Vol. 3C 24.6.3, 25.2) or the exception intercepts (AMD
             # APM Vol. 2 15.12) turn the fault into an exit: the one place this happens.
-            ex = None
-            if self.vm is not None:
-                self.consulted.add(f"exception_{vector}")
-                ex = self.vm.exception_exit(vector, reason)
-            if ex is not None:
+            # A #PF's exit depends on its error code (VT-x's PFEC_MASK/PFEC_MATCH): the fault
+            # splits into the exit where the condition holds and the fault where it does not.
+            if self.vm is None:
+                self._checks.append(Check(fails, vector, code, reason))
+                return
+            self.consulted.add(f"exception_{vector}")
+            if vector == PF:
+                self.consulted.add("pfec_filter")
+            ex, when = self.vm.exception_exit(vector, reason, code)
+            when = z3.simplify(z3.BoolVal(when) if isinstance(when, bool) else when)
+            if ex is None or z3.is_false(when):
+                self._checks.append(Check(fails, vector, code, reason))
+            elif z3.is_true(when):
                 self._checks.append(Check(fails, vector, z3.BitVecVal(vector, 32), reason, ex))
             else:
-                self._checks.append(Check(fails, vector, code, reason))
+                self._checks.append(Check(z3.And(fails, when), vector, z3.BitVecVal(vector, 32), reason, ex))
+                self._checks.append(Check(z3.And(fails, z3.Not(when)), vector, code, reason))
 
     def fault(self, vector: int, code, reason: str) -> None:
         self.require(False, vector, code, reason)
@@ -450,6 +459,9 @@ class Form:
         controls of VMX non-root operation or an SVM guest (None: bare hardware)."""
         d = self.decode(code)
         x = Exec(self, s, d, frozenset(features), record, vm)
+        if vm is not None:
+            from .checks import event_windows
+            event_windows(x)        # at the boundary: before the instruction's own checks
         if d.lock and not (self.enc.lockable and d.is_mem):
             # Decoded before anything executes: the one generic LOCK rule (SDM Vol. 2A LOCK;
             # Vol. 3A 8.1.2.2).  The instance is #UD in every state; nothing else happens.

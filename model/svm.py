@@ -111,14 +111,14 @@ class Intercepts:
     def dr(self, n: int, write: bool) -> bool:
         return bool((self.dr_write if write else self.dr_read) >> n & 1)
 
-    def exception_exit(self, vector: int, reason: str):
-        """The #VMEXIT a fault with ``vector`` becomes under the exception intercepts (APM Vol. 2
-        15.12), or None."""
+    def exception_exit(self, vector: int, reason: str, code=None):
+        """(the #VMEXIT a fault with ``vector`` becomes under the exception intercepts, True), or
+        (None, False) (APM Vol. 2 15.12: SVM has no error-code filter; ``code`` plays no part)."""
         if not self.exceptions >> vector & 1:
-            return None
+            return None, False
         from .outcome import Exit
         return Exit("svm", f"excp{vector}", EXIT_EXCP + vector, None,
-                    f"{reason}; the exception {vector} intercept is set")
+                    f"{reason}; the exception {vector} intercept is set"), True
 
     def without(self, what: str) -> "Intercepts":
         """This configuration without one intercept: an instruction intercept by name, or

@@ -127,13 +127,18 @@ EXIT_REASONS = {
 }
 
 
+# The page-fault error-code filter as the controls search names it (``Controls.without``).
+PFEC_FILTER = "pfec_filter"
+
+
 class ControlsError(ValueError):
     """A controls file VM entry would reject, or one this tool cannot read (one line: the rule)."""
 
 
 @dataclass(frozen=True)
 class Controls:
-    """One VMCS configuration: the three control vectors, the exception bitmap, the CR0/CR4
+    """One VMCS configuration: the three control vectors, the exception bitmap with the
+    page-fault error-code mask and match, the CR0/CR4
     guest/host masks and read shadows, the CR3-target values, the I/O bitmap (ports whose
     accesses exit), the MSR bitmaps (MSRs whose RDMSR/WRMSR exit) and the TSC offset."""
 
@@ -141,6 +146,8 @@ class Controls:
     primary: int
     secondary: int
     exception_bitmap: int = 0
+    pfec_mask: int = 0          # page-fault error-code mask and match (SDM Vol. 3C 24.6.3)
+    pfec_match: int = 0
     cr0_mask: int = 0
     cr0_shadow: int = 0
     cr4_mask: int = 0
@@ -160,19 +167,39 @@ class Controls:
         return bool(getattr(self, c.group) >> c.bit & 1)
 
     def without(self, control: str) -> "Controls":
-        """This configuration with ``control`` set to 0 (for the controls search)."""
+        """This configuration with ``control`` set to 0 (for the controls search): a VM-execution
+        control by name, ``exception_V`` for bit V of the exception bitmap, or ``pfec_filter``
+        for the page-fault error-code mask and match (both 0: bit 14 alone decides)."""
+        if control == PFEC_FILTER:
+            return replace(self, pfec_mask=0, pfec_match=0, name=f"{self.name} without {control}")
+        kind, _, v = control.rpartition("_")
+        if kind == "exception" and v.isdigit():
+            return replace(self, exception_bitmap=self.exception_bitmap & ~(1 << int(v)),
+                           name=f"{self.name} without {control}")
         c = CONTROLS[control]
         return replace(self, **{c.group: getattr(self, c.group) & ~(1 << c.bit)},
                        name=f"{self.name} without {control}")
 
-    def exception_exit(self, vector: int, reason: str):
-        """The VM exit a fault with ``vector`` becomes under the exception bitmap (SDM Vol. 3C
-        24.6.3, 25.2), or None: the fault is delivered through the guest's IDT."""
-        if not self.exception_bitmap >> vector & 1:
-            return None
-        from .outcome import Exit
+    def exception_exit(self, vector: int, reason: str, code=None):
+        """(the VM exit a fault with ``vector`` and error code ``code`` becomes, the condition on
+        ``code`` under which it does) by the exception bitmap (SDM Vol. 3C 24.6.3, 25.2), or
+        (None, False): the fault is delivered through the guest's IDT.  A #PF exits iff bit 14 of
+        the bitmap XOR (PFEC AND PFEC_MASK != PFEC_MATCH): with bit 14 set, the error codes the
+        mask and match select exit; with it clear, exactly the others do."""
+        from .outcome import PF, Exit
+        bit = bool(self.exception_bitmap >> vector & 1)
+        if vector == PF and code is not None:
+            selected = code & self.pfec_mask == self.pfec_match
+            import z3
+            cond = selected if bit else z3.Not(selected)
+            why = (f"{reason}; bit 14 of the exception bitmap is {int(bit)} and the error code "
+                   f"{'matches' if bit else 'does not match'} PFEC_MASK {self.pfec_mask:#x} / "
+                   f"PFEC_MATCH {self.pfec_match:#x}")
+            return Exit("vmx", "exception", EXIT_REASONS["exception"], None, why), cond
+        if not bit:
+            return None, False
         return Exit("vmx", "exception", EXIT_REASONS["exception"], None,
-                    f"{reason}; vector {vector} is set in the exception bitmap")
+                    f"{reason}; vector {vector} is set in the exception bitmap"), True
 
     def io_port_exits(self, port: int) -> bool:
         if self.on("use_io_bitmaps"):
@@ -184,6 +211,7 @@ class Controls:
                 **{g: {c.name: self.on(c.name) for c in CONTROLS.values() if c.group == g} for g in GROUPS},
                 "raw": {g: f"{getattr(self, g):#010x}" for g in GROUPS},
                 "exception_bitmap": f"{self.exception_bitmap:#010x}",
+                "pfec_mask": f"{self.pfec_mask:#010x}", "pfec_match": f"{self.pfec_match:#010x}",
                 "cr0_mask": f"{self.cr0_mask:#010x}", "cr0_shadow": f"{self.cr0_shadow:#010x}",
                 "cr4_mask": f"{self.cr4_mask:#010x}", "cr4_shadow": f"{self.cr4_shadow:#010x}",
                 "cr3_targets": [f"{v:#x}" for v in self.cr3_targets],
@@ -264,7 +292,8 @@ def check(c: Controls) -> Controls:
     if len(c.cr3_targets) > 4:
         raise ControlsError(f"{len(c.cr3_targets)} CR3-target values: at most 4 (IA32_VMX_MISC bits "
                             "24:16, SDM Vol. 3C 24.6.7, A.6; 26.2.1.1)")
-    for name in ("exception_bitmap", "cr0_mask", "cr0_shadow", "cr4_mask", "cr4_shadow"):
+    for name in ("exception_bitmap", "pfec_mask", "pfec_match", "cr0_mask", "cr0_shadow", "cr4_mask",
+                 "cr4_shadow"):
         v = getattr(c, name)
         if not 0 <= v < 1 << 32:
             raise ControlsError(f"{name} {v:#x} is not a 32-bit value")
@@ -318,7 +347,8 @@ def _ports(v: Any, where: str) -> frozenset[int]:
     return frozenset(out)
 
 
-KEYS = ("name", "pin", "primary", "secondary", "exception_bitmap", "cr0_mask", "cr0_shadow",
+KEYS = ("name", "pin", "primary", "secondary", "exception_bitmap", "pfec_mask", "pfec_match",
+        "cr0_mask", "cr0_shadow",
         "cr4_mask", "cr4_shadow", "cr3_targets", "io_bitmap_ports", "msr_read_exits",
         "msr_write_exits", "tsc_offset", "base")
 
@@ -357,7 +387,8 @@ def from_json(doc: Mapping, where: str = "controls") -> Controls:
             changes[g] = cur
         else:
             changes[g] = _int(v, f"{where}: {g}")
-    for k in ("exception_bitmap", "cr0_mask", "cr0_shadow", "cr4_mask", "cr4_shadow", "tsc_offset"):
+    for k in ("exception_bitmap", "pfec_mask", "pfec_match", "cr0_mask", "cr0_shadow", "cr4_mask",
+              "cr4_shadow", "tsc_offset"):
         if k in doc:
             changes[k] = _int(doc[k], f"{where}: {k}")
     if "cr3_targets" in doc:

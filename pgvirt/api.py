@@ -219,6 +219,8 @@ def replay_run(profile=DEFAULT_PROFILE, forms=None, *, state=None, jobs: int | N
     names = _names(forms) or []
     timeout_ms = timeout_ms or DEFAULT_TIMEOUT_MS
     t0 = time.perf_counter()
+    if prof.vm is not None:
+        return _replay_holes(prof, names, state, jobs, timeout_ms, run_seconds, progress, t0)
     if state is not None:
         pairs = R.load_pairs(state, prof, names or None)
         if names:
@@ -248,6 +250,82 @@ def replay_run(profile=DEFAULT_PROFILE, forms=None, *, state=None, jobs: int | N
     return ReplayRun(prof.name, reps, done - t0, done - t1, counts)
 
 
+# What a hardware replay cannot show on Unicorn (an emulator without VMX/SVM): said, not a mismatch.
+MODEL_ONLY = "model-only"
+
+
+def _replay_holes(prof, names, state, jobs, timeout_ms, run_seconds, progress, t0) -> ReplayRun:
+    """``replay_run`` under vtx/svm: each hole of the configuration (a Theorem-1 violation of the
+    hardware theorem) solved as a pair the emulator can load (``verify.hardware.hole_witness``)
+    and run on Unicorn as two bare runs, the non-root state and the guest's own machine, judged
+    by the hole criterion.  ``model-only`` where Unicorn cannot show the hole: the non-root run
+    differs from a bare run (VMX/SVM changes the instruction without exiting), or the hole lies
+    only in state the Machine does not hold (caches, TLB, TSC, performance counters...)."""
+    from pgvirt.emulator import replay as R
+    from pgvirt.emulator.machine import NOT_HELD
+    from pgvirt.model.outcome import from_changes_json
+    from pgvirt.model.profiles.hardware import ownership
+    from pgvirt.verify import counterexample as cx
+    from pgvirt.verify import hardware as hw
+
+    if state is not None:
+        raise ReplayRequestError(f"--state takes trap-and-emulate pairs (native, deprivileged); under "
+                                 f"{prof.name} the pairs are holes the solver finds (give no --state)")
+    viol, undecided = cx.violations(prof, names or None, jobs, timeout_ms)
+    bad = [n for n in names if n not in viol]
+    if bad:
+        why = "undecided" if set(bad) <= set(undecided) else \
+            f"root-mode privileged under the controls '{prof.vm.name}'"
+        raise ReplayRequestError(f"{', '.join(bad)}: {why} under {prof.name} (no hole to replay)")
+    crit = hw.hole_criterion(ownership(prof.vm))
+    found = []
+    for n in viol:
+        found.append(hw.hole_witness(n, prof, timeout_ms))
+        if progress:
+            progress(n)
+    replayer = R.Replayer(seconds=run_seconds)
+    reps: list = []
+    t1 = time.perf_counter()
+    for f in found:
+        w = f["witness"]
+        if w is None:
+            reps.append(_no_witness(f["name"], f["note"]))
+            continue
+        if not w["as_bare"]:
+            reps.append(_model_only(f["name"], prof.name, w, w["not_bare"]))
+            continue
+        rep = replayer.replay(f["name"], w, crit, prof.name)
+        rep.labels = hw.REPLAY_LABELS
+        n, d = w["native"], w["deprivileged"]
+        seen = crit(n, from_changes_json(n, w["model"]["native"]), d,
+                    from_changes_json(d, w["model"]["deprivileged"]), ignore=NOT_HELD)
+        if rep.outcome == "mismatch" and not seen and w["criterion"] and not (
+                rep.native.differences or rep.deprivileged.differences):
+            rep.outcome = MODEL_ONLY
+            rep.note = (f"the hole ({'; '.join(w['criterion'])}) lies only in state Unicorn does not "
+                        "hold; both runs agree with the model on everything it holds")
+        reps.append(rep)
+    done = time.perf_counter()
+    docs = [r if isinstance(r, dict) else r.as_json() for r in reps]
+    counts = {o: sum(d["outcome"] == o for d in docs) for o in R.OUTCOMES + (MODEL_ONLY,)}
+    return ReplayRun(prof.name, reps, done - t0, done - t1, counts)
+
+
+def _model_only(name: str, profile: str, w: dict, why: str) -> dict:
+    from pgvirt.model import isa
+
+    f = isa.get(name)
+    return {"name": name, "mnemonic": f.mnemonic, "asm": f.asm, "outcome": MODEL_ONLY,
+            "native": {"state": w["native"]}, "deprivileged": {"state": w["deprivileged"]},
+            "model": w["model"] | {"criterion": w["criterion"]}, "emulator_criterion": [],
+            "deviation": None, "runs": _runs_json(), "note": f"not run on Unicorn: {why}"}
+
+
+def _runs_json() -> dict:
+    from pgvirt.verify.hardware import REPLAY_LABELS
+    return {"native": REPLAY_LABELS[0], "deprivileged": REPLAY_LABELS[1]}
+
+
 def _no_witness(name: str, note: str) -> dict:
     from pgvirt.model import isa
 
@@ -259,11 +337,13 @@ def _no_witness(name: str, note: str) -> dict:
 
 def replay(forms=None, profile=DEFAULT_PROFILE, *, state=None, jobs: int | None = None) -> Result:
     """Each Theorem-1 witness of ``forms`` (default: every violation) replayed on Unicorn,
-    native and deprivileged: confirmed, emulator-deviation or mismatch."""
+    native and deprivileged: confirmed, emulator-deviation or mismatch; under vtx/svm (a Profile
+    with its controls) each hole, and model-only where Unicorn cannot show it."""
     run = replay_run(profile, forms, state=state, jobs=jobs)
     c = run.counts
     summary = (f"[{run.profile}] {len(run.replays)} replays: {c['confirmed']} confirmed, "
-               f"{c['emulator-deviation']} emulator-deviation, {c['mismatch']} mismatch")
+               f"{c['emulator-deviation']} emulator-deviation, {c['mismatch']} mismatch"
+               + (f", {c[MODEL_ONLY]} model-only" if MODEL_ONLY in c else ""))
     return Result("replay", run, summary, lambda: H.replays(run))
 
 

@@ -23,9 +23,11 @@ def replay_table(r, color: bool = True) -> Table:
     """The two runs side by side: model and Unicorn for each; cells where native and deprivileged
     results differ are highlighted, and a Unicorn value that departs from the model is marked:
     by colour, or without colour by a trailing ``*`` and ``!``."""
-    style = {"confirmed": "green", "emulator-deviation": "yellow", "mismatch": "bold red"}[r.outcome]
-    legend = ("[magenta: native and deprivileged differ; reversed: Unicorn departs from the model]"
-              if color else "[*: native and deprivileged differ; !: Unicorn departs from the model]")
+    style = {"confirmed": "green", "emulator-deviation": "yellow", "mismatch": "bold red",
+             "model-only": "cyan"}[r.outcome]
+    one, two = r.labels
+    legend = (f"[magenta: {one} and {two} differ; reversed: Unicorn departs from the model]"
+              if color else f"[*: {one} and {two} differ; !: Unicorn departs from the model]")
     # An emulator-deviation's note is the deviations' names, which their descriptions repeat.
     caption = r.deviation if r.outcome == "emulator-deviation" and r.deviation else \
         r.note + (f"\n{r.deviation}" if r.deviation else "")
@@ -34,7 +36,9 @@ def replay_table(r, color: bool = True) -> Table:
                          style=style),
               caption=Text(caption), caption_justify="left")
     t.add_column("", no_wrap=True)
-    for col in ("native/model", "native/Unicorn", "depriv./model", "depriv./Unicorn"):
+    short = {"native": "native", "deprivileged": "depriv."}
+    for col in (f"{short.get(one, one)}/model", f"{short.get(one, one)}/Unicorn",
+                f"{short.get(two, two)}/model", f"{short.get(two, two)}/Unicorn"):
         t.add_column(col, overflow="fold")
     runs = (r.native, r.deprivileged)
     models = [from_changes_json(x.state, x.prediction) for x in runs]

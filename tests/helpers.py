@@ -48,6 +48,28 @@ def le(value, n):
     return {k: (value >> (8 * k)) & 0xFF for k in range(n)}
 
 
+# --- a flat guest state in VMX non-root operation / SVM guest mode ------------------------------
+def nonroot_machine(extra: dict, cpl=0, **regs) -> dict:
+    """A flat guest state at ``cpl`` that VM entry / VMRUN accepts once ``extra`` adds the
+    profile's own fields (VT-x: CR4.VMXE; SVM: EFER.SVME and GIF): CR0 = PE|ET|NE, flat CS/SS,
+    a 32-bit TSS without an I/O map."""
+    cs, ss = (0x08, 0x10) if cpl == 0 else (0x1B, 0x23)
+    values = dict(cpl=cpl, cs=cs, ss=ss, esp=0x8000, eip=0x100, cr0=0x31,
+                  ss_limit=0xFFFFFFFF, ds_limit=0xFFFFFFFF,
+                  cs_attr=0xC09B | (cpl << 5), ss_attr=0xC093 | (cpl << 5),
+                  tr_attr=0x8B, tr_limit=0x67, caches=1, tlb=1)
+    values.update(extra)
+    values.update(regs)
+    return values
+
+
+def nonroot_run(profile, extra: dict, name: str, vm=None, cpl=0, **regs):
+    """Form ``name`` on ``nonroot_machine`` under ``vm`` (default: the profile's controls)."""
+    from pgvirt.model.form import REGISTRY
+    return REGISTRY[name].execute(nonroot_machine(extra, cpl, **regs), features=profile.features,
+                                  vm=profile.vm if vm is None else vm)
+
+
 # --- outcomes ------------------------------------------------------------------------------------
 def ok(out) -> dict:
     assert isinstance(out, Next), f"expected completion, got {out}"

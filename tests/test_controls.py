@@ -126,3 +126,31 @@ def test_verify_with_a_hole_exits_1_with_the_form(tmp_path):
     assert [v["name"] for v in bad] == ["hlt"]
     assert bad[0]["witness"]["runs_unprivileged"]["guest_outcome"]["changed"]["halted"] == 1
     assert doc["controls"]["primary"]["hlt_exiting"] is False
+
+
+def test_exception_bitmap_bits_and_the_pfec_filter_are_searched():
+    """Set bits of the exception bitmap and a page-fault error-code filter are switched off like
+    any control: #GP to the guest's IDT instead of an exit is harmless for INT n and HLT (proved), and
+    no form of the model raises #PF, so neither bit 14 nor the filter is read by any definition."""
+    c = vmx.from_json({"base": "default", "exception_bitmap": (1 << 13) | (1 << 14),
+                       "pfec_mask": 1, "pfec_match": 1})
+    assert {"exception_13", "exception_14", "pfec_filter"} <= set(controls.candidates(c))
+    s = controls.search(profiles.VTX.with_controls(c), jobs=1, forms=["int_imm", "hlt"])
+    r = _by(s)
+    assert s.baseline == "holds"
+    assert r["exception_13"].verdict == "harmless" and r["exception_13"].reasked == 2   # both #GP
+    for n in ("exception_14", "pfec_filter"):
+        assert r[n].verdict == "harmless" and r[n].reasked == 0 and "no form" in r[n].why
+
+
+def test_window_exiting_is_searched_over_every_form():
+    """Interrupt- and NMI-window exits come before any instruction: switching them off re-asks
+    every form and is harmless for Theorem 1 (proved: the theorem is about what instructions do,
+    and a window exit only adds exits); 'NMI exiting' cannot go while 'virtual NMIs' is set."""
+    c = vmx.from_json({"base": "default", "pin": {"virtual_nmis": True},
+                       "primary": {"interrupt_window_exiting": True, "nmi_window_exiting": True}})
+    s = controls.search(profiles.VTX.with_controls(c), jobs=1, forms=["hlt", "popfd", "sti"])
+    r = _by(s)
+    for n in ("interrupt_window_exiting", "nmi_window_exiting"):
+        assert r[n].verdict == "harmless" and r[n].reasked == 3, r[n]
+    assert r["nmi_exiting"].verdict == "refused" and "virtual NMIs" in r["nmi_exiting"].why

@@ -6,27 +6,20 @@ from __future__ import annotations
 import pytest
 
 from pgvirt.model import profiles, svm
-from pgvirt.model.form import REGISTRY
 from pgvirt.model.outcome import GP, Exit, Fault, Next
 from pgvirt.verify.popek_goldberg import classify, classify_all, theorem
+
+from helpers import nonroot_run
 
 SVM = profiles.SVM
 D = svm.DEFAULT
 
 
-def machine(cpl=0, **regs):
-    """A guest state VMRUN accepts: EFER.SVME = 1, GIF = 1, flat CS/SS at ``cpl``."""
-    cs, ss = (0x08, 0x10) if cpl == 0 else (0x1B, 0x23)
-    values = dict(cpl=cpl, cs=cs, ss=ss, esp=0x8000, eip=0x100, cr0=0x31, efer=svm.EFER_SVME, gif=1,
-                  ss_limit=0xFFFFFFFF, ds_limit=0xFFFFFFFF,
-                  cs_attr=0xC09B | (cpl << 5), ss_attr=0xC093 | (cpl << 5),
-                  tr_attr=0x8B, tr_limit=0x67, caches=1, tlb=1)
-    values.update(regs)
-    return values
+EXTRA = dict(efer=svm.EFER_SVME, gif=1)     # VMRUN needs EFER.SVME; it sets GIF (APM Vol. 2 15.5.1)
 
 
 def run(name, vm=D, cpl=0, **regs):
-    return REGISTRY[name].execute(machine(cpl, **regs), features=SVM.features, vm=vm)
+    return nonroot_run(SVM, EXTRA, name, vm, cpl, **regs)
 
 
 @pytest.mark.parametrize("name, reason, code", [
@@ -57,6 +50,7 @@ def test_smsw_exits_under_the_cr0_read_intercept():
     assert isinstance(run("smsw_r"), Next)
 
 
+@pytest.mark.slow
 def test_theorem_1_holds_over_the_whole_isa():
     res = classify_all(SVM, jobs=2)
     for n in ("1", "3"):

@@ -12,24 +12,21 @@ from pgvirt.model.outcome import GP, Exit, Fault, Next, changes_json, from_chang
 from pgvirt.model.profiles.hardware import ownership
 from pgvirt.verify.popek_goldberg import classify, classify_all, theorem
 
+from helpers import nonroot_machine, nonroot_run
+
 VTX = profiles.VTX
 D = vmx.DEFAULT
-STACK = 0x8000
+
+
+EXTRA = dict(cr4=vmx.CR4_VMXE)      # VM entry needs CR4.VMXE = 1 (SDM Vol. 3C 26.3.1.1)
 
 
 def machine(cpl=0, **regs):
-    """A non-root state VM entry accepts: CR0 = PE|ET|NE, CR4.VMXE, flat CS/SS at ``cpl``."""
-    cs, ss = (0x08, 0x10) if cpl == 0 else (0x1B, 0x23)
-    values = dict(cpl=cpl, cs=cs, ss=ss, esp=STACK, eip=0x100, cr0=0x31, cr4=1 << 13,
-                  ss_limit=0xFFFFFFFF, ds_limit=0xFFFFFFFF,
-                  cs_attr=0xC09B | (cpl << 5), ss_attr=0xC093 | (cpl << 5),
-                  tr_attr=0x8B, tr_limit=0x67, caches=1, tlb=1)
-    values.update(regs)
-    return values
+    return nonroot_machine(EXTRA, cpl, **regs)
 
 
 def run(name, vm=D, cpl=0, **regs):
-    return REGISTRY[name].execute(machine(cpl, **regs), features=VTX.features, vm=vm)
+    return nonroot_run(VTX, EXTRA, name, vm, cpl, **regs)
 
 
 @pytest.mark.parametrize("name, reason, code", [
@@ -102,6 +99,7 @@ def test_ownership_follows_the_controls():
     assert ownership(D.without("external_interrupt_exiting")).mask("sysflags") == 1 << 9
 
 
+@pytest.mark.slow
 def test_theorem_1_holds_over_the_whole_isa():
     res = classify_all(VTX, jobs=2)
     for n in ("1", "3"):
@@ -136,3 +134,116 @@ def test_cr3_store_exiting_is_needed_without_ept():
     with_store = vmx.from_json({"base": "default", "primary": {"cr3_store_exiting": True, "cr3_load_exiting": True},
                                 "secondary": {"enable_ept": False, "unrestricted_guest": False}})
     assert classify("mov_r_cr3", VTX.with_controls(with_store))["privileged"] is True
+
+
+# --- the page-fault error-code mask and match (SDM Vol. 3C 24.6.3, 25.2) -------------------------
+def _pf_probe():
+    """A form (outside the registry: no form of the model pages, so none raises #PF) that
+    faults with #PF, its error code taken from EAX: what the exception bitmap sees of a #PF."""
+    import dataclasses
+
+    from pgvirt.model.outcome import PF
+
+    def semantics(x):
+        x.fault(PF, x.eax, "a page fault (probe)")
+    return dataclasses.replace(REGISTRY["nop"], name="pf_probe", semantics=semantics)
+
+
+def _pf(bitmap, mask, match, code):
+    c = vmx.from_json({"base": "default", "exception_bitmap": bitmap, "pfec_mask": mask, "pfec_match": match})
+    return _pf_probe().execute(machine(eax=code), features=VTX.features, vm=c)
+
+
+@pytest.mark.parametrize("bit14, mask, match, code, exits", [
+    (0, 0, 0, 0x3, False),      # bit 14 clear, every error code "matches" 0/0: never an exit
+    (1, 0, 0, 0x3, True),       # bit 14 set, 0/0: every #PF exits
+    (1, 0x1, 0x1, 0x3, True),   # bit 14 set: exactly the codes with P = 1 exit
+    (1, 0x1, 0x1, 0x2, False),
+    (0, 0x1, 0x1, 0x3, False),  # bit 14 clear: exactly the codes that do not match exit
+    (0, 0x1, 0x1, 0x2, True),
+    (0, 0x6, 0x4, 0x6, True),   # U/S = 1, W/R = 1 against a match of U/S only
+    (1, 0x6, 0x4, 0x4, True),
+])
+def test_page_fault_exits_by_the_error_code_filter(bit14, mask, match, code, exits):
+    """A #PF exits iff bit 14 of the exception bitmap XOR (PFEC AND PFEC_MASK != PFEC_MATCH)."""
+    from pgvirt.model.outcome import PF
+    out = _pf(bit14 << PF, mask, match, code)
+    if exits:
+        assert isinstance(out, Exit) and out.exit_reason == "exception" and out.qualification == PF, out
+    else:
+        assert isinstance(out, Fault) and (out.vector, out.code) == (PF, code), out
+
+
+def test_page_fault_filter_splits_the_symbolic_fault():
+    """On a symbolic error code the one fault becomes an exit where the filter selects the code
+    and the #PF elsewhere, and the form is noted as reading the filter (for the controls search)."""
+    from pgvirt.model import state as st
+    from pgvirt.model.outcome import PF
+    c = vmx.from_json({"base": "default", "exception_bitmap": 1 << PF, "pfec_mask": 1, "pfec_match": 1})
+    o = _pf_probe().run(st.fresh("p"), features=VTX.features, vm=c)
+    assert [(k.vector, k.exit is not None) for k in o.checks] == [(PF, True), (PF, False)]
+    assert {"exception_14", "pfec_filter"} <= o.consulted
+    # on bare hardware: the plain fault, nothing consulted
+    bare = _pf_probe().run(st.fresh("p"), features=VTX.features)
+    assert [(k.vector, k.exit) for k in bare.checks] == [(PF, None)] and not bare.consulted
+
+
+def test_pfec_fields_are_controls_data():
+    c = vmx.from_json({"base": "default", "pfec_mask": "0x5", "pfec_match": 4})
+    assert (c.pfec_mask, c.pfec_match) == (5, 4)
+    assert c.as_json()["pfec_mask"] == "0x00000005" and c.as_json()["pfec_match"] == "0x00000004"
+    off = c.without("pfec_filter")
+    assert (off.pfec_mask, off.pfec_match) == (0, 0)
+    for bad, rule in (({"pfec_mask": 1 << 32}, "pfec_mask 0x100000000 is not a 32-bit value"),
+                      ({"pfec_match": "x"}, "is not a number")):
+        with pytest.raises(vmx.ControlsError) as e:
+            vmx.from_json({"base": "default", **bad})
+        assert rule in str(e.value)
+
+
+# --- interrupt-window and NMI-window exiting (SDM Vol. 3C 25.2) -----------------------------------
+WINDOWS = vmx.from_json({"base": "default", "pin": {"virtual_nmis": True},
+                         "primary": {"interrupt_window_exiting": True, "nmi_window_exiting": True}})
+IRQ_WINDOW = vmx.from_json({"base": "default", "primary": {"interrupt_window_exiting": True}})
+
+
+def test_interrupt_window_exit_comes_before_the_instruction():
+    """IF = 1 (no STI/MOV-SS blocking in a concrete state): the exit comes before anything, even
+    before HLT's CPL #GP; IF = 0: the instruction runs (STI opens the window for the next one)."""
+    IF = 1 << 9
+    for name, cpl in (("nop", 0), ("hlt", 3), ("cli", 0)):
+        out = run(name, vm=IRQ_WINDOW, cpl=cpl, sysflags=IF | 2)
+        assert isinstance(out, Exit) and (out.exit_reason, out.code) == ("interrupt_window", 7), (name, out)
+    out = run("sti", vm=IRQ_WINDOW, sysflags=2)
+    assert isinstance(out, Next) and out.state["sysflags"] & IF
+    assert isinstance(run("nop", vm=D, sysflags=IF | 2), Next)          # off by default
+
+
+def test_nmi_window_exit_without_virtual_nmi_blocking():
+    out = run("nop", vm=WINDOWS, sysflags=2)
+    assert isinstance(out, Exit) and (out.exit_reason, out.code) == ("nmi_window", 8)
+
+
+def test_window_exits_read_the_interruptibility_state_as_free():
+    """The model's state does not hold the interruptibility state: with blocking by STI possible,
+    POPF under interrupt-window exiting can still run without an exit, and it is proved root-mode
+    privileged (the window only adds exits)."""
+    from pgvirt.model import state as st
+    from pgvirt.model.checks import blocking
+    o = REGISTRY["popfd"].run(st.fresh("w"), features=VTX.features, vm=IRQ_WINDOW)
+    first = o.checks[0]
+    assert first.exit is not None and first.exit.exit_reason == "interrupt_window"
+    assert blocking("sti").get_id() in {a.get_id() for a in _atoms(first.fails)}
+    assert "interrupt_window_exiting" in o.consulted
+    assert classify("popfd", VTX.with_controls(IRQ_WINDOW))["privileged"] is True
+
+
+def _atoms(e):
+    import z3
+    out, todo = [], [e]
+    while todo:
+        t = todo.pop()
+        if z3.is_const(t) and t.decl().kind() == z3.Z3_OP_UNINTERPRETED:
+            out.append(t)
+        todo.extend(t.children())
+    return out

@@ -25,6 +25,8 @@ from .solver import DEFAULT_TIMEOUT_MS
 
 # Ownership of these fields' bits can change with a control; derived forms read none of them.
 _DERIVED_READS = {"cr0", "cr4", "xcr0"}
+# Controls whose exits come before any instruction (checks.event_windows): every form reads them.
+_AT_THE_BOUNDARY = {"interrupt_window_exiting", "nmi_window_exiting"}
 
 
 @dataclass
@@ -61,13 +63,21 @@ class Search:
 
 
 def candidates(c) -> list[str]:
-    """The exiting controls / intercepts ``c`` sets (those the search may switch off)."""
+    """The exiting controls / intercepts ``c`` sets (those the search may switch off): the
+    VM-execution controls, the exception bitmap's bits (``exception_V``) and the page-fault
+    error-code filter (``pfec_filter``, when the mask or match is not 0); SVM's instruction,
+    CR, DR and exception intercepts."""
     if isinstance(c, vmx.Controls):
-        return [n for n, k in vmx.CONTROLS.items()
-                if c.on(n) and not (k.group != "secondary" and vmx.DEFAULT1[k.group] >> k.bit & 1)]
+        out = [n for n, k in vmx.CONTROLS.items()
+               if c.on(n) and not (k.group != "secondary" and vmx.DEFAULT1[k.group] >> k.bit & 1)]
+        out += [f"exception_{v}" for v in range(32) if c.exception_bitmap >> v & 1]
+        if c.pfec_mask or c.pfec_match:
+            out.append(vmx.PFEC_FILTER)
+        return out
     out = [n for n in svm.INTERCEPTS if c.on(n)]
     out += [f"cr{n}_{rw}" for rw in ("read", "write") for n in range(16) if c.cr(n, rw == "write")]
     out += [f"dr{n}_{rw}" for rw in ("read", "write") for n in range(16) if c.dr(n, rw == "write")]
+    out += [f"exception_{v}" for v in range(32) if c.exceptions >> v & 1]
     return out
 
 
@@ -135,6 +145,8 @@ class Searcher:
             forms |= set(self.hand)
             if changed & _DERIVED_READS:
                 forms = set(self.names)
+        if set(removed) & _AT_THE_BOUNDARY:
+            forms = set(self.names)
         if not forms:
             return "holds", None, 0
         order = [n for n in self.names if n in forms]

@@ -5,9 +5,11 @@ Mode is root versus non-root; the guest runs at its own CPL on the guest-state a
 24.4), and the monitor owns what ``profiles.hardware.ownership`` lists.  A 32-bit guest without
 paging runs with "unrestricted guest" and EPT (SDM Vol. 3C 26.3.1.1: CR0.PE and PG may then be 0
 in the guest; EPT maps guest-physical memory), the real CR0.NE and CR4.VMXE fixed to 1 and hidden
-behind the read shadows (23.8, 24.6.6).  Without unrestricted guest no unpaged real state passes VM
-entry (``verify.controls`` proves it): the monitor would have to force paging on and hide it
-behind the CR0 shadow, with a page table the model does not run.
+behind the read shadows (23.8, 24.6.6).  Without unrestricted guest VM entry needs CR0.PG = 1: a
+controls file that masks PG with a shadow of 0 is the monitor forcing paging on and hiding it
+behind the CR0 read shadow, an identity page table under linear = physical, as
+``verify.hardware.forced_paging_hidden`` models it; without that mask no unpaged real state passes
+VM entry and every verdict is UNKNOWN, never proved.
 """
 
 from __future__ import annotations
