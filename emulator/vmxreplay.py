@@ -55,23 +55,61 @@ def short(o) -> str:
     return describe(o)
 
 
-def compare(form, state: Mapping, comp, run, res) -> list[str]:
-    """The differences between the model's ``run`` and the oracle's ``res`` (one line each)."""
+@dataclass
+class Verdict:
+    """One state: the differences (one line each), the Bochs entries that explain them, the model
+    bug they are (``deviations.bochs_vmx.MODEL_BUGS``), and those nothing accounts for."""
+
+    differences: list
+    explained_by: list
+    model_bug: str | None
+    unexplained: list
+
+    @property
+    def agrees(self) -> bool:
+        return not self.differences
+
+
+def compare(form, state: Mapping, comp, run, res) -> Verdict:
+    """The model's ``run`` against the oracle's ``res``: exits by basic reason (and the
+    qualification bits ``QUAL_MASKS`` names), faults by vector and error code, completions on
+    every observed field; differences explained by the Bochs tables (``bochs-vmx``, then the
+    protected-mode ``bochs`` one for the instruction's own semantics)."""
+    from . import deviations as D
+    from .deviations import bochs_vmx
     mine, got = run.outcome(), res.outcome
+    diffs: list = []
     if isinstance(mine, Exit) or isinstance(got, Exit):
         if not (isinstance(mine, Exit) and isinstance(got, Exit)):
-            return [f"model: {short(mine)}; bochs: {short(got)}"]
-        if mine.code != got.code:
-            return [f"exit reason: model {mine.exit_reason} ({mine.code}), bochs {got.exit_reason} ({got.code})"]
-        mask = QUAL_MASKS.get(mine.exit_reason)
-        if mine.exit_reason == "exception" and mine.qualification != got.qualification:
-            return [f"exception exit: model vector {mine.qualification}, bochs {got.qualification}"]
-        if mask and mine.qualification is not None and got.qualification is not None \
-                and (mine.qualification ^ got.qualification) & mask:
-            return [f"exit qualification: model {mine.qualification:#x}, bochs {got.qualification:#x} "
-                    f"(bits {mask:#x} compared)"]
-        return []
-    return [str(d) for d in compare_result(form, state, run, res, io_dependent(comp, state, run), "Bochs")]
+            diffs = [D.Diff("outcome", "exit", short(mine), short(got), "Bochs")]
+        elif mine.code != got.code:
+            diffs = [D.Diff("outcome", "exit_reason", mine.exit_reason, got.exit_reason, "Bochs")]
+        elif mine.exit_reason == "exception" and mine.qualification != got.qualification:
+            diffs = [D.Diff("outcome", "exception vector", mine.qualification, got.qualification, "Bochs")]
+        else:
+            mask = QUAL_MASKS.get(mine.exit_reason)
+            if mask and mine.qualification is not None and got.qualification is not None \
+                    and (mine.qualification ^ got.qualification) & mask:
+                diffs = [D.Diff("outcome", "qualification", mine.qualification & mask,
+                                got.qualification & mask, "Bochs")]
+    else:
+        diffs = compare_result(form, state, run, res, io_dependent(comp, state, run), "Bochs")
+    if not diffs:
+        return Verdict([], [], None, [])
+    bug = bochs_vmx.model_bug(form.name, mine, got)
+    if bug:
+        return Verdict([str(d) for d in diffs], [], bug, [])
+    fault = mine if isinstance(mine, Fault) else None
+    obs = D.Observation(form, state, mine if isinstance(mine, (Fault, Exit)) else None,
+                        None if fault or isinstance(mine, Exit) else run.post, got, list(diffs),
+                        {a for arr, a in run.stores if arr == "mem"})
+    used, left = D.base.explain(D.table("bochs-vmx"), obs)
+    if left and not isinstance(got, Exit):
+        # Bochs's own CPU semantics (a fault it raises where the model exits or completes)
+        obs.diffs, obs.model = left, fault
+        more, left = D.base.explain(D.table("bochs"), obs)
+        used += more
+    return Verdict([str(d) for d in diffs], used, None, [str(d) for d in left])
 
 
 @dataclass
@@ -79,7 +117,7 @@ class FormResult:
     form: str
     may_exit: bool                  # the definition builds an exit condition under the controls
     agree: int = 0
-    disagree: list = field(default_factory=list)       # (state, model, bochs, differences)
+    disagree: list = field(default_factory=list)       # (state, model, bochs, Verdict)
     refused: list = field(default_factory=list)         # reasons
     errors: list = field(default_factory=list)
     exits: int = 0                  # states the model makes exit (and Bochs agreed)
@@ -88,7 +126,13 @@ class FormResult:
     def as_json(self) -> dict:
         return {"form": self.form, "may_exit": self.may_exit, "agree": self.agree,
                 "exits_agreed": self.exits, "no_exit_agreed": self.no_exit,
-                "disagree": [{"model": m, "bochs": b, "differences": d} for _, m, b, d in self.disagree],
+                "explained": sum(1 for *_, v in self.disagree if v.explained_by and not v.unexplained),
+                "model_bugs": sum(1 for *_, v in self.disagree if v.model_bug),
+                "unexplained": sum(1 for *_, v in self.disagree if v.unexplained),
+                "disagree": [{"model": m, "bochs": b, "differences": v.differences,
+                              "explained_by": v.explained_by, "model_bug": v.model_bug,
+                              "unexplained": v.unexplained, "state": s}
+                             for s, m, b, v in self.disagree],
                 "refused": len(self.refused), "errors": self.errors}
 
 
@@ -130,9 +174,9 @@ def replay_forms(oracle, names: Sequence[str], samples: int = 20, seed: int = 0,
         if res.outcome is None:
             fr.refused.append(res.refused)
             continue
-        diffs = compare(f, s, comp, run, res)
-        if diffs:
-            fr.disagree.append((s, short(run.outcome()), short(res.outcome), diffs))
+        v = compare(f, s, comp, run, res)
+        if not v.agrees:
+            fr.disagree.append((s, short(run.outcome()), short(res.outcome), v))
         else:
             fr.agree += 1
             if isinstance(run.outcome(), Exit):
@@ -203,12 +247,16 @@ def replay_witnesses(oracle, rows: Sequence[Mapping], profile: profiles.Profile 
         why = next((r.refused or r.error for r in (r_off, r_on) if r.outcome is None), "")
         ok = False
         if not why:
-            d_off = compare(f, s, c_off, m_off, r_off)
-            d_on = compare(f, s, c_on, m_on, r_on)
-            ok = not d_off and not d_on and not isinstance(r_off.outcome, Exit)
+            v_off = compare(f, s, c_off, m_off, r_off)
+            v_on = compare(f, s, c_on, m_on, r_on)
+            ok = not v_off.unexplained and not v_on.unexplained and not v_off.model_bug \
+                and not v_on.model_bug and not isinstance(r_off.outcome, Exit)
+            explained = v_off.explained_by + v_on.explained_by
             if not ok:
-                why = "; ".join([f"{row['control']} off: {d}" for d in d_off]
-                                + [f"default: {d}" for d in d_on]) or "bochs exits with the control off"
+                why = "; ".join([f"{row['control']} off: {d}" for d in v_off.differences]
+                                + [f"default: {d}" for d in v_on.differences]) or "bochs exits with the control off"
+            elif explained:
+                why = "confirmed up to " + ", ".join(dict.fromkeys(explained))
         out.append(WitnessResult(row["control"], f.name, short(r_off.outcome), short(r_on.outcome),
                                  short(m_off.outcome()), short(m_on.outcome()), ok, why))
     return out

@@ -20,7 +20,9 @@ One boot (SDM Vol. 3C chapters 23-27; every address is physical):
    the VM-instruction error number (30.4);
 4. the guest runs one instruction.  The harness adds two things to the profile's controls, both
    observation only: the *monitor trap flag* (25.5.2), so an instruction that completes exits
-   right after it (exit reason 37) with the guest state as it left it; and every exception
+   right after it (exit reason 37) with the guest state as it left it - Bochs 2.7 takes no MTF
+   exit (deviation ``mtf-no-exit``), so the catch after a completion is in fact the INT1 (0xF1)
+   that fills memory and is written at every landing, whose #DB exits; and every exception
    vector in the exception bitmap except those the instruction itself delivers through the
    guest's IDT (25.2), so a fault exits before it is delivered.  A fault whose vector the
    profile's own bitmap does not set is reported as the fault the guest would see; the others
@@ -71,6 +73,7 @@ RECORDS = IMAGE_BASE + 0x14000
 BOOT_RECORD = IMAGE_BASE + 0x5F00
 
 HOST_CR0 = 0x80000031                  # PE, ET, NE, PG
+CR0_CD_NW = (1 << 30) | (1 << 29)
 HOST_CR4 = (1 << 4) | (1 << 13)        # PSE, VMXE
 EPTP = EPT_PML4 | 6 | (3 << 3)         # write-back, a 4-level walk (24.6.11)
 MTF = 1 << vmx.CONTROLS["monitor_trap_flag"].bit
@@ -280,7 +283,7 @@ def kernel() -> Kernel:
     c(b"\xb0\x52"); c.call("send")                                      # 'R'
 
     c.label("after")
-    c(x86.mov_r_imm("esp", KSTACK))
+    c(x86.mov_r_imm("esp", KSTACK), x86.mov_r_imm("eax", HOST_CR0), A.mov_cr_eax(0))
     c(b"\xa1" + d32(v(V_CUR)) + b"\x8b\x70\x0c"); c.call("fill_copied")
     c(b"\xa1" + d32(v(V_CUR)) + b"\x8b\x70\x14"); c.call("fill_runs")
     c(b"\x8b\x35" + d32(v(V_CUR)) + b"\x8b\x36"); c.jmp("record")
@@ -482,6 +485,16 @@ def build_record(case, target: Target, caps: Caps, base: int, case_id: int) -> t
     writes = dict(s["mem"])
     for a in foot:
         writes.setdefault(a, 0)
+    # the catch after a completion is the INT1 (FILL) where the instruction lands: Bochs takes no
+    # MTF exit (deviation mtf-no-exit), so the fall-through, the model's landing and where it
+    # would go were a check skipped get INT1 even where the state has other bytes (they are
+    # outside the footprint: the instruction does not read them)
+    lands = [(code_at + len(code)) & MASK32] + [a & MASK32 for a in getattr(case, "landings", ())]
+    if post is not None:
+        lands.append((post["cs_base"] + post["eip"]) & MASK32)
+    for a in lands:
+        if a not in foot and target.usable(a):
+            writes[a] = FILL
 
     # the vectors the instruction delivers through the guest's IDT stay out of the harness's
     # exception bitmap (its IDT entries are in the footprint); the profile's own bits stay in
@@ -569,6 +582,11 @@ def build_record(case, target: Target, caps: Caps, base: int, case_id: int) -> t
     for n in (0, 1, 2, 3, 6):
         steps.append((sc.here - stub_at, f"MOV DR{n} ({s[f'dr{n}']:#x})"))
         sc(x86.mov_r_imm("eax", s[f"dr{n}"]), x86.mov_dr_eax(n))
+    # VM entry never loads CR0.CD and NW (SDM Vol. 3C 26.3.2.1): the guest runs with root's, so
+    # root takes the guest's before VMLAUNCH ('after' restores its own)
+    cdnw = s["cr0"] & CR0_CD_NW
+    steps.append((sc.here - stub_at, f"MOV CR0 ({HOST_CR0 | cdnw:#x}: the guest's CD/NW)"))
+    sc(x86.mov_r_imm("eax", HOST_CR0 | cdnw), x86.mov_cr_eax(0))
     steps.append((sc.here - stub_at, f"MOV CR2 ({s['cr2']:#x})"))
     sc(x86.mov_r_imm("eax", s["cr2"]), x86.mov_cr_eax(2))
     steps.append((sc.here - stub_at, "loading the general registers"))
