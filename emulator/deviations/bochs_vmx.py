@@ -99,6 +99,29 @@ def _x_priv(o, d):
             and o.model.vector == GP and isinstance(o.emu, Exit) and o.emu.exit_reason == o.name)
 
 
+def _vendor_cases():
+    return [case("svdc_m80_sreg", state(0))]            # 0F 78: VMREAD on an Intel CPU with VMX
+
+
+def _x_vendor(o, d):
+    """The model's #UD for another vendor's instruction whose bytes Bochs's Intel CPU runs as one
+    of its own (0F 78/79 as VMREAD/VMWRITE, which exit; UMOV's 0F 10-13 and EMMI's as SSE/MMX)."""
+    return (o.form.theme == "vendor" and isinstance(o.model, Fault) and o.model.vector == UD
+            and "the processor lacks" in o.model.reason and not (isinstance(o.emu, Fault) and o.emu.vector == UD))
+
+
+_LACKS = ("clzero_a32", "clzero_a16", "movdir64b_a32", "movdir64b_a16")
+
+
+def _lacks_cases():
+    return [case("clzero_a32", state(0, eax=0x6000))]
+
+
+def _x_lacks(o, d):
+    return o.name in _LACKS and isinstance(o.emu, Fault) and o.emu.vector == UD \
+        and not (isinstance(o.model, Fault) and o.model.vector == UD)
+
+
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "mtf-no-exit", "every guest instruction that completes, under 'monitor trap flag'",
@@ -112,6 +135,17 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "the VM exit (xsetbv, invpcid) comes first",
         Repro(_priv_cases, lambda rs: _exit(rs[0], "xsetbv") and _exit(rs[1], "invpcid")),
         explains=_x_priv),
+    Deviation(
+        "vendor-opcodes-reused", "other vendors' instructions (Cyrix SMM/EMMI, UMOV, ...)",
+        "#UD: the vtx profile's processor does not implement them (SDM Vol. 2A 2.4)",
+        "Bochs's Intel CPU gives the bytes meanings of its own: SVDC/RSDC's 0F 78/79 are VMREAD/"
+        "VMWRITE (a VM exit in non-root operation), UMOV's 0F 10-13 and EMMI's SSE/MMX",
+        Repro(_vendor_cases, lambda rs: _exit(rs[0], "vmread")), explains=_x_vendor),
+    Deviation(
+        "cpu-lacks-features", "CLZERO and MOVDIR64B",
+        "they run: the vtx profile's processor has the features (profiles.vtx: umip's and VMX)",
+        "#UD: Bochs's tigerlake does not report CLZERO (an AMD instruction) or MOVDIR64B",
+        Repro(_lacks_cases, lambda rs: _fault(rs[0], UD)), kind="api", explains=_x_lacks),
     Deviation(
         "model-mov-dr-exit-priority", "MOV DR at CPL > 0, and DR4/DR5 with CR4.DE = 1, under "
         "'MOV-DR exiting'",

@@ -482,6 +482,9 @@ def build_record(case, target: Target, caps: Caps, base: int, case_id: int) -> t
             raise UnsupportedState("the instruction turns paging on: the guest has no page tables")
         if post.get("halted"):
             raise UnsupportedState("the instruction halts the guest, and nothing would wake it")
+        if (post["cs_base"] + post["eip"]) & MASK32 == code_at:
+            raise UnsupportedState("the instruction lands on itself (one iteration of a REP): "
+                                   "without an MTF exit (mtf-no-exit) nothing stops the next")
     writes = dict(s["mem"])
     for a in foot:
         writes.setdefault(a, 0)
@@ -493,7 +496,10 @@ def build_record(case, target: Target, caps: Caps, base: int, case_id: int) -> t
     if post is not None:
         lands.append((post["cs_base"] + post["eip"]) & MASK32)
     for a in lands:
-        if a not in foot and target.usable(a):
+        if not target.usable(a):
+            raise UnsupportedState(f"the instruction may land at {a:#x}, outside {target.name}'s "
+                                   "usable RAM, where no INT1 would catch it")
+        if a not in foot:
             writes[a] = FILL
 
     # the vectors the instruction delivers through the guest's IDT stay out of the harness's
@@ -695,14 +701,16 @@ def decode(dec: Decoder, target: Target, frame: T.Frame) -> Reading:
             return Reading(Exit("vmx", "exception", 0, vec,
                                 f"{target.name}: VM exit on {name} (vector {vec} in the exception bitmap)"),
                            "", {}, frozenset())
-        if at_insn or vec != 1 or typ not in (3, 5):
+        if at_insn:
             return Reading(Fault(vec, code, f"{target.name} raised {name} in non-root operation"),
                            "", {}, frozenset())
-        # a trap-like #DB after the instruction completed: the state after it, as at an MTF exit
+        # elsewhere: the instruction completed and what came next exited (the INT1 fill or pad,
+        # a trap-like #DB, a fault of the next instruction): the state after it, as at an MTF exit
     elif basic != MTF_EXIT:
         nm = EXIT_NAMES.get(basic, f"reason{basic}")
         return Reading(Exit("vmx", nm, basic, r["qualification"],
                             f"{target.name}: VM exit {nm} (basic exit reason {basic})"), "", {}, frozenset())
+    caught = f"{vector_name(r['intr_info'] & 0xFF)} exit" if basic == 0 else "MTF exit"
     out = {k: (dict(val) if isinstance(val, dict) else val) for k, val in s.items()}
     for reg in st.GPRS:
         if reg != "esp":
@@ -728,8 +736,7 @@ def decode(dec: Decoder, target: Target, frame: T.Frame) -> Reading:
     for a, b in zip(dec.dumps, p[at:]):
         out["mem"][a] = b
     return Reading(Next(out), "", obs, frozenset(),
-                   f"completed; {'MTF exit' if basic == MTF_EXIT else '#DB trap'} at "
-                   f"{r['cs']:#x}:{r['rip']:#x}")
+                   f"completed; {caught} at {r['cs']:#x}:{r['rip']:#x}")
 
 
 # SDM Vol. 3C 30.4, Table 30-1 (the ones a VMCLEAR/VMPTRLD/VMWRITE/VMLAUNCH can give)
