@@ -130,6 +130,13 @@ def register(sub, commands) -> None:
     r.add_argument("--oracle", metavar="unicorn|bochs|qemu|all",
                    help="replay on these oracles (comma-separated), each with witnesses steered "
                         "clear of its known deviations (default: Unicorn, unsteered)")
+    r.add_argument("--controls", metavar="FILE",
+                   help="vtx: the VMCS controls (JSON, as verify --controls) instead of the default")
+    r.add_argument("--samples", type=_samples, default=20,
+                   help="vtx: drawn non-root states per form (default 20)")
+    r.add_argument("--seed", type=_int0, default=0, help="vtx: the states' seed (default 0)")
+    r.add_argument("--witnesses", metavar="CONTROLS.json",
+                   help="vtx: also replay the witnesses of 'pgvirt controls --profile vtx --format json'")
     commands["replay"] = cmd_replay
 
     c = sub.add_parser("crosscheck", help="cross-check the model against Unicorn on random states")
