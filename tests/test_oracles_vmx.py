@@ -98,7 +98,7 @@ def test_vectors_the_instruction_delivers_stay_out_of_the_exception_bitmap():
 
 
 def test_a_control_the_cpu_cannot_set_is_refused_by_name():
-    haswell = V.Caps(dict(CAPS.msrs, procbased2=0x00047FFF00000000))
+    haswell = V.Caps(dict(CAPS.msrs, procbased2=0x00047FFF00000000, true_procbased=0xF7F9FFFE04006172))
     with pytest.raises(V.UnsupportedState, match="rdseed_exiting"):
         _record("nop", BV.state(0), caps=haswell)
     assert CAPS.refuse(vmx.DEFAULT) is None
@@ -281,3 +281,9 @@ def test_the_controls_witnesses_replay_on_bochs(vm, tmp_path):
     path.write_text(json.dumps({"controls": rows}))
     assert main(["replay", "--profile", "vtx", "--oracle", "bochs", "--samples", "1",
                  "--witnesses", str(path), "--format", "json", "cpuid"]) == 0
+
+
+def test_the_monitor_trap_flag_is_added_only_where_the_cpu_allows_it():
+    haswell = V.Caps(dict(CAPS.msrs, true_procbased=0xF7F9FFFE04006172))
+    _, dec = _record("nop", BV.state(0), caps=haswell)
+    assert _writes(dec)[V.F["primary"]] == vmx.DEFAULT.primary and haswell.mtf() == 0

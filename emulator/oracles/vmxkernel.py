@@ -85,6 +85,7 @@ CAP_MSRS = {0x480: "basic", 0x481: "pinbased", 0x482: "procbased", 0x483: "exit"
             0x48D: "true_pinbased", 0x48E: "true_procbased", 0x48F: "true_exit", 0x490: "true_entry",
             0x491: "vmfunc"}
 ABSENT = 0xDEADBEEF_DEADBEEF           # an RDMSR that raised #GP at boot
+CTLS_MSR = {"pin": "TRUE_PINBASED_CTLS", "primary": "TRUE_PROCBASED_CTLS", "secondary": "PROCBASED_CTLS2"}
 
 # kernel variables beyond testkernel's (VARS + offset)
 V_CUR, V_PHASE = 0, 9
@@ -365,10 +366,14 @@ class Caps:
         m = self.msrs[name]
         return m & MASK32, m >> 32
 
+    def mtf(self) -> int:
+        """The monitor-trap-flag bit if the CPU allows it (the harness adds it then), else 0."""
+        return MTF if self.allowed("primary")[1] & MTF else 0
+
     def refuse(self, c: vmx.Controls) -> str | None:
         """Why this CPU cannot run ``c`` (a bit it fixes the other way), or None."""
         for g in ("pin", "primary", "secondary"):
-            value = getattr(c, g) | (MTF if g == "primary" else 0)
+            value = getattr(c, g)
             if g == "secondary" and not c.primary >> 31 & 1:
                 continue
             must, may = self.allowed(g)
@@ -377,8 +382,7 @@ class Caps:
             if bad:
                 return (f"the CPU cannot set {g} control(s) "
                         + ", ".join(names.get(b, f"bit {b}") for b in range(32) if bad >> b & 1)
-                        + f" (its IA32_VMX_{'PROCBASED_CTLS2' if g == 'secondary' else g.upper()} "
-                          f"allows {may:#x})")
+                        + f" (its IA32_VMX_{CTLS_MSR[g]} allows {may:#x})")
             bad = must & ~value
             if bad:
                 return (f"the CPU fixes {g} control(s) "
@@ -550,7 +554,7 @@ def build_record(case, target: Target, caps: Caps, base: int, case_id: int) -> t
         put(what + " (high)", field + 1, value >> 32)
 
     put("pin-based controls", F["pin"], c.pin)
-    put("primary controls (+ monitor trap flag)", F["primary"], c.primary | MTF)
+    put("primary controls (+ monitor trap flag where allowed)", F["primary"], c.primary | caps.mtf())
     if c.primary >> 31 & 1:
         put("secondary controls", F["secondary"], c.secondary)
     put("exception bitmap (+ the harness's vectors)", F["exception_bitmap"], bitmap)
