@@ -209,7 +209,8 @@ def test_a_few_cases_in_one_boot(vm):
     cd["cr0"] |= 1 << 30
     cases = [BV.case("cpuid", s0), BV.case("in_al_dx", dict(s0, edx=0x3F8)),
              BV.case("mov_r_cr0", cd), BV.case("nop", s3), BV.case("hlt", s3),
-             BV.case("rdtsc", s0), BV.case("mov_r_cr3", dict(s0, cr3=0x1234000))]
+             BV.case("rdtsc", s0), BV.case("mov_r_cr3", dict(s0, cr3=0x1234000)),
+             BV.case("hlt", s0, vmx.DEFAULT.without("hlt_exiting"))]
     res = vm.run(cases)
     assert vm.stats["boots"] == boots + 1
     assert res[0].outcome.exit_reason == "cpuid"
@@ -222,6 +223,9 @@ def test_a_few_cases_in_one_boot(vm):
     assert isinstance(res[4].outcome, Fault) and res[4].outcome.vector == GP      # HLT at CPL 3
     assert res[5].outcome.exit_reason == "rdtsc"
     assert res[6].outcome.state["eax"] == 0x1234000       # EPT: CR3 is the guest's, no exit
+    # without HLT exiting the guest halts; the harness's preemption timer wakes it
+    halted = res[7].outcome.state
+    assert halted["halted"] == 1 and halted["eip"] == s0["eip"] + 1
 
 
 def test_the_bochs_vmx_table_reproduces(vm):

@@ -77,6 +77,8 @@ CR0_CD_NW = (1 << 30) | (1 << 29)
 HOST_CR4 = (1 << 4) | (1 << 13)        # PSE, VMXE
 EPTP = EPT_PML4 | 6 | (3 << 3)         # write-back, a 4-level walk (24.6.11)
 MTF = 1 << vmx.CONTROLS["monitor_trap_flag"].bit
+PREEMPT = 1 << vmx.CONTROLS["vmx_preemption_timer"].bit
+PREEMPT_TICKS = 0x4000                 # long after the one instruction, short for a halted guest
 
 # capability MSRs (SDM Vol. 3C Appendix A)
 CAP_MSRS = {0x480: "basic", 0x481: "pinbased", 0x482: "procbased", 0x483: "exit", 0x484: "entry",
@@ -122,11 +124,12 @@ READ = (("exit_reason", 0x4402), ("qualification", 0x6400), ("intr_info", 0x4404
         ("ss_ar", AR["ss"]), ("cs_ar", AR["cs"]),
         ("gdtr_base", 0x6816), ("gdtr_limit", 0x4810), ("idtr_base", 0x6818), ("idtr_limit", 0x4812),
         ("cr0", 0x6800), ("cr3", 0x6802), ("cr4", 0x6804), ("dr7", 0x681A),
-        ("sysenter_cs", 0x482A), ("sysenter_esp", 0x6824), ("sysenter_eip", 0x6826))
+        ("sysenter_cs", 0x482A), ("sysenter_esp", 0x6824), ("sysenter_eip", 0x6826),
+        ("activity", 0x4826))
 GPR_ORDER = ("edi", "esi", "ebp", "esp_host", "ebx", "edx", "ecx", "eax")    # PUSHAD, low first
 HOST_READ = ("dr0", "dr1", "dr2", "dr3", "dr6", "cr2")
 EXIT_NAMES = {v: k for k, v in vmx.EXIT_REASONS.items()}
-MTF_EXIT, ENTRY_FAIL = 37, 1 << 31
+MTF_EXIT, PREEMPT_EXIT, ENTRY_FAIL = 37, 52, 1 << 31
 # Controls whose structures this harness does not build; a configuration with one is refused.
 NOT_BUILT = ("virtualize_apic_accesses", "enable_pml", "enable_vm_functions", "vmcs_shadowing",
              "encls_exiting", "enable_encls_exiting")
@@ -515,8 +518,9 @@ def build_record(case, target: Target, caps: Caps, base: int, case_id: int) -> t
     if post is not None:
         if post["cr0"] >> st.CR0_PG & 1:
             raise UnsupportedState("the instruction turns paging on: the guest has no page tables")
-        if post.get("halted"):
-            raise UnsupportedState("the instruction halts the guest, and nothing would wake it")
+        if post.get("halted") and not caps.allowed("pin")[1] & PREEMPT:
+            raise UnsupportedState("the instruction halts the guest, and without the VMX-preemption "
+                                   "timer nothing would wake it")
         if (post["cs_base"] + post["eip"]) & MASK32 == code_at:
             raise UnsupportedState("the instruction lands on itself (one iteration of a REP): "
                                    "without an MTF exit (mtf-no-exit) nothing stops the next")
@@ -553,7 +557,11 @@ def build_record(case, target: Target, caps: Caps, base: int, case_id: int) -> t
         put(what, field, value)
         put(what + " (high)", field + 1, value >> 32)
 
-    put("pin-based controls", F["pin"], c.pin)
+    # a guest that halts is woken by the VMX-preemption timer (SDM Vol. 3C 25.5.1): the harness
+    # arms it for such a case only, and reads the activity state it exits in
+    halts = bool(post and post.get("halted"))
+    put("pin-based controls" + (" (+ the VMX-preemption timer)" if halts else ""), F["pin"],
+        c.pin | (PREEMPT if halts else 0))
     put("primary controls (+ monitor trap flag where allowed)", F["primary"], c.primary | caps.mtf())
     if c.primary >> 31 & 1:
         put("secondary controls", F["secondary"], c.secondary)
@@ -573,7 +581,9 @@ def build_record(case, target: Target, caps: Caps, base: int, case_id: int) -> t
         put64("EPT pointer", F["eptp"], EPTP)
     if c.on("enable_vpid"):
         put("VPID", F["vpid"], 1)
-    if c.on("vmx_preemption_timer"):
+    if halts:
+        put("VMX-preemption timer", F["preemption"], PREEMPT_TICKS)
+    elif c.on("vmx_preemption_timer"):
         put("VMX-preemption timer", F["preemption"], 0xFFFFFFFF)
     if c.on("pause_loop_exiting"):
         put("PLE gap", F["ple_gap"], 128)
@@ -671,7 +681,7 @@ def build_record(case, target: Target, caps: Caps, base: int, case_id: int) -> t
 # what the handler observes: the guest-state area gives every register the model compares, so
 # unlike the protected-mode kernel nothing but EFLAGS.RF (a fault's, 27.3.3), the TSC and the
 # performance counters and port values is left out
-OBSERVED = dict(T.OBSERVED_BASE, cr0=MASK32, ldtr=0xFFFF)
+OBSERVED = dict(T.OBSERVED_BASE, cr0=MASK32, ldtr=0xFFFF, halted=1)
 
 
 def observed(target: Target) -> dict[str, int]:
@@ -741,11 +751,15 @@ def decode(dec: Decoder, target: Target, frame: T.Frame) -> Reading:
                            "", {}, frozenset())
         # elsewhere: the instruction completed and what came next exited (the INT1 fill or pad,
         # a trap-like #DB, a fault of the next instruction): the state after it, as at an MTF exit
-    elif basic != MTF_EXIT:
+    elif basic == PREEMPT_EXIT and at_insn and not r["activity"]:
+        return Reading(None, f"{target.name} refuses the state: the VMX-preemption timer expired "
+                             "before the instruction ran", {}, frozenset())
+    elif basic not in (MTF_EXIT, PREEMPT_EXIT):
         nm = EXIT_NAMES.get(basic, f"reason{basic}")
         return Reading(Exit("vmx", nm, basic, r["qualification"],
                             f"{target.name}: VM exit {nm} (basic exit reason {basic})"), "", {}, frozenset())
-    caught = f"{vector_name(r['intr_info'] & 0xFF)} exit" if basic == 0 else "MTF exit"
+    caught = f"{vector_name(r['intr_info'] & 0xFF)} exit" if basic == 0 else \
+        "VMX-preemption timer exit, halted" if basic == PREEMPT_EXIT else "MTF exit"
     out = {k: (dict(val) if isinstance(val, dict) else val) for k, val in s.items()}
     for reg in st.GPRS:
         if reg != "esp":
@@ -762,6 +776,7 @@ def decode(dec: Decoder, target: Target, frame: T.Frame) -> Reading:
         out[n] = r[n]
     for n, val in host.items():
         out[n] = val
+    out["halted"] = int(r["activity"] == 1)            # activity state HLT (24.4.2)
     at = 4 * n_fixed
     obs = observed(target)
     for fname in dec.msr_fields:
