@@ -291,3 +291,36 @@ def test_the_monitor_trap_flag_is_added_only_where_the_cpu_allows_it():
     haswell = V.Caps(dict(CAPS.msrs, true_procbased=0xF7F9FFFE04006172))
     _, dec = _record("nop", BV.state(0), caps=haswell)
     assert _writes(dec)[V.F["primary"]] == vmx.DEFAULT.primary and haswell.mtf() == 0
+
+
+class FakeCorrupt(FakeLaunchFails):
+    """Bochs whose result frames are one byte short, every time."""
+
+    def boot(self, batch):
+        out = T.frame_bytes("B", 0xFFFFFFFF, struct.pack("<III", V.VERSION, 0, 0) + bytes(8 * len(V.CAP_MSRS)))
+        for i in batch.ids:
+            out += T.frame_bytes("R", i, b"\0" * 40)
+        return out + T.frame_bytes("E", 0, b""), ""
+
+
+def test_a_corrupt_frame_is_retried_then_an_oracle_error():
+    fake = FakeCorrupt("vtx")
+    res = fake.run([BV.case("nop", BV.state(0)), BV.case("cpuid", BV.state(0))])
+    assert all(r.outcome is None and "oracle error: corrupt result frame" in r.error for r in res)
+    assert fake.stats["retries"] == 2 and fake.stats["errors"] == 2
+
+
+def test_bochs_without_vmx_and_a_failing_vmlaunch_are_one_line_exit_2(monkeypatch, capsys):
+    bochs()
+    from pgvirt.emulator.oracles import bochs as B
+    monkeypatch.setitem(B.VMX_CPUS, "vtx", "p2_klamath")
+    assert main(["replay", "--profile", "vtx", "--oracle", "bochs", "cpuid"]) == 2
+    monkeypatch.setitem(B.VMX_CPUS, "vtx", "tigerlake")
+
+    def fails(self):
+        raise OracleSetupError("bochs: VMLAUNCH fails (VMfailValid, VM-instruction error 7 (VM entry "
+                               "with invalid control field(s)))")
+    monkeypatch.setattr(BochsVMX, "caps", fails)
+    assert main(["replay", "--profile", "vtx", "--oracle", "bochs", "cpuid"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "has no VMX" in err[0] and "VM-instruction error 7" in err[1]
