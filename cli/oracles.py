@@ -296,6 +296,7 @@ def vmx_replay_report(profile, names: Sequence[str] | None, *, samples: int = 20
     from pgvirt.emulator.oracles.bochs import BochsVMX
     t0 = time.perf_counter()
     b = oracle or BochsVMX(profile.name, controls=profile.vm)
+    caps = b.caps()                 # fails first (no VMX) before the forms are compiled
     exiting = V.exiting_forms(profile.vm, profile)
     names = list(names) if names else exiting
     forms = V.replay_forms(b, names, samples, seed, profile.vm, profile)
@@ -314,7 +315,6 @@ def vmx_replay_report(profile, names: Sequence[str] | None, *, samples: int = 20
                 bugs[d["model_bug"]] = bugs.get(d["model_bug"], 0) + 1
             for i in d["explained_by"]:
                 explained[i] = explained.get(i, 0) + 1
-    caps = b.caps()
     return {"profile": profile.name, "oracle": "bochs", "cpu": b.cpu, "mode": "vmx",
             "controls": profile.vm.name, "samples": samples, "seed": seed,
             "capabilities": caps.as_json(), "forms": rows, "totals": totals,

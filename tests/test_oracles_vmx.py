@@ -324,3 +324,10 @@ def test_bochs_without_vmx_and_a_failing_vmlaunch_are_one_line_exit_2(monkeypatc
     assert main(["replay", "--profile", "vtx", "--oracle", "bochs", "cpuid"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "has no VMX" in err[0] and "VM-instruction error 7" in err[1]
+
+
+def test_make_gives_the_vmx_oracle_for_vtx():
+    bochs()
+    from pgvirt.emulator.oracles import make
+    o = make("bochs", "vtx")
+    assert isinstance(o, BochsVMX) and o.cpu == "tigerlake" and o.controls is profiles.get("vtx").vm

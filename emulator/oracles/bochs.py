@@ -19,7 +19,7 @@ from .fullsystem import IO_UNSAFE, FullSystem
 BINARY = "bochs"
 BIOS = "/usr/share/bochs/BIOS-bochs-latest"
 VGABIOS = "/usr/share/vgabios/vgabios.bin"
-CPUS = {"pentium": "corei7_haswell_4770", "umip": "tigerlake", "vtx": "tigerlake"}
+CPUS = {"pentium": "corei7_haswell_4770", "umip": "tigerlake"}
 SEP = ("sysenter_cs", 0x174), ("sysenter_esp", 0x175), ("sysenter_eip", 0x176)
 # The MSRs a model has (Bochs cpu/cpudb): the P5 has only the TSC; SYSENTER came with the P6
 # (SEP), IA32_TSC_AUX with RDTSCP.
