@@ -293,9 +293,11 @@ def vmx_replay_report(profile, names: Sequence[str] | None, *, samples: int = 20
     ``samples`` drawn non-root states, and each controls witness of ``witnesses`` (rows of
     ``pgvirt controls --format json``) with its control off and on."""
     from pgvirt.emulator import vmxreplay as V
-    from pgvirt.emulator.oracles.bochs import BochsVMX
+    from pgvirt.emulator.oracles.bochs import BochsSVM, BochsVMX
+    from pgvirt.model import svm
     t0 = time.perf_counter()
-    b = oracle or BochsVMX(profile.name, controls=profile.vm)
+    cls = BochsSVM if isinstance(profile.vm, svm.Intercepts) else BochsVMX
+    b = oracle or cls(profile.name, controls=profile.vm)
     caps = b.caps()                 # fails first (no VMX) before the forms are compiled
     exiting = V.exiting_forms(profile.vm, profile)
     names = list(names) if names else exiting
@@ -315,7 +317,7 @@ def vmx_replay_report(profile, names: Sequence[str] | None, *, samples: int = 20
                 bugs[d["model_bug"]] = bugs.get(d["model_bug"], 0) + 1
             for i in d["explained_by"]:
                 explained[i] = explained.get(i, 0) + 1
-    return {"profile": profile.name, "oracle": "bochs", "cpu": b.cpu, "mode": "vmx",
+    return {"profile": profile.name, "oracle": "bochs", "cpu": b.cpu, "mode": b.mode,
             "controls": profile.vm.name, "samples": samples, "seed": seed,
             "capabilities": caps.as_json(), "forms": rows, "totals": totals,
             "model_bugs": bugs, "explained_by": explained,
@@ -334,7 +336,7 @@ def vmx_replay_exit(doc: dict) -> int:
 
 def render_vmx_replay(doc: dict, out: Console) -> None:
     t = doc["totals"]
-    out.print(Text(f"[{doc['profile']}] exit conditions on Bochs's VMX (cpu {doc['cpu']}, controls "
+    out.print(Text(f"[{doc['profile']}] exit conditions on Bochs's {doc['mode'].upper()} (cpu {doc['cpu']}, controls "
                    f"'{doc['controls']}', {doc['samples']} states a form, seed {doc['seed']}, "
                    f"{doc['boots']} boots, {doc['seconds']:.1f} s)", style="bold"))
     tab = Table()
@@ -371,11 +373,9 @@ def render_vmx_replay(doc: dict, out: Console) -> None:
 
 def cmd_replay_vmx(args, out: Console, err: Console, profile) -> int:
     from pgvirt.emulator.oracles.bochs import OracleSetupError
-    from pgvirt.model import isa, svm
-    if isinstance(profile.vm, svm.Intercepts):
-        raise UsageError("replay --profile svm: the test kernel has no SVM mode yet (VT-x only)")
+    from pgvirt.model import isa
     if args.oracle.strip() != "bochs":
-        raise UsageError(f"replay --profile {profile.name} runs on Bochs's VMX only: give --oracle bochs")
+        raise UsageError(f"replay --profile {profile.name} runs on Bochs's VMX/SVM only: give --oracle bochs")
     for n in args.names:
         isa.get(n)
     if args.state:

@@ -1,5 +1,6 @@
 """VT-x claims replayed on Bochs's VMX (``oracles.bochs.BochsVMX``): the forms' VM-exit conditions
-under the vtx profile's controls, and the controls table's witnesses.
+under the vtx profile's controls, and the controls table's witnesses.  The same functions run the
+svm profile on Bochs's SVM (``oracles.bochs.BochsSVM``, the intercepts of ``model/svm.py``).
 
 ``replay_forms``: for each form, concrete non-root states are drawn (``guest_state``), the
 compiled model runs each under the controls (``concrete.compiled(..., vm=controls)``) and Bochs
@@ -21,7 +22,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from pgvirt.model import concrete, isa, profiles, vmx
+from pgvirt.model import concrete, isa, profiles, svm, vmx
 from pgvirt.model import state as st
 from pgvirt.model.outcome import Exit, Fault, Next
 
@@ -33,6 +34,9 @@ from .oracles.protocol import model_case
 # and the access size (Table 27-5; direction, string and REP are not modelled); control-register
 # accesses - the CR number and access type (Table 27-3; the register is not modelled).
 QUAL_MASKS = {"io": 0xFFFF0007, "cr_access": 0x3F}
+# SVM's IOIO EXITINFO1 holds the port in bits 31:16 (APM Vol. 2 15.10.2); its size bits are
+# one-hot (SZ8/16/32), not the model's size - 1
+SVM_QUAL_MASKS = {"ioio": 0xFFFF0000}
 
 
 def guest_state(rng: random.Random, form, profile: profiles.Profile) -> dict:
@@ -41,6 +45,10 @@ def guest_state(rng: random.Random, form, profile: profiles.Profile) -> dict:
     and CR4.VMXE set (SDM Vol. 3C 26.3.1.1, fixed bits), CR4.PCIDE clear (26.3.1.1: 0 unless the
     guest is in IA-32e mode)."""
     s = strategies.generate(strategies.RandomDraw(rng), form, profiles.get("umip"))
+    if isinstance(profile.vm, svm.Intercepts):
+        s["efer"] |= svm.EFER_SVME          # guest mode needs EFER.SVME (APM Vol. 2 15.5.1)
+        s["cr4"] &= ~(1 << st.CR4_PCIDE)
+        return s
     s["cr0"] |= vmx.CR0_NE
     s["cr4"] = (s["cr4"] | vmx.CR4_VMXE) & ~(1 << st.CR4_PCIDE)
     return s
@@ -87,7 +95,7 @@ def compare(form, state: Mapping, comp, run, res) -> Verdict:
         elif mine.exit_reason == "exception" and mine.qualification != got.qualification:
             diffs = [D.Diff("outcome", "exception vector", mine.qualification, got.qualification, "Bochs")]
         else:
-            mask = QUAL_MASKS.get(mine.exit_reason)
+            mask = QUAL_MASKS.get(mine.exit_reason) if mine.kind == "vmx" else SVM_QUAL_MASKS.get(mine.exit_reason)
             if mask and mine.qualification is not None and got.qualification is not None \
                     and (mine.qualification ^ got.qualification) & mask:
                 diffs = [D.Diff("outcome", "qualification", mine.qualification & mask,
@@ -96,14 +104,15 @@ def compare(form, state: Mapping, comp, run, res) -> Verdict:
         diffs = compare_result(form, state, run, res, io_dependent(comp, state, run), "Bochs")
     if not diffs:
         return Verdict([], [], None, [])
-    bug = bochs_vmx.model_bug(form.name, mine, got)
+    bug = None if isinstance(comp.vm, svm.Intercepts) else bochs_vmx.model_bug(form.name, mine, got)
     if bug:
         return Verdict([str(d) for d in diffs], [], bug, [])
     fault = mine if isinstance(mine, Fault) else None
     obs = D.Observation(form, state, mine if isinstance(mine, (Fault, Exit)) else None,
                         None if fault or isinstance(mine, Exit) else run.post, got, list(diffs),
                         {a for arr, a in run.stores if arr == "mem"})
-    used, left = D.base.explain(D.table("bochs-vmx"), obs)
+    used, left = D.base.explain(D.table("bochs-svm" if isinstance(mine, Exit) and mine.kind == "svm"
+                                        or isinstance(comp.vm, svm.Intercepts) else "bochs-vmx"), obs)
     if left and not isinstance(got, Exit):
         # Bochs's own CPU semantics (a fault it raises where the model exits or completes)
         obs.diffs, obs.model = left, fault

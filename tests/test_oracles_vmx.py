@@ -183,10 +183,10 @@ def test_vmlaunch_failing_on_the_harness_is_a_setup_error():
 
 def test_replay_of_other_profiles_and_oracles_is_refused_in_one_line(capsys):
     assert main(["replay", "--profile", "vtx", "--oracle", "qemu"]) == 2
-    assert main(["replay", "--profile", "svm", "--oracle", "bochs"]) == 2
+    assert main(["replay", "--profile", "svm", "--oracle", "unicorn"]) == 2
     assert main(["replay", "--profile", "pentium", "--oracle", "bochs", "--witnesses", "x.json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and "Bochs's VMX only" in err[0] and "no SVM mode" in err[1]
+    assert len(err) == 3 and "Bochs's VMX/SVM only" in err[0] and "hardware profiles" in err[2]
 
 
 # --- on Bochs -----------------------------------------------------------------------------------------
@@ -331,3 +331,32 @@ def test_make_gives_the_vmx_oracle_for_vtx():
     from pgvirt.emulator.oracles import make
     o = make("bochs", "vtx")
     assert isinstance(o, BochsVMX) and o.cpu == "tigerlake" and o.controls is profiles.get("vtx").vm
+
+
+# --- SVM: the test kernel's SVM mode on Bochs's ryzen ------------------------------------------------
+def test_svm_cases_in_one_boot_and_the_bochs_svm_table():
+    bochs()
+    from pgvirt.emulator.deviations import bochs_svm as BS
+    from pgvirt.emulator.oracles.bochs import BochsSVM
+    sv = BochsSVM("svm")
+    caps = sv.caps()
+    assert caps.nested_paging and caps.asids > 1
+    s0, s3 = BS.state(0), BS.state(3)
+    res = sv.run([BS.case("cpuid", s0), BS.case("nop", s3), BS.case("hlt", s3),
+                  BS.case("in_al_dx", dict(s0, edx=0x3F8)), BS.case("rdtsc", s0)] + BS._cr2_cases())
+    assert sv.stats["boots"] == 2                        # the capability probe and one batch
+    assert res[0].outcome.exit_reason == "cpuid" and res[0].outcome.code == 0x72
+    assert isinstance(res[1].outcome, Next) and res[1].outcome.state["eip"] == s3["eip"] + 1
+    assert isinstance(res[2].outcome, Fault) and res[2].outcome.vector == GP
+    assert res[3].outcome.code == 0x7B and res[3].outcome.qualification >> 16 == 0x3F8
+    assert res[4].outcome.exit_reason == "rdtsc"
+    assert BS.DEVIATIONS[0].reproduce.holds(res[5:])      # svm-cr2-not-switched still holds
+
+
+def test_a_cpu_model_without_svm_is_a_setup_error():
+    bochs()
+    from pgvirt.emulator.oracles import bochs as B
+    o = B.BochsSVM("svm", cpu="ryzen")
+    o.cpu = "tigerlake"
+    with pytest.raises(OracleSetupError, match="cpu model tigerlake: the CPU model has no SVM"):
+        o.caps()

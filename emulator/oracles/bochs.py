@@ -180,3 +180,96 @@ class BochsVMX(Bochs):
             if isinstance(r, Result) and r.refused and "(VMfail" in r.refused:
                 raise OracleSetupError(r.refused.replace("refuses the state: ", ""))
         return out
+
+
+# --- AMD SVM: the test kernel's SVM mode (svmkernel) ---------------------------------------------
+# ``ryzen`` has SVM with nested paging (CPUID 8000_000Ah:EDX = 0x44f); so do ``zambezi`` and
+# ``trinity_apu``, ``phenom_8650_toliman`` (0x7); ``turion64_tyler`` has SVM without nested paging.
+SVM_CPUS = {"svm": "ryzen"}
+
+
+class BochsSVM(BochsVMX):
+    """Bochs with every case as the guest of a VMRUN (``svmkernel``) under ``controls`` (default:
+    the svm profile's intercepts)."""
+
+    CPUS = SVM_CPUS
+    mode = "svm"
+    _CAPS: dict = {}
+    MSR_TABLE = dict(MSRS, ryzen=SEP + (("tsc_aux", 0xC0000103), ("tsc", 0x10)))
+
+    def __init__(self, profile: str = "svm", *, controls=None, **options):
+        from pgvirt.model import profiles
+        Bochs.__init__(self, profile, **options)
+        self.controls = controls if controls is not None else profiles.get(profile).vm
+        from . import svmkernel as K
+        self.kernel_version = K.VERSION
+        # the nested page table maps 64 MiB: the usable RAM ends there (Target keeps 1 MiB back)
+        self.target = T.Target(self.name, (K.N_MAPPED * 4 + 1) << 20, self.msrs(self.cpu), IO_UNSAFE)
+
+    @classmethod
+    def cpu_for(cls, profile: str) -> str:
+        if profile not in SVM_CPUS:
+            raise KeyError(f"the SVM oracle runs the svm profile, not {profile!r}")
+        return SVM_CPUS[profile]
+
+    def caps(self):
+        from . import svmkernel as K
+        got = self._CAPS.get(self.cpu)
+        if got is not None:
+            return got
+        stream, why = Bochs.boot(self, K.Batch(K.probe_image(), [], []))
+        frames, parse_why = T.parse(stream)
+        if not frames or frames[0].type != "B":
+            raise OracleSetupError(f"bochs (cpu {self.cpu}) did not boot the SVM kernel: {why or parse_why}")
+        try:
+            caps = K.caps_from_boot(frames[0].payload)
+        except K.SVMUnavailable as e:
+            raise OracleSetupError(f"bochs cpu model {self.cpu}: {e}") from None
+        self._CAPS[self.cpu] = caps
+        return caps
+
+    def build(self, cases, ids):
+        from . import svmkernel as K
+        return K.build_batch(cases, self.target, self.caps(), ids)
+
+    def decode(self, dec, frame):
+        from . import svmkernel as K
+        r = K.decode(dec, self.target, frame)
+        if r.outcome is None and "VMRUN's consistency checks fail" in r.refused:
+            # Bochs logs the check VMRUN failed on ("VMRUN: ..."), one line per failure
+            if self._entry_fails is None:
+                self._entry_fails = [ln.split("VMRUN:", 1)[1].strip()
+                                     for ln in self.log_tail_all().splitlines() if "] VMRUN:" in ln]
+            if self._entry_fails:
+                r.refused += f": {self._entry_fails.pop(0)}"
+        return r
+
+    def boot(self, batch):
+        self._entry_fails = None
+        return Bochs.boot(self, batch)
+
+    def boot_frame(self, frame) -> None:
+        from . import svmkernel as K
+        try:
+            K.caps_from_boot(frame.payload)
+        except K.SVMUnavailable as e:
+            raise OracleSetupError(f"bochs cpu model {self.cpu}: {e}") from None
+
+    def run(self, cases):
+        from dataclasses import replace
+        from . import svmkernel as K
+        self.caps()
+        cases = [cs if cs.controls is not None else replace(cs, controls=self.controls) for cs in cases]
+        groups: dict = {}
+        for i, cs in enumerate(cases):
+            groups.setdefault(K.bitmap_key(cs.controls), []).append(i)
+        out: list = [None] * len(cases)
+        for idx in groups.values():
+            for i, r in zip(idx, FullSystemRun(self, [cases[i] for i in idx])):
+                out[i] = r
+        return out
+
+
+def FullSystemRun(oracle, cases):
+    from .fullsystem import FullSystem
+    return FullSystem.run(oracle, cases)
