@@ -194,6 +194,9 @@ class BochsSVM(BochsVMX):
 
     CPUS = SVM_CPUS
     mode = "svm"
+    # CR4.UMIP, PKE and CET: Bochs's ryzen lacks them, VMRUN refuses a guest CR4 with them
+    # (deviation cpu-lacks-cr4-bits); the replay draws its states without them
+    cr4_lacks = (1 << 11) | (1 << 22) | (1 << 23)
     _CAPS: dict = {}
     MSR_TABLE = dict(MSRS, ryzen=SEP + (("tsc_aux", 0xC0000103), ("tsc", 0x10)))
 
