@@ -20,7 +20,6 @@ from pgvirt.emulator.deviations import base, bochs_vmx as BV, table
 from pgvirt.emulator.oracles import testkernel as T, unavailable, vmxkernel as V
 from pgvirt.emulator.oracles.bochs import BochsVMX, OracleSetupError
 from pgvirt.model import isa, profiles, vmx
-from pgvirt.model import state as st
 from pgvirt.model.outcome import GP, Exit, Fault, Next
 
 # IA32_VMX_* of Bochs 2.7's tigerlake, as its boot frame reports them (docs/oracles.md)

@@ -382,8 +382,8 @@ def build_record(case, target: Target, caps: Caps, base: int, case_id: int) -> t
                          for a, n in T._runs(writes))
     at = stub_end + (-stub_end % 8)
     runs_at = at
-    # the VMCB's bytes go in with the case's memory; fill_copied would put FILL there, so they
-    # are listed in a second copy list the kernel runs too (the VMCB page is zeroed per record)
+    # the VMCB's bytes go in with the case's memory (the page is zeroed first, so what
+    # fill_copied leaves there afterwards does not matter)
     runs_blob = kwrites + runs_blob + d32(0) + d32(0)
     at += len(runs_blob)
     dump_blob = T._table(T._runs(dumps))
