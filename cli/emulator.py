@@ -58,8 +58,6 @@ def cmd_replay(args, out: Console, err: Console) -> int:
     from pgvirt.emulator import replay as R
     from pgvirt.model import isa, profiles
 
-    if args.oracle and args.controls:
-        raise UsageError("--controls replays a configuration's holes on Unicorn only (give no --oracle)")
     if args.oracle:                   # Bochs, QEMU, several: cli/oracles.py
         from .oracles import cmd_replay as on_oracles
         return on_oracles(args, out, err)
@@ -130,7 +128,8 @@ def register(sub, commands) -> None:
     r.add_argument("names", nargs="*", metavar="NAME", help="only these forms")
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.add_argument("--controls", metavar="FILE",
-                   help="vtx/svm: the VMCS controls / VMCB intercepts (JSON) whose holes to replay")
+                   help="vtx/svm: the VMCS controls / VMCB intercepts (JSON, as verify --controls): "
+                        "their holes replayed on Unicorn, or with --oracle bochs the exits on Bochs")
     r.add_argument("--state", metavar="FILE.json",
                    help="replay the pair(s) in this file instead of solving for counterexamples")
     r.add_argument("--timeout-ms", type=positive_int, default=20_000,
@@ -141,6 +140,11 @@ def register(sub, commands) -> None:
     r.add_argument("--oracle", metavar="unicorn|bochs|qemu|all",
                    help="replay on these oracles (comma-separated), each with witnesses steered "
                         "clear of its known deviations (default: Unicorn, unsteered)")
+    r.add_argument("--samples", type=_samples, default=20,
+                   help="vtx: drawn non-root states per form (default 20)")
+    r.add_argument("--seed", type=_int0, default=0, help="vtx: the states' seed (default 0)")
+    r.add_argument("--witnesses", metavar="CONTROLS.json",
+                   help="vtx: also replay the witnesses of 'pgvirt controls --profile vtx --format json'")
     commands["replay"] = cmd_replay
 
     c = sub.add_parser("crosscheck", help="cross-check the model against Unicorn on random states")

@@ -200,8 +200,12 @@ def cmd_replay(args, out: Console, err: Console) -> int:
     from pgvirt.model import isa, profiles
     if not args.profile:
         raise UsageError("give --profile NAME")
-    oracles = _names(args.oracle, UsageError)
     profile = profiles.get(args.profile)
+    if profile.vm is not None:        # vtx (svm refused): the test kernel's VMX mode on Bochs
+        return cmd_replay_vmx(args, out, err, profile)
+    if args.controls or args.witnesses:
+        raise UsageError("--controls and --witnesses apply to the hardware profiles (vtx)")
+    oracles = _names(args.oracle, UsageError)
     for n in args.names:
         isa.get(n)
     if args.state:
@@ -279,3 +283,131 @@ def cmd_crosscheck(args, out: Console, err: Console) -> int:
     else:
         render_crosscheck(rep, out)
     return crosscheck_exit(rep)
+
+
+# --- the vtx profile on Bochs's VMX -------------------------------------------------------------------
+def vmx_replay_report(profile, names: Sequence[str] | None, *, samples: int = 20, seed: int = 0,
+                      witnesses: Sequence[dict] | None = None, oracle=None) -> dict:
+    """The vtx profile's exit conditions on Bochs's VMX (``emulator.vmxreplay``): every form of
+    ``names`` (default: those whose definitions exit under the profile's controls) on
+    ``samples`` drawn non-root states, and each controls witness of ``witnesses`` (rows of
+    ``pgvirt controls --format json``) with its control off and on."""
+    from pgvirt.emulator import vmxreplay as V
+    from pgvirt.emulator.oracles.bochs import BochsSVM, BochsVMX
+    from pgvirt.model import svm
+    t0 = time.perf_counter()
+    cls = BochsSVM if isinstance(profile.vm, svm.Intercepts) else BochsVMX
+    b = oracle or cls(profile.name, controls=profile.vm)
+    caps = b.caps()                 # fails first (no VMX) before the forms are compiled
+    exiting = V.exiting_forms(profile.vm, profile)
+    names = list(names) if names else exiting
+    forms = V.replay_forms(b, names, samples, seed, profile.vm, profile)
+    wit = V.replay_witnesses(b, witnesses, profile) if witnesses else []
+    rows = [f.as_json() for f in forms]
+    for r in rows:
+        r["exits_under_controls"] = r["form"] in exiting
+    keys = ("agree", "explained", "model_bugs", "unexplained", "refused", "exits_agreed", "no_exit_agreed")
+    totals = {k: sum(r[k] for r in rows) for k in keys}
+    totals["errors"] = sum(len(r["errors"]) for r in rows)
+    bugs: dict = {}
+    explained: dict = {}
+    for r in rows:
+        for d in r["disagree"]:
+            if d["model_bug"]:
+                bugs[d["model_bug"]] = bugs.get(d["model_bug"], 0) + 1
+            for i in d["explained_by"]:
+                explained[i] = explained.get(i, 0) + 1
+    return {"profile": profile.name, "oracle": "bochs", "cpu": b.cpu, "mode": b.mode,
+            "controls": profile.vm.name, "samples": samples, "seed": seed,
+            "capabilities": caps.as_json(), "forms": rows, "totals": totals,
+            "model_bugs": bugs, "explained_by": explained,
+            "witnesses": [w.as_json() for w in wit],
+            "witness_counts": {k: sum(w.status == k for w in wit)
+                               for k in ("confirmed", "emulator-deviation", "mismatch", "not-run")},
+            "boots": b.stats["boots"], "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def vmx_replay_exit(doc: dict) -> int:
+    """1 when a state disagrees unexplained, a known model bug showed, or a witness mismatched."""
+    t = doc["totals"]
+    bad = t["unexplained"] or t["model_bugs"] or t["errors"] or doc["witness_counts"]["mismatch"]
+    return 1 if bad else 0
+
+
+def render_vmx_replay(doc: dict, out: Console) -> None:
+    t = doc["totals"]
+    out.print(Text(f"[{doc['profile']}] exit conditions on Bochs's {doc['mode'].upper()} (cpu {doc['cpu']}, controls "
+                   f"'{doc['controls']}', {doc['samples']} states a form, seed {doc['seed']}, "
+                   f"{doc['boots']} boots, {doc['seconds']:.1f} s)", style="bold"))
+    tab = Table()
+    for col in ("form", "agree", "exits", "no exit", "explained", "model bug", "unexplained", "refused"):
+        tab.add_column(col, justify="left" if col == "form" else "right")
+    for r in doc["forms"]:
+        if r["agree"] or r["disagree"]:
+            tab.add_row(r["form"] + (" *" if r["exits_under_controls"] else ""), str(r["agree"]),
+                        str(r["exits_agreed"]), str(r["no_exit_agreed"]), str(r["explained"]),
+                        str(r["model_bugs"]), str(r["unexplained"]), str(r["refused"]))
+    out.print(tab)
+    out.print(Text(f"{t['agree']} states agree ({t['exits_agreed']} same exit, {t['no_exit_agreed']} "
+                   f"completed without an exit), {t['explained']} explained by Bochs's tables, "
+                   f"{t['model_bugs']} known model bugs, {t['unexplained']} unexplained, {t['refused']} "
+                   f"refused, {t['errors']} oracle errors   (* = exits under the controls)"), soft_wrap=True)
+    for k, n in sorted(doc["model_bugs"].items()):
+        out.print(Text(f"  model bug {k}: {n} states", style="yellow"))
+    for k, n in sorted(doc["explained_by"].items()):
+        out.print(Text(f"  explained by {k}: {n} states"))
+    for r in doc["forms"]:
+        for d in r["disagree"]:
+            if d["unexplained"]:
+                out.print(Text(f"  {r['form']}: model {d['model']}, bochs {d['bochs']}: "
+                               + "; ".join(d["unexplained"]), style="bold red"), soft_wrap=True)
+    if doc["witnesses"]:
+        wt = Table(title="controls witnesses: the control off (a hole: no exit) and on")
+        for col in ("control", "form", "off: bochs", "off: model", "on: bochs", "on: model", "status"):
+            wt.add_column(col)
+        for w in doc["witnesses"]:
+            wt.add_row(w["control"], w["form"], w["off"], w["model_off"], w["on"], w["model_on"],
+                       w["status"] + (f" ({w['why']})" if w["why"] else ""))
+        out.print(wt)
+
+
+def cmd_replay_vmx(args, out: Console, err: Console, profile) -> int:
+    from pgvirt.emulator.oracles.bochs import OracleSetupError
+    from pgvirt.model import isa
+    if args.oracle.strip() != "bochs":
+        raise UsageError(f"replay --profile {profile.name} runs on Bochs's VMX/SVM only: give --oracle bochs")
+    for n in args.names:
+        isa.get(n)
+    if args.state:
+        raise UsageError("--state pairs are Theorem-1 counterexamples of the legacy profiles; "
+                         "the vtx replay draws its own states (--samples, --seed)")
+    why = O.unavailable("bochs")
+    if why:
+        raise UsageError(why)
+    if args.controls:
+        from .theorems import load_controls
+        profile = load_controls(profile.name, args.controls)
+    rows = None
+    if args.witnesses:
+        from pgvirt.model.files import InputError, read_regular
+        try:
+            wdoc = json.loads(read_regular(args.witnesses, "witnesses file", 16 << 20))
+            rows = wdoc["controls"]
+            if not isinstance(rows, list):
+                raise TypeError
+        except InputError as e:
+            raise UsageError(str(e)) from None
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"{args.witnesses}: not the JSON of 'pgvirt controls --format json'") from None
+    try:
+        doc = vmx_replay_report(profile, args.names or None, samples=args.samples, seed=args.seed,
+                                witnesses=rows)
+    except OracleSetupError as e:
+        raise UsageError(str(e)) from None
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"{args.witnesses or 'witnesses'}: {e}") from None
+    if args.format == "json":
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        render_vmx_replay(doc, out)
+    return vmx_replay_exit(doc)

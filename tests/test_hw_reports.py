@@ -147,7 +147,7 @@ def test_a_lying_hole_prediction_is_a_mismatch():
     (["--profile", "vtx", "hlt"], "root-mode privileged under the controls 'default'"),
     (["--profile", "vtx", "--state", "{f}"], "--state takes trap-and-emulate pairs"),
     (["--profile", "pentium", "--controls", "{f}"], "--controls applies to the hardware profiles"),
-    (["--profile", "vtx", "--controls", "{f}", "--oracle", "bochs"], "on Unicorn only"),
+    (["--profile", "vtx", "--controls", "{f}", "--oracle", "qemu"], "give --oracle bochs"),
 ])
 def test_bad_hardware_replays_are_one_line(tmp_path, args, words):
     f = tmp_path / "c.json"

@@ -11,7 +11,8 @@ comparison skips the others.  Unicorn (``unicorn``) reads everything but ``machi
 the full-system oracles (``bochs``, ``qemu``: ``testkernel``) do not see hidden segment caches,
 LDTR, CR0.TS, EFLAGS.RF or port values.
 
-``make(name, profile)`` builds one (the CPU model follows the profile), ``unavailable(name)`` says
+``make(name, profile)`` builds one (the CPU model follows the profile; ``bochs`` for ``vtx`` is
+``bochs.BochsVMX``, every case as a VMX guest), ``unavailable(name)`` says
 why it cannot run here (a missing binary, with the command that installs it) or None.
 """
 
@@ -39,7 +40,9 @@ def make(name: str, profile="pentium", **options) -> Oracle:
         from .unicorn import UnicornOracle
         return UnicornOracle(**options)
     if name == "bochs":
-        from .bochs import Bochs
+        from .bochs import VMX_CPUS, Bochs, BochsVMX
+        if pname in VMX_CPUS:           # vtx: the test kernel's VMX mode
+            return BochsVMX(pname, **options)
         return Bochs(pname, **options)
     from .qemu import Qemu
     return Qemu(pname, **options)

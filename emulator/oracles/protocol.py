@@ -5,7 +5,7 @@ not the package, so that the package can import them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from pgvirt.model.outcome import Fault, Next
 
@@ -30,6 +30,7 @@ class Case:
     expect: Fault | Next | None = None
     landings: tuple = ()
     unchecked: Mapping | None = None      # the scalars afterwards were no check to fire
+    controls: Any = None                  # vmx.Controls a VMX-mode case runs under (None: the oracle's)
 
 
 def model_case(form, state: Mapping, run) -> Case:

@@ -36,12 +36,13 @@ paging stays off):
 Frames are ``"PG" type:u8 case:u32 len:u16 payload[len] s1:u32 s2:u32``: ``s1`` the sum of the
 bytes from ``type`` to the end of the payload, ``s2`` the sum of the running ``s1`` (a Fletcher
 sum mod 2**32), so a dropped, repeated or changed byte is noticed.  Types: ``B`` boot, ``R`` a
-result, ``S`` a fault of the stub itself (the emulator refuses the state), ``E`` end of batch.
+result, ``S`` a fault of the stub itself (the emulator refuses the state), ``E`` end of batch; the VMX
+mode (``vmxkernel``) adds ``L`` (a VM instruction failed).
 
 What this harness observes (``OBSERVED``) and what it does not - the hidden segment caches, LDTR,
 CR0.TS and EFLAGS.RF after a task switch, port values - is data, so comparisons skip exactly the
-unobserved fields.  A later VMX/SVM mode replaces steps 3-5 (VMCS/VMCB guest state instead of
-the stub, VM exits instead of task gates) behind the same record and frame format: ``MODES``.
+unobserved fields.  The VMX mode (``vmxkernel``) replaces steps 3-5 (the VMCS guest-state area
+instead of the stub, VM exits instead of task gates) behind the same record and frame format.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from . import x86
 from .x86 import Code, d32, w16
 
 MASK32 = 0xFFFFFFFF
-MODES = ("protected",)          # "vmx", "svm": issue 13's profiles (VM exits instead of task gates)
+MODES = ("protected", "vmx")    # vmx: vmxkernel (VM exits instead of task gates); svm: not yet
 
 # --- where everything lives -----------------------------------------------------------------------
 IMAGE_BASE = 0x100000           # the boot sector copies the whole image here
@@ -252,38 +253,7 @@ def kernel(groups: int = NCATCH // 4) -> Kernel:
     c.label("halt")
     c(A.CLI, A.HLT); c.rel(b"\xeb", "halt", 1)
 
-    # copy_runs: esi -> (addr u32, len u32, bytes) ... until len 0
-    c.label("copy_runs")
-    c(A.LODSD, b"\x89\xc7", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "copy_done")
-    c(A.REP_MOVSB); c.jmp("copy_runs")
-    c.label("copy_done"); c(b"\xc3")
-    # fill_copied: the copy list again (addr, len, bytes) ... : its bytes get FILL back
-    c.label("fill_copied")
-    c(A.LODSD, b"\x89\xc7", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "copied_done")
-    c(b"\x01\xce\xb0" + bytes([FILL]), A.REP_STOSB); c.jmp("fill_copied")   # add esi, ecx
-    c.label("copied_done"); c(b"\xc3")
-    # fill_runs: esi -> (addr, len) ... until len 0: the bytes get FILL back
-    c.label("fill_runs")
-    c(A.LODSD, b"\x89\xc7", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "zero_done")
-    c(b"\xb0" + bytes([FILL]), A.REP_STOSB); c.jmp("fill_runs")
-    c.label("zero_done"); c(b"\xc3")
-    # dump_runs: esi -> (addr, len) ... until len 0; appended at edi
-    c.label("dump_runs")
-    c(A.LODSD, b"\x89\xc3", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "dump_done")
-    c(b"\x56\x89\xde", A.REP_MOVSB, b"\x5e"); c.jmp("dump_runs")
-    c.label("dump_done"); c(b"\xc3")
-
-    # send: al = type, edi = end of the payload at OUTBUF+9
-    c.label("send")
-    c(b"\xa2" + d32(OUTBUF + 2))                                        # type
-    c(b"\xa1" + d32(v(V_CUR)) + b"\x8b\x40\x04\xa3" + d32(OUTBUF + 3))  # case id
-    c(b"\x89\xf8\x2d" + d32(OUTBUF + 9) + b"\x66\xa3" + d32(OUTBUF + 7))   # len
-    c(b"\xbe" + d32(OUTBUF + 2) + b"\x89\xf9\x29\xf1\x31\xdb\x31\xd2")
-    c.label("sum")
-    c(b"\x0f\xb6\x06\x46\x01\xc3\x01\xda\x49"); c.jcc(x86.JNE, "sum")
-    c(b"\x89\xd8", A.STOSD, b"\x89\xd0", A.STOSD)
-    c(b"\x66\xc7\x05" + d32(OUTBUF) + b"PG")
-    c(b"\xbe" + d32(OUTBUF) + b"\x89\xf9\x29\xf1\x66\xba\xe9\x00", A.REP_OUTSB, b"\xc3")
+    routines(c)
 
     # catch: entered by a task switch (the case's exception or its landing pad's #UD)
     for g in range(groups):
@@ -400,6 +370,46 @@ def kernel(groups: int = NCATCH // 4) -> Kernel:
 
 
 KGDT_LIMIT = 4 * 8 - 1
+
+
+def routines(c: Code) -> None:
+    """The kernel's subroutines, shared with the VMX kernel (``vmxkernel``): ``copy_runs``,
+    ``fill_copied``, ``fill_runs``, ``dump_runs`` (the record's lists) and ``send`` (one frame)."""
+    A = x86
+    # copy_runs: esi -> (addr u32, len u32, bytes) ... until len 0
+    c.label("copy_runs")
+    c(A.LODSD, b"\x89\xc7", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "copy_done")
+    c(A.REP_MOVSB); c.jmp("copy_runs")
+    c.label("copy_done"); c(b"\xc3")
+    # fill_copied: the copy list again (addr, len, bytes) ... : its bytes get FILL back
+    c.label("fill_copied")
+    c(A.LODSD, b"\x89\xc7", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "copied_done")
+    c(b"\x01\xce\xb0" + bytes([FILL]), A.REP_STOSB); c.jmp("fill_copied")   # add esi, ecx
+    c.label("copied_done"); c(b"\xc3")
+    # fill_runs: esi -> (addr, len) ... until len 0: the bytes get FILL back
+    c.label("fill_runs")
+    c(A.LODSD, b"\x89\xc7", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "zero_done")
+    c(b"\xb0" + bytes([FILL]), A.REP_STOSB); c.jmp("fill_runs")
+    c.label("zero_done"); c(b"\xc3")
+    # dump_runs: esi -> (addr, len) ... until len 0; appended at edi
+    c.label("dump_runs")
+    c(A.LODSD, b"\x89\xc3", A.LODSD, b"\x89\xc1\x85\xc9"); c.jcc(x86.JE, "dump_done")
+    c(b"\x56\x89\xde", A.REP_MOVSB, b"\x5e"); c.jmp("dump_runs")
+    c.label("dump_done"); c(b"\xc3")
+
+    # send: al = type, edi = end of the payload at OUTBUF+9
+    c.label("send")
+    c(b"\xa2" + d32(OUTBUF + 2))                                        # type
+    c(b"\xa1" + d32(v(V_CUR)) + b"\x8b\x40\x04\xa3" + d32(OUTBUF + 3))  # case id
+    c(b"\x89\xf8\x2d" + d32(OUTBUF + 9) + b"\x66\xa3" + d32(OUTBUF + 7))   # len
+    c(b"\xbe" + d32(OUTBUF + 2) + b"\x89\xf9\x29\xf1\x31\xdb\x31\xd2")
+    c.label("sum")
+    c(b"\x0f\xb6\x06\x46\x01\xc3\x01\xda\x49"); c.jcc(x86.JNE, "sum")
+    c(b"\x89\xd8", A.STOSD, b"\x89\xd0", A.STOSD)
+    c(b"\x66\xc7\x05" + d32(OUTBUF) + b"PG")
+    c(b"\xbe" + d32(OUTBUF) + b"\x89\xf9\x29\xf1\x66\xba\xe9\x00", A.REP_OUTSB, b"\xc3")
+
+
 
 
 def _kernel_segments(c: Code) -> None:
@@ -890,6 +900,11 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
 
 
 # --- frames ------------------------------------------------------------------------------------------
+# B boot, R result, S the stub faulted, E end; the VMX mode's L (a VM instruction failed:
+# VMCLEAR, VMPTRLD, VMWRITE or VMLAUNCH)
+FRAME_TYPES = "BRSEL"
+
+
 class FrameError(ValueError):
     """The emulator's output is not a well-formed frame where one must be."""
 
@@ -940,7 +955,7 @@ def parse(stream: bytes) -> tuple[list[Frame], str]:
         body = stream[at + 2:at + 9 + n]
         if struct.unpack_from("<II", stream, at + 9 + n) != checksum(body):
             return out, f"frame {len(out)} ({ftype}, case {case}) fails its checksum"
-        if ftype not in "BRSE":
+        if ftype not in FRAME_TYPES:
             return out, f"frame {len(out)} has unknown type {ftype!r}"
         out.append(Frame(ftype, case, stream[at + 9:at + 9 + n]))
         at = end
