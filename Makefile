@@ -33,9 +33,12 @@ emulators:
 	bash tests/setup-emulators.sh
 
 # The layering contracts first: an upward import fails the build with the offending line.
+# The tests run on both cores (pytest-xdist; tests/conftest.py keeps each module on one worker
+# unless its tests are independent).
+JOBS    ?= 2
 test: $(STAMP) guests emulators
 	$(BIN)/python tools/lint_imports.py
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/python tools/lint_imports.py

@@ -97,4 +97,10 @@ def main(argv: list[str] | None = None, exit_on_interrupt: bool = False) -> int:
 
 
 def entry() -> None:
-    sys.exit(main(exit_on_interrupt=True))
+    try:
+        rc = main(exit_on_interrupt=True)
+    except KeyboardInterrupt:       # before main's own handler is in place (its first imports)
+        print("pgvirt: interrupted", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    sys.exit(rc)

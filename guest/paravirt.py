@@ -538,7 +538,7 @@ class _Prover:
         if not q.goal:
             return SiteProof(site, "holds", time.perf_counter() - t0,
                              "no field can differ (the goal simplifies to false)")
-        r, hit = decide(lambda cs, ms: sess.check([at] + cs, ms), [], [g for _, g in q.goal],
+        r, hit = decide(lambda cs, ms, rlimit=0: sess.check([at] + cs, ms, rlimit), [], [g for _, g in q.goal],
                         self.timeout)
         dt = time.perf_counter() - t0
         if r.verdict is Verdict.PROVED:

@@ -256,7 +256,7 @@ MODEL_ONLY = "model-only"
 
 def _replay_holes(prof, names, state, jobs, timeout_ms, run_seconds, progress, t0) -> ReplayRun:
     """``replay_run`` under vtx/svm: each hole of the configuration (a Theorem-1 violation of the
-    hardware theorem) solved as a pair the emulator can load (``verify.hardware.hole_witness``)
+    hardware theorem) solved as a pair the emulator can load (``verify.counterexample.hole_witness``)
     and run on Unicorn as two bare runs, the non-root state and the guest's own machine, judged
     by the hole criterion.  ``model-only`` where Unicorn cannot show the hole: the non-root run
     differs from a bare run (VMX/SVM changes the instruction without exiting), or the hole lies
@@ -266,7 +266,6 @@ def _replay_holes(prof, names, state, jobs, timeout_ms, run_seconds, progress, t
     from pgvirt.model.outcome import from_changes_json
     from pgvirt.model.profiles.hardware import ownership
     from pgvirt.verify import counterexample as cx
-    from pgvirt.verify import hardware as hw
 
     if state is not None:
         raise ReplayRequestError(f"--state takes trap-and-emulate pairs (native, deprivileged); under "
@@ -277,10 +276,10 @@ def _replay_holes(prof, names, state, jobs, timeout_ms, run_seconds, progress, t
         why = "undecided" if set(bad) <= set(undecided) else \
             f"root-mode privileged under the controls '{prof.vm.name}'"
         raise ReplayRequestError(f"{', '.join(bad)}: {why} under {prof.name} (no hole to replay)")
-    crit = hw.hole_criterion(ownership(prof.vm))
+    crit = cx.hole_criterion(ownership(prof.vm))
     found = []
     for n in viol:
-        found.append(hw.hole_witness(n, prof, timeout_ms))
+        found.append(cx.hole_witness(n, prof, timeout_ms))
         if progress:
             progress(n)
     replayer = R.Replayer(seconds=run_seconds)
@@ -295,7 +294,7 @@ def _replay_holes(prof, names, state, jobs, timeout_ms, run_seconds, progress, t
             reps.append(_model_only(f["name"], prof.name, w, w["not_bare"]))
             continue
         rep = replayer.replay(f["name"], w, crit, prof.name)
-        rep.labels = hw.REPLAY_LABELS
+        rep.labels = cx.REPLAY_LABELS
         n, d = w["native"], w["deprivileged"]
         seen = crit(n, from_changes_json(n, w["model"]["native"]), d,
                     from_changes_json(d, w["model"]["deprivileged"]), ignore=NOT_HELD)
@@ -322,7 +321,7 @@ def _model_only(name: str, profile: str, w: dict, why: str) -> dict:
 
 
 def _runs_json() -> dict:
-    from pgvirt.verify.hardware import REPLAY_LABELS
+    from pgvirt.verify.counterexample import REPLAY_LABELS
     return {"native": REPLAY_LABELS[0], "deprivileged": REPLAY_LABELS[1]}
 
 

@@ -1,19 +1,71 @@
-"""Shared fixtures: the whole classification is derived once per test session and profile."""
+"""Shared set-up: one classification cache for the run, the whole classification derived once per
+run and profile, and how the run is spread over pytest-xdist's workers."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from pgvirt.verify.popek_goldberg import classify_all
+# Modules whose tests are independent of one another and heavy enough to be worth spreading over
+# the workers one test at a time; every other module runs on one worker, so that its module-scoped
+# fixtures (solved counterexamples, booted machines, scanned guests) are built once, not per worker.
+SPREAD = {"test_notebooks", "test_verify", "test_golden", "test_isa_extensions", "test_monitor_model"}
+
+_OWN_CACHE = "PGVIRT_TEST_CACHE"
+
+
+def pytest_configure(config):
+    """The run's classification cache: a fresh directory (never the user's ~/.cache/pgvirt), made by
+    the controlling process before xdist starts its workers, so that the workers, the CLI
+    subprocesses and the notebook kernels all inherit it through XDG_CACHE_HOME.  Tests that need
+    a cold or damaged cache still set their own."""
+    if hasattr(config, "workerinput"):
+        return
+    root = tempfile.mkdtemp(prefix="pgvirt-test-cache-")
+    config._pgvirt_cache = root
+    os.environ[_OWN_CACHE] = root
+    os.environ["XDG_CACHE_HOME"] = root
+
+
+def pytest_unconfigure(config):
+    root = getattr(config, "_pgvirt_cache", None)
+    if root:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else item.nodeid
+        if module not in SPREAD:
+            item.add_marker(pytest.mark.xdist_group(module))
 
 
 @pytest.fixture(scope="session")
 def classified():
-    """profile name -> list of Classification, every form, derived by Z3 (2 worker processes)."""
-    cache = {}
+    """profile name -> list of Classification (with witnesses) of every hand-written form, in the
+    registry's order: derived by Z3 once per run and profile, through the run's classification
+    cache, so that the other xdist worker, the CLI and the notebooks read what one solved (a lock
+    keeps two workers from solving the same profile at once)."""
+    from pgvirt.model import isa
+    from pgvirt.verify.cache import ClassificationCache, classifications
+
+    names = [f.name for f in isa.FORMS]
+    root = Path(os.environ.get(_OWN_CACHE) or tempfile.mkdtemp(prefix="pgvirt-test-cache-"))
+    cache = ClassificationCache(root / "pgvirt")
+    got: dict[str, list] = {}
 
     def get(profile: str):
-        if profile not in cache:
-            cache[profile] = classify_all(profile, jobs=2)
-        return cache[profile]
+        if profile not in got:
+            with open(root / f"{profile}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                known, _ = classifications(profile, names, cache=cache, jobs=2, witnesses=True)
+            got[profile] = [known[n] for n in names]
+        return got[profile]
 
     return get
 

@@ -49,9 +49,17 @@ def test_ctrl_c_on_verify_leaves_no_report(tmp_path, jobs):
     assert not junit.exists() and not list(tmp_path.glob(".pgvirt-*"))
 
 
-def _pgvirt(*args) -> subprocess.CompletedProcess:
+def test_ctrl_c_while_the_command_line_loads(tmp_path):
+    """Interrupted among its first imports (z3, the model): one line and 130, no traceback of
+    the import it cut short (a regression: a loaded machine made the tests above hit it)."""
+    rc, err, _ = _interrupt(["verify", "--all-profiles"], 0.05, tmp_path)
+    assert rc == 130 and err == "pgvirt: interrupted\n", (rc, err)
+
+
+def _pgvirt(*args, env=None) -> subprocess.CompletedProcess:
+    """One command; a command that blocks (on a FIFO, say) fails the test by the timeout."""
     return subprocess.run([sys.executable, "-m", "pgvirt", *map(str, args)], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=120, env=env)
 
 
 def _one_line(p: subprocess.CompletedProcess, needle: str) -> None:
@@ -62,21 +70,21 @@ def _one_line(p: subprocess.CompletedProcess, needle: str) -> None:
 def test_fifos_and_devices_are_refused_at_once(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    t0 = time.perf_counter()
     _one_line(_pgvirt("scan", fifo), "is a FIFO")
     _one_line(_pgvirt("scan", "/dev/zero"), "is a character device")
     _one_line(_pgvirt("scan", tmp_path), "is a directory")
     _one_line(_pgvirt("check-patch", "/dev/zero", "--manifest", fifo), "is a FIFO")
     _one_line(_pgvirt("replay", "--state", fifo), "is a FIFO")
     _one_line(_pgvirt("scan", "/boot/invaders.exec", "--symbols", fifo), "is a FIFO")
-    assert time.perf_counter() - t0 < 30      # none of them blocked on the FIFO
 
 
 def test_unwritable_outputs_fail_before_any_work(tmp_path):
-    t0 = time.perf_counter()
-    _one_line(_pgvirt("verify", "--junit", tmp_path / "no" / "j.xml"), "no such directory")
-    _one_line(_pgvirt("patch", "/boot/invaders.exec", "-o", tmp_path), "is a directory")
-    assert time.perf_counter() - t0 < 20      # refused before solving (verify takes ~10 s)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache))
+    _one_line(_pgvirt("verify", "--junit", tmp_path / "no" / "j.xml", env=env), "no such directory")
+    _one_line(_pgvirt("patch", "/boot/invaders.exec", "-o", tmp_path, env=env), "is a directory")
+    # refused before solving: nothing was classified, so no classification was stored
+    assert not [p for p in cache.rglob("*.json")], sorted(cache.rglob("*"))
 
 
 def test_crosscheck_sample_count_is_bounded():

@@ -121,10 +121,11 @@ def test_compiler_refuses_operators_it_does_not_know():
 
 # --- the quick sweep --------------------------------------------------------------------------------
 def test_quick_sweep_every_form_nothing_unexplained():
-    rep = C.crosscheck(FORMS, samples=60, seed=1, jobs=2)
+    # 30 states a form here; `make crosscheck` sweeps >= 100,000 (the slow tests below)
+    rep = C.crosscheck(FORMS, samples=30, seed=1, jobs=2)
     assert rep.unexplained == 0, [(f.form, f.examples) for f in rep.forms if f.unexplained]
     for f in rep.forms:
-        assert f.checks >= 20, (f.form, f.skipped)     # states outside assumptions are rare
+        assert f.checks >= 10, (f.form, f.skipped)     # states outside assumptions are rare
     used = {i for f in rep.forms for i in f.by_deviation}
     # the sweep meets the deviations it should (they explain real disagreements)
     assert {"push-sreg-dword", "io-permission-unchecked", "int-no-transfer", "rdpmc-inverted",

@@ -133,13 +133,13 @@ def test_a_lying_hole_prediction_is_a_mismatch():
     from pgvirt.emulator import replay as R
     from pgvirt.model import vmx
     from pgvirt.model.profiles.hardware import ownership
-    from pgvirt.verify import hardware as hw
+    from pgvirt.verify import counterexample as cx
     c = vmx.from_json(HOLES)
-    found = hw.hole_witness("hlt", profiles.VTX.with_controls(c))
+    found = cx.hole_witness("hlt", profiles.VTX.with_controls(c))
     w = found["witness"]
     assert found["verdict"] == "found" and w["as_bare"] and w["criterion"] == ["changes monitor-owned halted"]
     w["model"]["deprivileged"] = {"fault": False, "changed": {"eip": w["deprivileged"]["eip"] + 1}}
-    rep = R.Replayer().replay("hlt", w, hw.hole_criterion(ownership(c)), "vtx")
+    rep = R.Replayer().replay("hlt", w, cx.hole_criterion(ownership(c)), "vtx")
     assert rep.outcome == "mismatch"
 
 

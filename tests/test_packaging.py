@@ -22,7 +22,7 @@ def test_wheel_contains_only_the_pgvirt_package(tmp_path):
         assert f"pgvirt/{sub}/__init__.py" in names
     assert "pgvirt/model/isa/transfers.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "pgvirt = pgvirt.cli.main:entry" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "pgvirt = pgvirt.__main__:entry" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
 _TOP = {"pgvirt.report", "pgvirt.cli", "pgvirt.notebook"}

@@ -43,7 +43,9 @@ from pgvirt.model import isa, profiles
 from pgvirt.model import state as st
 from pgvirt.model.form import Form
 from pgvirt.model.outcome import Fault, Next, Outcome, from_changes_json
+from pgvirt.model.derived import registry
 from pgvirt.model.profiles import Profile
+from pgvirt.model.profiles.hardware import Ownership, ownership
 
 from .popek_goldberg import (Engine, Query, relocated, system_writes, tidy_memory, tidy_state,
                              visible_differs_concrete, visible_parts)
@@ -363,3 +365,138 @@ def violations(profile: Profile | str, forms=None, jobs: int | None = None,
     known, _ = classifications(profile, names, jobs=jobs, timeout_ms=timeout_ms)
     th = theorem("1", [known[n] for n in names])
     return [c.form.name for c in th.violations], [c.form.name for c in th.undecided]
+
+
+# --- replay: a hole as a pair of states the emulator can run ------------------------------------
+#
+# Unicorn has no VMX or SVM: it runs an instruction on a state as bare hardware does.  A non-root
+# run WITHOUT an exit is that bare run of the real state, except where VMX/SVM changes what the
+# instruction does without exiting (SDM Vol. 3C 25.3: the CR0/CR4 read shadows and the bits the
+# masks keep, the TSC offset, the #UD of a secondary control's instruction).  So a hole replays as
+# two bare runs: the non-root state as the processor holds it (the replay's ``deprivileged``
+# side), and the guest's own machine (its ``native`` side).  Where the model's non-root run of
+# the witness differs from its bare run, the emulator cannot show it, and the replay says so.
+
+REPLAY_LABELS = ("guest's own machine", "non-root")
+
+
+def hole_witness(form: Form | str, profile: Profile, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> dict:
+    """Solve for a hole of ``form`` under ``profile`` within what the emulator can load (the
+    placement and loadability constraints of trap-and-emulate replays,
+    ``replayable``).  JSON: ``verdict`` found / none / unknown, ``witness`` with
+    ``native`` (the guest's own machine), ``deprivileged`` (the non-root state), ``model`` (each
+    run's outcome), ``as_bare`` (the model's non-root run of the state equals its bare run, so the
+    emulator's run of it stands for the non-root run) and ``criterion``."""
+    import dataclasses
+
+    from pgvirt.model.outcome import from_changes_json
+
+    form = registry.get(form) if isinstance(form, str) else form
+    from .hardware import HwEngine
+
+    eng = HwEngine(form, profile, timeout_ms)
+    qs = eng.queries()
+    s, n, o, on = eng.s, eng.n, eng.o, eng.on
+    extra = (replayable(s) + replayable(n) + _placed(s) + _placed(n)
+             + _inside(ad for arr, ad in list(o.loads + o.stores + on.loads + on.stores) if arr == "mem"))
+    out = {"name": form.name, "asm": form.asm, "verdict": "none", "witness": None,
+           "note": "no replayable hole: every non-root run exits or matches the guest's own machine"}
+    for key in ("control", "mode"):
+        q = dataclasses.replace(qs[key], constraints=qs[key].constraints + extra)
+        r, chosen = eng.solve(q)
+        if r.verdict is Verdict.UNKNOWN:
+            out.update(verdict="unknown", note=r.reason or "solver gave no answer")
+            continue
+        if r.verdict is not Verdict.REFUTED:
+            continue
+        w, _ = eng.witness(q, r, chosen, readable=True)
+        g, nat = w["guest"], w["native"]
+        both = dict(g["mem"]) | dict(nat["mem"])
+        g["mem"], nat["mem"] = dict(sorted(both.items())), dict(sorted(both.items()))
+        nonroot = form.execute(g, features=profile.features, vm=profile.vm)
+        bare = form.execute(g, features=profile.features)
+        same = nonroot == bare and _bare_everywhere(form, g, profile, timeout_ms)
+        wit = {"native": nat, "deprivileged": g,
+               "model": {"native": w["native_outcome"], "deprivileged": w["guest_outcome"]},
+               "as_bare": same, "hole": key}
+        if not same:
+            shown = (f" ({_line(g, nonroot)}, bare: {_line(g, bare)})" if nonroot != bare else
+                     " (they differ in what the model leaves free: the host processor answering)")
+            wit["not_bare"] = (f"the non-root run is not the bare run of the same state{shown}: VMX/SVM "
+                               "changes the instruction without an exit (read shadows, TSC offset, a "
+                               "disabled instruction's #UD, the host processor answering), which one "
+                               "emulator without VMX/SVM cannot show")
+        crit = hole_criterion(ownership(profile.vm))
+        wit["criterion"] = crit(nat, from_changes_json(nat, wit["model"]["native"]),
+                                g, from_changes_json(g, wit["model"]["deprivileged"]))
+        out.update(verdict="found", witness=wit, note="; ".join(wit["criterion"]))
+        return out
+    return out
+
+
+def _bare_everywhere(form: Form, g: dict, profile: Profile, timeout_ms: int) -> bool:
+    """Whether the non-root run of the concrete state ``g`` is its bare run whatever the model
+    leaves free (the processor's answers: CPUID, RDRAND...): UNSAT of a difference in the
+    outcome or in any field either run writes."""
+    from .solver import check
+    s = st.concrete(g)
+    a = form.run(s, features=profile.features, vm=profile.vm)
+    b = form.run(s, features=profile.features)
+    names = sorted(set(a.effects) | set(b.effects))
+    differ = z3.Or(a.faults != b.faults,
+                   z3.And(z3.Not(a.faults), z3.Or([a.post[n] != b.post[n] for n in names] or [False])))
+    return check([a.assumed, b.assumed, differ], timeout_ms).verdict is Verdict.PROVED
+
+
+def _line(pre: dict, res) -> str:
+    from pgvirt.model.outcome import Next
+    if not isinstance(res, Next):
+        return str(res)
+    ch = {k: v for k, v in res.state.items() if k not in ("mem", "io") and pre.get(k) != v}
+    return ", ".join(f"{k}={v:#x}" for k, v in sorted(ch.items())) or "no register change"
+
+
+def hole_criterion(own: Ownership):
+    """The hole criterion on concrete results, as ``owned_changes``, ``visible_parts`` and
+    ``guest_state_parts`` state it on terms: ``criterion(native, native_res, dep, dep_res,
+    ignore=())`` with ``native`` the guest's own machine and ``dep`` the non-root state; the
+    reasons it holds (empty: it does not).  ``ignore``: fields whose values are not observed."""
+    from pgvirt.model.outcome import Exit, Fault, Next
+
+    def criterion(native, native_res, dep, dep_res, ignore=()) -> list[str]:
+        if dep_res is None or isinstance(dep_res, Exit):
+            return []
+        reasons = []
+        if isinstance(dep_res, Next):
+            changed = []
+            for name, mask, _ in own.fields:
+                f = st.FIELD[name]
+                if name in ignore or f.index_width:
+                    continue
+                if (dep_res.state[name] ^ dep[name]) & mask & ((1 << f.width) - 1):
+                    changed.append(name)
+            for port, v in dep_res.state.get("io", {}).items():
+                if port in own.io_ports and v != dep["io"].get(port, 0):
+                    changed.append(f"io[{port:#x}]")
+            if changed:
+                reasons.append("changes monitor-owned " + ", ".join(sorted(set(changed))))
+        if isinstance(native_res, (Fault, Next)) and visible_differs_concrete(native, native_res, dep, dep_res):
+            reasons.append("visible result differs from the guest's own machine")
+        if isinstance(native_res, Next) and isinstance(dep_res, Next):
+            diff = []
+            for name in st.systems():
+                f = st.FIELD[name]
+                if f.index_width or name == "cpl" or name in ignore:
+                    continue
+                width = (1 << f.width) - 1
+                sm, sv = own.shadow(name)
+                g = width & ~own.mask(name) & ~sm
+                a, b = dep_res.state[name], native_res.state[name]
+                if name == "tsc" and own.tsc_offset is not None:
+                    a = (a + own.tsc_offset) & width
+                if (a ^ b) & g or (sm and b & sm != sv):
+                    diff.append(name)
+            if diff:
+                reasons.append("guest-owned system state differs: " + ", ".join(diff))
+        return reasons
+    return criterion

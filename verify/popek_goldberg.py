@@ -153,9 +153,9 @@ class Engine:
             self.session = Session(self.wf, timeout_ms)
             self._scoped = []
 
-    def check(self, constraints: list, timeout_ms: int) -> Result:
+    def check(self, constraints: list, timeout_ms: int, rlimit: int = 0) -> Result:
         """Constraints are checked together with the form's shared ones (``self.wf``)."""
-        return self.session.check(self._scoped + constraints, timeout_ms)
+        return self.session.check(self._scoped + constraints, timeout_ms, rlimit)
 
     def run(self, s) -> Outcome:
         return self.form.run(s, features=self.profile.features)
