@@ -300,6 +300,17 @@ def eval_many(model: z3.ModelRef, terms: list) -> list[int]:
     return out
 
 
+_LAST_MODEL: list = [None, frozenset()]     # a witness reads several states from one model
+
+
+def _mentioned(model: z3.ModelRef) -> frozenset[str]:
+    """The names of the constants and functions ``model`` interprets (kept for the last model:
+    the states of one witness and their outcomes are read from the same one)."""
+    if _LAST_MODEL[0] is not model:
+        _LAST_MODEL[:] = [model, frozenset(d.name() for d in model.decls())]
+    return _LAST_MODEL[1]
+
+
 def evaluate(s: State, model: z3.ModelRef, addresses: Mapping[str, set] | None = None,
              known: tuple["State", dict] | None = None) -> dict:
     """Read a state out of a Z3 model as plain integers.
@@ -321,7 +332,7 @@ def evaluate(s: State, model: z3.ModelRef, addresses: Mapping[str, set] | None =
         free = None if f.index_width else _free_const(term)
         if free is not None:
             if mentioned is None:
-                mentioned = {d.name() for d in model.decls()}
+                mentioned = _mentioned(model)
             if free not in mentioned:
                 out[f.name] = 0
                 continue
