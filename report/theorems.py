@@ -127,15 +127,19 @@ def _by_kind(results) -> str:
     return f"{k['hand_written']:,} hand-written" + (f" + {k['derived']:,} derived" if k["derived"] else "")
 
 
+def _kinds_of(violations) -> str:
+    return f": {_by_kind(violations)}" if violations else ""
+
+
 def summary(per_profile: Iterable[tuple[str, list[Classification]]], seconds: float) -> str:
     """One line per run: each profile's verdicts with their violations by kind, then the forms
     the theorems ranged over."""
     parts, forms = [], None
     for pname, results in per_profile:
         t1, t3 = theorem("1", results), theorem("3", results)
-        parts.append(f"{pname}: Theorem 1 {t1.verdict} ({len(t1.violations)} violations: "
-                     f"{_by_kind(t1.violations)}), Theorem 3 {t3.verdict} ({len(t3.violations)}: "
-                     f"{_by_kind(t3.violations)})")
+        parts.append(f"{pname}: Theorem 1 {t1.verdict} ({len(t1.violations)} violations"
+                     f"{_kinds_of(t1.violations)}), Theorem 3 {t3.verdict} ({len(t3.violations)}"
+                     f"{_kinds_of(t3.violations)})")
         forms = results
     over = f" over {len(forms):,} forms ({_by_kind(forms)})" if forms else ""
     return "; ".join(parts) + over + f"  [{seconds:.1f} s]"
