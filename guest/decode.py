@@ -9,8 +9,8 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from pgvirt.decoder import (INVALID, MAX_INSN, UNDECODABLE, asm, code_name, code_names, decoder, mnemonic,
-                            one as _one, text, text_of as _text_of)
+from pgvirt.decoder import (INVALID, MAX_INSN, OPTIONS, UNDECODABLE, asm, code_name, code_names, decoder,
+                            mnemonic, one as _one, text, text_of as _text_of)  # noqa: F401 (re-exported)
 
 from .image import Guest, Section
 

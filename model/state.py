@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import z3
+from z3.z3 import _to_expr_ref   # the wrapper z3.substitute returns its result in
 
 USER = "user"
 SYSTEM = "system"
@@ -221,6 +222,28 @@ def fresh(prefix: str = "s") -> State:
         if not f.index_width:
             _FRESH[c.get_id()] = (c, f"{prefix}.{f.name}")
     return State(out)
+
+
+def substitution(a: State, b: State):
+    """The function taking a term over ``a``'s fields to the same term over ``b``'s: each field
+    ``a`` holds a constant for (as ``fresh`` makes them) and ``b`` another term for is replaced,
+    all at once (Z3's simultaneous substitution, the arrays built once for every term)."""
+    pairs = [(a.values[f.name], b.values[f.name]) for f in FIELDS
+             if not a.values[f.name].eq(b.values[f.name])]
+    for x, _ in pairs:
+        if not z3.is_const(x):
+            raise ValueError(f"{x} is not a constant: only a fresh state's fields can be replaced")
+    n = len(pairs)
+    if not n:
+        return lambda t: t
+    ctx = pairs[0][0].ctx
+    frm, to = (z3.Ast * n)(), (z3.Ast * n)()
+    for i, (x, y) in enumerate(pairs):
+        frm[i], to[i] = x.as_ast(), y.as_ast()
+
+    def sub(t, _keep=pairs):            # _keep: the terms the arrays point at stay alive
+        return _to_expr_ref(z3.Z3_substitute(ctx.ref(), t.as_ast(), n, frm, to), ctx)
+    return sub
 
 
 def concrete(values: Mapping[str, Any]) -> State:

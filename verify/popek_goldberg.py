@@ -100,6 +100,8 @@ class Frame:
     tidy_s: list
     tidy_u: list
     tidy_r: list
+    to_u: Any = None     # a term over s -> the same term over u (``state.substitution``)
+    to_r: Any = None
 
 
 _FRAMES: dict[Profile, Frame] = {}
@@ -113,7 +115,8 @@ def frame(profile: Profile) -> Frame:
         r = relocated(s, profile, "r")
         (ds, es), (du, eu), (dr, er) = (profiles.deprivileged(x, profile) for x in (s, u, r))
         f = Frame(s, u, r, *(profiles.wellformed(x, profile) for x in (s, u, r)), ds, du, dr,
-                  es, eu, er, *(tidy_state(x) for x in (s, u, r)))
+                  es, eu, er, *(tidy_state(x) for x in (s, u, r)), st.substitution(s, u),
+                  st.substitution(s, r))
         _FRAMES[profile] = f
     return f
 
@@ -139,7 +142,14 @@ class Engine:
         self.form, self.profile, self.timeout = form, profile, timeout_ms
         fr = self.frame = frame(profile)
         self.s, self.u, self.r = fr.s, fr.u, fr.r
-        self.o, self.ou, self.orr = self.run(fr.s), self.run(fr.u), self.run(fr.r)
+        self.o = self.run(fr.s)
+        if registry.is_derived(form.name):
+            # A derived form's twins are its run on s with the twin's terms substituted
+            # (``Outcome.substituted``): the same formulas as running it twice more, built
+            # without re-executing the definition (most of a derived form's cost).
+            self.ou, self.orr = self.o.substituted(fr.u, fr.to_u), self.o.substituted(fr.r, fr.to_r)
+        else:
+            self.ou, self.orr = self.run(fr.u), self.run(fr.r)
         self.wf = [fr.wf_s, self.o.assumed]
         self.dep_s, self.extra_s = fr.dep_s, fr.extra_s
         self.dep_u, self.extra_u = fr.dep_u, fr.extra_u
