@@ -1,27 +1,21 @@
-"""Decoding guest code with iced-x86, the decoder whose tables the model's codes come from: a
-linear sweep of the executable sections, restarting at every code symbol as ``objdump -d``
-does; undecodable bytes come one by one as ``UNDECODABLE``, each with its address."""
+"""Decoding guest code with iced-x86 (``pgvirt.decoder``), the decoder whose tables the model's
+codes come from: a linear sweep of the executable sections, restarting at every code symbol as
+``objdump -d`` does; undecodable bytes come one by one as ``UNDECODABLE``, each with its address."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from operator import attrgetter
 from typing import Iterator, NamedTuple
 
-import iced_x86 as iced
 import numpy as np
+
+from pgvirt.decoder import (INVALID, MAX_INSN, OPTIONS, UNDECODABLE, asm, code_name, code_names, decoder,
+                            mnemonic, one as _one, text, text_of as _text_of)  # noqa: F401 (re-exported)
 
 from .image import Guest, Section
 
-__all__ = ["Insn", "decode", "asm", "code_name", "UNDECODABLE", "MAX_INSN", "INVALID"]
+__all__ = ["Insn", "decode", "asm", "text", "mnemonic", "code_name", "UNDECODABLE", "MAX_INSN", "INVALID"]
 
-MAX_INSN = 15               # longest legal x86 instruction
-UNDECODABLE = "(bad)"       # mnemonic of a byte the decoder cannot decode (objdump's spelling)
-INVALID = iced.Code.INVALID
-# Prefixes the instruction does not admit (LOCK on CLI, REP on SGDT) are decoded, not refused:
-# what they mean is the model's to say (a form accepts them and faults, or no form does and the
-# instruction is unmodelled), and the sweep then meets objdump's instruction boundaries.
-OPTIONS = iced.DecoderOptions.NO_INVALID_CHECK
 _LEN, _CODE = attrgetter("len"), attrgetter("code")
 
 
@@ -32,16 +26,6 @@ class Insn(NamedTuple):
     mnemonic: str       # UNDECODABLE for a byte the decoder cannot decode
     op_str: str
     code: int = INVALID  # the iced-x86 Code
-
-
-@lru_cache(maxsize=1)
-def _code_names() -> dict[int, str]:
-    return {v: k for k, v in vars(iced.Code).items() if not k.startswith("_") and isinstance(v, int)}
-
-
-def code_name(code: int) -> str:
-    """The iced-x86 Code's name (``ADD_R8_RM8``), as model/derived's table spells it."""
-    return _code_names()[code]
 
 
 class _Run(NamedTuple):
@@ -59,14 +43,14 @@ def _run(code: bytes, addr: int) -> _Run:
     stretch after each such byte is decoded again, until it meets a boundary of the first run
     (from there on both are the same bytes decoded the same way).
     """
-    insns = list(iced.Decoder(32, code, OPTIONS, ip=addr))
+    insns = list(decoder(code, addr))
     sizes = np.fromiter(map(_LEN, insns), np.int64, len(insns))
     codes = np.fromiter(map(_CODE, insns), np.int64, len(insns))
     bad = np.flatnonzero((codes == INVALID) & (sizes > 1))
     if not len(bad):
         return _Run(sizes, codes)
     offs = _offsets(sizes, 0)
-    dec = iced.Decoder(32, code, OPTIONS, ip=addr)
+    dec = decoder(code, addr)
     out_s, out_c = [], []
     i = 0                                   # the first run is kept from instruction i on
     n = len(code)
@@ -94,54 +78,6 @@ def _run(code: bytes, addr: int) -> _Run:
     out_s.append(sizes[i:])
     out_c.append(codes[i:])
     return _Run(np.concatenate(out_s), np.concatenate(out_c))
-
-
-def _formatter() -> iced.Formatter:
-    """Intel syntax spelled as Capstone and objdump -M intel spell it."""
-    f = iced.Formatter(iced.FormatterSyntax.INTEL)
-    f.space_after_operand_separator = True
-    f.space_between_memory_add_operators = True
-    f.memory_size_options = iced.MemorySizeOptions.ALWAYS
-    f.hex_prefix, f.hex_suffix, f.uppercase_hex = "0x", "", False
-    f.show_branch_size = False
-    f.leading_zeros = f.branch_leading_zeros = False
-    return f
-
-
-_FMT = _formatter()
-
-
-_FAR = (iced.OpKind.FAR_BRANCH16, iced.OpKind.FAR_BRANCH32)
-
-
-def _text_of(ins) -> tuple[str, str]:
-    if ins.code == INVALID:
-        return UNDECODABLE, ""
-    if ins.op0_kind in _FAR:    # selector:offset, as the SDM and objdump write a far pointer
-        off = ins.far_branch16 if ins.op0_kind == _FAR[0] else ins.far_branch32
-        return _FMT.format_mnemonic(ins), f"{ins.far_branch_selector:#x}:{off:#x}"
-    return _FMT.format_mnemonic(ins), _FMT.format_all_operands(ins)
-
-
-def _one(code: bytes, addr: int):
-    return iced.Decoder(32, code, OPTIONS, ip=addr).decode()
-
-
-def asm(code: bytes, addr: int) -> str:
-    """The Intel-syntax text of the one instruction ``code`` at ``addr``."""
-    mnem, op = _text_of(_one(code, addr))
-    return f"{mnem} {op}".rstrip()
-
-
-def text(code: bytes, addr: int) -> tuple[str, str]:
-    """Mnemonic (with its prefixes: ``rep movsb``) and operands of the instruction ``code``."""
-    return _text_of(_one(code, addr))
-
-
-def mnemonic(code: bytes) -> str:
-    """The mnemonic alone (it does not depend on the address)."""
-    ins = _one(code, 0)
-    return UNDECODABLE if ins.code == INVALID else _FMT.format_mnemonic(ins)
 
 
 def _offsets(sizes: np.ndarray, start: int) -> np.ndarray:

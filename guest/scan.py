@@ -55,7 +55,7 @@ class _Matcher:
     def __init__(self, forms: Iterable[Form]):
         forms = list(forms)
         by_name = {f.name: f for f in forms}
-        names = D._code_names()
+        names = D.code_names()
         number = {n: c for c, n in names.items()}
         size = max(names) + 1
         self.kind = np.zeros(size, np.int8)

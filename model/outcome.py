@@ -162,6 +162,23 @@ class Outcome:
             v = z3.If(c.fails, cv, v)
         return v
 
+    def substituted(self, pre: State, sub) -> "Outcome":
+        """This run's outcome with its initial state replaced by ``pre``, whose fields ``sub``
+        (``state.substitution(self.pre, pre)``) gives as terms over this run's: every term of
+        the run with the constants substituted.  That is what running the semantics on ``pre``
+        computes, up to simplification: a definition is a function of the state's terms, and
+        it branches only on what Z3 simplifies a term to (a check that cannot fire, a path
+        that is always taken), which the substituted terms still say.  Segment accesses are not
+        carried over (record a run of its own)."""
+        old = self.pre.values
+        post = {k: pre.values[k] if v is old[k] else sub(v) for k, v in self.post.values.items()}
+        checks = tuple(Check(sub(c.fails), c.vector, None if c.code is None else sub(c.code), c.reason,
+                             c.exit) for c in self.checks)
+        return Outcome(pre, checks, State(post), tuple((sub(a), why) for a, why in self.assumptions),
+                       tuple((arr, sub(ad)) for arr, ad in self.loads),
+                       tuple((arr, sub(ad)) for arr, ad in self.stores), self.effects, None,
+                       self.consulted)
+
     @property
     def in_segments(self) -> z3.BoolRef:
         return self.segments_ok(True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import z3
+from z3.z3 import _to_expr_ref   # the wrapper z3.substitute returns its result in
 
 USER = "user"
 SYSTEM = "system"
@@ -223,6 +224,28 @@ def fresh(prefix: str = "s") -> State:
     return State(out)
 
 
+def substitution(a: State, b: State):
+    """The function taking a term over ``a``'s fields to the same term over ``b``'s: each field
+    ``a`` holds a constant for (as ``fresh`` makes them) and ``b`` another term for is replaced,
+    all at once (Z3's simultaneous substitution, the arrays built once for every term)."""
+    pairs = [(a.values[f.name], b.values[f.name]) for f in FIELDS
+             if not a.values[f.name].eq(b.values[f.name])]
+    for x, _ in pairs:
+        if not z3.is_const(x):
+            raise ValueError(f"{x} is not a constant: only a fresh state's fields can be replaced")
+    n = len(pairs)
+    if not n:
+        return lambda t: t
+    ctx = pairs[0][0].ctx
+    frm, to = (z3.Ast * n)(), (z3.Ast * n)()
+    for i, (x, y) in enumerate(pairs):
+        frm[i], to[i] = x.as_ast(), y.as_ast()
+
+    def sub(t, _keep=pairs):            # _keep: the terms the arrays point at stay alive
+        return _to_expr_ref(z3.Z3_substitute(ctx.ref(), t.as_ast(), n, frm, to), ctx)
+    return sub
+
+
 def concrete(values: Mapping[str, Any]) -> State:
     """A state of Z3 literals from plain integers; missing scalars take their field's default
     (0 but for XCR0, whose bit 0 is always set), arrays default to 0."""
@@ -300,6 +323,17 @@ def eval_many(model: z3.ModelRef, terms: list) -> list[int]:
     return out
 
 
+_LAST_MODEL: list = [None, frozenset()]     # a witness reads several states from one model
+
+
+def _mentioned(model: z3.ModelRef) -> frozenset[str]:
+    """The names of the constants and functions ``model`` interprets (kept for the last model:
+    the states of one witness and their outcomes are read from the same one)."""
+    if _LAST_MODEL[0] is not model:
+        _LAST_MODEL[:] = [model, frozenset(d.name() for d in model.decls())]
+    return _LAST_MODEL[1]
+
+
 def evaluate(s: State, model: z3.ModelRef, addresses: Mapping[str, set] | None = None,
              known: tuple["State", dict] | None = None) -> dict:
     """Read a state out of a Z3 model as plain integers.
@@ -321,7 +355,7 @@ def evaluate(s: State, model: z3.ModelRef, addresses: Mapping[str, set] | None =
         free = None if f.index_width else _free_const(term)
         if free is not None:
             if mentioned is None:
-                mentioned = {d.name() for d in model.decls()}
+                mentioned = _mentioned(model)
             if free not in mentioned:
                 out[f.name] = 0
                 continue

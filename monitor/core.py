@@ -24,8 +24,7 @@ import time as _time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import capstone
-
+from pgvirt import decoder
 from pgvirt.emulator.machine import StateError
 from pgvirt.emulator.vm import VM, GuestMemoryError, Memory, Stop
 from pgvirt.model import events, monitor as mon, state as st
@@ -95,14 +94,11 @@ class Record:
     counts: dict = field(default_factory=dict)
 
 
-_CS = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-
-
 def asm(code: bytes, address: int) -> str:
-    """Capstone's text for the first instruction of ``code`` (or its bytes if undecodable)."""
-    for ins in _CS.disasm(bytes(code), address, 1):
-        return f"{ins.mnemonic} {ins.op_str}".strip()
-    return f"(bad) {bytes(code[:4]).hex()}"
+    """The decoder's text for the first instruction of ``code`` (or its bytes if undecodable)."""
+    if decoder.one(bytes(code), address).code == decoder.INVALID:
+        return f"{decoder.UNDECODABLE} {bytes(code[:4]).hex()}"
+    return decoder.asm(bytes(code), address)
 
 
 class Monitor:

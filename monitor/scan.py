@@ -1,7 +1,7 @@
 """Scan-and-trap, VMware's way before VT-x: the guest file unchanged, its code rewritten in memory.
 
-Before code first runs, the monitor decodes it by recursive descent from the entry point the
-guest reached: fall-through, direct jumps, branches and calls are followed, indirect transfers,
+Before code first runs, the monitor decodes it (with the scan's decoder, ``pgvirt.decoder``) by
+recursive descent from the entry point the guest reached: fall-through, direct jumps, branches and calls are followed, indirect transfers,
 returns and undecodable bytes end a path.  Data that no path reaches (the multiboot header, a
 switch table inside .text) is never taken for code, unlike a linear sweep.  Each instruction the
 injected ``sensitive`` predicate names (sensitive but unprivileged under the profile: the top
@@ -33,9 +33,7 @@ from __future__ import annotations
 import bisect
 from typing import Callable
 
-import capstone
-from capstone import x86_const as CX
-
+from pgvirt.decoder import MAX_INSN, flow
 from pgvirt.emulator.vm import Stop
 from pgvirt.model import isa
 
@@ -46,11 +44,6 @@ PAGE = 0x1000
 TRAP_BYTE = 0xF4          # HLT: #GP(0) at CPL 3, with EIP at the site
 
 Sensitive = Callable[[bytes], "str | None"]
-
-_cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-_cs.detail = True
-_ENDS = {capstone.CS_GRP_RET, capstone.CS_GRP_IRET}
-
 
 class Scanner:
     """Recursive-descent scanning, trap bytes, watched gaps, write-protected code pages and
@@ -88,11 +81,11 @@ class Scanner:
         while work:
             a = work.pop()
             while 0 <= a < self.ram_size and a not in self.decoded:
-                code = self._original(a, 15)
-                ins = next(_cs.disasm(code, a, 1), None)
-                if ins is None:
+                code = self._original(a, MAX_INSN)
+                f = flow(code, a)
+                if f is None:
                     break                              # undecodable: the CPU will say #UD
-                n = ins.size
+                n = f.length
                 self.decoded[a] = n
                 for p in range(a // PAGE, (a + n - 1) // PAGE + 1):
                     self.code_pages.setdefault(p, set()).add(a)
@@ -101,19 +94,9 @@ class Scanner:
                 if form is not None:
                     self.patches[a] = (form, code[:n])
                     self.vm.write(a, bytes([self.TRAP_BYTE]))
-                groups = set(ins.groups)
-                target = None
-                if ins.operands and ins.operands[0].type == CX.X86_OP_IMM and len(ins.operands) == 1:
-                    target = ins.operands[0].imm & 0xFFFFFFFF
-                if capstone.CS_GRP_JUMP in groups:
-                    if target is not None:
-                        work.append(target)
-                    if ins.id == CX.X86_INS_JMP or ins.id == CX.X86_INS_LJMP:
-                        break                          # unconditional: no fall-through
-                elif capstone.CS_GRP_CALL in groups:
-                    if target is not None and ins.id == CX.X86_INS_CALL:
-                        work.append(target)
-                elif groups & _ENDS or ins.id in (CX.X86_INS_UD2,):
+                if f.target is not None:               # a direct near jump, branch or call
+                    work.append(f.target)
+                if not f.falls_through:                # JMP, RET, IRET, UD2 ...
                     break
                 a += n
         for p in touched:
@@ -194,9 +177,9 @@ class Scanner:
         the watch is lifted for that one instruction, unless the instruction is itself one to
         patch - then it is left to the scan, and its store is emulated (``write_guest``)."""
         real = self._real_state()
-        code = self._original(real["cs_base"] + real["eip"], 15)
-        ins = next(_cs.disasm(code, real["eip"], 1), None)
-        if ins is None or self.sensitive(code[:ins.size]) is not None:
+        code = self._original(real["cs_base"] + real["eip"], MAX_INSN)
+        f = flow(code, real["eip"])
+        if f is None or self.sensitive(code[:f.length]) is not None:
             return
         self.vm.watch([])
         try:

@@ -40,11 +40,29 @@ def classified(profile: str) -> list[Classification]:
 def family(c: Classification) -> str:
     """The family a form is shown in: a hand-written form's theme (its module in model/isa), a
     derived form's encoding kind and the CPUID feature its iced-x86 code needs (or "base")."""
-    f = c.form
-    if not f.theme.startswith("derived."):
-        return f"hand-written: {f.theme}"
-    rec = table.codes()[f.code]
+    return _family_of(c.form.theme, c.form.code)
+
+
+def _family_of(theme: str, code: str | None) -> str:
+    if not theme.startswith("derived."):
+        return f"hand-written: {theme}"
+    rec = table.codes()[code]
     return f"{rec['encoding']}: {rec['cpuid'][0] if rec['cpuid'] else 'base'}"
+
+
+def catalogue() -> list[tuple[str, list[tuple[str, str]]]]:
+    """Every form as (family, [(name, asm)]), grouped as ``families`` groups classifications,
+    read from the forms' definitions and the footprint table without building a derived form
+    or asking the solver (the explorer's pickers)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for f in isa.FORMS:
+        out.setdefault(_family_of(f.theme, None), []).append((f.name, f.asm))
+    recs = table.codes()
+    for name in registry.derived_names():
+        code = registry.code_of(name)
+        rec = recs[code]
+        out.setdefault(_family_of(f"derived.{rec['encoding']}", code), []).append((name, rec["asm"]))
+    return list(out.items())
 
 
 def families(results: Iterable[Classification]) -> list[tuple[str, list[Classification]]]:
@@ -430,21 +448,67 @@ def heatmap(profile: str) -> Picture:
 class Explorer:
     """Pick a profile and an instruction; the HTML below shows every class with proof and witness.
 
-    The callbacks set ``html.value`` themselves (no output-widget printing), so they run the
-    same with or without a front end.
+    Every form can be picked, hand-written and derived: a family first (as notebook 02's table
+    groups them), then one of its forms; or a search over every form's name and asm, whose hits
+    (at most ``MAX_HITS``) replace the family's list.  Only the form shown is classified.  The
+    callbacks set ``html.value`` themselves (no output-widget printing), so they run the same
+    with or without a front end.
     """
+
+    MAX_HITS = 200
 
     def __init__(self, profile: str = "pentium", form: str | None = None):
         import ipywidgets as w
 
+        self.groups = catalogue()
+        self._family_of = {n: fam for fam, forms in self.groups for n, _ in forms}
+        form = form or isa.FORMS[0].name
+        if form not in self._family_of:
+            raise KeyError(f"unknown instruction form {form!r}")
         self.profile = w.Dropdown(options=list(profiles.PROFILES), value=profile, description="profile")
-        self.form = w.Dropdown(options=[(f"{f.name}: {f.asm}", f.name) for f in isa.FORMS],
-                               value=form or isa.FORMS[0].name, description="instruction")
+        self.family = w.Dropdown(options=[(f"{fam} ({len(forms)})", fam) for fam, forms in self.groups],
+                                 value=self._family_of[form], description="family")
+        self.search = w.Text(value="", placeholder="name or asm, e.g. vpaddd", description="search",
+                             continuous_update=False)
+        self.form = w.Dropdown(options=self._options(self.family.value), value=form,
+                               description="instruction")
         self.html = w.HTML()
         self.profile.observe(self.update, names="value")
         self.form.observe(self.update, names="value")
-        self.widget = w.VBox([w.HBox([self.profile, self.form]), self.html])
+        self.family.observe(self._pick_family, names="value")
+        self.search.observe(self._find, names="value")
+        self.widget = w.VBox([w.HBox([self.profile, self.family]), w.HBox([self.search, self.form]),
+                              self.html])
         self.update()
+
+    def _options(self, fam: str) -> list[tuple[str, str]]:
+        forms = dict(self.groups)[fam]
+        return [(f"{n}: {a}", n) for n, a in forms]
+
+    def _set_forms(self, options: list[tuple[str, str]]) -> None:
+        """New choices; the first is shown (one classification, not one per option passed)."""
+        if not options:
+            return
+        self.form.unobserve(self.update, names="value")
+        try:
+            self.form.options = options
+            self.form.value = options[0][1]
+        finally:
+            self.form.observe(self.update, names="value")
+        self.update()
+
+    def _pick_family(self, change) -> None:
+        self.search.value = ""
+        self._set_forms(self._options(change["new"]))
+
+    def _find(self, change) -> None:
+        text = change["new"].strip().lower()
+        if not text:
+            self._set_forms(self._options(self.family.value))
+            return
+        hits = [(f"{n}: {a}", n) for _, forms in self.groups for n, a in forms
+                if text in n or text in a.lower()]
+        self._set_forms(hits[:self.MAX_HITS])
 
     def update(self, change=None) -> None:
         self.html.value = form_report(classification(self.form.value, self.profile.value))

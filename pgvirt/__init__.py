@@ -9,8 +9,8 @@ The verbs (``pgvirt/api.py``) are here, loaded on first use::
 
 ``classify``, ``theorems``, ``theorem``, ``scan``, ``patch``, ``check_patch``, ``replay``,
 ``crosscheck``, ``run`` and ``compare`` (guests under monitors).  The packages: ``pgvirt.model`` (machine state and instruction semantics,
-imports only z3), ``pgvirt.verify`` (the queries and theorems), ``pgvirt.guest`` (scan, patch,
-check-patch), ``pgvirt.emulator`` (Unicorn), ``pgvirt.monitor`` (monitors running guests), ``pgvirt.report`` (every output format),
+imports only z3), ``pgvirt.verify`` (the queries and theorems), ``pgvirt.decoder`` (iced-x86, the one decoder of
+guest code), ``pgvirt.guest`` (scan, patch, check-patch), ``pgvirt.emulator`` (Unicorn), ``pgvirt.monitor`` (monitors running guests), ``pgvirt.report`` (every output format),
 ``pgvirt.cli`` and ``pgvirt.notebook``.
 """
 

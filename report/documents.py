@@ -20,7 +20,7 @@ def departures(results: list[Classification], t1: Theorem) -> dict:
         entry = robin_irvine_entry(c.form.mnemonic, c.form.asm)
         if c.form.name in violating and entry is None:
             a = c.answers["sensitive"]
-            beyond.append({"name": c.form.name, "asm": c.form.asm, "why": a.note,
+            beyond.append({"name": c.form.name, "mnemonic": c.form.mnemonic, "asm": c.form.asm, "why": a.note,
                            "witness": a.witness})
         elif c.form.name not in violating and entry is not None:
             why = ("privileged under this profile" if c["privileged"] else
@@ -33,7 +33,8 @@ def verify_json(per_profile: list[tuple[str, list[Classification]]]) -> dict:
     out = []
     for pname, results in per_profile:
         t1, t3 = theorem("1", results), theorem("3", results)
-        out.append({"profile": pname, "theorems": {"1": t1.as_json(), "3": t3.as_json()},
+        out.append({"profile": pname, "forms": t1.forms,
+                    "theorems": {"1": t1.as_json(), "3": t3.as_json()},
                     "robin_irvine": departures(results, t1),
                     "assumptions": sorted({a for c in results for a in c.assumptions})})
         vm = results[0].profile.vm if results else None

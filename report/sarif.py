@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pgvirt.guest.paravirt import UNDECIDED, CheckReport, ScanReport, sha256_file
 from pgvirt.guest.image import Guest
-from pgvirt.verify.popek_goldberg import Classification
+from pgvirt.verify.popek_goldberg import Classification, kind
 
 from .junit import cases, violation_witness
 
@@ -55,9 +55,10 @@ def form_location(form) -> dict:
         uri = path.relative_to(_ROOT).as_posix() if path else "model/isa"
     except ValueError:
         uri = path.name
+    layer = "derived" if kind(form.name) == "derived" else "isa"
     return {"physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": "PGVIRTROOT"},
                                  "region": {"startLine": line}},
-            "logicalLocations": [{"name": form.name, "fullyQualifiedName": f"pgvirt.model.isa.{form.name}",
+            "logicalLocations": [{"name": form.name, "fullyQualifiedName": f"pgvirt.model.{layer}.{form.name}",
                                   "kind": "function"}]}
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Iterable
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pgvirt.verify.popek_goldberg import CLASSES, Classification, theorem
+from pgvirt.verify.popek_goldberg import CLASSES, Classification, kind, kind_counts, theorem
 
 from .documents import departures
 
@@ -65,8 +66,17 @@ def verify_text(console: Console, per_profile: list[tuple[str, list[Classificati
                 console.print(Text(f"  undecided (solver gave no answer): "
                                    f"{', '.join(c.form.name for c in th.undecided)}", style="yellow"))
         dep = departures(results, theorem("1", results))
+        derived: dict[str, list[str]] = {}
         for d in dep["beyond_the_paper"]:
+            if kind(d["name"]) == "derived":    # hundreds of them: one line by mnemonic and reason
+                derived.setdefault(d["why"], []).append(d["mnemonic"])
+                continue
             console.print(Text(f"  beyond Robin & Irvine: {d['name']} ({d['asm']}): {d['why']}",
+                               style="magenta"))
+        for why, mns in derived.items():
+            counts = Counter(mns)
+            console.print(Text(f"  beyond Robin & Irvine, {len(mns)} derived forms {why}: "
+                               + ", ".join(f"{m} x{n}" if n > 1 else m for m, n in sorted(counts.items())),
                                style="magenta"))
         for d in dep["listed_but_not_violations"]:
             console.print(Text(f"  Robin & Irvine list {d['paper']}; {d['name']} ({d['asm']}) is {d['why']}",
@@ -111,10 +121,25 @@ def witness_line(w: dict) -> str:
     return ""
 
 
+def _by_kind(results) -> str:
+    """``n hand-written + m derived`` (only the hand-written count when nothing is derived)."""
+    k = kind_counts(results)
+    return f"{k['hand_written']:,} hand-written" + (f" + {k['derived']:,} derived" if k["derived"] else "")
+
+
+def _kinds_of(violations) -> str:
+    return f": {_by_kind(violations)}" if violations else ""
+
+
 def summary(per_profile: Iterable[tuple[str, list[Classification]]], seconds: float) -> str:
-    parts = []
+    """One line per run: each profile's verdicts with their violations by kind, then the forms
+    the theorems ranged over."""
+    parts, forms = [], None
     for pname, results in per_profile:
         t1, t3 = theorem("1", results), theorem("3", results)
-        parts.append(f"{pname}: Theorem 1 {t1.verdict} ({len(t1.violations)} violations), "
-                     f"Theorem 3 {t3.verdict} ({len(t3.violations)})")
-    return "; ".join(parts) + f"  [{seconds:.1f} s]"
+        parts.append(f"{pname}: Theorem 1 {t1.verdict} ({len(t1.violations)} violations"
+                     f"{_kinds_of(t1.violations)}), Theorem 3 {t3.verdict} ({len(t3.violations)}"
+                     f"{_kinds_of(t3.violations)})")
+        forms = results
+    over = f" over {len(forms):,} forms ({_by_kind(forms)})" if forms else ""
+    return "; ".join(parts) + over + f"  [{seconds:.1f} s]"

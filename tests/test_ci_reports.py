@@ -116,7 +116,8 @@ def test_sarif_structure(per, tmp_path):
 
 def test_cli_verify_writes_both_reports(tmp_path, capsys):
     j, s = tmp_path / "v.xml", tmp_path / "v.sarif"
-    rc = main(["verify", "--profile", "umip", "--format", "json", "--junit", str(j), "--sarif", str(s)])
+    rc = main(["verify", "--profile", "umip", "--format", "json", "--forms", "hand", "--junit", str(j),
+               "--sarif", str(s)])
     doc = json.loads(capsys.readouterr().out)
     assert rc == 1   # x86 fails Theorem 1 even with UMIP
     root = ET.parse(j).getroot()

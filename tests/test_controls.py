@@ -119,7 +119,7 @@ def test_controls_on_a_legacy_profile_is_refused(tmp_path):
 def test_verify_with_a_hole_exits_1_with_the_form(tmp_path):
     f = tmp_path / "nohlt.json"
     f.write_text(json.dumps({"base": "default", "primary": {"hlt_exiting": False}}))
-    p = _run("verify", "--profile", "vtx", "--controls", f, "--format", "json", "--jobs", "2")
+    p = _run("verify", "--profile", "vtx", "--controls", f, "--format", "json", "--jobs", "2", "--forms", "hand")
     assert p.returncode == 1
     doc = json.loads(p.stdout)["profiles"][0]
     bad = doc["theorems"]["1"]["violations"]

@@ -45,10 +45,10 @@ def _cases(tmp: Path) -> list[tuple[str, list, list]]:
     manifest = tmp / "inv.patched.manifest.json"
     j1 = ["--jobs", "1"]
     return [
-        ("verify_json", ["verify", "--all-profiles", "--format", "json", *j1, "--junit", tmp / "v.xml",
+        ("verify_json", ["verify", "--all-profiles", "--forms", "hand", "--format", "json", *j1, "--junit", tmp / "v.xml",
                          "--sarif", tmp / "v.sarif"],
          [(tmp / "v.xml", "verify.junit.xml"), (tmp / "v.sarif", "verify.sarif")]),
-        ("verify_text", ["verify", "--profile", "pentium", *j1], []),
+        ("verify_text", ["verify", "--profile", "pentium", "--forms", "hand", *j1], []),
         ("classify_json", ["classify", "--profile", "umip", "--format", "json", *j1,
                            "sgdt_m", "popfd", "mov_r_cs", "add_rm32_r32"], []),
         ("scan_invaders_json", ["scan", inv, "--format", "json", *j1], []),

@@ -26,7 +26,7 @@ def test_junit_and_sarif_name_the_hole(tmp_path):
     f.write_text(json.dumps({"base": "default", "intercepts": {"cpuid": False}}))
     junit, sarif = tmp_path / "v.xml", tmp_path / "v.sarif"
     p = subprocess.run([sys.executable, "-m", "pgvirt", "verify", "--profile", "svm", "--controls", f,
-                        "--jobs", "2", "--junit", junit, "--sarif", sarif], capture_output=True, text=True,
+                        "--jobs", "2", "--forms", "hand", "--junit", junit, "--sarif", sarif], capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == 1
     failed = [c.get("name") for c in ET.parse(junit).iter("testcase") if c.find("failure") is not None]

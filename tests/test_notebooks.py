@@ -113,6 +113,30 @@ def test_explorer_updates_its_html_on_picks():
     assert "witness: location_sensitive" in e.html.value
 
 
+def test_explorer_reaches_every_form_by_family_or_search():
+    """The pickers list every form, hand-written and derived, grouped by family as notebook 02's
+    table is; a family or a search fills the instruction list and shows its first form."""
+    from pgvirt.model.derived import registry
+    e = nb.explorer("pentium", "sgdt_m")
+    listed = [n for _, forms in e.groups for n, _ in forms]
+    assert sorted(listed) == sorted(registry.names())
+    from pgvirt.verify.popek_goldberg import Classification
+    from pgvirt.model import profiles
+    for fam, forms in e.groups:       # the families notebook 02's table shows (no solving here)
+        for n, _ in forms[::40]:
+            assert nb.family(Classification(registry.get(n), profiles.PENTIUM)) == fam
+    fam = "legacy: fpu"
+    e.family.value = fam
+    assert registry.is_derived(e.form.value) and f'data-form="{e.form.value}"' in e.html.value
+    e.search.value = "fdiv st,qword"
+    assert e.form.value == "fdiv_m64fp" and [v for _, v in e.form.options] == ["fdiv_m64fp"]
+    assert 'data-form="fdiv_m64fp"' in e.html.value and _answer(e.html.value, "mode_sensitive") == "yes"
+    e.search.value = ""
+    assert e.form.value == dict(e.groups)[fam][0][0]
+    with pytest.raises(KeyError):
+        nb.explorer("pentium", "no_such_form")
+
+
 def test_witness_view_shows_the_two_runs():
     w = nb.witness("mov_r_cs", "mode_sensitive", "pentium")
     html = w._repr_html_()

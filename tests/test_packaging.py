@@ -17,7 +17,7 @@ def test_wheel_contains_only_the_pgvirt_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"pgvirt"}
-    for sub in ("model", "verify", "guest", "emulator", "monitor", "monitor/devices", "report", "cli",
+    for sub in ("model", "verify", "decoder", "guest", "emulator", "monitor", "monitor/devices", "report", "cli",
                 "notebook"):
         assert f"pgvirt/{sub}/__init__.py" in names
     assert "pgvirt/model/isa/transfers.py" in names
@@ -29,11 +29,14 @@ _TOP = {"pgvirt.report", "pgvirt.cli", "pgvirt.notebook"}
 LAYERS = {"model": {"pgvirt.verify", "pgvirt.guest", "pgvirt.emulator", "pgvirt.monitor", "unicorn",
                     "capstone"} | _TOP,
           "verify": {"pgvirt.guest", "pgvirt.emulator", "pgvirt.monitor", "unicorn"} | _TOP,
+          "decoder": {"pgvirt.model", "pgvirt.verify", "pgvirt.guest", "pgvirt.emulator", "pgvirt.monitor",
+                      "unicorn", "capstone", "z3"} | _TOP,
           "guest": {"pgvirt.emulator", "pgvirt.monitor", "unicorn"} | _TOP,
           "emulator": {"pgvirt.verify", "pgvirt.guest", "pgvirt.monitor"} | _TOP,
           # the monitors use the model and the emulator; what they need of the verifier comes
-          # in from the top (pgvirt/api.py); Unicorn itself stays in emulator/
-          "monitor": {"pgvirt.verify", "pgvirt.guest", "unicorn"} | _TOP,
+          # in from the top (pgvirt/api.py); Unicorn itself stays in emulator/; guest code is
+          # decoded by pgvirt.decoder, the scan's decoder (never Capstone's second opinion)
+          "monitor": {"pgvirt.verify", "pgvirt.guest", "unicorn", "capstone"} | _TOP,
           "report": {"pgvirt.cli", "pgvirt.notebook"}}
 
 

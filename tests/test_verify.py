@@ -204,11 +204,12 @@ def test_cli_classify_exit_code_follows_the_theorems():
     README's exit-code table says: privileged and innocuous forms alone hold."""
     assert run_cli("classify", "--format", "json", "lgdt_m", "nop").returncode == 0
     p = run_cli("classify", "popfd")
-    assert p.returncode == 1 and p.stdout.startswith("pentium: Theorem 1 fails (1 violations)")
+    assert p.returncode == 1 and p.stdout.startswith("pentium: Theorem 1 fails (1 violations: 1 hand-written)")
+    assert "over 1 forms (1 hand-written)" in p.stdout
 
 
 def test_cli_verify_json_and_exit_code():
-    p = run_cli("verify", "--profile", "umip", "--format", "json")
+    p = run_cli("verify", "--profile", "umip", "--format", "json", "--forms", "hand")
     assert p.returncode == 1, p.stderr
     doc = json.loads(p.stdout)
     t1 = doc["profiles"][0]["theorems"]["1"]
@@ -217,10 +218,82 @@ def test_cli_verify_json_and_exit_code():
     assert {"name", "mnemonic", "asm", "bytes", "witness"} <= set(v)
 
 
+class _Asked(Exception):
+    pass
+
+
+@pytest.mark.parametrize("flag, kinds", [([], ("hand_written", "derived")), (["--forms", "hand"], ("hand_written",))])
+def test_cli_verify_ranges_over_every_form(monkeypatch, flag, kinds):
+    """``verify`` asks for every form, hand-written then derived; ``--forms hand`` for the
+    hand-written ones (what is asked is checked, not solved: the whole ISA is a slow test)."""
+    from pgvirt.cli import main as cli
+    from pgvirt.model.derived import registry
+    from pgvirt.verify import popek_goldberg as pg
+
+    asked = []
+
+    def record(profiles, forms, **kw):
+        asked.append(list(forms) if forms else [f.name for f in isa.FORMS])   # None: the hand-written
+        raise _Asked
+    monkeypatch.setattr(pg, "classify_many", record)
+    with pytest.raises(_Asked):
+        cli.main(["verify", "--profile", "pentium", *flag])
+    want = list(registry.names()) if "derived" in kinds else [f.name for f in isa.FORMS]
+    assert asked == [want] and {pg.kind(n) for n in asked[0]} == set(kinds)
+    assert len(registry.derived_names()) > 3000
+
+
+def test_cli_a_derived_form_left_undecided_makes_the_theorem_unknown(monkeypatch, capsys):
+    """A solver that answers nothing on a derived form: that form is undecided, the theorem
+    unknown, exit 2 (a hand-written form decided without the solver stays decided)."""
+    from pgvirt.cli import main as cli
+    from pgvirt.model.derived import registry
+    from pgvirt.verify.solver import Result, Session, Verdict
+
+    assert registry.is_derived("fdiv_m64fp")
+    monkeypatch.setattr(registry, "names", lambda: ("add_rm32_r32", "fdiv_m64fp"))
+    monkeypatch.setattr(Session, "check", lambda self, c, t: Result(Verdict.UNKNOWN, None, 0.0, "timeout"))
+    rc = cli.main(["verify", "--profile", "pentium", "--format", "json", "--jobs", "1"])
+    assert rc == 2
+    doc = json.loads(capsys.readouterr().out)["profiles"][0]
+    assert doc["forms"] == {"hand_written": 1, "derived": 1}
+    t1 = doc["theorems"]["1"]
+    assert t1["verdict"] == "unknown" and t1["undecided"] == ["fdiv_m64fp"] and not t1["violations"]
+
+
+@pytest.mark.slow
+def test_cli_verify_whole_isa_reports_every_form(tmp_path):
+    """The default ``verify``: Theorems 1 and 3 over all forms, counted by kind in the text, the
+    JSON, the JUnit (one case per theorem and form) and the SARIF log (valid)."""
+    import xml.etree.ElementTree as ET
+
+    from pgvirt.model.derived import registry
+    from helpers import sarif_problems
+
+    j, s = tmp_path / "v.xml", tmp_path / "v.sarif"
+    p = run_cli("verify", "--profile", "pentium", "--format", "json", "--junit", str(j), "--sarif", str(s))
+    assert p.returncode == 1, p.stderr
+    doc = json.loads(p.stdout)["profiles"][0]
+    n_hand, n_der = len(isa.FORMS), len(registry.derived_names())
+    assert doc["forms"] == {"hand_written": n_hand, "derived": n_der}
+    t1 = doc["theorems"]["1"]
+    assert t1["verdict"] == "fails" and not t1["undecided"]
+    kinds = {v["name"]: v["kind"] for v in t1["violations"]}
+    assert kinds["popfd"] == "hand_written" and kinds["fdiv_m64fp"] == "derived"    # CR0.EM/TS
+    assert t1["violations_by_kind"]["derived"] == sum(k == "derived" for k in kinds.values()) > 0
+    root = ET.parse(j).getroot()
+    assert len(root.findall("./testsuite/testcase")) == 2 * (n_hand + n_der)
+    assert int(root.get("failures")) == len(t1["violations"]) + len(doc["theorems"]["3"]["violations"])
+    log = json.loads(s.read_text())
+    assert not sarif_problems(log)
+    assert len(log["runs"][0]["results"]) == int(root.get("failures"))
+
+
 @pytest.mark.parametrize("args", [
     ["verify", "--profile", "nosuch"],
     ["verify", "--profile", "pentium", "--timeout-ms", "0"],
     ["verify", "--bogus"],
+    ["verify", "--forms", "some"],
     ["classify", "--profile", "pentium", "nosuchform"],
     ["frobnicate"],
     [],
@@ -259,7 +332,7 @@ def test_cli_unknown_verdict_exits_2(monkeypatch, capsys):
 
     monkeypatch.setattr(Session, "check",
                         lambda self, c, t: Result(Verdict.UNKNOWN, None, 0.0, "timeout"))
-    rc = cli.main(["verify", "--profile", "pentium", "--format", "json", "--jobs", "1"])
+    rc = cli.main(["verify", "--profile", "pentium", "--format", "json", "--jobs", "1", "--forms", "hand"])
     assert rc == 2
     t1 = json.loads(capsys.readouterr().out)["profiles"][0]["theorems"]["1"]
     assert t1["verdict"] == "unknown" and not t1["violations"]

@@ -100,6 +100,8 @@ class Frame:
     tidy_s: list
     tidy_u: list
     tidy_r: list
+    to_u: Any = None     # a term over s -> the same term over u (``state.substitution``)
+    to_r: Any = None
 
 
 _FRAMES: dict[Profile, Frame] = {}
@@ -113,7 +115,8 @@ def frame(profile: Profile) -> Frame:
         r = relocated(s, profile, "r")
         (ds, es), (du, eu), (dr, er) = (profiles.deprivileged(x, profile) for x in (s, u, r))
         f = Frame(s, u, r, *(profiles.wellformed(x, profile) for x in (s, u, r)), ds, du, dr,
-                  es, eu, er, *(tidy_state(x) for x in (s, u, r)))
+                  es, eu, er, *(tidy_state(x) for x in (s, u, r)), st.substitution(s, u),
+                  st.substitution(s, r))
         _FRAMES[profile] = f
     return f
 
@@ -139,7 +142,14 @@ class Engine:
         self.form, self.profile, self.timeout = form, profile, timeout_ms
         fr = self.frame = frame(profile)
         self.s, self.u, self.r = fr.s, fr.u, fr.r
-        self.o, self.ou, self.orr = self.run(fr.s), self.run(fr.u), self.run(fr.r)
+        self.o = self.run(fr.s)
+        if registry.is_derived(form.name):
+            # A derived form's twins are its run on s with the twin's terms substituted
+            # (``Outcome.substituted``): the same formulas as running it twice more, built
+            # without re-executing the definition (most of a derived form's cost).
+            self.ou, self.orr = self.o.substituted(fr.u, fr.to_u), self.o.substituted(fr.r, fr.to_r)
+        else:
+            self.ou, self.orr = self.run(fr.u), self.run(fr.r)
         self.wf = [fr.wf_s, self.o.assumed]
         self.dep_s, self.extra_s = fr.dep_s, fr.extra_s
         self.dep_u, self.extra_u = fr.dep_u, fr.extra_u
@@ -204,8 +214,11 @@ class Engine:
         return witness(self, q, r, chosen, readable)
 
 
-def classify(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Classification:
-    """Every Popek-Goldberg class of ``form`` under ``profile``, each derived by Z3."""
+def classify(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT_TIMEOUT_MS,
+             witnesses: bool = True) -> Classification:
+    """Every Popek-Goldberg class of ``form`` under ``profile``, each derived by Z3.  Without
+    ``witnesses`` a SAT answer carries its witness only if the form violates a theorem (what
+    ``verify`` reports); the answers are the same."""
     form = registry.get(form) if isinstance(form, str) else form
     profile = profiles.get(profile) if isinstance(profile, str) else profile
     if profile.vm is not None:     # VT-x / SVM: root-mode privilege and the holes (verify/hardware.py)
@@ -228,13 +241,14 @@ def classify(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT
     if raw["user_runs"][0].verdict is not Verdict.REFUTED:
         solve("supervisor_runs")
 
-    # Witnesses are read for every SAT answer; a violation's are re-solved to be readable
-    # (flat segments, tables and stack in low memory) because reports and replays show them.
+    # Witnesses are read for every SAT answer (with ``witnesses`` false, for a violation's
+    # only: the theorems report no other); a violation's are re-solved to be readable (flat
+    # segments, tables and stack in low memory) because reports and replays show them.
     sat = {k: r.verdict is Verdict.REFUTED for k, (r, _) in raw.items()}
     violation = sat["user_runs"] and any(sat[k] for k in ("control", "mode", "location"))
     res: dict[str, tuple[Result, dict | None, float]] = {}
     for key, (r, chosen) in raw.items():
-        if sat[key]:
+        if sat[key] and (witnesses or violation):
             w, extra = eng.witness(qs[key], r, chosen, readable=violation)
             res[key] = (r, w, r.seconds + extra)
         else:
@@ -272,6 +286,22 @@ def classify(form: Form | str, profile: Profile | str, timeout_ms: int = DEFAULT
 
 # --- theorems -----------------------------------------------------------------------------------
 
+KINDS = ("hand_written", "derived")
+
+
+def kind(name: str) -> str:
+    """Whether a form is written by hand (model/isa) or derived from a footprint (model/derived)."""
+    return "derived" if registry.is_derived(name) else "hand_written"
+
+
+def kind_counts(results) -> dict[str, int]:
+    """How many of ``results`` (classifications) are of each kind."""
+    out = dict.fromkeys(KINDS, 0)
+    for c in results:
+        out[kind(c.form.name)] += 1
+    return out
+
+
 @dataclass
 class Theorem:
     number: str
@@ -280,21 +310,23 @@ class Theorem:
     violations: list[Classification]
     undecided: list[Classification]
     cls: str
+    forms: dict[str, int] = field(default_factory=dict)   # the forms it ranged over, by kind
 
     def __repr__(self) -> str:
         return (f"<Theorem {self.number}: {self.verdict} ({len(self.violations)} violations, "
                 f"{len(self.undecided)} undecided)>")
 
     def as_json(self) -> dict:
-        return {"verdict": self.verdict, "statement": self.statement,
+        return {"verdict": self.verdict, "statement": self.statement, "forms": self.forms,
                 "violations": [violation_json(c, self.cls) for c in self.violations],
+                "violations_by_kind": kind_counts(self.violations),
                 "undecided": [c.form.name for c in self.undecided]}
 
 
 def violation_json(c: Classification, cls: str) -> dict:
     f = c.form
-    return {"name": f.name, "mnemonic": f.mnemonic, "asm": f.asm, "bytes": f.bytes.hex(),
-            "class": c.answers[cls].note, "witness": {
+    return {"name": f.name, "kind": kind(f.name), "mnemonic": f.mnemonic, "asm": f.asm,
+            "bytes": f.bytes.hex(), "class": c.answers[cls].note, "witness": {
                 "sensitive": c.answers[cls].witness,
                 "runs_unprivileged": c.answers["privileged"].witness}}
 
@@ -317,24 +349,26 @@ def theorem(number: str, results: list[Classification]) -> Theorem:
         elif s is not False and p is not True:
             undecided.append(c)
     verdict = "fails" if violations else ("unknown" if undecided else "holds")
-    return Theorem(number, statement, verdict, violations, undecided, cls)
+    return Theorem(number, statement, verdict, violations, undecided, cls, kind_counts(results))
 
 
 # --- whole-ISA runs -----------------------------------------------------------------------------
 
 def _job(args) -> tuple[str, str, dict[str, Answer], tuple[str, ...], int, float]:
-    """Classify one (form name, Profile, timeout): the profile goes whole, so profiles that are
-    not in ``profiles.PROFILES`` (a test's, a benchmark's) work too."""
+    """Classify one (form name, Profile, timeout, witnesses): the profile goes whole, so
+    profiles that are not in ``profiles.PROFILES`` (a test's, a benchmark's) work too."""
     from .solver import STATS
-    name, prof, timeout = args
+    name, prof, timeout, witnesses = args
     q0, s0 = STATS.queries, STATS.seconds
-    c = classify(name, prof, timeout)
+    c = classify(name, prof, timeout, witnesses)
     return name, prof.name, c.answers, c.assumptions, STATS.queries - q0, STATS.seconds - s0
 
 
 def classify_many(profile_names, forms=None, jobs: int | None = None,
-                  timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None) -> dict[str, list[Classification]]:
-    """Classify every form (or ``forms``) under each profile, all in one pool of ``jobs`` workers.
+                  timeout_ms: int = DEFAULT_TIMEOUT_MS, progress=None,
+                  witnesses: bool = True) -> dict[str, list[Classification]]:
+    """Classify every form (or ``forms``) under each profile, all in one pool of ``jobs`` workers
+    (``witnesses``: as for ``classify``).
 
     ``progress`` is called with each finished form's name.  Results keep the registry's order.
     Derived forms of one shape (``derived.forms.shape``: alpha-equivalent queries) are solved
@@ -360,7 +394,7 @@ def classify_many(profile_names, forms=None, jobs: int | None = None,
                 continue
             if key is not None:
                 first[key] = n
-            work.append((n, p, timeout_ms))
+            work.append((n, p, timeout_ms, witnesses))
     prof_by = {p.name: p for p in profs}
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     done: dict[tuple[str, str], Classification] = {}
