@@ -81,6 +81,8 @@ def _save_x87(x, a) -> None:
 def _load_x87(x, a) -> None:
     vals = {f: x.load(a + off, n) for off, f, n in _X87_FIELDS}
     regs = [x.load(a + _ST + 16 * i, 10) for i in range(8)]
+    # FSW.B (bit 15) reflects FSW.ES (bit 7), whatever the image says (SDM Vol. 1 8.1.3.1)
+    vals["fsw"] = (vals["fsw"] & 0x7FFF) | ((vals["fsw"] & 0x80) << 8)
     for f, v in vals.items():
         x.write(f, v & 0x7FF if f == "fop" else v)
     _set_st_regs(x, _top(vals["fsw"]), regs)
