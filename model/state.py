@@ -293,18 +293,32 @@ def _free_const(term) -> str | None:
     return hit[1] if hit is not None else None
 
 
+_EVAL_BITS = 8192
+
+
 def eval_many(model: z3.ModelRef, terms: list) -> list[int]:
     """Evaluate bit-vector terms under ``model`` with one solver call (Concat, then slice)."""
     if not terms:
         return []
-    big = terms[0] if len(terms) == 1 else z3.Concat(*terms)
-    v = model.eval(big, model_completion=True).as_long()
-    out = []
-    for t in reversed(terms):
-        w = t.size()
-        out.append(v & ((1 << w) - 1))
-        v >>= w
-    out.reverse()
+    # In chunks of at most _EVAL_BITS: Python refuses to parse numerals of more than 4,300
+    # digits, which an XSAVE image's thousand byte addresses would exceed in one concatenation.
+    out: list[int] = []
+    start = 0
+    while start < len(terms):
+        end, bits = start, 0
+        while end < len(terms) and (end == start or bits + terms[end].size() <= _EVAL_BITS):
+            bits += terms[end].size()
+            end += 1
+        chunk = terms[start:end]
+        big = chunk[0] if len(chunk) == 1 else z3.Concat(*chunk)
+        v = model.eval(big, model_completion=True).as_long()
+        part = []
+        for t in reversed(chunk):
+            w = t.size()
+            part.append(v & ((1 << w) - 1))
+            v >>= w
+        out.extend(reversed(part))
+        start = end
     return out
 
 

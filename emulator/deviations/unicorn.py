@@ -434,7 +434,7 @@ def _restore_mxcsr(m: Machine) -> bool:
     """FXRSTOR [EAX] of an image whose MXCSR has bit 16 set, CR4.OSFXSR = 1: #GP(0); Unicorn
     completes."""
     s = S.flat_state(0, cr4=1 << st.CR4_OSFXSR)
-    s["mem"] = dict(s["mem"], **{S.DATA + 24: 0x80, S.DATA + 25: 0x1F, S.DATA + 26: 1})
+    s["mem"] = {**s["mem"], S.DATA + 24: 0x80, S.DATA + 25: 0x1F, S.DATA + 26: 1}
     return _completes(m.run(s, bytes.fromhex("0fae08"), mem=range(S.DATA, S.DATA + 512)))
 
 
