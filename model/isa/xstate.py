@@ -361,7 +361,7 @@ def _xsave_common(x, what: str, feature: str, supervisor: bool = False):
     return a
 
 
-@form("xsave", enc="NP 0F AE /4 mem", bytes="0fae20", asm="xsave [eax]", cite="SDM Vol. 2C XSAVE; Vol. 1 13.7")
+@form("xsave", enc="NP 0F AE /4 mem", bytes="0fae20", asm="xsave ptr [eax]", cite="SDM Vol. 2C XSAVE; Vol. 1 13.7")
 def xsave(x):
     """Saves the components XCR0 AND EDX:EAX selects in the standard format; any CPL."""
     a = _xsave_common(x, "XSAVE", "xsave")
@@ -369,7 +369,7 @@ def xsave(x):
         _save_standard(x, a, _rfbm(x, False))
 
 
-@form("xsaveopt", enc="NP 0F AE /6 mem", bytes="0fae30", asm="xsaveopt [eax]",
+@form("xsaveopt", enc="NP 0F AE /6 mem", bytes="0fae30", asm="xsaveopt ptr [eax]",
       cite="SDM Vol. 2C XSAVEOPT; Vol. 1 13.9")
 def xsaveopt(x):
     """XSAVE's image without its optimizations (the SDM allows, never requires, them)."""
@@ -378,14 +378,14 @@ def xsaveopt(x):
         _save_standard(x, a, _rfbm(x, False))
 
 
-@form("xsavec", enc="NP 0F C7 /4 mem", bytes="0fc720", asm="xsavec [eax]", cite="SDM Vol. 2C XSAVEC; Vol. 1 13.10")
+@form("xsavec", enc="NP 0F C7 /4 mem", bytes="0fc720", asm="xsavec ptr [eax]", cite="SDM Vol. 2C XSAVEC; Vol. 1 13.10")
 def xsavec(x):
     a = _xsave_common(x, "XSAVEC", "xsavec")
     if a is not None:
         _save_compacted(x, a, _rfbm(x, False))
 
 
-@form("xsaves", enc="NP 0F C7 /5 mem", bytes="0fc728", asm="xsaves [eax]", cite="SDM Vol. 2C XSAVES; Vol. 1 13.11")
+@form("xsaves", enc="NP 0F C7 /5 mem", bytes="0fc728", asm="xsaves ptr [eax]", cite="SDM Vol. 2C XSAVES; Vol. 1 13.11")
 def xsaves(x):
     """XSAVEC of the user and supervisor components (XCR0 OR IA32_XSS) at CPL 0; in VMX non-root
     operation #UD without 'enable XSAVES/XRSTORS', and a VM exit when EDX:EAX AND IA32_XSS AND the
@@ -395,14 +395,14 @@ def xsaves(x):
         _save_compacted(x, a, _rfbm(x, True))
 
 
-@form("xrstor", enc="NP 0F AE /5 mem", bytes="0fae28", asm="xrstor [eax]", cite="SDM Vol. 2C XRSTOR; Vol. 1 13.8")
+@form("xrstor", enc="NP 0F AE /5 mem", bytes="0fae28", asm="xrstor ptr [eax]", cite="SDM Vol. 2C XRSTOR; Vol. 1 13.8")
 def xrstor(x):
     a = _xsave_common(x, "XRSTOR", "xsave")
     if a is not None:
         _restore(x, a, z3.Concat(x.edx, x.eax) & x.xcr0, False, x.xcr0)
 
 
-@form("xrstors", enc="NP 0F C7 /3 mem", bytes="0fc718", asm="xrstors [eax]",
+@form("xrstors", enc="NP 0F C7 /3 mem", bytes="0fc718", asm="xrstors ptr [eax]",
       cite="SDM Vol. 2C XRSTORS; Vol. 1 13.12; Vol. 3C 25.1.3")
 def xrstors(x):
     """XRSTOR of a compacted image of user and supervisor components at CPL 0; VT-x as XSAVES."""
@@ -587,49 +587,49 @@ def _mpx(x, what: str) -> None:
     x.assume(z3.Not(en), f"{what} with MPX enabled (BNDCFGx.EN = 1): bounds registers are not modelled")
 
 
-@form("bndcl", enc="a32 F3 0F 1A /r", bytes="f30f1a00", asm="bndcl bnd0, dword ptr [eax]",
+@form("bndcl", enc="F3 0F 1A /r", bytes="f30f1a00", asm="bndcl bnd0, [eax]",
       cite="SDM Vol. 2A BNDCL; Vol. 1 17.3.3", code="BNDCL_BND_RM32")
 def bndcl(x):
     _mpx(x, "BNDCL")
 
 
-@form("bndcu", enc="a32 F2 0F 1A /r", bytes="f20f1a00", asm="bndcu bnd0, dword ptr [eax]",
+@form("bndcu", enc="F2 0F 1A /r", bytes="f20f1a00", asm="bndcu bnd0, [eax]",
       cite="SDM Vol. 2A BNDCU/BNDCN; Vol. 1 17.3.3", code="BNDCU_BND_RM32")
 def bndcu(x):
     _mpx(x, "BNDCU")
 
 
-@form("bndcn", enc="a32 F2 0F 1B /r", bytes="f20f1b00", asm="bndcn bnd0, dword ptr [eax]",
+@form("bndcn", enc="F2 0F 1B /r", bytes="f20f1b00", asm="bndcn bnd0, [eax]",
       cite="SDM Vol. 2A BNDCU/BNDCN; Vol. 1 17.3.3", code="BNDCN_BND_RM32")
 def bndcn(x):
     _mpx(x, "BNDCN")
 
 
-@form("bndmk", enc="a32 F3 0F 1B /r mem", bytes="f30f1b00", asm="bndmk bnd0, [eax]",
+@form("bndmk", enc="F3 0F 1B /r mem", bytes="f30f1b00", asm="bndmk bnd0, [eax]",
       cite="SDM Vol. 2A BNDMK; Vol. 1 17.3.3", code="BNDMK_BND_M32")
 def bndmk(x):
     _mpx(x, "BNDMK")
 
 
-@form("bndmov_bnd_m64", enc="a32 66 0F 1A /r", bytes="660f1a00", asm="bndmov bnd0, qword ptr [eax]",
+@form("bndmov_bnd_m64", enc="66 0F 1A /r", bytes="660f1a00", asm="bndmov bnd0, qword ptr [eax]",
       cite="SDM Vol. 2A BNDMOV; Vol. 1 17.3.3", code="BNDMOV_BND_BNDM64")
 def bndmov_bnd_m64(x):
     _mpx(x, "BNDMOV")
 
 
-@form("bndmov_m64_bnd", enc="a32 66 0F 1B /r", bytes="660f1b00", asm="bndmov qword ptr [eax], bnd0",
+@form("bndmov_m64_bnd", enc="66 0F 1B /r", bytes="660f1b00", asm="bndmov qword ptr [eax], bnd0",
       cite="SDM Vol. 2A BNDMOV; Vol. 1 17.3.3", code="BNDMOV_BNDM64_BND")
 def bndmov_m64_bnd(x):
     _mpx(x, "BNDMOV")
 
 
-@form("bndldx", enc="a32 NP 0F 1A /r mem", bytes="0f1a00", asm="bndldx bnd0, [eax]",
+@form("bndldx", enc="NP 0F 1A /r mem", bytes="0f1a00", asm="bndldx bnd0, [eax]",
       cite="SDM Vol. 2A BNDLDX; Vol. 1 17.3.3", code="BNDLDX_BND_MIB")
 def bndldx(x):
     _mpx(x, "BNDLDX")
 
 
-@form("bndstx", enc="a32 NP 0F 1B /r mem", bytes="0f1b00", asm="bndstx [eax], bnd0",
+@form("bndstx", enc="NP 0F 1B /r mem", bytes="0f1b00", asm="bndstx [eax], bnd0",
       cite="SDM Vol. 2A BNDSTX; Vol. 1 17.3.3", code="BNDSTX_MIB_BND")
 def bndstx(x):
     _mpx(x, "BNDSTX")
