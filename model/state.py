@@ -85,6 +85,11 @@ def xcr0_supported(features) -> int:
     return bits
 
 
+# IA32_XSS bits the model's processors support (SDM Vol. 1 13.3; CPUID.(EAX=0DH,ECX=1):ECX): none,
+# they have no supervisor state component (no Processor Trace; CET disabled), so IA32_XSS is 0.
+XSS_SUPPORTED = 0
+
+
 # IA32_EFER (MSR C0000080H; SDM Vol. 4 Table 2-2, AMD APM Vol. 2 3.1.7): SCE with AMD's
 # legacy-mode SYSCALL, SVME with SVM.  LME/LMA/NXE belong to IA-32e mode and paging, which the
 # model's states do not use; they stay 0.

@@ -231,8 +231,14 @@ def _osxsave(x, feature: str, what: str) -> bool:
     return True
 
 
+def _supervisor(x):
+    """IA32_XSS as far as the processor supports it: no supervisor component on the model's
+    processors (``state.XSS_SUPPORTED``), so 0 in every well-formed state."""
+    return x.xss & st.XSS_SUPPORTED
+
+
 def _rfbm(x, supervisor: bool):
-    mask = x.xcr0 | x.xss if supervisor else x.xcr0
+    mask = x.xcr0 | _supervisor(x) if supervisor else x.xcr0
     rfbm = z3.Concat(x.edx, x.eax) & mask
     x.assume(rfbm & _MPX == 0, "MPX state components (XCR0 bits 3-4) requested: bounds registers "
                                "are not modelled")
@@ -408,7 +414,8 @@ def xrstors(x):
     """XRSTOR of a compacted image of user and supervisor components at CPL 0; VT-x as XSAVES."""
     a = _xsave_common(x, "XRSTORS", "xsaves", supervisor=True)
     if a is not None:
-        _restore(x, a, z3.Concat(x.edx, x.eax) & (x.xcr0 | x.xss), True, x.xcr0 | x.xss)
+        enabled = x.xcr0 | _supervisor(x)
+        _restore(x, a, z3.Concat(x.edx, x.eax) & enabled, True, enabled)
 
 
 # --- protection keys (SDM Vol. 2B RDPKRU, WRPKRU; Vol. 3A 4.6.2) -------------------------------------

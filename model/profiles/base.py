@@ -20,10 +20,6 @@ from .. import state as st
 from ..features import check as _check_features
 from ..state import State
 
-# IA32_XSS bits the model's processors support (SDM Vol. 1 13.3): none, they have no supervisor
-# state component (no Processor Trace; CET disabled), so IA32_XSS is 0 in every state.
-XSS_SUPPORTED = 0
-
 
 @dataclass(frozen=True)
 class Profile:
@@ -204,7 +200,7 @@ def wellformed(s: State, profile: Profile) -> z3.BoolRef:
         z3.If(cs_conf, z3.ULE(seg_attr_dpl(s.cs_attr), s.cpl), seg_attr_dpl(s.cs_attr) == s.cpl),
         z3.Extract(7, 0, s.tr_attr) & 0x9F == 0x8B,
         z3.ULE(z3.BitVecVal(0x67, 32), s.tr_limit),
-        s.halted == 0, s.xss & ~XSS_SUPPORTED == 0, *attrs_ok, *accessed, null_ldt, *xstate_ok(s, profile),
+        s.halted == 0, s.xss & ~st.XSS_SUPPORTED == 0, *attrs_ok, *accessed, null_ldt, *xstate_ok(s, profile),
         # IA32_EFER with only the bits the processor defines, GIF = 1 where there is no SVM to clear it
         s.efer & ~st.efer_defined(profile.features) == 0,
         *(() if "svm" in profile.features else (s.gif == 1,)),
