@@ -71,7 +71,11 @@ ZERO_PAGE = bytes(PAGE)
 #   efer, star, gif: the profiles' processors have no EFER or SVM (features.py), so their reset
 #        values are all the states hold; Unicorn's own are not consulted.
 #   k0-k7: QEMU 5.0 TCG implements no AVX-512; Unicorn's K registers are no-ops.
-NOT_HELD = ("caches", "tlb", "pmc0", "pmc1", "tsc", "xcr0", "efer", "star", "gif") + st.KREGS
+#   xss, bndcfgs, bndcfgu, pkru: Unicorn's API has no such registers (its CPU has neither XSAVES,
+#        MPX nor protection keys); xinuse: the processor's choice of XINUSE bits (QEMU 5.0 tracks
+#        none and reports every component in use).
+NOT_HELD = ("caches", "tlb", "pmc0", "pmc1", "tsc", "xcr0", "efer", "star", "gif", "xss", "bndcfgs",
+            "xinuse", "pkru", "bndcfgu") + st.KREGS
 # ZMMi holds XMMi in bits 127:0.  Unicorn's CPU has no AVX, so nothing architectural reads
 # bits 255:128 there, and QEMU 5.0's SSE helpers that end in ``*d = r`` copy a whole ZMMReg,
 # leaving stack garbage in them (PSHUFB with a memory operand, found by the frame test): bits

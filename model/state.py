@@ -86,6 +86,11 @@ def xcr0_supported(features) -> int:
     return bits
 
 
+# IA32_XSS bits the model's processors support (SDM Vol. 1 13.3; CPUID.(EAX=0DH,ECX=1):ECX): none,
+# they have no supervisor state component (no Processor Trace; CET disabled), so IA32_XSS is 0.
+XSS_SUPPORTED = 0
+
+
 # IA32_EFER (MSR C0000080H; SDM Vol. 4 Table 2-2, AMD APM Vol. 2 3.1.7): SCE with AMD's
 # legacy-mode SYSCALL, SVME with SVM.  LME/LMA/NXE belong to IA-32e mode and paging, which the
 # model's states do not use; they stay 0.
@@ -151,6 +156,10 @@ def _fields() -> tuple[Field, ...]:
         Field("sysenter_eip", 32, SYSTEM, "IA32_SYSENTER_EIP, MSR 0x176"),
         Field("xcr0", 64, SYSTEM, "XCR0: the state components XSAVE and AVX may use (SDM Vol. 1 13.3)",
               default=1),
+        Field("xss", 64, SYSTEM, "IA32_XSS, MSR DA0H: the supervisor state components XSAVES/XRSTORS "
+              "manage (SDM Vol. 1 13.3); the model's processors support none, so it is 0"),
+        Field("bndcfgs", 64, SYSTEM, "IA32_BNDCFGS, MSR D90H: MPX configuration at CPL 0 (EN is bit 0; "
+              "SDM Vol. 1 17.3.2)"),
         Field("efer", 64, SYSTEM, "IA32_EFER, MSR C0000080H (SCE, SVME; SDM Vol. 4, AMD APM Vol. 2 3.1.7)"),
         Field("star", 64, SYSTEM, "STAR, MSR C0000081H: SYSCALL/SYSRET CS and EIP (AMD APM Vol. 2 6.1.1)"),
         Field("gif", 1, SYSTEM, "AMD SVM global interrupt flag (STGI/CLGI; AMD APM Vol. 2 15.17)"),
@@ -167,6 +176,10 @@ def _fields() -> tuple[Field, ...]:
         Field("fdp", 32, USER, "x87 last data pointer offset"),
         Field("fds", 16, USER, "x87 last data pointer selector"),
         Field("mxcsr", 32, USER, "SSE control and status"),
+        Field("xinuse", 64, USER, "XINUSE bits the processor keeps set for components in their initial "
+              "configuration (SDM Vol. 1 13.6: it may); a component not in it is in use whatever they say"),
+        Field("pkru", 32, USER, "PKRU: protection-key rights for user pages (SDM Vol. 3A 4.6.2)"),
+        Field("bndcfgu", 64, USER, "BNDCFGU: MPX configuration at CPL 3 (EN is bit 0; SDM Vol. 1 17.3.2)"),
         *[Field(r, 512, USER, f"ZMM{r[3]}: XMM{r[3]} is bits 127:0, YMM{r[3]} bits 255:0") for r in ZMMS],
         *[Field(r, 64, USER, f"AVX-512 opmask register {r.upper()}") for r in KREGS],
         Field("io", 8, SYSTEM, "I/O port space, byte per port", index_width=16),
@@ -308,18 +321,32 @@ def _free_const(term) -> str | None:
     return hit[1] if hit is not None else None
 
 
+_EVAL_BITS = 8192
+
+
 def eval_many(model: z3.ModelRef, terms: list) -> list[int]:
     """Evaluate bit-vector terms under ``model`` with one solver call (Concat, then slice)."""
     if not terms:
         return []
-    big = terms[0] if len(terms) == 1 else z3.Concat(*terms)
-    v = model.eval(big, model_completion=True).as_long()
-    out = []
-    for t in reversed(terms):
-        w = t.size()
-        out.append(v & ((1 << w) - 1))
-        v >>= w
-    out.reverse()
+    # In chunks of at most _EVAL_BITS: Python refuses to parse numerals of more than 4,300
+    # digits, which an XSAVE image's thousand byte addresses would exceed in one concatenation.
+    out: list[int] = []
+    start = 0
+    while start < len(terms):
+        end, bits = start, 0
+        while end < len(terms) and (end == start or bits + terms[end].size() <= _EVAL_BITS):
+            bits += terms[end].size()
+            end += 1
+        chunk = terms[start:end]
+        big = chunk[0] if len(chunk) == 1 else z3.Concat(*chunk)
+        v = model.eval(big, model_completion=True).as_long()
+        part = []
+        for t in reversed(chunk):
+            w = t.size()
+            part.append(v & ((1 << w) - 1))
+            v >>= w
+        out.extend(reversed(part))
+        start = end
     return out
 
 

@@ -157,6 +157,9 @@ class Controls:
     msr_read_exits: frozenset[int] = frozenset()    # with use_msr_bitmaps: MSRs set in the bitmaps
     msr_write_exits: frozenset[int] = frozenset()
     tsc_offset: int = 0
+    # XSAVES/XRSTORS exit when EDX:EAX AND IA32_XSS AND this bitmap is not 0 (SDM Vol. 3C 24.6.20,
+    # 25.1.3); used only with 'enable XSAVES/XRSTORS'.
+    xss_exiting_bitmap: int = 0
     name: str = "custom"
 
     def on(self, control: str) -> bool:
@@ -218,7 +221,8 @@ class Controls:
                 "io_bitmap_ports": _ranges(self.io_exits),
                 "msr_read_exits": [f"{m:#x}" for m in sorted(self.msr_read_exits)],
                 "msr_write_exits": [f"{m:#x}" for m in sorted(self.msr_write_exits)],
-                "tsc_offset": f"{self.tsc_offset:#x}"}
+                "tsc_offset": f"{self.tsc_offset:#x}",
+                "xss_exiting_bitmap": f"{self.xss_exiting_bitmap:#x}"}
 
 
 def _ranges(ports: frozenset[int]) -> list[str]:
@@ -253,7 +257,8 @@ DEFAULT = Controls(
                                 "monitor_exiting", "activate_secondary_controls"]),
     secondary=_vector("secondary", ["enable_ept", "unrestricted_guest", "wbinvd_exiting",
                                     "rdrand_exiting", "rdseed_exiting", "enable_rdtscp",
-                                    "enable_invpcid", "enable_xsaves_xrstors"]),
+                                    "enable_invpcid", "enable_xsaves_xrstors",
+                                    "enable_user_wait_and_pause"]),
     # The guest believes it runs unpaged protected mode with native x87 error reporting: it reads
     # PE = NE = 1, PG = 0 whatever VMX fixes in the real CR0 (23.8, 24.6.6).
     cr0_mask=CR0_NE | CR0_PG | CR0_PE, cr0_shadow=CR0_PE | CR0_NE,
@@ -297,6 +302,8 @@ def check(c: Controls) -> Controls:
         v = getattr(c, name)
         if not 0 <= v < 1 << 32:
             raise ControlsError(f"{name} {v:#x} is not a 32-bit value")
+    if not 0 <= c.xss_exiting_bitmap < 1 << 64:
+        raise ControlsError(f"xss_exiting_bitmap {c.xss_exiting_bitmap:#x} is not a 64-bit value")
     if any(not 0 <= p < 1 << 16 for p in c.io_exits):
         raise ControlsError("the I/O bitmaps cover ports 0-0xFFFF only (SDM Vol. 3C 24.6.4)")
     for what, msrs in (("read", c.msr_read_exits), ("write", c.msr_write_exits)):
@@ -350,7 +357,7 @@ def _ports(v: Any, where: str) -> frozenset[int]:
 KEYS = ("name", "pin", "primary", "secondary", "exception_bitmap", "pfec_mask", "pfec_match",
         "cr0_mask", "cr0_shadow",
         "cr4_mask", "cr4_shadow", "cr3_targets", "io_bitmap_ports", "msr_read_exits",
-        "msr_write_exits", "tsc_offset", "base")
+        "msr_write_exits", "tsc_offset", "xss_exiting_bitmap", "base")
 
 
 def from_json(doc: Mapping, where: str = "controls") -> Controls:
@@ -388,7 +395,7 @@ def from_json(doc: Mapping, where: str = "controls") -> Controls:
         else:
             changes[g] = _int(v, f"{where}: {g}")
     for k in ("exception_bitmap", "pfec_mask", "pfec_match", "cr0_mask", "cr0_shadow", "cr4_mask",
-              "cr4_shadow", "tsc_offset"):
+              "cr4_shadow", "tsc_offset", "xss_exiting_bitmap"):
         if k in doc:
             changes[k] = _int(doc[k], f"{where}: {k}")
     if "cr3_targets" in doc:

@@ -365,11 +365,13 @@ def _int1(m: Machine) -> bool:
 # Features every profile's processor has and Unicorn's default CPU model lacks (its CPUID clears
 # them and TCG raises #UD), with one instruction that needs each.
 UNICORN_LACKS = {"rdpid": "f30fc7f8", "smap": "0f01ca", "monitor": "0f01c8", "invpcid": "660f388200",
-                 "clzero": "0f01fc", "movdir64b": "660f38f800"}
+                 "clzero": "0f01fc", "movdir64b": "660f38f800", "xsavec": "0fc720", "xsaves": "0fc728",
+                 "pku": "0f01ee", "rtm": "0f01d5", "hle_or_rtm": "0f01d6", "tsxldtrk": "f20f01e8",
+                 "monitorx": "0f01fa"}
 
 
 def _cpu_lacks(m: Machine) -> bool:
-    """RDPID, CLAC, MONITOR and INVPCID at CPL 0 raise #UD on Unicorn."""
+    """One instruction of each feature in ``UNICORN_LACKS`` at CPL 0 raises #UD on Unicorn."""
     return all(_vector(m.run(S.flat_state(0, eax=S.DATA), bytes.fromhex(h)), UD)
                for h in UNICORN_LACKS.values())
 
@@ -399,6 +401,41 @@ def _xsetbv_cpl(m: Machine) -> bool:
 def _incssp(m: Machine) -> bool:
     """INCSSPD EAX with CR4.CET = 0: #UD; Unicorn runs F3 0F AE E8 as LFENCE."""
     return _completes(m.run(S.flat_state(3), bytes.fromhex("f30faee8")))
+
+
+def _tsx_as_mov(m: Machine) -> bool:
+    """XABORT 0x55 (C6 F8 55) outside a transaction: a NOP; Unicorn stores 0x55 in AL."""
+    return (m.run(S.flat_state(3, eax=0x12345600), bytes.fromhex("c6f855")).state["eax"]
+            == 0x12345655)
+
+
+def _waitpkg_fence(m: Machine) -> bool:
+    """UMWAIT EAX with EAX = 2 (a reserved bit): #GP(0); Unicorn completes, flags untouched."""
+    out = m.run(S.flat_state(0, eax=2, flags=1 << st.CF), bytes.fromhex("f20faef0"))
+    return _completes(out) and out.state["flags"] == 1 << st.CF
+
+
+def _xsave_ts(m: Machine) -> bool:
+    """XSAVE [EAX] with CR0.TS = 1 and CR4.OSXSAVE = 1: #NM; Unicorn completes."""
+    s = S.flat_state(0, cr4=1 << st.CR4_OSXSAVE, edx=0)
+    s["cr0"] |= 1 << st.CR0_TS
+    return _completes(m.run(s, bytes.fromhex("0fae20"), mem=range(S.DATA, S.DATA + 576)))
+
+
+def _fxsave_pointers(m: Machine) -> bool:
+    """FXSAVE [EAX] stores FOP, FCS, FDP and FDS; Unicorn writes zeros there."""
+    out = m.run(S.flat_state(0, fop=0x123, fcs=8, fdp=0x5678, fds=0x10), bytes.fromhex("0fae00"),
+                mem=range(S.DATA, S.DATA + 512))
+    mem = out.state["mem"]
+    return _completes(out) and all(mem.get(S.DATA + k, 0) == 0 for k in (6, 7, 12, 16, 17, 20))
+
+
+def _restore_mxcsr(m: Machine) -> bool:
+    """FXRSTOR [EAX] of an image whose MXCSR has bit 16 set, CR4.OSFXSR = 1: #GP(0); Unicorn
+    completes."""
+    s = S.flat_state(0, cr4=1 << st.CR4_OSFXSR)
+    s["mem"] = {**s["mem"], S.DATA + 24: 0x80, S.DATA + 25: 0x1F, S.DATA + 26: 1}
+    return _completes(m.run(s, bytes.fromhex("0fae08"), mem=range(S.DATA, S.DATA + 512)))
 
 
 from unicorn import x86_const as _X  # noqa: E402  (for the raw EIP read above)
@@ -680,6 +717,45 @@ def _x_vendor_reused(o, d):
 def _x_xsetbv_cpl(o, d):
     return (o.name == "xsetbv" and _outcome(o, d) and o.model_faults(UD) and o.emu_faults(GP)
             and o.cpl > 0)
+
+
+def _x_tsx_as_mov(o, d):
+    """XBEGIN / XABORT run as MOV r/m, imm: the only difference is the register Unicorn wrote."""
+    return (o.name in ("xbegin_rel32", "xbegin_rel16", "xabort") and d.kind == "reg"
+            and d.key == "eax" and o.emu_post is not None)
+
+
+def _x_waitpkg_fence(o, d):
+    """UMWAIT / TPAUSE run as MFENCE: Unicorn changed nothing but EIP."""
+    post = o.emu_post
+    return (o.name in ("umwait", "tpause") and post is not None and d.kind in ("outcome", "reg")
+            and all(post[n] == o.state[n] for n in ("flags", "eax", "edx", "ecx")))
+
+
+def _x_restore_mxcsr(o, d):
+    return (o.name in ("fxrstor", "xrstor") and _outcome(o, d) and o.model_faults(GP)
+            and _model_reason(o, "MXCSR image") and o.emu_post is not None)
+
+
+def _x_xsave_ts(o, d):
+    return (o.name in ("xsave", "xsaveopt", "xrstor") and _outcome(o, d) and o.model_faults(NM)
+            and _model_reason(o, "CR0.TS") and (o.emu_post is not None or o.emu_faults(GP)))
+
+
+# FOP, FCS, FDP, FDS and the reserved bytes beside them (5, 14-15, 22-23), which the model's
+# processor leaves and QEMU's 16-bit and 64-bit stores cover.
+_X87_PTR_BYTES = frozenset((5, 6, 7) + tuple(range(12, 24)))
+
+
+def _x_fxsave_pointers(o, d):
+    """The x87 operand and opcode pointers: Unicorn stores zeros for FOP, FCS, FDP and FDS and
+    restores zeros into FOP, FIP, FCS, FDP and FDS."""
+    if o.name in ("fxsave", "xsave", "xsaveopt") and d.kind == "mem" and (d.emu == 0 or d.key - (
+            o.state["ds_base"] + o.state["eax"]) & 0xFFFFFFFF in (6, 7)):
+        ea = (o.state["ds_base"] + o.state["eax"]) & 0xFFFFFFFF
+        return ((d.key - ea) & 0xFFFFFFFF) in _X87_PTR_BYTES
+    return (o.name in ("fxrstor", "xrstor") and d.kind == "reg" and d.emu == 0
+            and d.key in ("fop", "fip", "fcs", "fdp", "fds"))
 
 
 def _x_incssp(o, d):
@@ -1030,7 +1106,8 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "#UD (UC_ERR_INSN_INVALID): QEMU's debug exception is taken over by Unicorn", _int1,
         explains=_x_int1),
     Deviation(
-        "cpu-lacks-features", "RDPID, CLAC/STAC (SMAP), MONITOR/MWAIT, INVPCID",
+        "cpu-lacks-features", "RDPID, CLAC/STAC (SMAP), MONITOR/MWAIT, INVPCID, CLZERO, MOVDIR64B, "
+        "XSAVEC, XSAVES/XRSTORS, RDPKRU/WRPKRU, XEND/XTEST (RTM), XSUSLDTRK/XRESLDTRK, MONITORX/MWAITX",
         "the profiles' processors have the features, and the instructions run (SDM Vol. 2B RDPID, "
         "Vol. 2A CLAC, STAC, INVPCID, MONITOR, MWAIT)",
         "#UD: Unicorn's default CPU model does not report the features, and TCG refuses them",
@@ -1065,6 +1142,36 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "#UD (SDM Vol. 2A INCSSPD: CR4.CET = 0 or shadow stacks disabled)",
         "QEMU has no CET and runs F3 0F AE /5 (mod = 11b) as LFENCE", _incssp,
         explains=_x_incssp),
+    Deviation(
+        "tsx-as-mov", "XBEGIN, XABORT",
+        "XBEGIN aborts or begins a transaction, XABORT outside one is a NOP (SDM Vol. 2D XBEGIN, "
+        "XABORT); the model's processor aborts at XBEGIN with EAX = 0",
+        "QEMU 5.0 ignores ModRM.reg of C6/C7 with mod = 11b: MOV AL/AX/EAX, imm", _tsx_as_mov,
+        explains=_x_tsx_as_mov),
+    Deviation(
+        "waitpkg-as-fence", "UMWAIT, TPAUSE",
+        "#GP(0) with source bits 31:1 set or CR4.TSD = 1 above CPL 0; else a wait, CF := 0 and "
+        "OF, SF, ZF, AF, PF := 0 (SDM Vol. 2B UMWAIT, TPAUSE)",
+        "QEMU 5.0 has no WAITPKG and runs F2/66 0F AE /6 (mod = 11b) as MFENCE", _waitpkg_fence,
+        explains=_x_waitpkg_fence),
+    Deviation(
+        "xsave-ignores-ts", "XSAVE, XSAVEOPT, XRSTOR with CR0.TS = 1",
+        "#NM (SDM Vol. 2C XSAVE, XRSTOR: Protected Mode Exceptions)",
+        "the instruction runs on (it completes, or raises the #GP(0) of a misaligned area): QEMU 5.0 "
+        "checks CR0.TS only for FXSAVE/FXRSTOR", _xsave_ts,
+        explains=_x_xsave_ts),
+    Deviation(
+        "restore-mxcsr-unchecked", "FXRSTOR, XRSTOR of an image whose MXCSR has reserved bits set",
+        "#GP(0) (SDM Vol. 2A FXRSTOR, Vol. 2C XRSTOR: bits outside MXCSR_MASK)",
+        "the restore completes: QEMU 5.0 loads MXCSR without checking it", _restore_mxcsr,
+        explains=_x_restore_mxcsr),
+    Deviation(
+        "x87-pointers-zero", "FXSAVE, XSAVE, XSAVEOPT, FXRSTOR, XRSTOR (the x87 component)",
+        "the image holds FOP, FIP, FCS, FDP and FDS, and the restore loads them (SDM Vol. 2A "
+        "FXSAVE Table 3-53)",
+        "QEMU 5.0 stores FIP, an FOP of its own, and zeros for FCS, FDP, FDS (and the reserved "
+        "bytes 5, 14-15, 22-23); its restores zero all five",
+        _fxsave_pointers, fields=("fop", "fip", "fcs", "fdp", "fds"), explains=_x_fxsave_pointers),
 )
 
 BY_ID: dict[str, Deviation] = {d.id: d for d in DEVIATIONS}

@@ -15,6 +15,7 @@ from . import ordinary16  # noqa: F401
 from . import extensions  # noqa: F401
 from . import virtualization  # noqa: F401
 from . import vendor  # noqa: F401
+from . import xstate  # noqa: F401
 
 FORMS: tuple[Form, ...] = tuple(REGISTRY.values())
 

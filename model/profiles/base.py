@@ -91,7 +91,7 @@ class Profile:
 CR4_NAMES = {st.CR4_VME: "VME", st.CR4_PVI: "PVI", st.CR4_TSD: "TSD", st.CR4_DE: "DE",
              st.CR4_PSE: "PSE", st.CR4_PAE: "PAE", st.CR4_MCE: "MCE", st.CR4_PGE: "PGE",
              st.CR4_PCE: "PCE", st.CR4_OSFXSR: "OSFXSR", st.CR4_OSXMMEXCPT: "OSXMMEXCPT",
-             st.CR4_UMIP: "UMIP", st.CR4_OSXSAVE: "OSXSAVE"}
+             st.CR4_UMIP: "UMIP", st.CR4_OSXSAVE: "OSXSAVE", st.CR4_PKE: "PKE"}
 CR0_NAMES = {st.CR0_PE: "PE", st.CR0_MP: "MP", st.CR0_EM: "EM", st.CR0_TS: "TS", st.CR0_ET: "ET",
              st.CR0_NE: "NE", st.CR0_WP: "WP", st.CR0_AM: "AM", st.CR0_NW: "NW", st.CR0_CD: "CD",
              st.CR0_PG: "PG"}
@@ -200,7 +200,7 @@ def wellformed(s: State, profile: Profile) -> z3.BoolRef:
         z3.If(cs_conf, z3.ULE(seg_attr_dpl(s.cs_attr), s.cpl), seg_attr_dpl(s.cs_attr) == s.cpl),
         z3.Extract(7, 0, s.tr_attr) & 0x9F == 0x8B,
         z3.ULE(z3.BitVecVal(0x67, 32), s.tr_limit),
-        s.halted == 0, *attrs_ok, *accessed, null_ldt, *xstate_ok(s, profile),
+        s.halted == 0, s.xss & ~st.XSS_SUPPORTED == 0, *attrs_ok, *accessed, null_ldt, *xstate_ok(s, profile),
         # IA32_EFER with only the bits the processor defines, GIF = 1 where there is no SVM to clear it
         s.efer & ~st.efer_defined(profile.features) == 0,
         *(() if "svm" in profile.features else (s.gif == 1,)),

@@ -22,15 +22,16 @@ from .base import Profile, register
 # access of a guest that sets AC would raise #AC at CPL 3 and not natively at CPL 0.
 PASSTHROUGH = (
     ("cr0", (1 << st.CR0_MP) | (1 << st.CR0_EM) | (1 << st.CR0_TS)),
-    ("cr4", (1 << st.CR4_OSFXSR) | (1 << st.CR4_OSXMMEXCPT) | (1 << st.CR4_OSXSAVE)),
+    ("cr4", (1 << st.CR4_OSFXSR) | (1 << st.CR4_OSXMMEXCPT) | (1 << st.CR4_OSXSAVE) | (1 << st.CR4_PKE)),
     ("xcr0", (1 << 64) - 1),
     ("sysflags", 1 << st.AC),
 )
 NOTES = (
     "CR0.MP/EM/TS: the guest's, loaded into the real CR0 while it runs (SDM Vol. 3A 2.5, "
     "Table 2-2; 13.4: the OS-side handling of #NM)",
-    "CR4.OSFXSR/OSXMMEXCPT/OSXSAVE and XCR0: the guest's (SDM Vol. 3A 2.5, 13.1-13.3; "
-    "Vol. 1 13.3: XSETBV sets XCR0)",
+    "CR4.OSFXSR/OSXMMEXCPT/OSXSAVE/PKE and XCR0: the guest's (SDM Vol. 3A 2.5, 13.1-13.3; "
+    "Vol. 1 13.3: XSETBV sets XCR0; PKE, like OSXSAVE, only makes a USER register, PKRU, "
+    "available: without paging no page has a protection key, 4.6.2)",
     "EFLAGS.AC: the guest's, POPF/POPFD write it at any CPL (SDM Vol. 1 3.4.3.3, Vol. 2B POPF)",
     "CR0.AM = 0 imposed: no #AC in the deprivileged guest (SDM Vol. 3A 2.5; 6.15 interrupt 17)",
 )
