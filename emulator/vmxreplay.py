@@ -173,11 +173,19 @@ def _cases(names: Sequence[str], samples: int, seed: int, controls, profile, cr4
     return out
 
 
+def fitted(oracle, controls):
+    """``controls`` as the oracle's CPU can hold them (``Caps.fit``; SVM's intercepts as given)."""
+    caps = getattr(oracle, "caps", None)
+    if caps is None or not isinstance(controls, vmx.Controls):
+        return controls
+    return caps().fit(controls)[0]
+
+
 def replay_forms(oracle, names: Sequence[str], samples: int = 20, seed: int = 0, controls=None,
                  profile: profiles.Profile | None = None) -> list[FormResult]:
     """Each form of ``names`` on ``samples`` drawn non-root states, model against ``oracle``."""
     profile = profile or profiles.get("vtx")
-    controls = controls if controls is not None else profile.vm
+    controls = fitted(oracle, controls if controls is not None else profile.vm)
     # CR4 bits the oracle's CPU lacks (its VMRUN refuses them: bochs-svm cpu-lacks-cr4-bits)
     # stay clear in the drawn states rather than refuse half of them
     items = _cases(names, samples, seed, controls, profile, getattr(oracle, "cr4_lacks", 0))
@@ -274,13 +282,17 @@ def replay_witnesses(oracle, rows: Sequence[Mapping], profile: profiles.Profile 
                      ) -> list[WitnessResult]:
     """Each necessary control's witness, with the control off and with the default controls."""
     profile = profile or profiles.get("vtx")
-    base = profile.vm
-    items, cases = [], []
+    base = fitted(oracle, profile.vm)
+    items, cases, unset = [], [], []
     for row in rows:
         if row.get("verdict") != "necessary" or not row.get("witness"):
             continue
         f = isa.get(row["form"])
         s = witness_state(row["witness"])
+        if not base.on(row["control"]):       # the CPU cannot set it (``fitted``): no "on" run
+            unset.append(WitnessResult(row["control"], f.name, "", "", "", "", "not-run",
+                                       f"the CPU cannot set {row['control']}"))
+            continue
         off = base.without(row["control"])
         for ctl in (off, base):
             comp = concrete.compiled(f, profile.features, f.bytes, ctl)
@@ -317,4 +329,4 @@ def replay_witnesses(oracle, rows: Sequence[Mapping], profile: profiles.Profile 
             "not-run" if (r_off.outcome is None or r_on.outcome is None or "memory trap" in why) else "mismatch"
         out.append(WitnessResult(row["control"], f.name, short(r_off.outcome), short(r_on.outcome),
                                  short(m_off.outcome()), short(m_on.outcome()), status, why))
-    return out
+    return out + unset

@@ -197,8 +197,8 @@ class Vtx(Scanner, Native):
         """Whether exception ``vector`` (interruption type ``kind``) exits under the exception
         bitmap; the exit is recorded with its vector and VM-exit interruption information
         (valid, type, vector: SDM Vol. 3C 24.9.2; error codes are the injected event's)."""
-        ex = self.controls.exception_exit(vector, why)
-        if ex is None:
+        ex, when = self.controls.exception_exit(vector, why)
+        if ex is None or when is not True:     # no error code given: no #PF filter condition
             return False
         name = vector_name(vector)
         self.exit_vectors[name] = self.exit_vectors.get(name, 0) + 1

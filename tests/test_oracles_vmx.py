@@ -29,6 +29,8 @@ TIGERLAKE = {"basic": 0x01D8100000000004, "pinbased": 0x0000007F00000016,
              "true_pinbased": 0x0000007F00000016, "true_procbased": 0xFFF9FFFE04006172,
              "true_exit": 0x107FFFFF00036DFB, "true_entry": 0x0010FFFF000011FB}
 CAPS = V.Caps({n: TIGERLAKE.get(n, V.ABSENT) for n in V.CAP_MSRS.values()})
+# The vtx default as tigerlake can hold it: without "enable user wait and pause" (Caps.fit)
+DEFAULT = CAPS.fit(vmx.DEFAULT)[0]
 TARGET = T.Target("bochs", 1024 << 20, (("tsc_aux", 0xC0000103),), ())
 
 
@@ -58,7 +60,7 @@ def test_kernel_and_static_structures_fit():
     assert m[2] == 1 and m[1024 + 0x20] == 8 and m[2048 + 0x2E] == 0x10 and sum(m) == 1 + 8 + 0x10
 
 
-def _record(form: str, s: dict, controls=vmx.DEFAULT, caps=CAPS):
+def _record(form: str, s: dict, controls=DEFAULT, caps=CAPS):
     c = BV.case(form, s, controls)
     return V.build_record(c, TARGET, caps, V.RECORDS, 0)
 
@@ -76,7 +78,7 @@ def test_the_vmcs_holds_the_controls_data_and_the_cases_state():
     s = BV.state(3, eax=0x1234)
     _, dec = _record("nop", s)
     w = _writes(dec)
-    c = vmx.DEFAULT
+    c = DEFAULT
     assert w[V.F["pin"]] == c.pin and w[V.F["secondary"]] == c.secondary
     assert w[V.F["primary"]] == c.primary | V.MTF            # the harness's only addition
     assert w[V.F["cr0_mask"]] == c.cr0_mask and w[V.F["cr0_shadow"]] == c.cr0_shadow
@@ -91,7 +93,7 @@ def test_vectors_the_instruction_delivers_stay_out_of_the_exception_bitmap():
     s = BV.state(0)
     _, dec = _record("int3", s)
     assert not dec.harness_bitmap >> 3 & 1 and dec.harness_bitmap >> 13 & 1
-    own = replace(vmx.DEFAULT, exception_bitmap=1 << 3)      # the profile's own bit stays in
+    own = replace(DEFAULT, exception_bitmap=1 << 3)      # the profile's own bit stays in
     _, dec = _record("int3", s, own)
     assert dec.harness_bitmap >> 3 & 1
 
@@ -100,7 +102,7 @@ def test_a_control_the_cpu_cannot_set_is_refused_by_name():
     haswell = V.Caps(dict(CAPS.msrs, procbased2=0x00047FFF00000000, true_procbased=0xF7F9FFFE04006172))
     with pytest.raises(V.UnsupportedState, match="rdseed_exiting"):
         _record("nop", BV.state(0), caps=haswell)
-    assert CAPS.refuse(vmx.DEFAULT) is None
+    assert CAPS.refuse(DEFAULT) is None
 
 
 def test_the_guests_cd_nw_are_set_in_root_before_vmlaunch():
@@ -130,7 +132,7 @@ def test_frames_decode_to_exits_faults_and_completions():
     # INT1 at the fall-through: the instruction completed, the state read there
     nxt = V.decode(dec, TARGET, _frame(dec, exit_reason=0, intr_info=0x80000501, rip=s["eip"] + 2)).outcome
     assert isinstance(nxt, Next) and nxt.state["eip"] == s["eip"] + 2
-    own = replace(vmx.DEFAULT, exception_bitmap=1 << GP)
+    own = replace(DEFAULT, exception_bitmap=1 << GP)
     _, dec2 = _record("cpuid", s, own)
     ex = V.decode(dec2, TARGET, _frame(dec2, exit_reason=0, intr_info=0x80000B0D)).outcome
     assert isinstance(ex, Exit) and ex.exit_reason == "exception" and ex.qualification == GP
@@ -196,7 +198,12 @@ def test_bochs_reports_its_vmx_capabilities(vm):
     _, may2 = caps.allowed("secondary")
     for n in ("enable_ept", "unrestricted_guest", "descriptor_table_exiting", "rdseed_exiting"):
         assert may2 >> vmx.CONTROLS[n].bit & 1
-    assert caps.refuse(vmx.DEFAULT) is None
+    assert caps.refuse(DEFAULT) is None
+    # the vtx default sets one control tigerlake lacks; the replay runs both sides without it
+    assert "enable_user_wait_and_pause" in caps.refuse(vmx.DEFAULT)
+    fitted, dropped = caps.fit(vmx.DEFAULT)
+    assert dropped == ["enable_user_wait_and_pause"] and not fitted.on("enable_user_wait_and_pause")
+    assert fitted.secondary | (1 << vmx.CONTROLS["enable_user_wait_and_pause"].bit) == vmx.DEFAULT.secondary
     assert caps.msrs["cr0_fixed0"] == vmx.CR0_FIXED0 and caps.msrs["cr4_fixed0"] == vmx.CR4_FIXED0
 
 
@@ -209,7 +216,7 @@ def test_a_few_cases_in_one_boot(vm):
     cases = [BV.case("cpuid", s0), BV.case("in_al_dx", dict(s0, edx=0x3F8)),
              BV.case("mov_r_cr0", cd), BV.case("nop", s3), BV.case("hlt", s3),
              BV.case("rdtsc", s0), BV.case("mov_r_cr3", dict(s0, cr3=0x1234000)),
-             BV.case("hlt", s0, vmx.DEFAULT.without("hlt_exiting"))]
+             BV.case("hlt", s0, DEFAULT.without("hlt_exiting"))]
     res = vm.run(cases)
     assert vm.stats["boots"] == boots + 1
     assert res[0].outcome.exit_reason == "cpuid"
@@ -217,7 +224,7 @@ def test_a_few_cases_in_one_boot(vm):
     assert io.exit_reason == "io" and io.qualification & VR.QUAL_MASKS["io"] == 0x3F8 << 16
     # the shadow for the masked bits (PE, NE, PG), the guest's own CD (regression: VM entry
     # never loads CD, so the harness sets it in root first)
-    assert res[2].outcome.state["eax"] == (cd["cr0"] & ~vmx.DEFAULT.cr0_mask) | vmx.DEFAULT.cr0_shadow
+    assert res[2].outcome.state["eax"] == (cd["cr0"] & ~DEFAULT.cr0_mask) | DEFAULT.cr0_shadow
     assert isinstance(res[3].outcome, Next) and res[3].outcome.state["eip"] == s3["eip"] + 1
     assert isinstance(res[4].outcome, Fault) and res[4].outcome.vector == GP      # HLT at CPL 3
     assert res[5].outcome.exit_reason == "rdtsc"
@@ -289,7 +296,7 @@ def test_the_controls_witnesses_replay_on_bochs(vm, tmp_path):
 def test_the_monitor_trap_flag_is_added_only_where_the_cpu_allows_it():
     haswell = V.Caps(dict(CAPS.msrs, true_procbased=0xF7F9FFFE04006172))
     _, dec = _record("nop", BV.state(0), caps=haswell)
-    assert _writes(dec)[V.F["primary"]] == vmx.DEFAULT.primary and haswell.mtf() == 0
+    assert _writes(dec)[V.F["primary"]] == DEFAULT.primary and haswell.mtf() == 0
 
 
 class FakeCorrupt(FakeLaunchFails):

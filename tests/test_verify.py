@@ -252,7 +252,7 @@ def test_cli_a_derived_form_left_undecided_makes_the_theorem_unknown(monkeypatch
 
     assert registry.is_derived("fdiv_m64fp")
     monkeypatch.setattr(registry, "names", lambda: ("add_rm32_r32", "fdiv_m64fp"))
-    monkeypatch.setattr(Session, "check", lambda self, c, t: Result(Verdict.UNKNOWN, None, 0.0, "timeout"))
+    monkeypatch.setattr(Session, "check", lambda self, c, t, rlimit=0: Result(Verdict.UNKNOWN, None, 0.0, "timeout"))
     rc = cli.main(["verify", "--profile", "pentium", "--format", "json", "--jobs", "1"])
     assert rc == 2
     doc = json.loads(capsys.readouterr().out)["profiles"][0]
@@ -331,7 +331,7 @@ def test_cli_unknown_verdict_exits_2(monkeypatch, capsys):
     from pgvirt.verify.solver import Result, Session, Verdict
 
     monkeypatch.setattr(Session, "check",
-                        lambda self, c, t: Result(Verdict.UNKNOWN, None, 0.0, "timeout"))
+                        lambda self, c, t, rlimit=0: Result(Verdict.UNKNOWN, None, 0.0, "timeout"))
     rc = cli.main(["verify", "--profile", "pentium", "--format", "json", "--jobs", "1", "--forms", "hand"])
     assert rc == 2
     t1 = json.loads(capsys.readouterr().out)["profiles"][0]["theorems"]["1"]

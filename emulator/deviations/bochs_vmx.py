@@ -36,9 +36,10 @@ def state(cpl: int = 0, **fields) -> dict:
 
 
 def case(form: str, s: dict, controls=None, code: bytes | None = None):
-    """The VMX Case of ``form`` on ``s`` under ``controls`` (default: the vtx profile's)."""
+    """The VMX Case of ``form`` on ``s`` under ``controls`` (default: the vtx profile's, without
+    "enable user wait and pause", which no Bochs CPU model can set: ``Caps.fit``)."""
     p = profiles.get("vtx")
-    c = controls if controls is not None else p.vm
+    c = controls if controls is not None else p.vm.without("enable_user_wait_and_pause")
     f = isa.get(form)
     comp = concrete.compiled(f, p.features, code or f.bytes, c)
     out = replace(model_case(f, s, comp.evaluate(s)), controls=c)

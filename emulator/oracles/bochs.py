@@ -96,6 +96,7 @@ class BochsVMX(Bochs):
     def __init__(self, profile: str = "vtx", *, controls=None, **options):
         from pgvirt.model import profiles
         super().__init__(profile, **options)
+        self._implicit = controls is None
         self.controls = controls if controls is not None else profiles.get(profile).vm
         from . import vmxkernel as V
         self.kernel_version = V.VERSION
@@ -167,8 +168,10 @@ class BochsVMX(Bochs):
         from dataclasses import replace
         from . import vmxkernel as V
         from .protocol import Result
-        self.caps()
-        cases = [cs if cs.controls is not None else replace(cs, controls=self.controls) for cs in cases]
+        caps = self.caps()
+        # the profile's default as this CPU can hold it (Caps.fit); controls given are kept as given
+        default = caps.fit(self.controls)[0] if self._implicit else self.controls
+        cases = [cs if cs.controls is not None else replace(cs, controls=default) for cs in cases]
         groups: dict = {}
         for i, cs in enumerate(cases):
             groups.setdefault(V.bitmap_key(cs.controls), []).append(i)

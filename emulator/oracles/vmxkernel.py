@@ -373,6 +373,27 @@ class Caps:
         """The monitor-trap-flag bit if the CPU allows it (the harness adds it then), else 0."""
         return MTF if self.allowed("primary")[1] & MTF else 0
 
+    def fit(self, c: vmx.Controls) -> tuple[vmx.Controls, list[str]]:
+        """``c`` as this CPU can hold it: each control its capability MSRs do not allow to be 1
+        cleared (A.3-A.5), and the names cleared.  The replay runs the model under the same fitted
+        controls, so that both sides run one configuration (tigerlake lacks "enable user wait and
+        pause", which the vtx default sets for UMWAIT/TPAUSE)."""
+        from dataclasses import replace
+        dropped = []
+        for g in ("pin", "primary", "secondary"):
+            value = getattr(c, g)
+            if g == "secondary" and not c.primary >> 31 & 1:
+                continue
+            _, may = self.allowed(g)
+            bad = value & ~may
+            if bad:
+                names = {ctl.bit: ctl.name for ctl in vmx.CONTROLS.values() if ctl.group == g}
+                dropped += [names.get(b, f"{g} bit {b}") for b in range(32) if bad >> b & 1]
+                c = replace(c, **{g: value & may})
+        if dropped:
+            c = replace(c, name=f"{c.name} without {', '.join(dropped)} (the CPU cannot set them)")
+        return c, dropped
+
     def refuse(self, c: vmx.Controls) -> str | None:
         """Why this CPU cannot run ``c`` (a bit it fixes the other way), or None."""
         for g in ("pin", "primary", "secondary"):
