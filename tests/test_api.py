@@ -13,11 +13,6 @@ from pgvirt.guest.paravirt import open_guest, scan_guest
 from helpers import INVADERS, need
 
 
-@pytest.fixture(autouse=True)
-def _cache_env(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "api-cache"))
-
-
 def test_import_is_cheap_and_lists_the_verbs():
     """`import pgvirt` loads no solver: the verbs come on first use."""
     code = "import sys, pgvirt; print('z3' in sys.modules, sorted(pgvirt.__all__))"

@@ -23,11 +23,6 @@ from helpers import INVADERS, need
 SHF_EXECINSTR = 4
 
 
-@pytest.fixture(autouse=True)
-def _cache_env(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "lying-cache"))
-
-
 def _headers(data: bytes):
     """(offset of each section header, its name, flags and size) of an ELF32."""
     shoff, = struct.unpack_from("<I", data, 0x20)

@@ -24,12 +24,6 @@ BASE = 0x1000
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    """A fresh classification cache for the session: the solver derives the forms used here."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "pgvirt-cache"))
-
-
 def need_invaders() -> None:
     if not INVADERS.is_file():
         pytest.skip(f"{INVADERS} missing: run tests/setup-guests.sh (installs grub-invaders)")
