@@ -480,7 +480,6 @@ def deliver(x, vector: int, *, software: bool = True, error_code=None) -> None:
     x.require(g.present, NP, vcode, "IDT gate not present")
     what = "INT n" if software else "an interrupt or exception"
     gate_ok = z3.And(g.in_limit, kinds, dpl_ok, g.present)
-    switch_ok = z3.BoolVal(True)
     if x.vm is not None:      # as for far CALL/JMP (``_far_target``): the new TSS's checks first
         task = z3.And(gate_ok, g.system_type(TASK_GATE))
         checks.vmexit(x, svm="task_switch", cond=task, what=f"{what} through a task gate")
@@ -488,8 +487,8 @@ def deliver(x, vector: int, *, software: bool = True, error_code=None) -> None:
             switch_ok = _new_tss(x, g.gate_selector, what, fault_sel=GP, busy=False, ext=ext)
         checks.vmexit(x, vmx=(None, "task_switch"), cond=z3.And(task, switch_ok),
                       what=f"{what} through a task gate")
-    x.assume(z3.Implies(z3.And(gate_ok, z3.Or(z3.Not(g.system_type(TASK_GATE)), switch_ok)),
-                        g.system_type(INT_GATE32, TRAP_GATE32)),
+        gate_ok = z3.And(gate_ok, z3.Or(z3.Not(g.system_type(TASK_GATE)), switch_ok))
+    x.assume(z3.Implies(gate_ok, g.system_type(INT_GATE32, TRAP_GATE32)),
              f"{what} through a task gate (task switch) or a 16-bit interrupt/trap gate is not modelled")
     csel = g.gate_selector
     x.require(z3.Not(is_null(csel)), GP, ext, "gate names a null code selector")
