@@ -44,7 +44,7 @@ def guest_state(rng: random.Random, form, profile: profiles.Profile) -> dict:
     """A non-root state for ``form``: a state of the profile's processor (``strategies``, the
     umip generator: the vtx processor is the umip one with VMX) as VM entry requires it - CR0.NE
     and CR4.VMXE set (SDM Vol. 3C 26.3.1.1, fixed bits), CR4.PCIDE clear (26.3.1.1: 0 unless the
-    guest is in IA-32e mode)."""
+    guest is in IA-32e mode) - ``profiles.hardware.entry_ok``, which the generator does not read."""
     s = strategies.generate(strategies.RandomDraw(rng), form, profiles.get("umip"))
     if isinstance(profile.vm, svm.Intercepts):
         s["efer"] |= svm.EFER_SVME          # guest mode needs EFER.SVME (APM Vol. 2 15.5.1)
@@ -260,18 +260,12 @@ def witness_state(w: Mapping) -> dict:
             out[f"{seg}_base"] = out[f"{seg}_limit"] = out[f"{seg}_attr"] = 0
     if out.get("ldtr", 0) & 0xFFFC == 0:
         out["ldtr_base"] = out["ldtr_limit"] = 0
-    # VM entry's checks on the guest segment registers (SDM Vol. 3C 26.3.1.2), which the
-    # profile's well-formedness does not state: G as the byte limit implies it, LDTR in the GDT
-    for seg in ("cs", "ss", "ds", "es", "fs", "gs", "tr"):
-        lim, attr = out.get(f"{seg}_limit", 0), out.get(f"{seg}_attr", 0)
-        if lim > 0xFFFFF:
-            out[f"{seg}_attr"] = attr | 1 << 15
-            out[f"{seg}_limit"] = lim | 0xFFF
-        elif lim & 0xFFF != 0xFFF:
-            out[f"{seg}_attr"] = attr & ~(1 << 15)
-    out["ldtr"] = out.get("ldtr", 0) & ~4
-    # DR6/DR7's reserved bits at the values they read as (SDM Vol. 3B 17.2.3-17.2.4): the
-    # solver leaves them free, no MOV can hold anything else
+    # VM entry's guest checks (SDM Vol. 3C 26.3.1.1-2: CR4.PCIDE, G and the limit, TR/LDTR in
+    # the GDT, the data segments' types) are the profile's (``profiles.hardware.entry_ok``): the
+    # witness meets them as the solver gave it.  DR6/DR7's reserved bits at the values they read
+    # as (Vol. 3B 17.2.3-17.2.4) are not a VM-entry check but the registers' own, which the
+    # state's well-formedness does not state: the solver leaves them free, no MOV can hold
+    # anything else
     from .oracles.testkernel import DR_FIXED
     for name, ones, zeros in DR_FIXED:
         out[name] = (out.get(name, st.FIELD[name].default) | ones) & ~zeros

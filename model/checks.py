@@ -230,7 +230,9 @@ def io_permitted(x, port, width: int) -> z3.BoolRef:
 #
 # A form states its exit conditions here, in the place of its definition the priority rules put
 # them: after the faults that come first (SDM Vol. 3C 25.1.1: #UD, the CPL checks, the TSS
-# I/O-bitmap #GP; APM Vol. 2 15.7.2: intercepts after the instruction's simple exceptions).
+# I/O-bitmap #GP; APM Vol. 2 15.7.2: intercepts after the instruction's simple exceptions),
+# save where the SDM makes an exception: MOV-DR exits come before MOV DR's CPL #GP and DR4/DR5
+# #UD (25.1.3), task-switch exits after the gate and new-TSS checks only (25.4.2).
 # ``x.vm`` is the configuration: ``vmx.Controls``, ``svm.Intercepts``, or None on bare hardware,
 # where every helper returns at once and builds no term.
 
@@ -394,15 +396,22 @@ def require_enabled(x, control: str, what: str) -> None:
         x.fault(UD, None, f"{what} in VMX non-root operation with '{control}' clear")
 
 
-def dr_access(x, n: int, write: bool, what: str) -> None:
-    """VT-x: 'MOV-DR exiting' (SDM Vol. 3C 25.1.3, after the general-detect #DB and the CPL
-    check); SVM: the DRn read/write intercepts (APM Vol. 2 15.9)."""
-    if x.vm is None:
+def dr_exit(x, n: int, write: bool, what: str) -> None:
+    """VT-x: 'MOV-DR exiting' (SDM Vol. 3C 25.1.3).  Called before every check of MOV DR: such
+    exits are an exception to 25.1.1 and take priority over the #GP based on privilege level
+    and over the #UD of DR4/DR5 with CR4.DE = 1; the general-detect #DB (DR7.GD) is a fault
+    25.1.1 does not list, below every fault-like VM exit."""
+    if x.vm is None or not _vmx(x):
         return
-    if _vmx(x):
-        if _on(x, "mov_dr_exiting"):
-            x.exit_when(True, _vmx_exit("mov_dr", f"{what} with 'MOV-DR exiting' set"),
-                        n | (0 if write else 1) << 4)
+    if _on(x, "mov_dr_exiting"):
+        x.exit_when(True, _vmx_exit("mov_dr", f"{what} with 'MOV-DR exiting' set"),
+                    n | (0 if write else 1) << 4)
+
+
+def dr_intercept(x, n: int, write: bool, what: str) -> None:
+    """SVM: the DRn read/write intercepts (APM Vol. 2 15.9), after the instruction's own
+    exceptions (15.7.2)."""
+    if x.vm is None or not _svm(x):
         return
     from .svm import EXIT_READ_DR, EXIT_WRITE_DR
     x.consulted.add(f"dr{n}_{'write' if write else 'read'}")

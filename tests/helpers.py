@@ -55,7 +55,7 @@ def nonroot_machine(extra: dict, cpl=0, **regs) -> dict:
     a 32-bit TSS without an I/O map."""
     cs, ss = (0x08, 0x10) if cpl == 0 else (0x1B, 0x23)
     values = dict(cpl=cpl, cs=cs, ss=ss, esp=0x8000, eip=0x100, cr0=0x31,
-                  ss_limit=0xFFFFFFFF, ds_limit=0xFFFFFFFF,
+                  cs_limit=0xFFFFFFFF, ss_limit=0xFFFFFFFF, ds_limit=0xFFFFFFFF,
                   cs_attr=0xC09B | (cpl << 5), ss_attr=0xC093 | (cpl << 5),
                   tr_attr=0x8B, tr_limit=0x67, caches=1, tlb=1)
     values.update(extra)

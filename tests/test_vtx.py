@@ -12,7 +12,7 @@ from pgvirt.model.outcome import GP, Exit, Fault, Next, changes_json, from_chang
 from pgvirt.model.profiles.hardware import ownership
 from pgvirt.verify.popek_goldberg import classify, classify_all, theorem
 
-from helpers import nonroot_machine, nonroot_run
+from helpers import desc, gate, le, nonroot_machine, nonroot_run
 
 VTX = profiles.VTX
 D = vmx.DEFAULT
@@ -247,3 +247,130 @@ def _atoms(e):
             out.append(t)
         todo.extend(t.children())
     return out
+
+
+# --- the exit priorities the Bochs VMX replay found wrong (issue 13/14; regressions) -------------
+def _exit(out, reason):
+    assert isinstance(out, Exit) and out.exit_reason == reason, str(out)
+
+
+def _fault(out, vector, code=None):
+    assert isinstance(out, Fault) and out.vector == vector, str(out)
+    assert code is None or out.code == code, str(out)
+
+
+@pytest.mark.parametrize("name, regs, vector", [
+    ("mov_r_dr0", dict(cpl=3), GP),                              # the CPL #GP
+    ("mov_dr0_r", dict(cpl=3), GP),
+    ("mov_r_dr4", dict(cr4=vmx.CR4_VMXE | 1 << 3), 6),           # DR4 with CR4.DE = 1: #UD
+    ("mov_dr5_r", dict(cr4=vmx.CR4_VMXE | 1 << 3), 6),
+    ("mov_r_dr7", dict(dr7=0x400 | 1 << 13), 1),                 # DR7.GD: #DB
+])
+def test_mov_dr_exiting_comes_before_mov_drs_faults(name, regs, vector):
+    """SDM Vol. 3C 25.1.3: MOV-DR exits take priority over the CPL #GP and DR4/DR5's #UD, and
+    as fault-like exits over the general-detect #DB (25.1.1); without the control they fault."""
+    _exit(run(name, **regs), "mov_dr")
+    _fault(run(name, vm=D.without("mov_dr_exiting"), **regs), vector)
+
+
+def test_enclv_is_ud_without_sgx():
+    """SDM Vol. 3D ENCLV: #UD where the processor has no SGX, before any VM exit (25.1.1)."""
+    assert "sgx" not in VTX.features
+    _fault(run("enclv"), 6)
+    _fault(run("enclv", cpl=3), 6)
+
+
+GDT, TSS2 = 0x1000, 0x4000
+NEW_TSS = 0x30          # GDT slot 6: the task switch's target TSS
+TASK_GATE_SEL = 0x38    # GDT slot 7: a task gate to NEW_TSS
+
+
+def _words(at, pair):
+    lo, hi = pair
+    return {at + k: b for k, b in {**le(lo, 4), **{4 + j: v for j, v in le(hi, 4).items()}}.items()}
+
+
+def _task_machine(tss_type=0x9, tss_limit=0x67, tss_p=1, gate_to=NEW_TSS, gate_p=1, **regs):
+    """A guest at CPL 0 with a GDT holding a TSS (type ``tss_type``) at NEW_TSS and a task gate
+    to ``gate_to`` at TASK_GATE_SEL; the current TSS's previous-task link names NEW_TSS."""
+    mem = {}
+    mem.update(_words(GDT + NEW_TSS, desc(TSS2, tss_limit, tss_type, s=0, p=tss_p, g=0, db=0)))
+    mem.update(_words(GDT + TASK_GATE_SEL, gate(gate_to, 0, 0x5, 0, p=gate_p)))
+    mem.update({0x3000 + k: v for k, v in le(NEW_TSS, 2).items()})          # the link field
+    mem.update(regs.pop("mem", {}))
+    return dict(gdtr_base=GDT, gdtr_limit=0xFF, tr=0x28, tr_base=0x3000, mem=mem, **regs)
+
+
+def _far(name, sel, **kw):
+    code = bytes.fromhex("ea78563412") + sel.to_bytes(2, "little")
+    return REGISTRY[name].execute(machine(**_task_machine(**kw)), code, VTX.features, D)
+
+
+@pytest.mark.parametrize("target, kw, vector, code", [
+    (TASK_GATE_SEL, dict(gate_to=NEW_TSS | 4), GP, NEW_TSS | 4),   # the gate's TSS in the LDT
+    (TASK_GATE_SEL, dict(gate_to=0x100), GP, 0x100),               # beyond the GDT limit
+    (TASK_GATE_SEL, dict(tss_type=0xB), GP, NEW_TSS),              # the TSS busy
+    (TASK_GATE_SEL, dict(tss_type=0x2), GP, NEW_TSS),              # an LDT, not a TSS
+    (TASK_GATE_SEL, dict(tss_p=0), 11, NEW_TSS),                   # the TSS not present: #NP
+    (TASK_GATE_SEL, dict(tss_limit=0x40), 10, NEW_TSS),            # below 67H: #TS
+    (NEW_TSS, dict(tss_limit=0x40), 10, NEW_TSS),                  # straight to the TSS
+    (NEW_TSS, dict(tss_type=0x1, tss_limit=0x20), 10, NEW_TSS),    # a 16-bit TSS below 2BH
+])
+def test_task_switch_exits_only_after_the_new_tss_checks(target, kw, vector, code):
+    """SDM Vol. 3C 25.4.2: the gate's checks, the new TSS selector's, then the TSS descriptor's
+    type, P and limit, and only then the task-switch VM exit."""
+    _fault(_far("jmp_far_ptr", target, **kw), vector, code)
+
+
+def test_task_switch_exits_once_the_checks_pass():
+    _exit(_far("jmp_far_ptr", TASK_GATE_SEL), "task_switch")
+    _exit(_far("jmp_far_ptr", NEW_TSS), "task_switch")
+    _exit(_far("jmp_far_ptr", NEW_TSS, tss_type=0x1, tss_limit=0x2B), "task_switch")
+
+
+def test_int_through_a_task_gate_checks_the_tss_first():
+    idt = 0x2000
+    gate_at = {idt + 0x80 * 8 + k: v for k, v in _words(0, gate(NEW_TSS, 0, 0x5, 3)).items()}
+    m = dict(idtr_base=idt, idtr_limit=0x7FF)
+    _fault(run("int_imm", **_task_machine(tss_limit=0x40, mem=gate_at), **m), 10, NEW_TSS)
+    _fault(run("int_imm", **_task_machine(tss_p=0, mem=gate_at), **m), 11, NEW_TSS)
+    _exit(run("int_imm", **_task_machine(mem=gate_at), **m), "task_switch")
+
+
+@pytest.mark.parametrize("kw, vector", [
+    (dict(tss_type=0x9), 10),           # the link names an available TSS: #TS
+    (dict(tss_type=0xB, tss_p=0), 11),  # not present: #NP
+    (dict(tss_type=0xB, tss_limit=0x40), 10),
+])
+def test_iret_with_nt_checks_the_linked_tss_first(kw, vector):
+    """IRET with NT = 1 returns to the task its TSS's link names: that TSS must be busy, present
+    and large enough (SDM Vol. 2A IRET, TASK-RETURN) before the VM exit (Vol. 3C 25.4.2)."""
+    nt = 1 << 14
+    _fault(run("iretd", sysflags=nt, **_task_machine(**kw)), vector, NEW_TSS)
+    _exit(run("iretd", sysflags=nt, **_task_machine(tss_type=0xB)), "task_switch")
+
+
+def test_vm_entry_checks_what_the_state_can_express():
+    """entry_ok (SDM Vol. 3C 26.3.1.1-2): CR4.PCIDE, G against the limit, TR and LDTR in the
+    GDT, the usable data segments' types and DPL >= RPL; the test machine itself passes."""
+    import z3
+    from pgvirt.model import state as st
+    from pgvirt.model.profiles.hardware import entry_ok
+
+    def ok(**regs):
+        return z3.is_true(z3.simplify(entry_ok(st.concrete(machine(**regs)), D)))
+
+    assert ok() and ok(ds=0x10, ds_attr=0xC093, ds_limit=0xFFFFFFFF)
+    assert not ok(cr4=vmx.CR4_VMXE | 1 << st.CR4_PCIDE)
+    assert not ok(ss_limit=0xFFFFF000)                       # G = 1 but limit[11:0] not all 1s
+    assert not ok(tr_limit=0x100000)                         # limit beyond 1 MiB with G = 0
+    assert not ok(tr=0x2C)                                   # TR in the LDT
+    assert not ok(ldtr=0x54, ldtr_limit=0xFF)                # LDTR in the LDT
+    assert ok(ldtr=0x50, ldtr_limit=0xFF)
+    assert not ok(ds=0x10, ds_attr=0xC089, ds_limit=0xFFFFFFFF)   # a TSS in DS (S = 0)
+    assert not ok(ds=0x10, ds_attr=0xC099, ds_limit=0xFFFFFFFF)  # execute-only code
+    # DPL 0 < RPL 3: refused only without unrestricted guest (the default has it)
+    assert ok(ds=0x13, ds_attr=0xC093, ds_limit=0xFFFFFFFF)
+    plain = D.without("unrestricted_guest")
+    assert z3.is_false(z3.simplify(entry_ok(st.concrete(machine(ds=0x13, ds_attr=0xC093,
+                                                                ds_limit=0xFFFFFFFF)), plain)))

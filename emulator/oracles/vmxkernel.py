@@ -486,9 +486,13 @@ class Decoder:
 
 def _ar(s: Mapping, seg: str) -> int:
     """The VMCS access-rights word (24.4.1): the cache's attributes, bit 16 for an unusable
-    segment (a null data selector, a not-present cache, a null LDTR)."""
+    segment (a null data selector, a not-present cache, a null LDTR).  LDTR, whose attributes
+    the state does not keep, is a present LDT with G as its limit needs (26.3.1.2; the profile's
+    ``entry_ok`` holds its limit to one G can give)."""
     if seg == "ldtr":
-        return 0x82 if s["ldtr"] & 0xFFFC else 1 << 16
+        if not s["ldtr"] & 0xFFFC:
+            return 1 << 16
+        return 0x82 | (1 << 15 if s["ldtr_limit"] > 0xFFFFF else 0)
     attr = s[f"{seg}_attr"] & 0xF0FF
     if seg == "tr":
         return attr

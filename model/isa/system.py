@@ -170,9 +170,11 @@ def _dr_gate(x, n: int) -> None:
     checks.require_cpl0(x, "MOV DRn")
 
 
-def _dr_exit(x, n: int, write: bool) -> None:
-    checks.dr_access(x, _DR_ALIAS.get(n, n) if n in (4, 5) else n, write,
-                     f"MOV {'to' if write else 'from'} DR{n}")
+def _dr_exit(x, n: int, write: bool, *, vmx: bool) -> None:
+    """The VT-x exit (``vmx``, before ``_dr_gate``) or the SVM intercept (after it)."""
+    exit_ = checks.dr_exit if vmx else checks.dr_intercept
+    exit_(x, _DR_ALIAS.get(n, n) if n in (4, 5) else n, write,
+          f"MOV {'to' if write else 'from'} DR{n}")
 
 
 _DR_ALIAS = {4: 6, 5: 7}  # DR4/DR5 name DR6/DR7 while CR4.DE = 0 (SDM Vol. 3B 17.2.2)
@@ -183,14 +185,16 @@ def _dr_field(n: int) -> str:
 
 
 def _read_dr(x, n: int) -> None:
+    _dr_exit(x, n, False, vmx=True)
     _dr_gate(x, n)
-    _dr_exit(x, n, False)
+    _dr_exit(x, n, False, vmx=False)
     x.set_rm(4, x.read(_dr_field(n)))
 
 
 def _write_dr(x, n: int) -> None:
+    _dr_exit(x, n, True, vmx=True)
     _dr_gate(x, n)
-    _dr_exit(x, n, True)
+    _dr_exit(x, n, True, vmx=False)
     v = x.rm(4)
     name = _dr_field(n)
     if name == "dr6":

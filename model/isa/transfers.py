@@ -98,6 +98,35 @@ def _ip16(v):
 
 # --- shared protection steps ---------------------------------------------------------------------
 
+def _tss_min_limit(d: Descriptor):
+    """The least limit of a TSS: 67H for a 32-bit TSS, 2BH for a 16-bit one (SDM Vol. 3A 7.3,
+    Table 7-1)."""
+    return z3.If(d.system_type(0x1, 0x3), z3.BitVecVal(0x2B, 32), z3.BitVecVal(0x67, 32))
+
+
+def _new_tss(x, tss_sel, what: str, *, fault_sel: int, busy: bool, ext: int = 0,
+             d: Descriptor | None = None) -> z3.BoolRef:
+    """The checks of the new TSS a task switch makes before it can VM-exit (SDM Vol. 3C 25.4.2,
+    steps 2-4): its selector in the GDT (TI = 0, index within the limit: TSS descriptors live
+    only there, Vol. 3A 7.2.2), the descriptor a TSS - available, or busy for IRET's return -
+    then present, then a limit of at least 67H (2BH); Vol. 2A CALL, JMP, INT n and IRET,
+    Operation, give the faults: ``fault_sel`` (#GP for CALL/JMP/INT, #TS for IRET) for the
+    selector and type, #NP(selector) when not present, #TS(selector) for the limit.  ``d``: the
+    descriptor already read (a CALL/JMP straight to a TSS).  Whether all pass."""
+    code = _with_ext(sel_code(tss_sel), ext)
+    in_gdt = z3.Extract(2, 2, tss_sel) == 0
+    x.require(in_gdt, fault_sel, code, f"{what}: TSS selector not in the GDT")
+    t = d if d is not None else descriptor(x, tss_sel)
+    x.require(t.in_limit, fault_sel, code, f"{what}: TSS selector outside the GDT limit")
+    kind = t.system_type(*TSS_BUSY) if busy else t.system_type(0x1, 0x9)
+    x.require(kind, fault_sel, code,
+              f"{what}: {'not a busy TSS' if busy else 'not an available TSS'}")
+    x.require(t.present, NP, code, f"{what}: TSS not present")
+    roomy = z3.UGE(t.limit, _tss_min_limit(t))
+    x.require(roomy, TS, code, f"{what}: TSS limit below 67H (2BH for a 16-bit TSS)")
+    return z3.And(in_gdt, t.in_limit, kind, t.present, roomy)
+
+
 def _far_target(x, sel, what: str) -> Descriptor:
     """The descriptor a far CALL/JMP names, with the checks every kind of target shares, and the
     task-gate/TSS branch up to the task switch (SDM Vol. 2A CALL and JMP, Operation)."""
@@ -114,12 +143,22 @@ def _far_target(x, sel, what: str) -> Descriptor:
         idle = z3.Not(d.system_type(*TSS_BUSY))
         x.require(idle, GP, code, f"{what}: TSS is busy")
         x.require(d.present, NP, code, f"{what}: task gate or TSS not present")
-        # Task switches exit in non-root operation (SDM Vol. 3C 25.4.2) and under the SVM
-        # task-switch intercept (APM Vol. 2 15.14); only the switch itself is out of the model.
-        if x.vm is not None:     # no term is built on bare hardware (the witnesses stay as they were)
-            checks.vmexit(x, vmx=(None, "task_switch"), svm="task_switch",
-                          cond=z3.And(dpl_ok, idle, d.present), what=f"{what} to a task gate or TSS")
-        x.assume(z3.Not(z3.And(dpl_ok, idle, d.present)),
+        passed = z3.And(dpl_ok, idle, d.present)
+        # Task switches exit in non-root operation (SDM Vol. 3C 25.4.2), after the new TSS's
+        # checks, and under the SVM task-switch intercept (APM Vol. 2 15.14), here before them;
+        # only the switch itself is out of the model.  No term is built on bare hardware (the
+        # witnesses stay as they were): there the switch is assumed away from the gate on.
+        if x.vm is not None:
+            checks.vmexit(x, svm="task_switch", cond=passed, what=f"{what} to a task gate or TSS")
+            gate = d.system_type(TASK_GATE)
+            with x.when(z3.And(passed, gate)):
+                via_gate = _new_tss(x, d.gate_selector, what, fault_sel=GP, busy=False)
+            with x.when(z3.And(passed, z3.Not(gate))):
+                direct = _new_tss(x, sel, what, fault_sel=GP, busy=False, d=d)
+            passed = z3.And(passed, z3.If(gate, via_gate, direct))
+            checks.vmexit(x, vmx=(None, "task_switch"), cond=passed,
+                          what=f"{what} to a task gate or TSS")
+        x.assume(z3.Not(passed),
                  "far CALL/JMP to a task gate or TSS switches tasks: task switches are not modelled")
     return d
 
@@ -440,12 +479,16 @@ def deliver(x, vector: int, *, software: bool = True, error_code=None) -> None:
         x.require(dpl_ok, GP, vcode, "software interrupt through a gate of DPL < CPL")
     x.require(g.present, NP, vcode, "IDT gate not present")
     what = "INT n" if software else "an interrupt or exception"
-    if x.vm is not None:
-        checks.vmexit(x, vmx=(None, "task_switch"), svm="task_switch",
-                      cond=z3.And(g.in_limit, kinds, dpl_ok, g.present, g.system_type(TASK_GATE)),
+    gate_ok = z3.And(g.in_limit, kinds, dpl_ok, g.present)
+    if x.vm is not None:      # as for far CALL/JMP (``_far_target``): the new TSS's checks first
+        task = z3.And(gate_ok, g.system_type(TASK_GATE))
+        checks.vmexit(x, svm="task_switch", cond=task, what=f"{what} through a task gate")
+        with x.when(task):
+            switch_ok = _new_tss(x, g.gate_selector, what, fault_sel=GP, busy=False, ext=ext)
+        checks.vmexit(x, vmx=(None, "task_switch"), cond=z3.And(task, switch_ok),
                       what=f"{what} through a task gate")
-    x.assume(z3.Implies(z3.And(g.in_limit, kinds, dpl_ok, g.present),
-                        g.system_type(INT_GATE32, TRAP_GATE32)),
+        gate_ok = z3.And(gate_ok, z3.Or(z3.Not(g.system_type(TASK_GATE)), switch_ok))
+    x.assume(z3.Implies(gate_ok, g.system_type(INT_GATE32, TRAP_GATE32)),
              f"{what} through a task gate (task switch) or a 16-bit interrupt/trap gate is not modelled")
     csel = g.gate_selector
     x.require(z3.Not(is_null(csel)), GP, ext, "gate names a null code selector")
@@ -522,10 +565,16 @@ def _iret(x, size: int) -> None:
     zero-extended (the stacks are 32-bit; Bochs ``iret_protected``)."""
     what = "IRETD" if size == 4 else "IRET"
     checks.vmexit(x, svm="iret", what=what)
-    if x.vm is not None:
-        checks.vmexit(x, vmx=(None, "task_switch"), svm="task_switch", cond=st.bit(x.sysflags, st.NT),
-                      what=f"{what} with EFLAGS.NT = 1")
-    x.assume(z3.Not(st.bit(x.sysflags, st.NT)),
+    nested = st.bit(x.sysflags, st.NT)
+    switch = nested
+    if x.vm is not None:      # the new TSS's checks before the VMX exit (SDM Vol. 3C 25.4.2)
+        checks.vmexit(x, svm="task_switch", cond=nested, what=f"{what} with EFLAGS.NT = 1")
+        with x.when(nested):
+            # the previous-task link, at offset 0 of the current TSS (Vol. 3A 7.2.1)
+            link = x.load(x.tr_base, 2)
+            switch = z3.And(nested, _new_tss(x, link, what, fault_sel=TS, busy=True))
+        checks.vmexit(x, vmx=(None, "task_switch"), cond=switch, what=f"{what} with EFLAGS.NT = 1")
+    x.assume(z3.Not(switch),
              f"{what} with EFLAGS.NT = 1 returns from a nested task: task switches are not modelled")
     w = size
     cpl, esp, base = x.cpl, x.esp, x.ss_base

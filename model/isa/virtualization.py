@@ -132,7 +132,13 @@ def vmfunc(x):
 @form("enclv", enc="NP 0F 01 C0", bytes="0f01c0", asm="enclv",
       cite="SDM Vol. 3D, SGX Instruction References (ENCLV)")
 def enclv(x):
-    """ENCLV (the VMM's SGX leaves) is #UD outside VMX operation."""
+    """ENCLV (the VMM's SGX leaves) is #UD on a processor without SGX, whose CPUID leaf 12H
+    cannot report it, in any operation and before any VM exit (SDM Vol. 3D ENCLV, exceptions:
+    the feature check; Vol. 3C 25.1.1: #UD has priority over VM exits); with SGX, #UD outside VMX
+    operation."""
+    x.require(x.has("sgx"), UD, None, "ENCLV: the processor lacks SGX")
+    if "sgx" not in x.features:
+        return
     _outside_vmx(x, "ENCLV")
 
 

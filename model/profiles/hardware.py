@@ -136,10 +136,53 @@ def guest_view(s, own: Ownership, tag: str = "n"):
     return s.replace(**changes)
 
 
+def _g_consistent(limit, g) -> z3.BoolRef:
+    """A segment's limit and G as VM entry checks them (SDM Vol. 3C 26.3.1.2): G = 0 when a bit of
+    limit[11:0] is 0, G = 1 when a bit of limit[31:20] is 1."""
+    return z3.And(z3.Implies(limit & 0xFFF != 0xFFF, z3.Not(g)),
+                  z3.Implies(z3.UGT(limit, 0xFFFFF), g))
+
+
+def vmx_segments_ok(s, c: vmx.Controls) -> z3.BoolRef:
+    """VM entry's checks on the guest segment registers (SDM Vol. 3C 26.3.1.2) that the model's
+    state can express and its well-formedness (``profiles.wellformed``: CS code, SS writable
+    data, CPL = SS.DPL = CS.RPL = SS.RPL, TR a busy 32-bit TSS, accessed bits, attr[11:8] = 0)
+    does not already state, for a guest outside IA-32e and virtual-8086 mode.  The VMCS reads a
+    segment as unusable (24.4.1) where the state's cache is not present, a data register's
+    selector is null, or LDTR is null; LDTR's access rights are those of an LDT (type 2, S = 0,
+    P = 1) with G as its limit needs, the state keeping no attributes of its own for it.  Every
+    one of these is what loading the register leaves (Vol. 3A 3.4.5, 5.4, 7.2.4; LLDT), so no
+    state a guest can reach from one VM entry accepts is left out."""
+    def g_bit(attr):
+        return z3.Extract(15, 15, attr) == 1
+    out = [z3.Extract(2, 2, s.tr) == 0, _g_consistent(s.tr_limit, g_bit(s.tr_attr))]
+    for r in ("cs", "ss"):
+        out.append(_g_consistent(s[f"{r}_limit"], g_bit(s[f"{r}_attr"])))
+    for r in ("ds", "es", "fs", "gs"):
+        attr = s[f"{r}_attr"]
+        usable = z3.And(z3.Extract(7, 7, attr) == 1, z3.Extract(15, 2, s[r]) != 0)
+        code = z3.Extract(3, 3, attr) == 1
+        rules = [z3.Extract(4, 4, attr) == 1, z3.Extract(0, 0, attr) == 1,
+                 z3.Implies(code, z3.Extract(1, 1, attr) == 1),
+                 _g_consistent(s[f"{r}_limit"], g_bit(attr))]
+        if not c.on("unrestricted_guest"):
+            # DPL >= RPL unless conforming code (types 12-15)
+            rules.append(z3.Implies(z3.ULE(z3.Extract(3, 0, attr), 11),
+                                    z3.UGE(z3.Extract(6, 5, attr), z3.Extract(1, 0, s[r]))))
+        out.append(z3.Implies(usable, z3.And(rules)))
+    ldt_usable = z3.Extract(15, 2, s.ldtr) != 0
+    out.append(z3.Implies(ldt_usable, z3.And(
+        z3.Extract(2, 2, s.ldtr) == 0,
+        z3.Or(z3.ULE(s.ldtr_limit, 0xFFFFF), s.ldtr_limit & 0xFFF == 0xFFF))))
+    return z3.And(out)
+
+
 def entry_ok(s, c) -> z3.BoolRef:
     """What VM entry (SDM Vol. 3C 26.3.1.1: CR0/CR4 fixed bits, unrestricted guest relaxing PE and
-    PG) or VMRUN (APM Vol. 2 15.5.1: EFER.SVME = 1, GIF set by VMRUN) requires of the real state."""
+    PG, CR4.PCIDE = 0 in a guest outside IA-32e mode; 26.3.1.2: ``vmx_segments_ok``) or VMRUN
+    (APM Vol. 2 15.5.1: EFER.SVME = 1, GIF set by VMRUN) requires of the real state."""
     if isinstance(c, vmx.Controls):
         fixed0 = vmx.CR0_FIXED0 & ~((vmx.CR0_PE | vmx.CR0_PG) if c.on("unrestricted_guest") else 0)
-        return z3.And(s.cr0 & fixed0 == fixed0, s.cr4 & vmx.CR4_FIXED0 == vmx.CR4_FIXED0)
+        return z3.And(s.cr0 & fixed0 == fixed0, s.cr4 & vmx.CR4_FIXED0 == vmx.CR4_FIXED0,
+                      z3.Not(st.bit(s.cr4, st.CR4_PCIDE)), vmx_segments_ok(s, c))
     return z3.And(s.efer & svm.EFER_SVME != 0, s.gif == 1)
