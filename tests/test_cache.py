@@ -139,3 +139,22 @@ def test_kept_footprint_records_are_the_table_s(tmp_path, monkeypatch):
     r2, parsed2 = json.loads(second.stdout)
     assert r1 == r2 == table.codes()[code]
     assert (parsed1, parsed2) == (1, 0)        # the second process never parsed the table
+
+
+def test_a_tampered_entry_is_caught_after_the_same_entry_was_trusted(tmp_path):
+    """An entry edited on disk (its claimed digest kept) is checked again even where this process
+    already trusted an entry of the same key and digest (a regression: the check was memoized by
+    the claimed digest, so the second cache's edited entry passed without a warning)."""
+    first, second = C.ClassificationCache(tmp_path / "a"), C.ClassificationCache(tmp_path / "b")
+    C.classifications(PENTIUM, ["popfd"], first, jobs=1)
+    path = second.path(PENTIUM.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(first.path(PENTIUM.name).read_bytes())
+    C.classifications(PENTIUM, ["popfd"], C.ClassificationCache(tmp_path / "b"), jobs=1)   # trusted
+    doc = json.loads(path.read_text())
+    doc["entries"][C.form_key("popfd", PENTIUM)]["answers"]["privileged"]["note"] = "edited by hand"
+    path.write_text(json.dumps(doc))
+    fresh = C.ClassificationCache(tmp_path / "b")
+    with pytest.warns(C.CacheWarning, match="popfd"):
+        _, derived = C.classifications(PENTIUM, ["popfd"], fresh, jobs=1)
+    assert derived == ["popfd"] and fresh.mismatched == ["popfd"]

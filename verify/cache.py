@@ -253,7 +253,7 @@ def _keys(form: Form, profile: Profile) -> tuple[str, str]:
     return hit
 
 
-_CHECKED: dict[tuple[str, str], bool] = {}    # (entry key, entry digest) -> digests match
+_CHECKED: dict[tuple[str, str], tuple[dict, bool]] = {}   # (entry key, its digest) -> (entry, match)
 
 
 def default_cache_root() -> Path:
@@ -334,12 +334,17 @@ class ClassificationCache:
             return None
         want = {"def": ddig, "profile": profile_digest(prof),
                 "solver": z3.get_version_string()}
+        # One entry serves every derived form of its shape: check it once.  The memo holds the
+        # very entry it checked (a file edited since is parsed into new entries, which are
+        # checked again even where the edit kept the claimed digest).
         memo = (key, entry.get("digest") if isinstance(entry, dict) else None)
-        ok = _CHECKED.get(memo)
-        if ok is None:
-            # one entry serves every derived form of its shape: check it once
-            ok = _CHECKED[memo] = isinstance(entry, dict) and entry.get("digest") == _entry_digest(entry) \
+        seen = _CHECKED.get(memo)
+        if seen is not None and seen[0] is entry:
+            ok = seen[1]
+        else:
+            ok = isinstance(entry, dict) and entry.get("digest") == _entry_digest(entry) \
                 and all(entry.get(k) == v for k, v in want.items())
+            _CHECKED[memo] = (entry, ok)
         if not ok:
             self.mismatched.append(name)
             warnings.warn(f"classification cache entry of {name} ({prof.name}) does not match its "
