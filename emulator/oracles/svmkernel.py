@@ -525,26 +525,11 @@ def bitmap_key(c: svm.Intercepts) -> tuple:
 
 def build_batch(cases: Sequence, target: Target, caps: Caps, ids: Sequence[int] | None = None,
                 limit: int = FLOPPY):
-    from ..validity import StateError
-    at = RECORDS
-    recs, decs, taken, refused = [], [], [], []
-    used = 0
+    """As many of ``cases`` as fit one floppy, all with the IOPM/MSRPM of the first case's
+    intercepts (the caller groups cases by ``bitmap_key``)."""
     first = cases[0].controls if cases else svm.DEFAULT
-    for k, case in enumerate(cases):
-        idx = ids[k] if ids is not None else k
-        try:
-            rec, dec = build_record(case, target, caps, at, idx)
-        except StateError as e:
-            refused.append((idx, str(e)))
-            used = k + 1
-            continue
-        if 512 + (at + len(rec) - KCODE) + 32 > limit:
-            break
-        recs.append(rec)
-        decs.append(dec)
-        taken.append(idx)
-        at += len(rec)
-        used = k + 1
+    recs, decs, taken, refused, used = T.pack(
+        cases, ids, limit, RECORDS, lambda case, at, idx: build_record(case, target, caps, at, idx))
     return Batch(image(recs, first), decs, taken), refused, used
 
 

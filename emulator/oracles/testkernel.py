@@ -1082,15 +1082,26 @@ def build_batch(cases: Sequence, target: Target, ids: Sequence[int] | None = Non
                 limit: int = FLOPPY) -> tuple[Batch, list[tuple[int, str]], int]:
     """As many of ``cases`` as fit one floppy: the batch, the refused ones (index, reason) and
     how many cases were consumed."""
-    from ..validity import StateError
     kern = kernel(target.groups)
-    at = RECORDS
+    recs, decs, taken, refused, used = pack(
+        cases, ids, limit, RECORDS, lambda case, at, idx: build_record(case, target, kern, at, idx))
+    return Batch(image(recs, kern), decs, taken), refused, used
+
+
+def pack(cases: Sequence, ids: Sequence[int] | None, limit: int, start: int, record
+         ) -> tuple[list, list, list, list[tuple[int, str]], int]:
+    """The records of as many of ``cases`` as fit a ``limit``-byte image, laid from ``start``
+    (this kernel's and the VMX/SVM kernels' batches alike): (records, their decoders, the case
+    ids taken, the refused ones (id, reason), how many cases were consumed).  ``record(case, at,
+    id)`` builds one record, raising ``StateError`` for a state the harness cannot set up."""
+    from ..validity import StateError
+    at = start
     recs, decs, taken, refused = [], [], [], []
     used = 0
     for k, case in enumerate(cases):
         idx = ids[k] if ids is not None else k
         try:
-            rec, dec = build_record(case, target, kern, at, idx)
+            rec, dec = record(case, at, idx)
         except StateError as e:
             refused.append((idx, str(e)))
             used = k + 1
@@ -1102,4 +1113,4 @@ def build_batch(cases: Sequence, target: Target, ids: Sequence[int] | None = Non
         taken.append(idx)
         at += len(rec)
         used = k + 1
-    return Batch(image(recs, kern), decs, taken), refused, used
+    return recs, decs, taken, refused, used

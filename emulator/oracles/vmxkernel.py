@@ -862,26 +862,9 @@ def build_batch(cases: Sequence, target: Target, caps: Caps, ids: Sequence[int] 
                 limit: int = FLOPPY) -> tuple[Batch, list[tuple[int, str]], int]:
     """As many of ``cases`` as fit one floppy, all with the bitmaps of the first case's controls
     (the caller groups cases by ``bitmap_key``)."""
-    from ..validity import StateError
-    at = RECORDS
-    recs, decs, taken, refused = [], [], [], []
-    used = 0
     bitmaps = bitmaps_of(cases[0].controls) if cases else bitmaps_of(vmx.DEFAULT)
-    for k, case in enumerate(cases):
-        idx = ids[k] if ids is not None else k
-        try:
-            rec, dec = build_record(case, target, caps, at, idx)
-        except StateError as e:
-            refused.append((idx, str(e)))
-            used = k + 1
-            continue
-        if 512 + (at + len(rec) - KCODE) + 32 > limit:
-            break
-        recs.append(rec)
-        decs.append(dec)
-        taken.append(idx)
-        at += len(rec)
-        used = k + 1
+    recs, decs, taken, refused, used = T.pack(
+        cases, ids, limit, RECORDS, lambda case, at, idx: build_record(case, target, caps, at, idx))
     return Batch(image(recs, bitmaps), decs, taken), refused, used
 
 
