@@ -1088,6 +1088,46 @@ def build_batch(cases: Sequence, target: Target, ids: Sequence[int] | None = Non
     return Batch(image(recs, kern), decs, taken), refused, used
 
 
+def vm_kernel_start(c: "Code", vars_lo: int, vars_hi: int, cur: int, first: int) -> None:
+    """The VMX and SVM kernels' first steps in protected mode: the kernel's GDT, IDT and flat
+    segments, its variables zeroed (``vars_lo``..``vars_hi``), the filled ranges filled, the
+    stack and TR loaded, both PICs and NMI masked, the current-record variable ``cur`` set to
+    ``first``."""
+    c.label("entry")
+    c(x86.CLI, x86.CLD)
+    c.abs32(b"\x2e\x0f\x01\x15", "kgdtr")                          # lgdt cs:[kgdtr]
+    c.abs32(b"\x2e\x0f\x01\x1d", "kidtr")                          # lidt cs:[kidtr]
+    c.abs32(b"\xea", "init", w16(KCS))                                # jmp far KCS:init
+    c.label("init")
+    _kernel_segments(c)
+    c(b"\x31\xc0\xbf" + d32(vars_lo) + b"\xb9" + d32((vars_hi - vars_lo) // 4) + b"\xf3\xab")
+    c(b"\xb8" + bytes([FILL]) * 4)
+    for lo, hi in FILLED:
+        c(b"\xbf" + d32(lo) + b"\xb9" + d32((hi - lo) // 4) + b"\xf3\xab")
+    c(x86.mov_r_imm("esp", KSTACK))
+    c(b"\x66\xb8" + w16(KTSS) + b"\x0f\x00\xd8")                  # ltr ax
+    c(b"\xb0\xff\xe6\x21\xe6\xa1\xb0\x80\xe6\x70")           # mask both PICs, NMI
+    c(b"\xc7\x05" + d32(cur) + d32(first))
+
+
+def vm_kernel_image(c: "Code", code: bytes, records: int, main_tss: int):
+    """The VMX and SVM kernels' image up to their records: ``code`` at KCODE, the kernel's GDT
+    (null, flat code, flat data, the main TSS), its IDT of 32 fault handlers and the main TSS;
+    returns (image, put(addr, bytes)) for what each kernel adds."""
+    img = bytearray(records - KCODE)
+
+    def put(addr: int, data: bytes) -> None:
+        img[addr - KCODE:addr - KCODE + len(data)] = data
+
+    put(KCODE, code)
+    put(KGDT, bytes(8) + layout.descriptor(0, MASK32, layout.code_attr(0))
+        + layout.descriptor(0, MASK32, layout.data_attr(0))
+        + layout.descriptor(main_tss, 0x67, layout.TSS_AVAIL_ATTR))
+    put(KIDT, b"".join(layout.gate(KCS, c.labels[f"fault{n}"], 0xE) for n in range(32)))
+    put(main_tss, _tss(c.labels["halt"], KSTACK, KCS, KDS))
+    return img, put
+
+
 def pack(cases: Sequence, ids: Sequence[int] | None, limit: int, start: int, record
          ) -> tuple[list, list, list, list[tuple[int, str]], int]:
     """The records of as many of ``cases`` as fit a ``limit``-byte image, laid from ``start``

@@ -51,7 +51,7 @@ from pgvirt.model.outcome import Exit, Fault, Next, vector_name
 from ..validity import UnsupportedState
 from . import testkernel as T
 from . import x86
-from .testkernel import (FILL, FILLED, FLOPPY, IMAGE_BASE, KCODE, KCS, KDS, KGDT, KIDT, KSTACK, KTSS,
+from .testkernel import (FILL, FLOPPY, IMAGE_BASE, KCODE, KCS, KDS, KGDT, KIDT, KSTACK, KTSS,
                          MAIN_TSS, MASK32, OUTBUF, VARS, KERNEL_HI, Code, FrameError, Reading, Target,
                          d32, frame_bytes, w16)
 
@@ -191,22 +191,7 @@ class Kernel:
 def kernel() -> Kernel:
     c = Code(KCODE)
     A = x86
-
-    c.label("entry")
-    c(A.CLI, A.CLD)
-    c.abs32(b"\x2e\x0f\x01\x15", "kgdtr")
-    c.abs32(b"\x2e\x0f\x01\x1d", "kidtr")
-    c.abs32(b"\xea", "init", w16(KCS))
-    c.label("init")
-    T._kernel_segments(c)
-    c(b"\x31\xc0\xbf" + d32(VARS) + b"\xb9" + d32((KERNEL_HI - VARS) // 4) + b"\xf3\xab")
-    c(b"\xb8" + bytes([FILL]) * 4)
-    for lo, hi in FILLED:
-        c(b"\xbf" + d32(lo) + b"\xb9" + d32((hi - lo) // 4) + b"\xf3\xab")
-    c(x86.mov_r_imm("esp", KSTACK))
-    c(b"\x66\xb8" + w16(KTSS) + b"\x0f\x00\xd8")                        # ltr ax
-    c(b"\xb0\xff\xe6\x21\xe6\xa1\xb0\x80\xe6\x70")                      # mask both PICs, NMI
-    c(b"\xc7\x05" + d32(v(V_CUR)) + d32(BOOT_RECORD))
+    T.vm_kernel_start(c, VARS, KERNEL_HI, v(V_CUR), BOOT_RECORD)
     # CPUID.1:ECX.VMX (bit 5)
     c(x86.mov_r_imm("eax", 1), b"\x0f\xa2\xf7\xc1" + d32(1 << 5))     # cpuid; test ecx, 1<<5
     c.jcc(x86.JNE, "has_vmx")
@@ -328,18 +313,7 @@ def kernel() -> Kernel:
     code = c.finish()
     if c.here > KGDT:
         raise AssertionError(f"VMX kernel code runs to {c.here:#x}, past the GDT at {KGDT:#x}")
-    from .. import states as layout
-    img = bytearray(RECORDS - KCODE)
-
-    def put(addr: int, data: bytes) -> None:
-        img[addr - KCODE:addr - KCODE + len(data)] = data
-
-    put(KCODE, code)
-    put(KGDT, bytes(8) + layout.descriptor(0, MASK32, layout.code_attr(0))
-        + layout.descriptor(0, MASK32, layout.data_attr(0))
-        + layout.descriptor(MAIN_TSS, 0x67, layout.TSS_AVAIL_ATTR))
-    put(KIDT, b"".join(layout.gate(KCS, c.labels[f"fault{n}"], 0xE) for n in range(32)))
-    put(MAIN_TSS, T._tss(c.labels["halt"], KSTACK, KCS, KDS))
+    img, put = T.vm_kernel_image(c, code, RECORDS, MAIN_TSS)
     put(BOOT_RECORD, d32(0) + d32(0xFFFFFFFF))
     put(HOST_PD, host_pd())
     put(EPT_PML4, ept_tables())
