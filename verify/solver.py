@@ -168,11 +168,12 @@ def decide(check, base: list, goal: list, timeout_ms: int) -> tuple[Result, obje
     solver (a fresh one, or a Session); the answer and, for SAT, the formula the model satisfies
     (one disjunct, or the disjunction of the undecided ones), which a witness is re-solved with.
 
-    The disjuncts are tried one at a time first, each on a short budget: one disjunct has a much
-    smaller cone of influence than the whole goal, and SAT for one is SAT.  The undecided ones
-    are then asked together on the full budget; a disjunction can be harder than each of its
-    parts (and a loaded machine makes the short tries miss), so if that is undecided too each
-    part gets a share of the budget.  An empty goal is UNSAT as it stands.
+    The disjuncts are tried one at a time first, each on a short budget of solver work
+    (``QUICK_RLIMIT``, so the same disjuncts are decided however loaded the machine is): one
+    disjunct has a much smaller cone of influence than the whole goal, and SAT for one is SAT.
+    The undecided ones are then asked together on the full (wall-clock) budget; a disjunction
+    can be harder than each of its parts, so if that is undecided too each part gets a share of
+    the budget.  An empty goal is UNSAT as it stands.  ``check(constraints, ms, rlimit=0)``.
     """
     if not goal:
         return Result(Verdict.PROVED, None, 0.0, "the goal is false: no field can differ"), None
