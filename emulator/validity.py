@@ -48,9 +48,9 @@ UNICORN = Harness(
 
 
 # --- what a state must satisfy ------------------------------------------------------------------
-def check(state: Mapping, harness: "Harness | None" = None) -> dict:
-    """``state`` completed (missing scalars take their defaults, as ``state.concrete``) and
-    validated for ``harness`` (default: the Unicorn Machine's)."""
+def scalars(state: Mapping) -> dict:
+    """The scalar fields of ``state``, missing ones at their defaults; ``StateError`` for a field
+    the state does not have or a value outside its width."""
     unknown = set(state) - set(st.FIELD)
     if unknown:
         raise StateError(f"no such state field: {', '.join(sorted(unknown))}")
@@ -61,6 +61,13 @@ def check(state: Mapping, harness: "Harness | None" = None) -> dict:
         if not isinstance(v, int) or not 0 <= v < 1 << width:
             raise StateError(f"{name} = {v!r} is not a {width}-bit unsigned integer")
         s[name] = v
+    return s
+
+
+def check(state: Mapping, harness: "Harness | None" = None) -> dict:
+    """``state`` completed (missing scalars take their defaults, as ``state.concrete``) and
+    validated for ``harness`` (default: the Unicorn Machine's)."""
+    s = scalars(state)
     for arr in ("mem", "io"):
         cells = state.get(arr, {})
         if not isinstance(cells, Mapping):

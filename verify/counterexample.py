@@ -489,8 +489,7 @@ def hole_criterion(own: Ownership):
                 if f.index_width or name == "cpl" or name in ignore:
                     continue
                 width = (1 << f.width) - 1
-                sm, sv = own.shadow(name)
-                g = width & ~own.mask(name) & ~sm
+                g, sm, sv = own.guest_part(name)
                 a, b = dep_res.state[name], native_res.state[name]
                 if name == "tsc" and own.tsc_offset is not None:
                     a = (a + own.tsc_offset) & width

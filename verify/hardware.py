@@ -119,9 +119,7 @@ def guest_state_parts(o: Outcome, on: Outcome, own: Ownership) -> list:
         f = st.FIELD[name]
         if f.owner != st.SYSTEM or f.index_width or name == "cpl":
             continue
-        width = (1 << f.width) - 1
-        sm, sv = own.shadow(name)
-        g = width & ~own.mask(name) & ~sm
+        g, sm, sv = own.guest_part(name)
         a, b = o.post[name], on.post[name]
         if name == "tsc" and own.tsc_offset is not None:
             a = a + own.tsc_offset

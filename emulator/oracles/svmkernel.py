@@ -113,7 +113,7 @@ class Kernel:
 def kernel() -> Kernel:
     c = Code(KCODE)
     A = x86
-    T.vm_kernel_start(c, VARS, KERNEL_HI, v(V_CUR), BOOT_RECORD)
+    T.kernel_start(c, VARS, KERNEL_HI, v(V_CUR), BOOT_RECORD)
     c(b"\xbf" + d32(OUTBUF + 9) + b"\xb8" + d32(VERSION) + A.STOSD)
     c(x86.mov_r_imm("eax", 0x80000001), b"\x0f\xa2\xf6\xc1\x04")       # cpuid; test cl, 4
     c.jcc(x86.JNE, "has_svm")
@@ -263,18 +263,7 @@ def build_record(case, target: Target, caps: Caps, base: int, case_id: int) -> t
         raise UnsupportedState(f"an instruction is 1 to 15 bytes, not {len(code)}")
     if c.nested_paging and not caps.nested_paging:
         raise UnsupportedState("the CPU has no nested paging (CPUID 8000_000Ah:EDX bit 0)")
-    code_at = (s["cs_base"] + s["eip"]) & MASK32
-    for k, b in enumerate(code):
-        a = (code_at + k) & MASK32
-        old = s["mem"].get(a)
-        if old is not None and old != b:
-            raise UnsupportedState(f"mem[{a:#x}] = {old:#x} but the instruction byte there is {b:#x}")
-        s["mem"][a] = b
-    foot = {a & MASK32 for a in case.mem} | {(code_at + k) & MASK32 for k in range(len(code))}
-    for a in sorted(foot):
-        if not target.usable(a):
-            raise UnsupportedState(f"the instruction accesses {a:#x}, outside {target.name}'s usable RAM")
-    s["mem"] = {a: b for a, b in s["mem"].items() if target.usable(a)}
+    code_at, foot = T.place_instruction(s, code, case.mem, target)
     for p in sorted(set(case.io)):
         if not (c.on("ioio_prot") and p in c.io_exits):
             for lo, hi, what in target.io_unsafe:

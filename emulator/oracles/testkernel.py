@@ -208,24 +208,7 @@ def kernel(groups: int = NCATCH // 4) -> Kernel:
     def store_eax(off):                       # mov [VARS+off], eax
         c(b"\xa3" + d32(v(off)))
 
-    # entry from the boot sector
-    c.label("entry")
-    c(A.CLI, A.CLD)
-    c.abs32(b"\x2e\x0f\x01\x15", "kgdtr")     # lgdt cs:[kgdtr]
-    c.abs32(b"\x2e\x0f\x01\x1d", "kidtr")     # lidt cs:[kidtr]
-    c.abs32(b"\xea", "init", w16(KCS))        # jmp far KCS:init
-    c.label("init")
-    _kernel_segments(c)
-    c(b"\x31\xc0\xbf" + d32(VARS) + b"\xb9" + d32((KERNEL_HI - VARS) // 4) + b"\xf3\xab")
-    # every byte a case does not set holds FILL (a one-byte trap): a run that goes astray stops at
-    # once instead of executing zeros
-    c(b"\xb8" + bytes([FILL]) * 4)
-    for lo, hi in FILLED:
-        c(b"\xbf" + d32(lo) + b"\xb9" + d32((hi - lo) // 4) + b"\xf3\xab")
-    c(x86.mov_r_imm("esp", KSTACK))
-    c(b"\x66\xb8" + w16(KTSS) + b"\x0f\x00\xd8")                        # ltr ax
-    c(b"\xb0\xff\xe6\x21\xe6\xa1\xb0\x80\xe6\x70")                      # mask both PICs, NMI
-    c(b"\xc7\x05" + d32(v(V_CUR)) + d32(BOOT_RECORD))                   # mov [cur], boot record
+    kernel_start(c, VARS, KERNEL_HI, v(V_CUR), BOOT_RECORD)         # entry from the boot sector
     c(b"\xbf" + d32(OUTBUF + 9) + b"\xb8" + d32(VERSION) + A.STOSD)
     c(b"\xb8" + d32(groups) + A.STOSD)
     c(b"\xb0\x42"); c.call("send")                                      # 'B'
@@ -581,21 +564,9 @@ def build_record(case, target: Target, kern: Kernel, base: int, case_id: int
     why = target.cannot(s) if target.cannot else None
     if why:
         raise UnsupportedState(why)
-    code_at = (s["cs_base"] + s["eip"]) & MASK32
-    for k, b in enumerate(code):
-        a = (code_at + k) & MASK32
-        old = s["mem"].get(a)
-        if old is not None and old != b:
-            raise UnsupportedState(f"mem[{a:#x}] = {old:#x} but the instruction byte there is {b:#x}")
-        s["mem"][a] = b
-    foot = {a & MASK32 for a in case.mem} | {(code_at + k) & MASK32 for k in range(len(code))}
+    code_at, foot = place_instruction(s, code, case.mem, target,
+                                f" (0-0x9ffff, {KERNEL_HI:#x}-{target.ram_top - 0x100001:#x})")
     stores = {a & MASK32 for a in getattr(case, "stores", ())}
-    for a in sorted(foot):
-        if not target.usable(a):
-            raise UnsupportedState(f"the instruction accesses {a:#x}, outside {target.name}'s usable "
-                                   f"RAM (0-0x9ffff, {KERNEL_HI:#x}-{target.ram_top - 0x100001:#x})")
-    # bytes the instruction never accesses do not affect it: those outside RAM are left out
-    s["mem"] = {a: b for a, b in s["mem"].items() if target.usable(a)}
     for p in sorted(set(case.io)):
         for lo, hi, what in target.io_unsafe:
             if lo <= p <= hi:
@@ -1088,11 +1059,34 @@ def build_batch(cases: Sequence, target: Target, ids: Sequence[int] | None = Non
     return Batch(image(recs, kern), decs, taken), refused, used
 
 
-def vm_kernel_start(c: "Code", vars_lo: int, vars_hi: int, cur: int, first: int) -> None:
-    """The VMX and SVM kernels' first steps in protected mode: the kernel's GDT, IDT and flat
-    segments, its variables zeroed (``vars_lo``..``vars_hi``), the filled ranges filled, the
-    stack and TR loaded, both PICs and NMI masked, the current-record variable ``cur`` set to
-    ``first``."""
+def place_instruction(s: dict, code: bytes, accessed: Iterable[int], target: Target,
+                      ram: str = "") -> tuple[int, set[int]]:
+    """Lay ``code`` at CS:EIP in ``s``'s memory (a byte the state already holds there must be the
+    instruction's) and refuse a case whose footprint (``accessed`` and the instruction bytes)
+    leaves ``target``'s usable RAM (``ram`` describes it in the message); bytes outside RAM are
+    dropped, as the instruction never accesses them.  Returns the code's linear address and the
+    footprint."""
+    code_at = (s["cs_base"] + s["eip"]) & MASK32
+    for k, b in enumerate(code):
+        a = (code_at + k) & MASK32
+        old = s["mem"].get(a)
+        if old is not None and old != b:
+            raise UnsupportedState(f"mem[{a:#x}] = {old:#x} but the instruction byte there is {b:#x}")
+        s["mem"][a] = b
+    foot = {a & MASK32 for a in accessed} | {(code_at + k) & MASK32 for k in range(len(code))}
+    for a in sorted(foot):
+        if not target.usable(a):
+            raise UnsupportedState(f"the instruction accesses {a:#x}, outside {target.name}'s usable RAM{ram}")
+    s["mem"] = {a: b for a, b in s["mem"].items() if target.usable(a)}
+    return code_at, foot
+
+
+def kernel_start(c: "Code", vars_lo: int, vars_hi: int, cur: int, first: int) -> None:
+    """Every test kernel's first steps in protected mode (this one's, the VMX and SVM ones'): the
+    kernel's GDT, IDT and flat segments, its variables zeroed (``vars_lo``..``vars_hi``), the
+    filled ranges filled with FILL (a one-byte trap: a run that goes astray stops at once
+    instead of executing zeros), the stack and TR loaded, both PICs and NMI masked, the
+    current-record variable ``cur`` set to ``first``."""
     c.label("entry")
     c(x86.CLI, x86.CLD)
     c.abs32(b"\x2e\x0f\x01\x15", "kgdtr")                          # lgdt cs:[kgdtr]

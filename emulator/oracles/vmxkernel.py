@@ -191,7 +191,7 @@ class Kernel:
 def kernel() -> Kernel:
     c = Code(KCODE)
     A = x86
-    T.vm_kernel_start(c, VARS, KERNEL_HI, v(V_CUR), BOOT_RECORD)
+    T.kernel_start(c, VARS, KERNEL_HI, v(V_CUR), BOOT_RECORD)
     # CPUID.1:ECX.VMX (bit 5)
     c(x86.mov_r_imm("eax", 1), b"\x0f\xa2\xf7\xc1" + d32(1 << 5))     # cpuid; test ecx, 1<<5
     c.jcc(x86.JNE, "has_vmx")
@@ -420,16 +420,8 @@ def complete(state: Mapping) -> dict:
     refuse, caches Unicorn cannot hold) do not apply - a monitor may put any of those in the
     guest-state area.  Outside the model or the harness: paging, real and virtual-8086 mode, a
     halted processor."""
-    from ..validity import StateError
-    unknown = set(state) - set(st.FIELD)
-    if unknown:
-        raise StateError(f"no such state field: {', '.join(sorted(unknown))}")
-    s: dict = {}
-    for name in st.SCALARS:
-        val = state.get(name, st.FIELD[name].default)
-        if not isinstance(val, int) or not 0 <= val < 1 << st.FIELD[name].width:
-            raise StateError(f"{name} = {val!r} is not a {st.FIELD[name].width}-bit unsigned integer")
-        s[name] = val
+    from ..validity import StateError, scalars
+    s = scalars(state)
     s["mem"] = dict(state.get("mem", {}))
     s["io"] = dict(state.get("io", {}))
     for a, b in s["mem"].items():
@@ -495,18 +487,7 @@ def build_record(case, target: Target, caps: Caps, base: int, case_id: int) -> t
     if s["cpl"] != (s["ss_attr"] >> 5) & 3:
         raise UnsupportedState(f"CPL {s['cpl']} is not SS.DPL {(s['ss_attr'] >> 5) & 3}: VM entry "
                                "takes the guest's CPL from SS.DPL (SDM Vol. 3C 26.3.1.2)")
-    code_at = (s["cs_base"] + s["eip"]) & MASK32
-    for k, b in enumerate(code):
-        a = (code_at + k) & MASK32
-        old = s["mem"].get(a)
-        if old is not None and old != b:
-            raise UnsupportedState(f"mem[{a:#x}] = {old:#x} but the instruction byte there is {b:#x}")
-        s["mem"][a] = b
-    foot = {a & MASK32 for a in case.mem} | {(code_at + k) & MASK32 for k in range(len(code))}
-    for a in sorted(foot):
-        if not target.usable(a):
-            raise UnsupportedState(f"the instruction accesses {a:#x}, outside {target.name}'s usable RAM")
-    s["mem"] = {a: b for a, b in s["mem"].items() if target.usable(a)}
+    code_at, foot = T.place_instruction(s, code, case.mem, target)
     for p in sorted(set(case.io)):
         if not c.io_port_exits(p):
             for lo, hi, what in target.io_unsafe:

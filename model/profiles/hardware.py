@@ -40,6 +40,12 @@ class Ownership:
                 return m, v
         return 0, 0
 
+    def guest_part(self, name: str) -> tuple[int, int, int]:
+        """(the bits of system field ``name`` that are the guest's own, neither owned by the
+        monitor nor read through a shadow; the shadowed bits; the value they read as)."""
+        sm, sv = self.shadow(name)
+        return ((1 << st.FIELD[name].width) - 1) & ~self.mask(name) & ~sm, sm, sv
+
     def io_owned(self, port):
         """Whether ``port`` (a 16-bit term) is a port the monitor owns."""
         if len(self.io_ports) == 1 << 16:
